@@ -1,0 +1,57 @@
+# mlinfra — one entry point for set-up, services, tests and the demo. See README.md.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup venv engine system services services-down doctor test test-unit test-integration check lint demo clean
+
+## setup: system packages, .venv with the project and its dev extras, the Pulumi engine and plugins
+setup: system venv engine
+
+system:
+	@bash scripts/install-system.sh
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found: install Python 3.11 (or run make PY=/path/to/python3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+	@echo "venv: $(VENV) ready"
+
+engine:
+	@bash scripts/engine.sh
+
+## services: start docker, the OCI registry, Azurite, Mosquitto and the base image (reuses what is running)
+services: venv
+	@$(BIN)/mlinfra services up
+
+services-down:
+	@$(BIN)/mlinfra services down
+
+doctor: venv
+	@$(BIN)/mlinfra doctor
+
+## test: everything — unit tests, then the real engine against the real local services
+test: setup services
+	@$(BIN)/pytest -q -rs --durations=15 tests
+
+test-unit: venv
+	@$(BIN)/pytest -q tests/unit
+
+check: venv lint
+	@$(MAKE) --no-print-directory test
+
+lint: venv
+	@$(BIN)/ruff check mlinfra components tests examples stacks benchmarks
+	@$(BIN)/ruff format --check mlinfra components tests examples stacks benchmarks
+	@$(BIN)/mypy
+
+## demo: set up, start services, `pulumi up` the quickstart with local defaults and print its outputs
+demo: setup services
+	@$(BIN)/python examples/quickstart/run.py
+
+clean:
+	rm -rf $(VENV) .mlinfra *.egg-info

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Makes sure a Pulumi engine of the pinned version is available, offline, and prints where it is.
+#
+#   1. A `pulumi` on PATH that prints the pinned version (and has pulumi-language-python beside it) is used as is.
+#   2. Otherwise the CLI (github.com/pulumi/pulumi/pkg/v3/cmd/pulumi) and mlinfra's own Python language host
+#      (engine/cli/cmd/pulumi-language-python) are built from Go modules into a cache outside the repo keyed by
+#      version and source hash, with the SDK's helper scripts beside them. A second run takes seconds.
+#   3. The kubernetes resource plugin is built (engine/kubernetes) and installed into PULUMI_HOME at exactly the
+#      version the pulumi-kubernetes Python SDK asks for.
+#
+# The result is recorded as the symlink .mlinfra/engine -> BINDIR, which mlinfra.engine reads. See docs/engine.md.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=../engine/versions.env
+source "$ROOT/engine/versions.env"
+CACHE=${MLINFRA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlinfra}
+export PULUMI_HOME=${PULUMI_HOME:-$CACHE/pulumi-home}
+export PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
+# go.mod/go.sum of both wrapper modules are committed: no sum database look-ups (it lacks some pseudo-versions).
+export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local GONOSUMDB=github.com/pulumi
+mkdir -p "$ROOT/.mlinfra" "$PULUMI_HOME"
+t0=$(date +%s)
+
+hash_of() { (cd "$ROOT" && cat "$@" | sha256sum | cut -c1-12); }
+need_go() {
+  if ! command -v go >/dev/null; then
+    cat >&2 <<MSG
+error: no Go toolchain and no 'pulumi' v$PULUMI_VERSION on PATH.
+  mlinfra builds the Pulumi engine from Go modules. Install Go >= 1.25 (https://go.dev/doc/install, or your
+  distribution's golang package), or put a pulumi v$PULUMI_VERSION CLI with pulumi-language-python on PATH.
+MSG
+    exit 1
+  fi
+}
+build() { # build OUTDIR PKG... (release flags)
+  local out=$1; shift
+  CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
+    -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION" -o "$out/" "$@"
+}
+
+# --- 1/2: CLI + language host -------------------------------------------------------------------------------
+BIN=""
+if command -v pulumi >/dev/null && [ "$(pulumi version 2>/dev/null)" = "v$PULUMI_VERSION" ] \
+   && [ -x "$(dirname "$(command -v pulumi)")/pulumi-language-python" ]; then
+  BIN=$(dirname "$(command -v pulumi)")
+  echo "engine: using pulumi v$PULUMI_VERSION found on PATH at $BIN"
+else
+  key=$(hash_of engine/versions.env engine/cli/go.mod engine/cli/go.sum engine/cli/cmd/pulumi-language-python/main.go)
+  BIN="$CACHE/engine/pulumi-v$PULUMI_VERSION-$key/bin"
+  if [ ! -f "$BIN/.complete" ]; then
+    need_go
+    echo "engine: building pulumi v$PULUMI_VERSION and the Python language host into $BIN (cold: ~10 min on 2 cores)"
+    rm -rf "$BIN" && mkdir -p "$BIN"
+    (cd "$ROOT/engine/cli" && build "$BIN" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi ./cmd/pulumi-language-python)
+    sdk=$(cd "$ROOT/engine/cli" && go list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)
+    install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$BIN/"
+    install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$BIN/"
+    touch "$BIN/.complete"
+  fi
+  echo "engine: pulumi $("$BIN/pulumi" version) at $BIN"
+fi
+ln -sfn "$BIN" "$ROOT/.mlinfra/engine"
+
+# --- 3: kubernetes resource plugin ---------------------------------------------------------------------------
+KV=$PULUMI_KUBERNETES_VERSION
+if [ ! -x "$PULUMI_HOME/plugins/resource-kubernetes-v$KV/pulumi-resource-kubernetes" ]; then
+  need_go
+  key=$(hash_of engine/versions.env engine/kubernetes/go.mod engine/kubernetes/cmd/pulumi-resource-kubernetes/main.go)
+  KBIN="$CACHE/plugins/kubernetes-v$KV-$key"
+  if [ ! -x "$KBIN/pulumi-resource-kubernetes" ]; then
+    echo "engine: building the kubernetes plugin v$KV into $KBIN (cold: ~8 min on 2 cores)"
+    main="$ROOT/engine/kubernetes/cmd/pulumi-resource-kubernetes"
+    (cd "$ROOT/engine/kubernetes"
+     mod=$(go list -m -f '{{.Dir}}' github.com/pulumi/pulumi-kubernetes/provider/v4)
+     python3 - "$mod/cmd/pulumi-resource-kubernetes/schema.json" "$main/schema-embed.json" "$KV" <<'PY'
+import json, sys
+src, dst, version = sys.argv[1:]
+schema = json.load(open(src))
+schema["version"] = version
+json.dump(schema, open(dst, "w"))
+PY
+     cp "$mod/cmd/pulumi-resource-kubernetes/terraform-mapping.json" "$main/terraform-mapping-embed.json"
+     mkdir -p "$KBIN"
+     CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
+       -ldflags "-s -w -X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=v$KV" \
+       -o "$KBIN/" ./cmd/pulumi-resource-kubernetes)
+  fi
+  "$BIN/pulumi" plugin install resource kubernetes "$KV" --file "$KBIN/pulumi-resource-kubernetes" >/dev/null
+fi
+echo "engine: kubernetes plugin v$KV installed in $PULUMI_HOME"
+echo "engine: ready in $(( $(date +%s) - t0 )) s"

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real local services and an isolated Pulumi backend per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mlinfra import services
+
+
+@pytest.fixture(scope="session")
+def local_services() -> Callable[..., None]:
+    """Call with service names; starts what is not running, fails the test with the reason when one cannot."""
+
+    def ensure(*names: str) -> None:
+        try:
+            services.ensure(list(names), progress=lambda _msg: None)
+        except services.ServiceError as e:
+            pytest.fail(f"local service could not start: {e}", pytrace=False)
+
+    return ensure
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Path:
+    """A fresh file:// state backend for one test."""
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
