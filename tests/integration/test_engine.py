@@ -78,3 +78,24 @@ def test_language_host_reports_program_errors(tmp_path: Path, backend: Path) -> 
     with pytest.raises(auto.CommandError) as err:
         stack.up()
     assert re.search(r"bad model path: /nope\.onnx", str(err.value))
+
+
+def test_kubernetes_plugin_renders_manifests(tmp_path: Path, backend: Path) -> None:
+    """The kubernetes plugin built from Go modules serves the pinned pulumi-kubernetes SDK."""
+    out = tmp_path / "manifests"
+    stack = local_stack(Path(__file__).parent / "programs" / "k8s-render", "render", backend_dir=backend,
+                        config={"out": str(out), "version": "1"})
+    up = stack.up()
+    assert up.summary.result == "succeeded"
+    rendered = list(out.rglob("*.yaml"))
+    assert len(rendered) == 1
+    text = rendered[0].read_text()
+    assert "kind: ConfigMap" in text and "model_version: \"1\"" in text.replace("'", '"')
+    assert stack.up().summary.resource_changes.get("same") == 3
+    stack.set_config("version", auto.ConfigValue(value="2"))
+    changes = stack.up().summary.resource_changes
+    # pulumi-kubernetes replaces a ConfigMap whose data changed (they are treated as immutable).
+    assert changes.get("replace", 0) + changes.get("update", 0) == 1, changes
+    texts = [p.read_text().replace("'", '"') for p in out.rglob("*.yaml")]
+    assert len(texts) == 1 and 'model_version: "2"' in texts[0], texts
+    stack.destroy()
