@@ -1,1 +1,16 @@
-"""mlinfra."""
+"""mlinfra: the ML model lifecycle as Pulumi component resources.
+
+Register (:class:`RegisteredModel`, :class:`ModelAlias`), package, deploy, monitor and update models
+declaratively; see README.md for the tour.
+"""
+
+from mlinfra.registered_model import ModelAlias, ModelAliasArgs, RegisteredModel, RegisteredModelArgs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelAlias",
+    "ModelAliasArgs",
+    "RegisteredModel",
+    "RegisteredModelArgs",
+]

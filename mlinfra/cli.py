@@ -135,13 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="SERVICE", help=f"default: all of {', '.join(services.SERVICES)}")
     p.set_defaults(func=_services)
 
-    for register in _EXTENSIONS:
+    for register in _extensions():
         register(sub)
     return parser
 
 
-# Later modules (models, serve, images, ...) add their subcommands here.
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
+    from mlinfra import cli_models
+
+    return [cli_models.register]
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from mlinfra import cli_models
+
+    return (UserError, *cli_models.USER_ERRORS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
+    except _user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,9 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.dynamic import Resource
-
-from mlinfra.providers.model_version import ModelAliasProvider, ModelVersionProvider
+from mlinfra.providers.model_version import ModelAliasResource, ModelVersionResource
 from mlinfra.registry import ModelError, onnx_signature, scan_content, validate_name, validate_tags
 from mlinfra.registry.registry import FRAMEWORKS
 from mlinfra.registry.store import open_store
@@ -85,8 +83,7 @@ class RegisteredModel(pulumi.ComponentResource):
         registry, credential = _registry_settings(args.registry, args.registry_credential)
         self.path = str(path)
 
-        self.model_version = Resource(
-            ModelVersionProvider(),
+        self.model_version = ModelVersionResource(
             f"{name}-version",
             {
                 "model_name": model_name,
@@ -146,8 +143,7 @@ class ModelAlias(pulumi.ComponentResource):
     def __init__(self, name: str, args: ModelAliasArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlinfra:registry:ModelAlias", name, None, opts)
         validate_name(args.alias, "alias")
-        self.alias_record = Resource(
-            ModelAliasProvider(),
+        self.alias_record = ModelAliasResource(
             f"{name}-alias",
             {
                 "model_name": args.model.model_name,

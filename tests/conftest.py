@@ -29,3 +29,17 @@ def backend(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Callable[[str], Path]:
+    """Copy a test program (tests/integration/programs/NAME) to a fresh folder, so stack config files written by
+    one test never leak into another."""
+    import shutil
+
+    def copy(name: str) -> Path:
+        dest = tmp_path / "programs" / name
+        shutil.copytree(Path(__file__).parent / "integration" / "programs" / name, dest)
+        return dest
+
+    return copy

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
+from pulumi import ResourceOptions
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
 
 from mlinfra.registry import ModelError, ModelRegistry, RegistryError
 
@@ -110,3 +119,17 @@ class ModelAliasProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         _registry(props).delete_alias(props["model_name"], props["alias"])
+
+
+class ModelVersionResource(Resource):
+    """The dynamic resource behind RegisteredModel (type pulumi-python:dynamic:ModelVersionResource)."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(ModelVersionProvider(), name, props, opts)
+
+
+class ModelAliasResource(Resource):
+    """The dynamic resource behind ModelAlias."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(ModelAliasProvider(), name, props, opts)

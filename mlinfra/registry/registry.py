@@ -315,18 +315,20 @@ class ModelRegistry:
         name: str,
         path: Path | str,
         framework: str = "onnx",
-        description: str = "",
+        description: str | None = None,
         tags: dict[str, str] | None = None,
         properties: dict[str, str] | None = None,
         progress: Callable[[str, int, int], None] | None = None,
         content: Content | None = None,
     ) -> tuple[ModelVersion, bool]:
         """Register PATH as the next version of NAME unless a version has the same content. Returns the version
-        and whether it was created. Tags and description of an existing version with the same content are
-        updated in place."""
+        and whether it was created. For an existing version with the same content, the tags, description and
+        properties given (not None) replace its metadata in place."""
         validate_name(name)
+        keep = {"tags": tags is None, "description": description is None, "properties": properties is None}
         tags = validate_tags(tags)
         properties = validate_tags(properties, "properties")
+        description = description or ""
         if framework not in FRAMEWORKS:
             raise ModelError(f"framework {framework!r} is not supported: use one of {', '.join(FRAMEWORKS)}")
         path = Path(path)
@@ -334,9 +336,18 @@ class ModelRegistry:
         signature = onnx_signature(path) if framework == "onnx" else None
         self._ready()
 
+        def update_existing(version: int) -> ModelVersion:
+            cur = self.get(name, version)
+            assert cur is not None
+            return self.set_metadata(
+                name, version, cur.tags if keep["tags"] else tags,
+                cur.description if keep["description"] else description,
+                cur.properties if keep["properties"] else properties,
+            )
+
         existing = self.find_by_content(name, content.sha256)
         if existing is not None:
-            return self.set_metadata(name, existing, tags, description, properties), False
+            return update_existing(existing), False
 
         # 1. bytes first, content-addressed; skipped when the registry has them.
         done = 0
@@ -361,7 +372,7 @@ class ModelRegistry:
         if claim_etag is None:  # someone else committed this content meanwhile
             found = self.find_by_content(name, content.sha256)
             assert found is not None
-            return self.set_metadata(name, found, tags, description, properties), False
+            return update_existing(found), False
         recovered = next((v for v in self.versions(name) if (g := self.get(name, v)) and g.sha256 == content.sha256),
                          None)
         if recovered is None:
@@ -387,7 +398,7 @@ class ModelRegistry:
         mv = self.get(name, version)
         assert mv is not None
         if recovered is not None:
-            mv = self.set_metadata(name, version, tags, description, properties)
+            mv = update_existing(version)
         return mv, recovered is None
 
     def _claim(self, key: str) -> str | None:

@@ -130,7 +130,9 @@ class LocalStore:
         import fcntl
 
         path = self._path(key)
-        lock = path.parent / f".{path.name}.lock"
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        lock = locks / hashlib.sha256(key.encode()).hexdigest()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "w") as lf:
             fcntl.flock(lf, fcntl.LOCK_EX)
@@ -156,7 +158,8 @@ class LocalStore:
         if not base.exists():
             return []
         out = []
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if d != ".locks"]
             for f in files:
                 if f.startswith(".tmp-") or f.endswith(".lock") or f.startswith(".probe-"):
                     continue
@@ -215,7 +218,8 @@ class AzureBlobStore:
 
         if not hasattr(self, "_cc"):
             cred = self.credential
-            kwargs = {"connection_timeout": 5, "read_timeout": 60, "retry_total": 2}
+            kwargs = {"connection_timeout": 5, "read_timeout": 60, "retry_total": 2, "max_block_size": BLOCK,
+                      "max_single_put_size": BLOCK}
             if cred and ("AccountKey=" in cred or "SharedAccessSignature=" in cred):
                 cc = ContainerClient.from_connection_string(cred, self.container, **kwargs)
             elif cred and cred.lstrip("?").startswith(("sv=", "se=", "sp=", "st=")):
@@ -239,6 +243,11 @@ class AzureBlobStore:
         if isinstance(e, ClientAuthenticationError) or (
             isinstance(e, HttpResponseError) and e.status_code == 403
         ):
+            if not self.credential:
+                return RegistryError(
+                    f"registry {self.uri} needs a credential (HTTP 403 while {what}): give its account key, SAS "
+                    "token or connection string (registry_credential, or $MLINFRA_REGISTRY_CREDENTIAL)"
+                )
             return RegistryError(
                 f"registry {self.uri} refused the credential while {what} (HTTP 403): check the account key, "
                 "SAS token or connection string given for it"
@@ -337,8 +346,7 @@ class AzureBlobStore:
             try:
                 # Blocks are staged and the block list committed at the end: the blob exists only when complete.
                 self._container().upload_blob(
-                    self._key(key), reader, length=size, overwrite=False, max_concurrency=4, max_block_size=BLOCK,
-                    max_single_put_size=BLOCK,
+                    self._key(key), reader, length=size, overwrite=False, max_concurrency=4
                 )
             except ResourceExistsError:
                 return  # content-addressed: someone stored the same bytes

@@ -1,0 +1,48 @@
+"""Small, deterministic ONNX models for examples, tests and benchmarks (no training framework needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def mlp_model(inputs: int = 64, hidden: int = 256, outputs: int = 10, seed: int = 0, opset: int = 17):
+    """An MLP inputs→hidden→outputs (ReLU, then softmax) as an onnx.ModelProto; same seed → same bytes."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((inputs, hidden)) / np.sqrt(inputs)).astype(np.float32)
+    b1 = (rng.standard_normal(hidden) * 0.01).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, outputs)) / np.sqrt(hidden)).astype(np.float32)
+    b2 = (rng.standard_normal(outputs) * 0.01).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["h1"]),
+        helper.make_node("Add", ["h1", "b1"], ["h2"]),
+        helper.make_node("Relu", ["h2"], ["h3"]),
+        helper.make_node("MatMul", ["h3", "w2"], ["h4"]),
+        helper.make_node("Add", ["h4", "b2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", inputs])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", outputs])],
+        initializer=[numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="mlinfra")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_mlp(path: Path | str, **kwargs: int) -> Path:
+    """Write mlp_model(**kwargs) to PATH (parents created) and return it."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(mlp_model(**kwargs), str(path))
+    return path

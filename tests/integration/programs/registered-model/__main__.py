@@ -1,0 +1,26 @@
+import json
+
+import pulumi
+
+import mlinfra
+
+config = pulumi.Config()
+model = mlinfra.RegisteredModel(
+    "mlp",
+    mlinfra.RegisteredModelArgs(
+        path=config.require("path"),
+        registry=config.get("registry"),
+        registry_credential=config.get_secret("credential"),
+        tags=json.loads(config.get("tags") or "{}"),
+        description=config.get("description") or "",
+        framework=config.get("framework") or "onnx",
+    ),
+)
+if config.get("alias_version"):
+    mlinfra.ModelAlias("champion", mlinfra.ModelAliasArgs(model=model, alias="champion",
+                                                          version=int(config.require("alias_version"))))
+pulumi.export("version", model.version)
+pulumi.export("sha256", model.sha256)
+pulumi.export("uri", model.uri)
+pulumi.export("signature", model.signature)
+pulumi.export("tags", model.tags)

@@ -1,0 +1,160 @@
+"""RegisteredModel on the real engine against both registry backends (local folder, Azurite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pulumi import automation as auto
+
+from mlinfra import services
+from mlinfra.automation import local_stack
+from mlinfra.registry import ModelRegistry
+from mlinfra.samples import write_mlp
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["file", "azblob"])
+def registry(request, tmp_path: Path, local_services) -> tuple[str, str | None]:
+    """(registry URI, credential) for each backend; a fresh container per test on Azurite."""
+    if request.param == "file":
+        return f"file://{tmp_path / 'registry'}", None
+    local_services("azurite")
+    container = f"reg{os.getpid()}{int(time.time() * 1000) % 10**9}"
+    uri = f"azblob://{services.AZURITE_ACCOUNT}/{container}/models?endpoint={services.azurite_blob_url()}"
+    return uri, services.AZURITE_KEY
+
+
+def _stack(program_dir: Path, backend: Path, registry: tuple[str, str | None], model: Path, **config: str):
+    uri, cred = registry
+    cfg: dict = {"path": str(model), "registry": uri, **config}
+    if cred:
+        cfg["credential"] = auto.ConfigValue(value=cred, secret=True)
+    return local_stack(program_dir, "test", backend_dir=backend, config=cfg)
+
+
+def test_lifecycle_on_the_real_engine(tmp_path: Path, backend: Path, registry, program) -> None:
+    model = write_mlp(tmp_path / "model.onnx")
+    stack = _stack(program("registered-model"), backend, registry, model, tags=json.dumps({"stage": "dev"}))
+
+    up = stack.up()
+    assert up.outputs["version"].value == 1
+    assert up.outputs["signature"].value["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+    sha1 = up.outputs["sha256"].value
+
+    again = stack.up()
+    assert again.summary.resource_changes == {"same": 3}, "unchanged content must be no change"
+    assert stack.preview().change_summary == {"same": 3}
+
+    # Changed content: version 2, version 1 still downloadable.
+    write_mlp(model, seed=1)
+    changed = stack.up()
+    assert changed.summary.resource_changes.get("update") == 1
+    assert changed.outputs["version"].value == 2
+    reg = ModelRegistry(*registry)
+    v1 = reg.download("mlp:1", tmp_path / "v1.onnx")
+    assert write_mlp(tmp_path / "again.onnx").read_bytes() == v1.read_bytes()
+    assert reg.resolve("mlp:1").sha256 == sha1
+
+    # Tags only: metadata in place, no new version.
+    stack.set_config("tags", auto.ConfigValue(value=json.dumps({"stage": "prod"})))
+    retag = stack.up()
+    assert retag.summary.resource_changes.get("update") == 1
+    assert retag.outputs["version"].value == 2
+    assert reg.versions("mlp") == [1, 2]
+    assert reg.resolve("mlp:2").tags == {"stage": "prod"}
+
+    # Alias: a one-line move.
+    stack.set_config("alias_version", auto.ConfigValue(value="1"))
+    stack.up()
+    assert reg.resolve("mlp@champion").version == 1
+    stack.set_config("alias_version", auto.ConfigValue(value="2"))
+    moved = stack.up()
+    assert moved.summary.resource_changes.get("update") == 1
+    assert reg.resolve("mlp@champion").version == 2
+
+    # Secrets never land in state in plain text (the state files on disk, not `export --show-secrets`).
+    if registry[1]:
+        state_files = list(backend.rglob("*.json"))
+        assert state_files
+        for f in state_files:
+            assert registry[1] not in f.read_text(), f"credential in plain text in {f}"
+            assert registry[1][:20] not in f.read_text()
+
+    stack.destroy()
+    assert reg.versions("mlp") == [1, 2], "destroy keeps registered versions"
+
+
+def test_invalid_model_fails_preview_and_writes_nothing(tmp_path: Path, backend: Path, program) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    reg_dir = tmp_path / "registry"
+    stack = _stack(program("registered-model"), backend, (f"file://{reg_dir}", None), bad)
+    with pytest.raises(auto.CommandError) as e:
+        stack.preview()
+    assert "is not a valid ONNX model" in str(e.value)
+    assert not reg_dir.exists() or not any(reg_dir.rglob("*.json"))
+
+
+def _register_cli(uri: str, cred: str | None, name: str, path: Path, framework: str = "onnx",
+                  **kw) -> subprocess.Popen:
+    env = {**os.environ, "MLINFRA_REGISTRY_CREDENTIAL": cred or ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlinfra.cli", "models", "register", name, str(path), "--registry", uri, "--json",
+         "--framework", framework],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )
+
+
+def test_eight_concurrent_writers_get_versions_one_to_eight(tmp_path: Path, registry) -> None:
+    uri, cred = registry
+    paths = [write_mlp(tmp_path / f"m{i}.onnx", seed=100 + i) for i in range(8)]
+    procs = [_register_cli(uri, cred, "race", p) for p in paths]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(r["version"] for r in results) == list(range(1, 9))
+    reg = ModelRegistry(uri, cred)
+    assert reg.versions("race") == list(range(1, 9))
+    for r, path in zip(results, paths, strict=True):
+        got = reg.download(f"race:{r['version']}", tmp_path / f"dl{r['version']}.onnx")
+        assert got.read_bytes() == path.read_bytes(), f"version {r['version']} holds another writer's content"
+
+
+def test_killed_upload_leaves_no_version_and_a_rerun_completes(tmp_path: Path, registry) -> None:
+    uri, cred = registry
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:  # 400 MiB of non-repeating bytes
+        for i in range(100):
+            f.write(os.urandom(1 << 20) * 4 if i % 2 else os.urandom(4 << 20))
+    proc = _register_cli(uri, cred, "big", big, framework="custom", start_new_session=True)
+    assert proc.stderr is not None
+    # Wait until the upload is under way (progress lines are printed every 10 %), then SIGKILL.
+    deadline = time.monotonic() + 120
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if line.startswith("uploading") and (" 10%" in line or " 20%" in line):
+            break
+        if proc.poll() is not None:
+            break
+    assert proc.poll() is None, f"registration finished before it could be killed: {seen}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reg = ModelRegistry(uri, cred)
+    assert reg.versions("big") == [], "a killed upload must leave no version"
+    rerun = _register_cli(uri, cred, "big", big, framework="custom")
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert json.loads(out)["version"] == 1
+    assert reg.versions("big") == [1]
