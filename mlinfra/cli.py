@@ -140,10 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve_register(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol (mlinfra serve --help)",
+                   add_help=False)
+
+
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
     from mlinfra import cli_models
 
-    return [cli_models.register]
+    return [cli_models.register, _serve_register]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -153,6 +158,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the scoring server has its own parser (components never import mlinfra)
+        from components.scoring.cli import main as serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

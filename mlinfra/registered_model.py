@@ -106,10 +106,11 @@ class RegisteredModel(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self, additional_secret_outputs=["registry_credential"]),
         )
         mv: Any = self.model_version
-        self.version = mv.version
+        # Numbers cross the engine as float64: give users the ints they expect.
+        self.version = mv.version.apply(lambda v: int(v) if v is not None else v)
         self.sha256 = mv.sha256
         self.uri = mv.uri
-        self.size_bytes = mv.size_bytes
+        self.size_bytes = mv.size_bytes.apply(lambda v: int(v) if v is not None else v)
         self.framework = mv.framework
         self.signature = mv.signature
         self.tags = mv.tags
@@ -155,5 +156,7 @@ class ModelAlias(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self, depends_on=[args.model],
                                    additional_secret_outputs=["registry_credential"]),
         )
-        self.version = self.alias_record.version  # type: ignore[attr-defined]
+        self.version = self.alias_record.version.apply(  # type: ignore[attr-defined]
+            lambda v: int(v) if v is not None else v
+        )
         self.register_outputs({"version": self.version, "alias": args.alias})

@@ -46,3 +46,32 @@ def write_mlp(path: Path | str, **kwargs: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(mlp_model(**kwargs), str(path))
     return path
+
+
+def types_model():
+    """An ONNX model with one Identity per OIP datatype mlinfra serves (FP32, FP64, INT32, INT64, BOOL, BYTES):
+    input `x_<type>` → output `y_<type>`, each of shape [batch, 2]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    types = {"fp32": TensorProto.FLOAT, "fp64": TensorProto.DOUBLE, "int32": TensorProto.INT32,
+             "int64": TensorProto.INT64, "bool": TensorProto.BOOL, "bytes": TensorProto.STRING}
+    nodes = [helper.make_node("Identity", [f"x_{t}"], [f"y_{t}"]) for t in types]
+    graph = helper.make_graph(
+        nodes, "types",
+        [helper.make_tensor_value_info(f"x_{t}", et, ["batch", 2]) for t, et in types.items()],
+        [helper.make_tensor_value_info(f"y_{t}", et, ["batch", 2]) for t, et in types.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="mlinfra")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_types_model(path: Path | str) -> Path:
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(types_model(), str(path))
+    return path

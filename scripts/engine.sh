@@ -52,7 +52,8 @@ else
     echo "engine: building pulumi v$PULUMI_VERSION and the Python language host into $BIN (cold: ~10 min on 2 cores)"
     rm -rf "$BIN" && mkdir -p "$BIN"
     (cd "$ROOT/engine/cli" && build "$BIN" github.com/pulumi/pulumi/pkg/v3/cmd/pulumi ./cmd/pulumi-language-python)
-    sdk=$(cd "$ROOT/engine/cli" && go list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)
+    sdk=$(cd "$ROOT/engine/cli" && go mod download github.com/pulumi/pulumi/sdk/v3 &&
+          go list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)
     install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$BIN/"
     install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$BIN/"
     touch "$BIN/.complete"
@@ -71,6 +72,7 @@ if [ ! -x "$PULUMI_HOME/plugins/resource-kubernetes-v$KV/pulumi-resource-kuberne
     echo "engine: building the kubernetes plugin v$KV into $KBIN (cold: ~8 min on 2 cores)"
     main="$ROOT/engine/kubernetes/cmd/pulumi-resource-kubernetes"
     (cd "$ROOT/engine/kubernetes"
+     go mod download github.com/pulumi/pulumi-kubernetes/provider/v4
      mod=$(go list -m -f '{{.Dir}}' github.com/pulumi/pulumi-kubernetes/provider/v4)
      python3 - "$mod/cmd/pulumi-resource-kubernetes/schema.json" "$main/schema-embed.json" "$KV" <<'PY'
 import json, sys

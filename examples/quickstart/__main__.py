@@ -1,14 +1,30 @@
 """mlinfra quickstart: the model lifecycle on local defaults.
 
-Run it with `make demo` (does all set-up and starts the local services first), or on its own with
-`pulumi up` from this folder once `make setup services` has run. Each lifecycle step lands here as its component
-does; today it records the local platform the next steps deploy onto.
+Run it with `make demo` (does all set-up and starts the local services first). Each lifecycle step lands here as
+its component does:
+
+1. register an ONNX model in an Azure Blob registry (Azurite locally) — RegisteredModel.
 """
+
+from pathlib import Path
 
 import pulumi
 
+import mlinfra
 from mlinfra import services
+from mlinfra.samples import write_mlp
 
-pulumi.export("registry", services.registry_url())
-pulumi.export("blob_endpoint", services.azurite_blob_url())
-pulumi.export("mqtt_broker", services.mqtt_url())
+model_file = Path(".mlinfra/model.onnx")
+if not model_file.exists():
+    write_mlp(model_file)
+
+# 1. Register: versioned by content; unchanged content is no change.
+model = mlinfra.RegisteredModel(
+    "quickstart-mlp",
+    mlinfra.RegisteredModelArgs(path=str(model_file), tags={"stage": "dev"}, description="quickstart MLP"),
+)
+
+pulumi.export("model", pulumi.Output.concat(model.model_name, ":", model.version.apply(str)))
+pulumi.export("model_sha256", model.sha256)
+pulumi.export("registry", model.registry)
+pulumi.export("oci_registry", services.registry_url())

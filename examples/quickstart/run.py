@@ -8,16 +8,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from pulumi import automation as auto  # noqa: E402
+
+from mlinfra import services  # noqa: E402
 from mlinfra.automation import local_stack  # noqa: E402
 
 
 def main() -> int:
-    stack = local_stack(HERE, "dev")
+    services.ensure(["azurite", "registry"], progress=lambda _m: None)
+    stack = local_stack(
+        HERE,
+        "dev",
+        config={
+            "mlinfra:registry": f"azblob://{services.AZURITE_ACCOUNT}/models?endpoint={services.azurite_blob_url()}",
+            "mlinfra:registryCredential": auto.ConfigValue(value=services.AZURITE_KEY, secret=True),
+        },
+    )
     print(f"pulumi up: {HERE.name} (stack dev)")
     result = stack.up(on_output=print)
     print("\nOutputs:")
     for key, out in sorted(result.outputs.items()):
         print(f"  {key:16s} {'[secret]' if out.secret else out.value}")
+    print(f"\nNext: MLINFRA_REGISTRY_CREDENTIAL=<Azurite's well-known key> .venv/bin/mlinfra models list "
+          f"--registry '{result.outputs['registry'].value}'")
     return 0
 
 

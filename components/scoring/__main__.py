@@ -1,0 +1,5 @@
+import sys
+
+from components.scoring.cli import main
+
+sys.exit(main(prog="python -m components.scoring"))
