@@ -5,6 +5,7 @@ declaratively; see README.md for the tour.
 """
 
 from mlinfra.registered_model import ModelAlias, ModelAliasArgs, RegisteredModel, RegisteredModelArgs
+from mlinfra.scoring_image import ScoringImage, ScoringImageArgs
 
 __version__ = "0.1.0"
 
@@ -13,4 +14,6 @@ __all__ = [
     "ModelAliasArgs",
     "RegisteredModel",
     "RegisteredModelArgs",
+    "ScoringImage",
+    "ScoringImageArgs",
 ]

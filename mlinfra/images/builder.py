@@ -1,0 +1,391 @@
+"""Build a scoring image without a Docker daemon: base image + dependency layer + app layer + one layer per model,
+pushed through the registry's HTTP API. Reproducible: the digest depends only on the inputs' content."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import components
+from mlinfra.engine import cache_dir
+from mlinfra.images.layers import Entry, Layer, build_layer, layer_from_dir
+from mlinfra.oci import CONFIG_V1, LAYER_GZIP, MANIFEST_V2, RegistryClient, RegistryError, image_config
+from mlinfra.registry import ModelRegistry
+
+# What the scoring server needs inside the image (kept equal to pyproject's pins; a unit test checks).
+SERVER_REQUIREMENTS = ["aiohttp==3.14.5", "numpy==2.4.6", "onnxruntime==1.32.0", "orjson==3.13.0", "uvloop==0.23.0"]
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+FORMAT = "mlinfra-image-1"  # bump when the layout changes: every digest changes with it
+PORT = 8080
+SITE = "/opt/mlinfra/site-packages"
+APP = "/opt/mlinfra/app"
+USER_DIR = "/opt/mlinfra/user"
+
+Progress = Callable[[str], None]
+
+
+class ImageBuildError(RuntimeError):
+    """A build input is unusable; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    version: int
+    sha256: str
+    registry: str
+    credential: str | None = None
+
+
+@dataclass
+class ImageSpec:
+    repository: str  # host[:port]/path, e.g. 127.0.0.1:5000/mlinfra/churn
+    models: list[ModelInput]
+    base: str  # host[:port]/repo[:tag|@digest]
+    requirements: list[str] = field(default_factory=list)
+    script: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # path in /opt/mlinfra/user -> local file
+    labels: dict[str, str] = field(default_factory=dict)
+    tag: str | None = None
+    username: str | None = None
+    password: str | None = None
+    insecure: bool = True  # plain HTTP (local registries)
+
+
+@dataclass
+class BuildResult:
+    image_ref: str
+    digest: str
+    labels: dict[str, str]
+    layers: list[str]
+    bytes_pushed: int
+    models: list[dict[str, Any]]
+
+
+def split_ref(ref: str) -> tuple[str, str, str]:
+    """host/repo[:tag|@digest] -> (host, repo, reference)."""
+    if "/" not in ref:
+        raise ImageBuildError(f"image reference {ref!r} needs a registry host, e.g. 127.0.0.1:5000/{ref}")
+    host, rest = ref.split("/", 1)
+    if "@" in rest:
+        repo, reference = rest.split("@", 1)
+    elif ":" in rest.rsplit("/", 1)[-1]:
+        repo, reference = rest.rsplit(":", 1)
+    else:
+        repo, reference = rest, "latest"
+    return host, repo, reference
+
+
+def _client(host: str, spec: ImageSpec | None = None) -> RegistryClient:
+    scheme = "http" if (spec is None or spec.insecure) else "https"
+    if spec is not None and host == split_ref(spec.repository + ":x")[0]:
+        return RegistryClient(f"{scheme}://{host}", spec.username, spec.password)
+    return RegistryClient(f"{scheme}://{host}")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_script(path: Path) -> None:
+    """A scoring script must compile: report file and line at preview, not at run time."""
+    try:
+        compile(path.read_text(), str(path), "exec")
+    except SyntaxError as e:
+        raise ImageBuildError(f"scoring script {path}:{e.lineno}: {e.msg}") from None
+    except OSError as e:
+        raise ImageBuildError(f"scoring script {path} cannot be read: {e.strerror}") from None
+
+
+# -- base image ---------------------------------------------------------------------------------------------------
+
+
+def resolve_base(base: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(manifest digest, manifest, config) of the base image (linux/amd64 from an index)."""
+    host, repo, ref = split_ref(base)
+    client = _client(host)
+    got = client.get_manifest(repo, ref)
+    if got is None:
+        raise ImageBuildError(f"base image {base} not found in registry {client.url}: run `make services` or "
+                              "push it first")
+    digest, manifest = got
+    if "manifests" in manifest:  # an index: pick linux/amd64
+        pick = next((m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") == "amd64"), None)
+        if pick is None:
+            raise ImageBuildError(f"base image {base} has no linux/amd64 image")
+        got = client.get_manifest(repo, pick["digest"])
+        assert got is not None
+        digest, manifest = got
+    config = json.loads(client.get_blob(repo, manifest["config"]["digest"]))
+    return digest, manifest, config
+
+
+def check_base_has_python(base: str, manifest: dict[str, Any], digest: str) -> None:
+    """Refuse a base without /usr/bin/python3 (cached per base digest)."""
+    marker = cache_dir() / "base-checks" / digest.replace(":", "_")
+    if marker.exists():
+        return
+    host, repo, _ = split_ref(base)
+    client = _client(host)
+    found = False
+    for layer in manifest["layers"]:
+        blob = client.get_blob(repo, layer["digest"])
+        with tarfile.open(fileobj=__import__("io").BytesIO(blob), mode="r:*") as tar:
+            names = {m.name.lstrip("./") for m in tar.getmembers()}
+        if {"usr/bin/python3", "bin/python3", "usr/local/bin/python3"} & names:
+            found = True
+            break
+    if not found:
+        raise ImageBuildError(f"base image {base} has no python3 (looked for /usr/bin/python3, "
+                              "/usr/local/bin/python3): use a Python base image, e.g. the default python-base")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("python3")
+
+
+# -- layers ---------------------------------------------------------------------------------------------------
+
+
+def deps_layer(requirements: list[str], progress: Progress) -> tuple[Layer, list[str]]:
+    """The server's and the user's requirements as wheels for the base's Python (cp311, manylinux x86_64),
+    installed into /opt/mlinfra/site-packages; cached by the requirement set."""
+    reqs = sorted(set(SERVER_REQUIREMENTS) | {r.strip() for r in requirements if r.strip()})
+    key = _sha(json.dumps([FORMAT, reqs, PLATFORMS]).encode())[:24]
+    out = cache_dir() / "layers" / f"deps-{key}.tar.gz"
+    resolved_file = out.with_suffix(".resolved.json")
+    if out.exists() and resolved_file.exists():
+        return _layer_meta(out), json.loads(resolved_file.read_text())
+    progress(f"dependencies: resolving {len(reqs)} requirements for cp311/manylinux x86_64")
+    with tempfile.TemporaryDirectory(prefix="mlinfra-deps-") as tmp:
+        target = Path(tmp) / "site"
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+               "--target", str(target), "--only-binary=:all:", "--python-version", "3.11", "--implementation",
+               "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
+        for p in PLATFORMS:
+            cmd += ["--platform", p]
+        res = subprocess.run([*cmd, *reqs], capture_output=True, text=True)
+        if res.returncode != 0:
+            msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+            raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
+        resolved = sorted(p.name.removesuffix(".dist-info") for p in target.glob("*.dist-info"))
+        layer = layer_from_dir(target, SITE, out, mode_exec=True)
+    resolved_file.write_text(json.dumps(resolved))
+    return layer, resolved
+
+
+def _layer_meta(path: Path) -> Layer:
+    meta = path.with_suffix(".meta.json")
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        return Layer(path, m["digest"], m["diff_id"], m["size"])
+    import gzip
+
+    blob = hashlib.sha256(path.read_bytes()).hexdigest()
+    with gzip.open(path, "rb") as f:
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    layer = Layer(path, "sha256:" + blob, "sha256:" + h.hexdigest(), path.stat().st_size)
+    meta.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size}))
+    return layer
+
+
+def _cached(build: Callable[[Path], Layer], key: str, kind: str) -> Layer:
+    out = cache_dir() / "layers" / f"{kind}-{key}.tar.gz"
+    if out.exists():
+        return _layer_meta(out)
+    layer = build(out)
+    out.with_suffix(".meta.json").write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id,
+                                                         "size": layer.size}))
+    return layer
+
+
+def app_layer(spec: ImageSpec) -> Layer:
+    """The scoring server package, the user's script and extra files."""
+    src = Path(components.__file__).parent
+    entries = [Entry(f"{APP}/components/__init__.py", (src / "__init__.py").stat().st_size,
+                     (src / "__init__.py").read_bytes())]
+    for p in sorted((src / "scoring").glob("*.py")):
+        data = p.read_bytes()
+        entries.append(Entry(f"{APP}/components/scoring/{p.name}", len(data), data))
+    if spec.script:
+        data = spec.script.read_bytes()
+        entries.append(Entry(f"{USER_DIR}/{spec.script.name}", len(data), data))
+    for dest, path in sorted(spec.files.items()):
+        data = path.read_bytes()
+        entries.append(Entry(f"{USER_DIR}/{dest.lstrip('/')}", len(data), data))
+    key = _sha(json.dumps([FORMAT, [(e.path, _sha(e.source)) for e in entries  # type: ignore[arg-type]
+                                    ]]).encode())[:24]
+    return _cached(lambda out: build_layer(entries, out), key, "app")
+
+
+def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
+    """One model version's files at /models/<name>/<version>/, streamed from its registry and verified."""
+    reg = ModelRegistry(m.registry, m.credential)
+    mv = reg.resolve(f"{m.name}:{m.version}")
+    if mv.sha256 != m.sha256:
+        raise ImageBuildError(f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, expected "
+                              f"{m.sha256[:12]}…: the registry record changed; re-register the model")
+    base = f"/models/{m.name}/{m.version}"
+    entries = [Entry(f"{base}/{f['path']}", int(f["size"]), (lambda f=f: reg.iter_file(f)), 0o644, f["sha256"])
+               for f in mv.files]
+    serve_path = base if mv.is_dir else f"{base}/{mv.files[0]['path']}"
+    key = _sha(json.dumps([FORMAT, m.name, m.version, m.sha256]).encode())[:24]
+
+    def build(out: Path) -> Layer:
+        progress(f"model {m.name}:{m.version}: streaming {mv.size_bytes:,d} bytes from {reg.uri} (sha256 verified)")
+        try:
+            return build_layer(entries, out)
+        except ValueError as e:
+            raise ImageBuildError(f"model {m.name}:{m.version} in {reg.uri}: stored content does not match its "
+                                  f"sha256 ({e}): the registry copy is corrupt; re-register the model") from None
+
+    return _cached(build, key, "model"), serve_path
+
+
+# -- build --------------------------------------------------------------------------------------------------------
+
+
+def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> BuildResult:
+    if not spec.models:
+        raise ImageBuildError("a scoring image needs at least one model")
+    names = [m.name for m in spec.models]
+    if len(set(names)) != len(names):
+        raise ImageBuildError(f"model names in one image must be unique, got {names}")
+    if spec.script:
+        check_script(spec.script)
+    base_digest, base_manifest, base_config = resolve_base(spec.base)
+    check_base_has_python(spec.base, base_manifest, base_digest)
+    deps, resolved = deps_layer(spec.requirements, progress)
+    app = app_layer(spec)
+    models = sorted(spec.models, key=lambda m: m.name)
+    model_layers = [model_layer(m, progress) for m in models]
+
+    labels = {
+        "org.opencontainers.image.base.digest": base_digest,
+        "mlinfra.image.format": FORMAT,
+        "mlinfra.image.requirements": ",".join(resolved),
+        **{k: v for i, m in enumerate(models) for k, v in {
+            f"mlinfra.model.{i}.name": m.name, f"mlinfra.model.{i}.version": str(m.version),
+            f"mlinfra.model.{i}.sha256": m.sha256}.items()},
+        **spec.labels,
+    }
+    base_env = [e for e in base_config.get("config", {}).get("Env", []) if not e.startswith("PYTHONPATH=")]
+    env = [
+        *base_env,
+        f"PYTHONPATH={SITE}:{APP}:{USER_DIR}",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONUNBUFFERED=1",
+        f"MLINFRA_SERVE_MODEL={':'.join(p for _, p in model_layers)}",
+        f"MLINFRA_SERVE_NAME={','.join(m.name for m in models)}",
+        f"MLINFRA_SERVE_VERSION={','.join(str(m.version) for m in models)}",
+        "MLINFRA_SERVE_HOST=0.0.0.0",
+        f"MLINFRA_SERVE_PORT={PORT}",
+    ]
+    if spec.script:
+        env.append(f"MLINFRA_SERVE_SCRIPT={USER_DIR}/{spec.script.name}")
+    layers = [deps, app, *[layer for layer, _ in model_layers]]
+    config = image_config(
+        diff_ids=[*base_config["rootfs"]["diff_ids"], *[layer.diff_id for layer in layers]],
+        env=sorted(env),
+        entrypoint=["python3", "-m", "components.scoring"],
+        user="10001:10001",
+        workdir="/opt/mlinfra",
+        labels=labels,
+        exposed_ports=[PORT],
+        healthcheck=["CMD", "python3", "-c",
+                     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/v2/health/ready', "
+                     "timeout=2)"],
+    )
+
+    host, repo, _ = split_ref(spec.repository + ":latest")
+    target = _client(host, spec)
+    base_host, base_repo, _ = split_ref(spec.base)
+    pushed = 0
+    try:
+        for layer in base_manifest["layers"]:
+            if target.blob_exists(repo, layer["digest"]):
+                continue
+            if base_host == host and _mount(target, repo, base_repo, layer["digest"]):
+                continue
+            data = _client(base_host).get_blob(base_repo, layer["digest"])
+            target.push_blob(repo, layer["digest"], data)
+            pushed += len(data)
+        for layer in layers:
+            if target.push_blob(repo, layer.digest, layer.path):
+                pushed += layer.size
+        config_digest = "sha256:" + _sha(config)
+        if target.push_blob(repo, config_digest, config):
+            pushed += len(config)
+        manifest = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_V2,
+            "config": {"mediaType": CONFIG_V1, "digest": config_digest, "size": len(config)},
+            "layers": [
+                *[{"mediaType": bl.get("mediaType", LAYER_GZIP), "digest": bl["digest"], "size": bl["size"]}
+                  for bl in base_manifest["layers"]],
+                *[{"mediaType": LAYER_GZIP, "digest": layer.digest, "size": layer.size} for layer in layers],
+            ],
+            "annotations": {"org.opencontainers.image.base.digest": base_digest},
+        }, sort_keys=True, separators=(",", ":")).encode()
+        digest = "sha256:" + _sha(manifest)
+        if target.manifest_digest(repo, digest) is None:
+            target.put_manifest(repo, digest, manifest)
+            pushed += len(manifest)
+        if spec.tag:
+            target.put_manifest(repo, spec.tag, manifest)
+    except RegistryError as e:
+        raise ImageBuildError(str(e)) from None
+    return BuildResult(
+        image_ref=f"{host}/{repo}@{digest}", digest=digest, labels=labels,
+        layers=[bl["digest"] for bl in base_manifest["layers"]] + [layer.digest for layer in layers],
+        bytes_pushed=pushed,
+        models=[{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
+    )
+
+
+def _mount(client: RegistryClient, repo: str, from_repo: str, digest: str) -> bool:
+    status, _, _ = client.request("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}")
+    return status == 201
+
+
+def list_images(registry_url: str, model: str | None = None) -> list[dict[str, Any]]:
+    """Images in a registry built by mlinfra (label mlinfra.image.format), optionally using MODEL."""
+    client = RegistryClient(registry_url)
+    status, _, data = client.request("GET", "/v2/_catalog?n=1000")
+    if status != 200:
+        raise RegistryError(f"registry {registry_url} refused the catalog: HTTP {status}")
+    out = []
+    for repo in json.loads(data).get("repositories", []):
+        st, _, td = client.request("GET", f"/v2/{repo}/tags/list")
+        tags = (json.loads(td).get("tags") or []) if st == 200 else []
+        seen: set[str] = set()
+        for tag in tags:
+            got = client.get_manifest(repo, tag)
+            if got is None or "config" not in got[1] or got[0] in seen:
+                continue
+            seen.add(got[0])
+            cfg = json.loads(client.get_blob(repo, got[1]["config"]["digest"]))
+            labels = cfg.get("config", {}).get("Labels") or {}
+            if "mlinfra.image.format" not in labels:
+                continue
+            models = []
+            i = 0
+            while f"mlinfra.model.{i}.name" in labels:
+                models.append({"name": labels[f"mlinfra.model.{i}.name"],
+                               "version": int(labels[f"mlinfra.model.{i}.version"]),
+                               "sha256": labels[f"mlinfra.model.{i}.sha256"]})
+                i += 1
+            if model and model not in {m["name"] for m in models}:
+                continue
+            host = registry_url.split("://", 1)[-1]
+            out.append({"image_ref": f"{host}/{repo}@{got[0]}", "repository": repo,
+                        "tags": [t for t in tags if client.manifest_digest(repo, t) == got[0]], "models": models})
+    return out

@@ -1,0 +1,132 @@
+"""ScoringImage: step 2 of the lifecycle — package registered models with the scoring server (and an optional
+Azure ML-style script and dependencies) as a reproducible OCI image, built without a Docker daemon."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from mlinfra import services
+from mlinfra.images.builder import ImageBuildError, check_script, split_ref
+from mlinfra.providers.scoring_image import ScoringImageResource
+from mlinfra.registered_model import RegisteredModel
+from mlinfra.registry import ModelRegistry, default_registry_uri, validate_name
+
+
+@dataclass
+class ScoringImageArgs:
+    models: list[RegisteredModel | str]
+    """RegisteredModels, or "name:version" refs resolved in `model_registry`. Required (at least one)."""
+    repository: str | None = None
+    """Target, host[:port]/path. Default: <local registry>/mlinfra/<resource name>."""
+    tag: str | None = None
+    """An extra mutable tag to push. Default: none (images are addressed by digest)."""
+    script: str | None = None
+    """Azure ML-style scoring script with init() and run(raw_data). Default: the server's ONNX call. A syntax
+    error fails the preview with file and line."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Extra files: {path in /opt/mlinfra/user: local path}. Default: none."""
+    requirements: list[str] = field(default_factory=list)
+    """Extra pip requirements (wheels for cp311 manylinux x86_64). Default: only the server's own."""
+    base: str | None = None
+    """Base image with python3. Default: the local python-base image (make services)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Extra OCI labels. Default: none (mlinfra.model.<n>.name/version/sha256 are always set)."""
+    registry_username: str | None = None
+    """Target registry user. Default: anonymous."""
+    registry_password: pulumi.Input[str] | None = None
+    """Target registry password (made a secret). Default: none."""
+    model_registry: str | None = None
+    """Registry of "name:version" refs. Default: mlinfra:registry config, else the local folder registry."""
+    model_registry_credential: pulumi.Input[str] | None = None
+    """Credential of model_registry (made a secret). Default: mlinfra:registryCredential."""
+
+
+def _sha_file(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+class ScoringImage(pulumi.ComponentResource):
+    """Outputs: ``image_ref`` (registry/repo@sha256:…), ``digest``, ``labels``, ``models`` (name, version, sha256)."""
+
+    image_ref: pulumi.Output[str]
+    digest: pulumi.Output[str]
+    labels: pulumi.Output[dict[str, str]]
+    models: pulumi.Output[list[dict[str, Any]]]
+
+    def __init__(self, name: str, args: ScoringImageArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlinfra:images:ScoringImage", name, None, opts)
+        if not args.models:
+            raise ImageBuildError(f"ScoringImage {name}: models is empty; give at least one RegisteredModel")
+        repository = args.repository or f"{services.registry_host()}/mlinfra/{name}"
+        split_ref(repository + ":x")  # validates the form
+        script = Path(args.script).resolve() if args.script else None
+        if script is not None:
+            if not script.is_file():
+                raise ImageBuildError(f"ScoringImage {name}: script {args.script!r} does not exist")
+            check_script(script)
+        files = {}
+        for dest, src in args.files.items():
+            p = Path(src).resolve()
+            if not p.is_file():
+                raise ImageBuildError(f"ScoringImage {name}: file {src!r} (for {dest}) does not exist")
+            files[dest] = str(p)
+        cfg = pulumi.Config("mlinfra")
+        models: list[Any] = []
+        for m in args.models:
+            if isinstance(m, RegisteredModel):
+                models.append(pulumi.Output.all(m.model_name, m.version, m.sha256, m.registry,
+                                                m.registry_credential).apply(
+                    lambda a: {"name": a[0], "version": a[1], "sha256": a[2], "registry": a[3],
+                               "credential": a[4]}))
+            else:
+                if ":" not in m:
+                    raise ImageBuildError(f"ScoringImage {name}: model ref {m!r} must be name:version")
+                mname, ver = m.rsplit(":", 1)
+                validate_name(mname)
+                uri = args.model_registry or cfg.get("registry") or default_registry_uri()
+                cred = args.model_registry_credential or cfg.get_secret("registryCredential")
+                mv = ModelRegistry(uri, None).resolve(m) if cred is None else None
+                if mv is None:
+                    models.append(pulumi.Output.secret(cred).apply(  # type: ignore[arg-type]
+                        lambda c, m=m, uri=uri: _resolve_ref(m, uri, c)))
+                else:
+                    models.append({"name": mv.name, "version": mv.version, "sha256": mv.sha256, "registry": uri,
+                                   "credential": None})
+        self.image = ScoringImageResource(
+            f"{name}-image",
+            {
+                "repository": repository,
+                "models": models,
+                "base": args.base or services.base_image_ref(),
+                "requirements": sorted(args.requirements),
+                "script": str(script) if script else None,
+                "script_sha256": _sha_file(script) if script else None,
+                "files": {k: _sha_file(Path(v)) + ":" + v for k, v in sorted(files.items())},
+                "labels": dict(sorted(args.labels.items())),
+                "tag": args.tag,
+                "registry_username": args.registry_username,
+                "registry_password": pulumi.Output.secret(args.registry_password)
+                if args.registry_password is not None else None,
+                "image_ref": None, "digest": None, "image_labels": None, "layers": None, "bytes_pushed": None,
+                "model_versions": None,
+            },
+            pulumi.ResourceOptions(parent=self, depends_on=[m for m in args.models if isinstance(m, RegisteredModel)],
+                                   additional_secret_outputs=["registry_password", "models"]),
+        )
+        img: Any = self.image
+        self.image_ref = img.image_ref
+        self.digest = img.digest
+        self.labels = img.image_labels
+        self.models = img.model_versions
+        self.register_outputs({"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels,
+                               "models": self.models})
+
+
+def _resolve_ref(ref: str, uri: str, cred: str | None) -> dict[str, Any]:
+    mv = ModelRegistry(uri, cred).resolve(ref)
+    return {"name": mv.name, "version": mv.version, "sha256": mv.sha256, "registry": uri, "credential": cred}

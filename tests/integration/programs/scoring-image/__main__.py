@@ -1,0 +1,21 @@
+import pulumi
+
+import mlinfra
+
+config = pulumi.Config()
+model = mlinfra.RegisteredModel(
+    "mlp", mlinfra.RegisteredModelArgs(path=config.require("path"), registry=config.require("registry"))
+)
+image = mlinfra.ScoringImage(
+    "scorer",
+    mlinfra.ScoringImageArgs(
+        models=[model],
+        repository=config.require("repository"),
+        script=config.get("script"),
+    ),
+)
+pulumi.export("image_ref", image.image_ref)
+pulumi.export("digest", image.digest)
+pulumi.export("labels", image.labels)
+pulumi.export("models", image.models)
+pulumi.export("model_version", model.version)

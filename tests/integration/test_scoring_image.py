@@ -1,0 +1,179 @@
+"""ScoringImage on the real engine with the local OCI registry and Docker engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from pulumi import automation as auto
+
+from mlinfra import services
+from mlinfra.automation import local_stack
+from mlinfra.images.builder import ImageBuildError, ImageSpec, ModelInput, build_and_push
+from mlinfra.registry import ModelError, ModelRegistry
+from mlinfra.samples import write_mlp
+from tests.scoring_helpers import free_port
+
+pytestmark = pytest.mark.integration
+DOCKER = "/usr/bin/docker"
+
+
+@pytest.fixture
+def services_up(local_services) -> None:
+    local_services("docker", "registry", "python-base")
+
+
+def _infer(port: int, rows: np.ndarray) -> np.ndarray:
+    body = json.dumps({"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
+                                   "data": rows.ravel().tolist()}]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/mlp/infer", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        out = json.loads(r.read())["outputs"][0]
+    return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def _run_and_score(image_ref: str, model_file: Path) -> None:
+    port = free_port()
+    cid = subprocess.run([DOCKER, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", "--read-only",
+                          "--cap-drop", "ALL", image_ref], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            logs = subprocess.run([DOCKER, "logs", cid], capture_output=True, text=True).stdout
+            pytest.fail(f"container never became ready: {logs[-2000:]}")
+        rows = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
+        want = ort.InferenceSession(str(model_file)).run(None, {"input": rows})[0]
+        np.testing.assert_allclose(_infer(port, rows), want, rtol=1e-5)
+        user = subprocess.run([DOCKER, "exec", cid, "id", "-u"], capture_output=True, text=True).stdout.strip()
+        assert user == "10001", "the scoring server must run as non-root"
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", cid], capture_output=True)
+
+
+def test_build_run_score_and_reproduce(tmp_path: Path, backend: Path, program, services_up) -> None:
+    model_file = write_mlp(tmp_path / "model.onnx")
+    repo = f"{services.registry_host()}/test/scorer-{uuid.uuid4().hex[:8]}"
+    reg_uri = f"file://{tmp_path / 'registry'}"
+    cfg = {"path": str(model_file), "registry": reg_uri, "repository": repo}
+    stack = local_stack(program("scoring-image"), "img", backend_dir=backend, config=cfg)
+
+    up = stack.up()
+    ref, digest = up.outputs["image_ref"].value, up.outputs["digest"].value
+    assert ref == f"{repo}@{digest}" and digest.startswith("sha256:")
+    labels = up.outputs["labels"].value
+    assert labels["mlinfra.model.0.name"] == "mlp" and labels["mlinfra.model.0.version"] == "1"
+    assert up.outputs["models"].value == [{"name": "mlp", "version": 1,
+                                           "sha256": ModelRegistry(reg_uri).resolve("mlp:1").sha256}]
+    _run_and_score(ref, model_file)
+
+    again = stack.up()
+    assert again.summary.resource_changes == {"same": 5}
+    assert again.outputs["digest"].value == digest
+
+    # In use: the registry refuses to delete the version the image holds.
+    with pytest.raises(ModelError, match=f"in use by image:{repo}@{digest}"):
+        ModelRegistry(reg_uri).delete_version("mlp", 1)
+
+    # The same inputs from another working directory and a cold cache give the same digest.
+    other = local_stack(_copy(program, tmp_path / "elsewhere"), "img2",
+                        backend_dir=tmp_path / "state2", config=cfg,
+                        env={"MLINFRA_CACHE": str(tmp_path / "cold-cache")})
+    assert other.up().outputs["digest"].value == digest
+    other.destroy()
+
+    # A model-only change changes only the model layer.
+    layers_before = _layers(ref)
+    write_mlp(model_file, seed=9)
+    changed = stack.up()
+    new_ref = changed.outputs["image_ref"].value
+    assert changed.outputs["model_version"].value == 2
+    assert new_ref != ref
+    layers_after = _layers(new_ref)
+    assert layers_after[:-1] == layers_before[:-1], "only the model layer may change"
+    assert layers_after[-1] != layers_before[-1]
+    _run_and_score(new_ref, model_file)
+
+    stack.destroy()
+    ModelRegistry(reg_uri).delete_version("mlp", 1)  # no longer in use
+
+
+def _copy(program, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(Path(__file__).parent / "programs" / "scoring-image", dest)
+    return dest
+
+
+def _layers(ref: str) -> list[str]:
+    from mlinfra.oci import RegistryClient
+
+    host, rest = ref.split("/", 1)
+    repo, digest = rest.split("@")
+    got = RegistryClient(f"http://{host}").get_manifest(repo, digest)
+    assert got is not None
+    return [layer["digest"] for layer in got[1]["layers"]]
+
+
+def test_script_syntax_error_fails_preview_with_file_and_line(tmp_path: Path, backend: Path, program,
+                                                              services_up) -> None:
+    model_file = write_mlp(tmp_path / "model.onnx")
+    script = tmp_path / "score.py"
+    script.write_text("import json\n\ndef run(raw_data):\n    return json.loads(raw_data\n")
+    stack = local_stack(program("scoring-image"), "bad", backend_dir=backend, config={
+        "path": str(model_file), "registry": f"file://{tmp_path / 'registry'}",
+        "repository": f"{services.registry_host()}/test/bad", "script": str(script)})
+    with pytest.raises(auto.CommandError) as e:
+        stack.preview()
+    assert f"{script}:4" in str(e.value) or f"{script}:5" in str(e.value)
+
+
+def _spec(tmp_path: Path, **kw) -> ImageSpec:
+    reg_uri = f"file://{tmp_path / 'registry'}"
+    mv, _ = ModelRegistry(reg_uri).register("mlp", write_mlp(tmp_path / "m.onnx"))
+    base = dict(repository=f"{services.registry_host()}/test/errors", base=services.base_image_ref(),
+                models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)])
+    base.update(kw)
+    return ImageSpec(**base)  # type: ignore[arg-type]
+
+
+def test_bad_inputs_are_named(tmp_path: Path, services_up, monkeypatch) -> None:
+    with pytest.raises(ImageBuildError, match="pip could not install") as e:
+        build_and_push(_spec(tmp_path, requirements=["mlinfra-no-such-package-xyz==9.9"]))
+    assert "mlinfra-no-such-package-xyz" in str(e.value)
+
+    with pytest.raises(ImageBuildError, match="unreachable") as e:
+        build_and_push(_spec(tmp_path, repository="127.0.0.1:1/test/down"))
+    assert "127.0.0.1:1" in str(e.value)
+
+    # A base image without python3.
+    from mlinfra.images.layers import Entry, build_layer
+    from mlinfra.oci import RegistryClient, image_config, push_image
+
+    layer = build_layer([Entry("/etc/os-release", 5, b"none\n")], tmp_path / "nopy.tar.gz")
+    client = RegistryClient(services.registry_url())
+    push_image(client, "test/nopython", "v1", [layer.path], image_config([layer.diff_id]))
+    with pytest.raises(ImageBuildError, match="has no python3"):
+        build_and_push(_spec(tmp_path, base=f"{services.registry_host()}/test/nopython:v1"))
+
+    # Stored model bytes that no longer match their sha256.
+    spec = _spec(tmp_path, repository=f"{services.registry_host()}/test/corrupt")
+    blob = tmp_path / "registry" / "blobs" / "sha256" / spec.models[0].sha256
+    blob.write_bytes(blob.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    monkeypatch.setenv("MLINFRA_CACHE", str(tmp_path / "fresh-cache"))  # no cached model layer
+    with pytest.raises(ImageBuildError, match="does not match its sha256"):
+        build_and_push(spec)
