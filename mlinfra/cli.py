@@ -146,15 +146,15 @@ def _serve_register(sub: argparse._SubParsersAction) -> None:
 
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from mlinfra import cli_models
+    from mlinfra import cli_images, cli_models
 
-    return [cli_models.register, _serve_register]
+    return [cli_models.register, cli_images.register, _serve_register]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from mlinfra import cli_models
+    from mlinfra import cli_images, cli_models
 
-    return (UserError, *cli_models.USER_ERRORS)
+    return (UserError, *cli_models.USER_ERRORS, *cli_images.USER_ERRORS)
 
 
 def main(argv: list[str] | None = None) -> int:

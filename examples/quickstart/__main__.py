@@ -3,7 +3,8 @@
 Run it with `make demo` (does all set-up and starts the local services first). Each lifecycle step lands here as
 its component does:
 
-1. register an ONNX model in an Azure Blob registry (Azurite locally) — RegisteredModel.
+1. register an ONNX model in an Azure Blob registry (Azurite locally) — RegisteredModel;
+2. package it with the scoring server as a reproducible OCI image, pushed to the local registry — ScoringImage.
 """
 
 from pathlib import Path
@@ -24,7 +25,11 @@ model = mlinfra.RegisteredModel(
     mlinfra.RegisteredModelArgs(path=str(model_file), tags={"stage": "dev"}, description="quickstart MLP"),
 )
 
+# 2. Package: model + scoring server (+ dependencies) as an image; unchanged inputs push nothing.
+image = mlinfra.ScoringImage("quickstart-scorer", mlinfra.ScoringImageArgs(models=[model]))
+
 pulumi.export("model", pulumi.Output.concat(model.model_name, ":", model.version.apply(str)))
+pulumi.export("image_ref", image.image_ref)
 pulumi.export("model_sha256", model.sha256)
 pulumi.export("registry", model.registry)
 pulumi.export("oci_registry", services.registry_url())

@@ -339,8 +339,10 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         if target.manifest_digest(repo, digest) is None:
             target.put_manifest(repo, digest, manifest)
             pushed += len(manifest)
-        if spec.tag:
-            target.put_manifest(repo, spec.tag, manifest)
+        # A digest tag (sha256-<hex>, as cosign does) keeps every build listable; the user's tag may move.
+        for tag in filter(None, [digest.replace(":", "-"), spec.tag]):
+            if target.manifest_digest(repo, tag) != digest:
+                target.put_manifest(repo, tag, manifest)
     except RegistryError as e:
         raise ImageBuildError(str(e)) from None
     return BuildResult(

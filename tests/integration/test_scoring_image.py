@@ -177,3 +177,18 @@ def test_bad_inputs_are_named(tmp_path: Path, services_up, monkeypatch) -> None:
     monkeypatch.setenv("MLINFRA_CACHE", str(tmp_path / "fresh-cache"))  # no cached model layer
     with pytest.raises(ImageBuildError, match="does not match its sha256"):
         build_and_push(spec)
+
+
+def test_images_list_finds_images_by_model(tmp_path: Path, services_up) -> None:
+    import sys
+
+    spec = _spec(tmp_path, repository=f"{services.registry_host()}/test/listed-{uuid.uuid4().hex[:6]}")
+    result = build_and_push(spec)
+    out = subprocess.run([sys.executable, "-m", "mlinfra.cli", "images", "list", "--model", "mlp", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    listed = {i["image_ref"]: i for i in json.loads(out)}
+    assert result.image_ref in listed
+    assert listed[result.image_ref]["models"][0]["name"] == "mlp"
+    none = subprocess.run([sys.executable, "-m", "mlinfra.cli", "images", "list", "--model", "no-such-model",
+                           "--json"], capture_output=True, text=True, check=True).stdout
+    assert result.image_ref not in {i["image_ref"] for i in json.loads(none)}
