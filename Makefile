@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup venv engine system services services-down doctor test test-unit test-integration check lint demo clean
+.PHONY: setup venv engine wheelhouse system services services-down doctor test test-unit test-integration check lint demo clean
 
 ## setup: system packages, .venv with the project and its dev extras, the Pulumi engine and plugins
-setup: system venv engine
+setup: system venv engine wheelhouse
 
 system:
 	@bash scripts/install-system.sh
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 
 engine:
 	@bash scripts/engine.sh
+
+wheelhouse: venv
+	@$(BIN)/python -m mlinfra.images --wheelhouse
 
 ## services: start docker, the OCI registry, Azurite, Mosquitto and the base image (reuses what is running)
 services: venv

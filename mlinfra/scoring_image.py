@@ -44,6 +44,12 @@ class ScoringImageArgs:
     """Registry of "name:version" refs. Default: mlinfra:registry config, else the local folder registry."""
     model_registry_credential: pulumi.Input[str] | None = None
     """Credential of model_registry (made a secret). Default: mlinfra:registryCredential."""
+    dockerfile: str | None = None
+    """Build your own Dockerfile with the Docker engine instead of the daemonless build. Its context also holds
+    mlinfra/components/ (the scoring server), mlinfra/requirements.txt and mlinfra/models/<name>/<version>/ (the
+    verified model files); build arg MLINFRA_BASE is the base image. Default: daemonless, reproducible build."""
+    context: str | None = None
+    """Docker build context. Default: the Dockerfile's folder."""
 
 
 def _sha_file(p: Path) -> str:
@@ -75,6 +81,10 @@ class ScoringImage(pulumi.ComponentResource):
             if not p.is_file():
                 raise ImageBuildError(f"ScoringImage {name}: file {src!r} (for {dest}) does not exist")
             files[dest] = str(p)
+        dockerfile = Path(args.dockerfile).resolve() if args.dockerfile else None
+        if dockerfile is not None and not dockerfile.is_file():
+            raise ImageBuildError(f"ScoringImage {name}: dockerfile {args.dockerfile!r} does not exist")
+        context = Path(args.context).resolve() if args.context else (dockerfile.parent if dockerfile else None)
         cfg = pulumi.Config("mlinfra")
         models: list[Any] = []
         for m in args.models:
@@ -109,6 +119,10 @@ class ScoringImage(pulumi.ComponentResource):
                 "files": {k: _sha_file(Path(v)) + ":" + v for k, v in sorted(files.items())},
                 "labels": dict(sorted(args.labels.items())),
                 "tag": args.tag,
+                "dockerfile": str(dockerfile) if dockerfile else None,
+                "dockerfile_sha256": _sha_file(dockerfile) if dockerfile else None,
+                "context": str(context) if context else None,
+                "context_sha256": _sha_dir(context, dockerfile) if context else None,
                 "registry_username": args.registry_username,
                 "registry_password": pulumi.Output.secret(args.registry_password)
                 if args.registry_password is not None else None,
@@ -125,6 +139,15 @@ class ScoringImage(pulumi.ComponentResource):
         self.models = img.model_versions
         self.register_outputs({"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels,
                                "models": self.models})
+
+
+def _sha_dir(root: Path, dockerfile: Path | None) -> str:
+    """Content hash of a build context (paths and bytes), so an unchanged context is no change."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p != dockerfile and ".mlinfra" not in p.parts and "__pycache__" not in p.parts:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def _resolve_ref(ref: str, uri: str, cred: str | None) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from mlinfra import services
+
+# Tests never reach a package index: image builds install from the wheelhouse `make setup` filled.
+os.environ["MLINFRA_PIP_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -165,19 +166,57 @@ def deps_layer(requirements: list[str], progress: Progress) -> tuple[Layer, list
     progress(f"dependencies: resolving {len(reqs)} requirements for cp311/manylinux x86_64")
     with tempfile.TemporaryDirectory(prefix="mlinfra-deps-") as tmp:
         target = Path(tmp) / "site"
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-               "--target", str(target), "--only-binary=:all:", "--python-version", "3.11", "--implementation",
-               "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
-        for p in PLATFORMS:
-            cmd += ["--platform", p]
-        res = subprocess.run([*cmd, *reqs], capture_output=True, text=True)
-        if res.returncode != 0:
-            msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
-            raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
+        pip_target(reqs, target)
         resolved = sorted(p.name.removesuffix(".dist-info") for p in target.glob("*.dist-info"))
         layer = layer_from_dir(target, SITE, out, mode_exec=True)
     resolved_file.write_text(json.dumps(resolved))
     return layer, resolved
+
+
+def wheelhouse() -> Path:
+    """Wheels of the server's requirements for the image platform, filled by `make setup`
+    (python -m mlinfra.images.builder --wheelhouse), so image builds need no package index."""
+    import os
+
+    explicit = os.environ.get("MLINFRA_WHEELHOUSE")
+    if explicit:
+        return Path(explicit)
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return xdg / "mlinfra" / "wheelhouse-cp311-manylinux-x86_64"
+
+
+def _pip_platform_args() -> list[str]:
+    args = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+            "--abi", "abi3", "--abi", "none"]
+    for p in PLATFORMS:
+        args += ["--platform", p]
+    return args
+
+
+def fill_wheelhouse(reqs: list[str] | None = None) -> Path:
+    wh = wheelhouse()
+    wh.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(wh),
+           *_pip_platform_args(), *(reqs or SERVER_REQUIREMENTS)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ImageBuildError(f"pip could not download {reqs or SERVER_REQUIREMENTS}:\n{res.stderr[-1500:]}")
+    return wh
+
+
+def pip_target(reqs: list[str], target: Path) -> None:
+    """Install REQS for the image platform into TARGET: from the wheelhouse alone when it has everything (or when
+    MLINFRA_PIP_OFFLINE=1), else from the package index too. pip's own message is shown on failure."""
+    import os
+
+    base = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+            "--target", str(target), *_pip_platform_args(), "--find-links", str(wheelhouse())]
+    res = subprocess.run([*base, "--no-index", *reqs], capture_output=True, text=True)
+    if res.returncode != 0 and os.environ.get("MLINFRA_PIP_OFFLINE") != "1":
+        res = subprocess.run([*base, *reqs], capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+        raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
 
 
 def _layer_meta(path: Path) -> Layer:
@@ -391,3 +430,85 @@ def list_images(registry_url: str, model: str | None = None) -> list[dict[str, A
             out.append({"image_ref": f"{host}/{repo}@{got[0]}", "repository": repo,
                         "tags": [t for t in tags if client.manifest_digest(repo, t) == got[0]], "models": models})
     return out
+
+
+# -- a user's Dockerfile, built by the Docker engine ---------------------------------------------------------------
+
+DOCKER = "/usr/bin/docker"  # Debian's CLI (with BuildKit), not a newer one earlier on PATH
+
+
+def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progress = lambda _m: None) -> None:
+    """Stage a build context: the user's context plus what a scoring Dockerfile COPYs —
+    `mlinfra/components/` (the scoring server) and `mlinfra/models/<name>/<version>/` (verified model files)."""
+    import shutil
+
+    shutil.copytree(context, dest, dirs_exist_ok=True)
+    src = Path(components.__file__).parent
+    comp = dest / "mlinfra" / "components"
+    (comp / "scoring").mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "__init__.py", comp / "__init__.py")
+    for p in (src / "scoring").glob("*.py"):
+        shutil.copy(p, comp / "scoring" / p.name)
+    reqs = sorted(set(SERVER_REQUIREMENTS) | set(spec.requirements))
+    (dest / "mlinfra" / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    pip_target(reqs, dest / "mlinfra" / "site-packages")
+    for m in spec.models:
+        reg = ModelRegistry(m.registry, m.credential)
+        mv = reg.resolve(f"{m.name}:{m.version}")
+        if mv.sha256 != m.sha256:
+            raise ImageBuildError(f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, "
+                                  f"expected {m.sha256[:12]}…")
+        progress(f"model {m.name}:{m.version}: staging {mv.size_bytes:,d} bytes for the Docker build")
+        try:
+            reg.download(f"{m.name}:{m.version}", dest / "mlinfra" / "models" / m.name / str(m.version)
+                         if mv.is_dir else _mkdir(dest / "mlinfra" / "models" / m.name / str(m.version)))
+        except Exception as e:
+            raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def docker_build_and_push(spec: ImageSpec, dockerfile: Path, context: Path | None = None,
+                          progress: Progress = lambda _m: None) -> BuildResult:
+    """Build a user's Dockerfile with the Docker engine (BuildKit) and push it; returns the pushed digest.
+
+    The Docker engine's images are not byte-reproducible (layer timestamps): callers decide when to rebuild from
+    the inputs' content, as the ScoringImage provider does."""
+    import os
+
+    if not dockerfile.is_file():
+        raise ImageBuildError(f"Dockerfile {dockerfile} does not exist")
+    context = context or dockerfile.parent
+    host, repo, _ = split_ref(spec.repository + ":latest")
+    inputs = _sha(json.dumps([FORMAT, spec.repository, [(m.name, m.version, m.sha256) for m in spec.models],
+                              dockerfile.read_text(), spec.requirements]).encode())[:16]
+    tag = f"{host}/{repo}:build-{inputs}"
+    with tempfile.TemporaryDirectory(prefix="mlinfra-docker-ctx-") as tmp:
+        ctx = Path(tmp) / "ctx"
+        docker_context(spec, context, ctx, progress)
+        labels = [arg for i, m in enumerate(sorted(spec.models, key=lambda m: m.name)) for arg in (
+            "--label", f"mlinfra.model.{i}.name={m.name}", "--label", f"mlinfra.model.{i}.version={m.version}",
+            "--label", f"mlinfra.model.{i}.sha256={m.sha256}")]
+        labels += ["--label", f"mlinfra.image.format={FORMAT}-dockerfile"]
+        for k, v in sorted(spec.labels.items()):
+            labels += ["--label", f"{k}={v}"]
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        progress(f"docker build -f {dockerfile.name} ({tag})")
+        res = subprocess.run([DOCKER, "build", "-q", "-f", str(dockerfile), "-t", tag, *labels,
+                              "--build-arg", f"MLINFRA_BASE={spec.base}", str(ctx)],
+                             capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            raise ImageBuildError(f"docker build of {dockerfile} failed:\n{res.stderr.strip()[-2000:]}")
+    res = subprocess.run([DOCKER, "push", tag], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ImageBuildError(f"docker push to {host} failed: {res.stderr.strip()[-800:]}")
+    m = re.search(r"digest: (sha256:[0-9a-f]{64})", res.stdout)
+    if not m:
+        raise ImageBuildError(f"docker push to {host} printed no digest: {res.stdout[-400:]}")
+    digest = m.group(1)
+    return BuildResult(image_ref=f"{host}/{repo}@{digest}", digest=digest,
+                       labels={"mlinfra.image.format": f"{FORMAT}-dockerfile"}, layers=[], bytes_pushed=-1,
+                       models=[{"name": x.name, "version": x.version, "sha256": x.sha256} for x in spec.models])

@@ -9,12 +9,12 @@ from typing import Any
 from pulumi import ResourceOptions
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
-from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push, docker_build_and_push
 from mlinfra.registry import ModelRegistry
 
 # Inputs that decide the image's content; any change rebuilds (a new digest), the old image stays in the registry.
 BUILD_KEYS = ("repository", "models", "base", "requirements", "script", "script_sha256", "files", "labels", "tag",
-              "registry_username")
+              "registry_username", "dockerfile_sha256", "context_sha256")
 
 
 def _spec(props: dict[str, Any]) -> ImageSpec:
@@ -55,7 +55,11 @@ class ScoringImageProvider(ResourceProvider):
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def _build(self, props: dict[str, Any]) -> dict[str, Any]:
-        result = build_and_push(_spec(props))
+        if props.get("dockerfile"):
+            result = docker_build_and_push(_spec(props), Path(props["dockerfile"]),
+                                           Path(props["context"]) if props.get("context") else None)
+        else:
+            result = build_and_push(_spec(props))
         _users(props, result.image_ref, add=True)
         return {**props, "image_ref": result.image_ref, "digest": result.digest, "image_labels": result.labels,
                 "layers": result.layers, "bytes_pushed": result.bytes_pushed, "model_versions": result.models}

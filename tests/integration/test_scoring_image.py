@@ -192,3 +192,17 @@ def test_images_list_finds_images_by_model(tmp_path: Path, services_up) -> None:
     none = subprocess.run([sys.executable, "-m", "mlinfra.cli", "images", "list", "--model", "no-such-model",
                            "--json"], capture_output=True, text=True, check=True).stdout
     assert result.image_ref not in {i["image_ref"] for i in json.loads(none)}
+
+
+def test_users_own_dockerfile_is_built_by_the_docker_engine(tmp_path: Path, backend: Path, program,
+                                                             services_up) -> None:
+    model_file = write_mlp(tmp_path / "model.onnx")
+    repo = f"{services.registry_host()}/test/byo-{uuid.uuid4().hex[:8]}"
+    stack = local_stack(program("dockerfile-image"), "byo", backend_dir=backend, config={
+        "path": str(model_file), "registry": f"file://{tmp_path / 'registry'}", "repository": repo})
+    up = stack.up()
+    ref = up.outputs["image_ref"].value
+    assert ref.startswith(f"{repo}@sha256:")
+    _run_and_score(ref, model_file)
+    assert stack.up().summary.resource_changes == {"same": 5}, "unchanged inputs must not rebuild"
+    stack.destroy()
