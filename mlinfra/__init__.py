@@ -4,12 +4,16 @@ Register (:class:`RegisteredModel`, :class:`ModelAlias`), package, deploy, monit
 declaratively; see README.md for the tour.
 """
 
+from mlinfra.edge_deployment import EdgeDeployment, EdgeDeploymentArgs, EdgeGate
 from mlinfra.registered_model import ModelAlias, ModelAliasArgs, RegisteredModel, RegisteredModelArgs
 from mlinfra.scoring_image import ScoringImage, ScoringImageArgs
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EdgeDeployment",
+    "EdgeDeploymentArgs",
+    "EdgeGate",
     "ModelAlias",
     "ModelAliasArgs",
     "RegisteredModel",

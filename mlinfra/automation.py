@@ -38,6 +38,9 @@ def local_stack(
     st = auto.create_or_select_stack(stack_name=stack, work_dir=str(project_dir), opts=ws)
     if config:
         st.set_all_config(
-            {k: v if isinstance(v, auto.ConfigValue) else auto.ConfigValue(value=v) for k, v in config.items()}
+            {
+                k: v if isinstance(v, auto.ConfigValue) else auto.ConfigValue(value=v)
+                for k, v in config.items()
+            }
         )
     return st

@@ -62,7 +62,9 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
         (
             "kubernetes plugin",
             plugin.exists(),
-            f"v{kv} in {plugin.parent}" if plugin.exists() else f"v{kv} is not installed in {engine.pulumi_home()}",
+            f"v{kv} in {plugin.parent}"
+            if plugin.exists()
+            else f"v{kv} is not installed in {engine.pulumi_home()}",
             "make setup",
         )
     )
@@ -126,13 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_version)
 
-    p = sub.add_parser("doctor", help="check the engine, plugins and local services; say how to fix what is missing")
+    p = sub.add_parser(
+        "doctor", help="check the engine, plugins and local services; say how to fix what is missing"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_doctor)
 
-    p = sub.add_parser("services", help="start, stop or list the local services (docker, registry, azurite, ...)")
+    p = sub.add_parser(
+        "services", help="start, stop or list the local services (docker, registry, azurite, ...)"
+    )
     p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("names", nargs="*", metavar="SERVICE", help=f"default: all of {', '.join(services.SERVICES)}")
+    p.add_argument(
+        "names", nargs="*", metavar="SERVICE", help=f"default: all of {', '.join(services.SERVICES)}"
+    )
     p.set_defaults(func=_services)
 
     for register in _extensions():
@@ -141,20 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve_register(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("serve", help="serve ONNX models over the Open Inference Protocol (mlinfra serve --help)",
-                   add_help=False)
+    sub.add_parser(
+        "serve",
+        help="serve ONNX models over the Open Inference Protocol (mlinfra serve --help)",
+        add_help=False,
+    )
 
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from mlinfra import cli_images, cli_models
+    from mlinfra import cli_edge, cli_images, cli_models
 
-    return [cli_models.register, cli_images.register, _serve_register]
+    return [cli_models.register, cli_images.register, cli_edge.register, _serve_register]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from mlinfra import cli_images, cli_models
+    from mlinfra import cli_edge, cli_images, cli_models
 
-    return (UserError, *cli_models.USER_ERRORS, *cli_images.USER_ERRORS)
+    return (UserError, *cli_models.USER_ERRORS, *cli_images.USER_ERRORS, *cli_edge.USER_ERRORS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         from components.scoring.cli import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["edge-agent"]:
+        from components.edge.cli import main as agent_main
+
+        return agent_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -33,13 +33,17 @@ def _kv(items: list[str] | None, what: str) -> dict[str, str]:
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
     uri = args.registry or default_registry_uri()
-    credential = os.environ.get("MLINFRA_REGISTRY_CREDENTIAL") or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    credential = os.environ.get("MLINFRA_REGISTRY_CREDENTIAL") or os.environ.get(
+        "AZURE_STORAGE_CONNECTION_STRING"
+    )
     return ModelRegistry(uri, credential)
 
 
 def _row(mv: ModelVersion) -> str:
     tags = ",".join(f"{k}={v}" for k, v in mv.tags.items())
-    return f"{mv.name:24s} {mv.version:>4d}  {mv.sha256[:12]}  {mv.size_bytes:>12,d}  {mv.framework:7s} {tags}"
+    return (
+        f"{mv.name:24s} {mv.version:>4d}  {mv.sha256[:12]}  {mv.size_bytes:>12,d}  {mv.framework:7s} {tags}"
+    )
 
 
 def _print(mvs: list[ModelVersion], as_json: bool) -> None:
@@ -54,7 +58,10 @@ def _print(mvs: list[ModelVersion], as_json: bool) -> None:
 def cmd_register(args: argparse.Namespace) -> int:
     reg = _registry(args)
     mv, created = reg.register(
-        args.name, Path(args.path), framework=args.framework, description=args.description,
+        args.name,
+        Path(args.path),
+        framework=args.framework,
+        description=args.description,
         tags=_kv(args.tag, "--tag") if args.tag else None,
         properties=_kv(args.property, "--property") if args.property else None,
         progress=Progress(Path(args.path).name),
@@ -114,8 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--registry", help="registry URI (default: $MLINFRA_REGISTRY, else ./.mlinfra/registry); "
-                       "credential from $MLINFRA_REGISTRY_CREDENTIAL")
+        p.add_argument(
+            "--registry",
+            help="registry URI (default: $MLINFRA_REGISTRY, else ./.mlinfra/registry); "
+            "credential from $MLINFRA_REGISTRY_CREDENTIAL",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = msub.add_parser("register", help="register PATH as the next version of NAME (no-op if unchanged)")

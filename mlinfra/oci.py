@@ -21,7 +21,11 @@ MANIFEST_V2 = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_V1 = "application/vnd.oci.image.config.v1+json"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 ACCEPT = ",".join(
-    [MANIFEST_V2, "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.index.v1+json"]
+    [
+        MANIFEST_V2,
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.oci.image.index.v1+json",
+    ]
 )
 
 
@@ -89,13 +93,18 @@ class RegistryClient:
         conn = self._conn()
         try:
             if isinstance(source, bytes):
-                conn.request("PUT", path, body=source,
-                             headers=self._headers({"Content-Type": "application/octet-stream"}))
+                conn.request(
+                    "PUT",
+                    path,
+                    body=source,
+                    headers=self._headers({"Content-Type": "application/octet-stream"}),
+                )
             else:
                 size = os.path.getsize(source)
                 conn.putrequest("PUT", path)
-                for k, v in self._headers({"Content-Type": "application/octet-stream",
-                                           "Content-Length": str(size)}).items():
+                for k, v in self._headers(
+                    {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+                ).items():
                     conn.putheader(k, v)
                 conn.endheaders()
                 with open(source, "rb") as f:
@@ -123,7 +132,9 @@ class RegistryClient:
         return headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(manifest).hexdigest()
 
     def get_manifest(self, repo: str, reference: str) -> tuple[str, dict] | None:
-        status, headers, data = self.request("GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT})
+        status, headers, data = self.request(
+            "GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT}
+        )
         if status == 404:
             return None
         self._check(status, data, f"manifest {repo}:{reference}", [200])
@@ -131,7 +142,9 @@ class RegistryClient:
         return digest, json.loads(data)
 
     def manifest_digest(self, repo: str, reference: str) -> str | None:
-        status, headers, data = self.request("HEAD", f"/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT})
+        status, headers, data = self.request(
+            "HEAD", f"/v2/{repo}/manifests/{reference}", headers={"Accept": ACCEPT}
+        )
         if status == 404:
             return None
         self._check(status, data, f"manifest {repo}:{reference}", [200])
@@ -164,8 +177,12 @@ def image_config(
     if exposed_ports:
         cfg["ExposedPorts"] = {f"{p}/tcp": {} for p in exposed_ports}
     if healthcheck:
-        cfg["Healthcheck"] = {"Test": healthcheck, "Interval": 10_000_000_000, "Timeout": 3_000_000_000,
-                              "Retries": 3}
+        cfg["Healthcheck"] = {
+            "Test": healthcheck,
+            "Interval": 10_000_000_000,
+            "Timeout": 3_000_000_000,
+            "Retries": 3,
+        }
     doc = {
         "architecture": "amd64",
         "os": "linux",
@@ -183,9 +200,7 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def push_image(
-    client: RegistryClient, repo: str, tag: str | None, layers: list[Path], config: bytes
-) -> str:
+def push_image(client: RegistryClient, repo: str, tag: str | None, layers: list[Path], config: bytes) -> str:
     """Push layers (gzip tars), the config and an OCI manifest; returns the manifest digest."""
     descriptors = []
     for layer in layers:

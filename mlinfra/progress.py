@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 
 class Progress:
-    def __init__(self, label: str, min_bytes: int = 8 << 20, stream=None):  # type: ignore[no-untyped-def]
+    def __init__(self, label: str, min_bytes: int = 8 << 20, stream: Any = None):
         self.label = label
         self.min_bytes = min_bytes
         self.stream = stream or sys.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+
 from mlinfra.providers.model_version import ModelAliasResource, ModelVersionResource
 from mlinfra.registry import ModelError, onnx_signature, scan_content, validate_name, validate_tags
 from mlinfra.registry.registry import FRAMEWORKS
@@ -71,7 +72,9 @@ class RegisteredModel(pulumi.ComponentResource):
         tags = validate_tags(args.tags)
         properties = validate_tags(args.properties, "properties")
         if args.framework not in FRAMEWORKS:
-            raise ModelError(f"framework {args.framework!r} is not supported: use one of {', '.join(FRAMEWORKS)}")
+            raise ModelError(
+                f"framework {args.framework!r} is not supported: use one of {', '.join(FRAMEWORKS)}"
+            )
         path = Path(os.path.expanduser(args.path)).resolve()
 
         def hashing(done: int, total: int) -> None:
@@ -119,8 +122,13 @@ class RegisteredModel(pulumi.ComponentResource):
         self.registry_credential = credential
         self.register_outputs(
             {
-                "version": self.version, "sha256": self.sha256, "uri": self.uri, "size_bytes": self.size_bytes,
-                "framework": self.framework, "signature": self.signature, "tags": self.tags,
+                "version": self.version,
+                "sha256": self.sha256,
+                "uri": self.uri,
+                "size_bytes": self.size_bytes,
+                "framework": self.framework,
+                "signature": self.signature,
+                "tags": self.tags,
                 "model_name": self.model_name,
             }
         )
@@ -153,8 +161,9 @@ class ModelAlias(pulumi.ComponentResource):
                 "alias": args.alias,
                 "version": args.version if args.version is not None else args.model.version,
             },
-            pulumi.ResourceOptions(parent=self, depends_on=[args.model],
-                                   additional_secret_outputs=["registry_credential"]),
+            pulumi.ResourceOptions(
+                parent=self, depends_on=[args.model], additional_secret_outputs=["registry_credential"]
+            ),
         )
         self.version = self.alias_record.version.apply(  # type: ignore[attr-defined]
             lambda v: int(v) if v is not None else v

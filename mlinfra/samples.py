@@ -30,7 +30,9 @@ def mlp_model(inputs: int = 64, hidden: int = 256, outputs: int = 10, seed: int 
         "mlp",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", inputs])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", outputs])],
-        initializer=[numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+        initializer=[
+            numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="mlinfra")
     model.ir_version = 8
@@ -54,11 +56,18 @@ def types_model():
     import onnx
     from onnx import TensorProto, helper
 
-    types = {"fp32": TensorProto.FLOAT, "fp64": TensorProto.DOUBLE, "int32": TensorProto.INT32,
-             "int64": TensorProto.INT64, "bool": TensorProto.BOOL, "bytes": TensorProto.STRING}
+    types = {
+        "fp32": TensorProto.FLOAT,
+        "fp64": TensorProto.DOUBLE,
+        "int32": TensorProto.INT32,
+        "int64": TensorProto.INT64,
+        "bool": TensorProto.BOOL,
+        "bytes": TensorProto.STRING,
+    }
     nodes = [helper.make_node("Identity", [f"x_{t}"], [f"y_{t}"]) for t in types]
     graph = helper.make_graph(
-        nodes, "types",
+        nodes,
+        "types",
         [helper.make_tensor_value_info(f"x_{t}", et, ["batch", 2]) for t, et in types.items()],
         [helper.make_tensor_value_info(f"y_{t}", et, ["batch", 2]) for t, et in types.items()],
     )

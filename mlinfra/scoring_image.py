@@ -3,6 +3,7 @@ Azure ML-style script and dependencies) as a reproducible OCI image, built witho
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,29 +85,46 @@ class ScoringImage(pulumi.ComponentResource):
         dockerfile = Path(args.dockerfile).resolve() if args.dockerfile else None
         if dockerfile is not None and not dockerfile.is_file():
             raise ImageBuildError(f"ScoringImage {name}: dockerfile {args.dockerfile!r} does not exist")
-        context = Path(args.context).resolve() if args.context else (dockerfile.parent if dockerfile else None)
+        context = (
+            Path(args.context).resolve() if args.context else (dockerfile.parent if dockerfile else None)
+        )
         cfg = pulumi.Config("mlinfra")
         models: list[Any] = []
         for m in args.models:
             if isinstance(m, RegisteredModel):
-                models.append(pulumi.Output.all(m.model_name, m.version, m.sha256, m.registry,
-                                                m.registry_credential).apply(
-                    lambda a: {"name": a[0], "version": a[1], "sha256": a[2], "registry": a[3],
-                               "credential": a[4]}))
+                models.append(
+                    pulumi.Output.all(
+                        m.model_name, m.version, m.sha256, m.registry, m.registry_credential
+                    ).apply(
+                        lambda a: {
+                            "name": a[0],
+                            "version": a[1],
+                            "sha256": a[2],
+                            "registry": a[3],
+                            "credential": a[4],
+                        }
+                    )
+                )
             else:
                 if ":" not in m:
                     raise ImageBuildError(f"ScoringImage {name}: model ref {m!r} must be name:version")
-                mname, ver = m.rsplit(":", 1)
+                mname, _version = m.rsplit(":", 1)
                 validate_name(mname)
                 uri = args.model_registry or cfg.get("registry") or default_registry_uri()
                 cred = args.model_registry_credential or cfg.get_secret("registryCredential")
                 mv = ModelRegistry(uri, None).resolve(m) if cred is None else None
                 if mv is None:
-                    models.append(pulumi.Output.secret(cred).apply(  # type: ignore[arg-type]
-                        lambda c, m=m, uri=uri: _resolve_ref(m, uri, c)))
+                    models.append(pulumi.Output.secret(cred).apply(functools.partial(_resolve_ref, m, uri)))
                 else:
-                    models.append({"name": mv.name, "version": mv.version, "sha256": mv.sha256, "registry": uri,
-                                   "credential": None})
+                    models.append(
+                        {
+                            "name": mv.name,
+                            "version": mv.version,
+                            "sha256": mv.sha256,
+                            "registry": uri,
+                            "credential": None,
+                        }
+                    )
         self.image = ScoringImageResource(
             f"{name}-image",
             {
@@ -125,20 +143,29 @@ class ScoringImage(pulumi.ComponentResource):
                 "context_sha256": _sha_dir(context, dockerfile) if context else None,
                 "registry_username": args.registry_username,
                 "registry_password": pulumi.Output.secret(args.registry_password)
-                if args.registry_password is not None else None,
-                "image_ref": None, "digest": None, "image_labels": None, "layers": None, "bytes_pushed": None,
+                if args.registry_password is not None
+                else None,
+                "image_ref": None,
+                "digest": None,
+                "image_labels": None,
+                "layers": None,
+                "bytes_pushed": None,
                 "model_versions": None,
             },
-            pulumi.ResourceOptions(parent=self, depends_on=[m for m in args.models if isinstance(m, RegisteredModel)],
-                                   additional_secret_outputs=["registry_password", "models"]),
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[m for m in args.models if isinstance(m, RegisteredModel)],
+                additional_secret_outputs=["registry_password", "models"],
+            ),
         )
         img: Any = self.image
         self.image_ref = img.image_ref
         self.digest = img.digest
         self.labels = img.image_labels
         self.models = img.model_versions
-        self.register_outputs({"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels,
-                               "models": self.models})
+        self.register_outputs(
+            {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
+        )
 
 
 def _sha_dir(root: Path, dockerfile: Path | None) -> str:
@@ -146,7 +173,9 @@ def _sha_dir(root: Path, dockerfile: Path | None) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
         if p.is_file() and p != dockerfile and ".mlinfra" not in p.parts and "__pycache__" not in p.parts:
-            h.update(p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+            h.update(
+                p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest()
+            )
     return h.hexdigest()
 
 

@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -253,7 +252,13 @@ def _start_docker() -> None:
         raise ServiceError("dockerd must be started as root here (no systemd): run `sudo make services`")
     pid = _spawn(
         "docker",
-        [dockerd, "--host", "unix:///var/run/docker.sock", "--pidfile", str(state_dir("docker") / "dockerd.pid")],
+        [
+            dockerd,
+            "--host",
+            "unix:///var/run/docker.sock",
+            "--pidfile",
+            str(state_dir("docker") / "dockerd.pid"),
+        ],
     )
     _wait("docker", docker_ok, pid, 60)
 
@@ -268,7 +273,9 @@ def _start_registry() -> None:
         raise _taken(port, "the OCI registry", "MLINFRA_REGISTRY_PORT")
     binary = "/usr/bin/docker-registry"
     if not Path(binary).exists():
-        raise ServiceError("docker-registry is not installed: run `make setup` (installs Debian's docker-registry)")
+        raise ServiceError(
+            "docker-registry is not installed: run `make setup` (installs Debian's docker-registry)"
+        )
     d = state_dir("registry")
     (d / "data").mkdir(exist_ok=True)
     config = d / "config.yml"
@@ -338,8 +345,9 @@ def mosquitto_ok() -> bool:
     except ImportError:
         return True
     creds = mosquitto_credentials()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"mlinfra-check-{os.getpid()}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"mlinfra-check-{os.getpid()}", protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(creds["username"], creds["password"])
     try:
         client.connect("127.0.0.1", port, keepalive=5)
@@ -364,11 +372,13 @@ def _start_mosquitto() -> None:
     pw = d / "passwd"
     if not pw.exists():
         pw.touch(mode=0o600)
-    subprocess.run([passwd, "-b", str(pw), creds["username"], creds["password"]], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [passwd, "-b", str(pw), creds["username"], creds["password"]], check=True, capture_output=True
+    )
+    from mlinfra.edge import write_acl
+
+    write_acl()  # devices: their own topics only; the admin: everything
     acl = d / "acl"
-    if not acl.exists():
-        acl.write_text(f"user {creds['username']}\ntopic readwrite #\n")
     (d / "data").mkdir(exist_ok=True)
     conf = d / "mosquitto.conf"
     conf.write_text(
@@ -434,15 +444,28 @@ def build_base_layer(progress: Callable[[str], None] = print) -> Path:
     log = d / "debootstrap.log"
     with open(log, "wb") as out:
         rc = subprocess.run(
-            ["debootstrap", "--variant=minbase", "--include=python3,ca-certificates", suite, str(rootfs),
-             _debian_mirror()],
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,ca-certificates",
+                suite,
+                str(rootfs),
+                _debian_mirror(),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         ).returncode
     if rc != 0:
         raise ServiceError(f"debootstrap failed (exit {rc}); log: {log}\n{_tail(log)}")
-    for junk in ["var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man", "usr/share/locale",
-                 "usr/share/info", "var/log"]:
+    for junk in [
+        "var/lib/apt/lists",
+        "var/cache/apt",
+        "usr/share/doc",
+        "usr/share/man",
+        "usr/share/locale",
+        "usr/share/info",
+        "var/log",
+    ]:
         target = rootfs / junk
         if target.exists():
             shutil.rmtree(target, ignore_errors=True)
@@ -459,8 +482,18 @@ def build_base_layer(progress: Callable[[str], None] = print) -> Path:
     tmp = layer.with_suffix(".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz:
         tar = subprocess.Popen(
-            ["tar", "--sort=name", "--numeric-owner", "--exclude=./proc/*", "--exclude=./sys/*",
-             "--exclude=./dev/*", "-C", str(rootfs), "-c", "."],
+            [
+                "tar",
+                "--sort=name",
+                "--numeric-owner",
+                "--exclude=./proc/*",
+                "--exclude=./sys/*",
+                "--exclude=./dev/*",
+                "-C",
+                str(rootfs),
+                "-c",
+                ".",
+            ],
             stdout=subprocess.PIPE,
         )
         assert tar.stdout is not None
@@ -516,16 +549,42 @@ def _docker_address() -> str:
 SERVICES: dict[str, Service] = {
     s.name: s
     for s in [
-        Service("docker", "Docker engine (dockerd)", docker_ok, _start_docker, _docker_address,
-                "make services (starts dockerd; install with make setup)"),
-        Service("registry", "OCI registry (docker-registry)", registry_ok, _start_registry, registry_url,
-                "make services"),
-        Service("azurite", "Azure Blob emulator (Azurite)", azurite_ok, _start_azurite, azurite_blob_url,
-                "make services"),
-        Service("mosquitto", "MQTT broker (Mosquitto)", mosquitto_ok, _start_mosquitto, mqtt_url,
-                "make services"),
-        Service("python-base", "Python base image for scoring images", base_image_ok, _start_base_image,
-                base_image_ref, "make services (builds it once with debootstrap)", depends=["registry"]),
+        Service(
+            "docker",
+            "Docker engine (dockerd)",
+            docker_ok,
+            _start_docker,
+            _docker_address,
+            "make services (starts dockerd; install with make setup)",
+        ),
+        Service(
+            "registry",
+            "OCI registry (docker-registry)",
+            registry_ok,
+            _start_registry,
+            registry_url,
+            "make services",
+        ),
+        Service(
+            "azurite",
+            "Azure Blob emulator (Azurite)",
+            azurite_ok,
+            _start_azurite,
+            azurite_blob_url,
+            "make services",
+        ),
+        Service(
+            "mosquitto", "MQTT broker (Mosquitto)", mosquitto_ok, _start_mosquitto, mqtt_url, "make services"
+        ),
+        Service(
+            "python-base",
+            "Python base image for scoring images",
+            base_image_ok,
+            _start_base_image,
+            base_image_ref,
+            "make services (builds it once with debootstrap)",
+            depends=["registry"],
+        ),
     ]
 }
 

@@ -29,8 +29,15 @@ class Server:
     port: int
     log: Path
 
-    def request(self, method: str, path: str, body: Any = None, key: str | None = None,
-                headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any, dict]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, Any, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         h = dict(headers or {})
         if key:
@@ -64,7 +71,10 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None, wait_
     out = open(log, "wb")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "components.scoring", "--port", str(port), *args],
-        stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     server = Server(proc, port, log)
     deadline = time.monotonic() + 30

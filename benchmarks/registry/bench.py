@@ -14,6 +14,7 @@ Needs `make setup services` (Azurite). Writes figures with the date and machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,7 +36,7 @@ CHILD_MLINFRA = r"""
 import os, resource, sys, time, json
 sys.path.insert(0, {repo!r})
 from mlinfra.registry import ModelRegistry
-from mlinfra import services
+from mlinfra import services  # noqa: E402
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 reg = ModelRegistry("azblob://devstoreaccount1/{container}?endpoint=" + services.azurite_blob_url(), services.AZURITE_KEY)
 reg.store.check()
@@ -50,7 +51,7 @@ CHILD_RAW = r"""
 import hashlib, os, resource, sys, time, json
 sys.path.insert(0, {repo!r})
 from azure.storage.blob import BlobServiceClient
-from mlinfra import services
+from mlinfra import services  # noqa: E402
 svc = BlobServiceClient.from_connection_string(services.azurite_connection_string())
 cc = svc.get_container_client("{container}")
 try:
@@ -98,8 +99,10 @@ def bench_upload(work: Path, reps: int) -> dict:
             tmpl = CHILD_MLINFRA if kind == "mlinfra" else CHILD_RAW
             r = run_child(tmpl.format(repo=str(REPO), container=container, name="big", path=str(f1)), env)
             results[kind].append(r)
-            print(f"  1 GiB {kind:8s} rep {i + 1}: {r['seconds']:.2f} s, peak RSS {r['peak_kb'] / 1024:.0f} MiB",
-                  flush=True)
+            print(
+                f"  1 GiB {kind:8s} rep {i + 1}: {r['seconds']:.2f} s, peak RSS {r['peak_kb'] / 1024:.0f} MiB",
+                flush=True,
+            )
             _drop_container(container)
     med = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
     return {
@@ -118,20 +121,22 @@ def bench_rss_2g(work: Path) -> dict:
     r = run_child(CHILD_MLINFRA.format(repo=str(REPO), container=container, name="big2g", path=str(f2)), env)
     _drop_container(container)
     f2.unlink()
-    return {"seconds": r["seconds"], "baseline_mib": r["base_kb"] / 1024, "peak_mib": r["peak_kb"] / 1024,
-            "growth_mib": (r["peak_kb"] - r["base_kb"]) / 1024}
+    return {
+        "seconds": r["seconds"],
+        "baseline_mib": r["base_kb"] / 1024,
+        "peak_mib": r["peak_kb"] / 1024,
+        "growth_mib": (r["peak_kb"] - r["base_kb"]) / 1024,
+    }
 
 
 def _drop_container(name: str) -> None:
     from azure.storage.blob import BlobServiceClient
 
-    try:
+    with contextlib.suppress(Exception):
         BlobServiceClient.from_connection_string(services.azurite_connection_string()).delete_container(name)
-    except Exception:
-        pass
 
 
-PLAIN_PROGRAM = '''
+PLAIN_PROGRAM = """
 import pulumi
 from pulumi.dynamic import CreateResult, ResourceProvider, Resource
 
@@ -145,14 +150,14 @@ class R(Resource):
 
 for i in range(20):
     R(f"plain-{i}", {"name": f"plain-{i}", "path": f"/models/m{i}.bin", "sha256": "0" * 64})
-'''
+"""
 
-MODELS_PROGRAM = '''
+MODELS_PROGRAM = """
 import pulumi, mlinfra
 for i in range(20):
-    mlinfra.RegisteredModel(f"m{i}", mlinfra.RegisteredModelArgs(path=f"{models}/m{i}.bin", framework="custom",
+    mlinfra.RegisteredModel(f"m{{i}}", mlinfra.RegisteredModelArgs(path=f"{models}/m{{i}}.bin", framework="custom",
                             registry="file://{registry}"))
-'''
+"""
 
 
 def bench_preview(work: Path, reps: int) -> dict:
@@ -164,8 +169,10 @@ def bench_preview(work: Path, reps: int) -> dict:
         make_file(models / f"m{i}.bin", 100 << 20, 100 + i)
     out: dict[str, list[float]] = {"models": [], "plain": []}
     stacks = {}
-    for kind, src in (("models", MODELS_PROGRAM.format(models=models, registry=work / "registry")),
-                      ("plain", PLAIN_PROGRAM)):
+    for kind, src in (
+        ("models", MODELS_PROGRAM.format(models=models, registry=work / "registry")),
+        ("plain", PLAIN_PROGRAM),
+    ):
         d = work / f"prog-{kind}"
         d.mkdir()
         (d / "Pulumi.yaml").write_text(f"name: bench-{kind}\nruntime: python\n")
@@ -204,20 +211,25 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     machine = f"{platform.node()} — {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
-    data = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine, "upload_1g": up,
-            "rss_2g": rss, "preview_20": pv}
+    data = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "upload_1g": up,
+        "rss_2g": rss,
+        "preview_20": pv,
+    }
     Path(args.out).with_suffix(".json").write_text(json.dumps(data, indent=1))
     Path(args.out).write_text(f"""# Registry benchmark results
 
-Measured {data['date']} on {machine} (shared, noisy: read the ratios). Script: `bench.py`, {args.reps} alternating
+Measured {data["date"]} on {machine} (shared, noisy: read the ratios). Script: `bench.py`, {args.reps} alternating
 repetitions, medians. Azurite {services.azurite_blob_url()} on the same machine.
 
 | measure | mlinfra | peer | ratio / delta | goal |
 |---|---|---|---|---|
-| register 1 GiB in Azurite (s) | {up['median_s']['mlinfra']:.2f} | raw sha256 + upload_blob(max_concurrency=4): {up['median_s']['raw']:.2f} | **{up['ratio']:.2f}×** | ≤ 1.2× |
-| peak RSS during 1 GiB (MiB) | {up['peak_rss_mib']['mlinfra']:.0f} | {up['peak_rss_mib']['raw']:.0f} | | |
-| register 2 GiB: RSS growth over baseline (MiB) | {rss['growth_mib']:.0f} (baseline {rss['baseline_mib']:.0f}, peak {rss['peak_mib']:.0f}) | | | < 100 MB |
-| no-op `pulumi preview`, 20 models / 2 GiB (s) | {pv['median_s']['models']:.2f} | 20 plain dynamic resources: {pv['median_s']['plain']:.2f} | **+{pv['delta_s']:.2f} s** | ≤ +5 s |
+| register 1 GiB in Azurite (s) | {up["median_s"]["mlinfra"]:.2f} | raw sha256 + upload_blob(max_concurrency=4): {up["median_s"]["raw"]:.2f} | **{up["ratio"]:.2f}×** | ≤ 1.2× |
+| peak RSS during 1 GiB (MiB) | {up["peak_rss_mib"]["mlinfra"]:.0f} | {up["peak_rss_mib"]["raw"]:.0f} | | |
+| register 2 GiB: RSS growth over baseline (MiB) | {rss["growth_mib"]:.0f} (baseline {rss["baseline_mib"]:.0f}, peak {rss["peak_mib"]:.0f}) | | | < 100 MB |
+| no-op `pulumi preview`, 20 models / 2 GiB (s) | {pv["median_s"]["models"]:.2f} | 20 plain dynamic resources: {pv["median_s"]["plain"]:.2f} | **+{pv["delta_s"]:.2f} s** | ≤ +5 s |
 
 mlinfra's registration hashes the file once before uploading (to skip uploads of content the registry already
 has and to claim the version) and once more while streaming it (to detect a file changed mid-upload); the raw

@@ -36,8 +36,13 @@ from mlinfra.engine import cache_dir  # noqa: E402
 from mlinfra.samples import write_mlp  # noqa: E402
 
 VENVS = cache_dir() / "bench-venvs"
-PEER_ENV = {"DO_NOT_TRACK": "1", "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
-            "LITSERVE_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+PEER_ENV = {
+    "DO_NOT_TRACK": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+    "LITSERVE_DISABLE_TELEMETRY": "1",
+    "OMP_NUM_THREADS": "1",
+}
 
 
 def free_port() -> int:
@@ -51,21 +56,71 @@ def servers(model: Path, port: int, work: Path) -> dict[str, dict]:
     peer = str(HERE / "peers")
     mls = work / "mlserver"
     mls.mkdir(exist_ok=True)
-    (mls / "settings.json").write_text(json.dumps({"http_port": port, "grpc_port": port + 1, "metrics_port": port + 2,
-                                                   "parallel_workers": 0, "debug": False, "host": "127.0.0.1"}))
-    (mls / "model-settings.json").write_text(json.dumps({"name": "mlp", "implementation":
-                                                         "mlserver_runtime.OnnxMLP"}))
+    (mls / "settings.json").write_text(
+        json.dumps(
+            {
+                "http_port": port,
+                "grpc_port": port + 1,
+                "metrics_port": port + 2,
+                "parallel_workers": 0,
+                "debug": False,
+                "host": "127.0.0.1",
+            }
+        )
+    )
+    (mls / "model-settings.json").write_text(
+        json.dumps({"name": "mlp", "implementation": "mlserver_runtime.OnnxMLP"})
+    )
     return {
-        "mlinfra": {"cmd": [py, "-m", "components.scoring", "--model", str(model), "--name", "mlp", "--port",
-                            str(port)], "cwd": REPO},
-        "mlinfra-batched": {"cmd": [py, "-m", "components.scoring", "--model", str(model), "--name", "mlp",
-                                    "--port", str(port), "--max-batch-size", "64"], "cwd": REPO},
+        "mlinfra": {
+            "cmd": [
+                py,
+                "-m",
+                "components.scoring",
+                "--model",
+                str(model),
+                "--name",
+                "mlp",
+                "--port",
+                str(port),
+            ],
+            "cwd": REPO,
+        },
+        "mlinfra-batched": {
+            "cmd": [
+                py,
+                "-m",
+                "components.scoring",
+                "--model",
+                str(model),
+                "--name",
+                "mlp",
+                "--port",
+                str(port),
+                "--max-batch-size",
+                "64",
+            ],
+            "cwd": REPO,
+        },
         "constant-aiohttp": {"cmd": [py, f"{peer}/constant_aiohttp.py"], "cwd": peer},
-        "mlserver": {"cmd": [str(VENVS / "mlserver/bin/mlserver"), "start", str(mls)], "cwd": peer,
-                     "pythonpath": peer},
+        "mlserver": {
+            "cmd": [str(VENVS / "mlserver/bin/mlserver"), "start", str(mls)],
+            "cwd": peer,
+            "pythonpath": peer,
+        },
         "kserve": {"cmd": [str(VENVS / "kserve/bin/python"), f"{peer}/kserve_server.py"], "cwd": peer},
-        "bentoml": {"cmd": [str(VENVS / "bentoml/bin/bentoml"), "serve", "bentoml_service:MLP", "--port", str(port),
-                            "--host", "127.0.0.1"], "cwd": peer},
+        "bentoml": {
+            "cmd": [
+                str(VENVS / "bentoml/bin/bentoml"),
+                "serve",
+                "bentoml_service:MLP",
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+            ],
+            "cwd": peer,
+        },
         "litserve": {"cmd": [str(VENVS / "litserve/bin/python"), f"{peer}/litserve_server.py"], "cwd": peer},
         "pytriton": {"cmd": [str(VENVS / "pytriton/bin/python"), f"{peer}/pytriton_server.py"], "cwd": peer},
     }
@@ -75,8 +130,19 @@ def body(rows: int) -> bytes:
     import numpy as np
 
     x = np.random.default_rng(rows).standard_normal((rows, 64)).astype(np.float32)
-    return json.dumps({"id": "bench", "inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32",
-                                   "data": [round(float(v), 6) for v in x.ravel()]}]}).encode()
+    return json.dumps(
+        {
+            "id": "bench",
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [rows, 64],
+                    "datatype": "FP32",
+                    "data": [round(float(v), 6) for v in x.ravel()],
+                }
+            ],
+        }
+    ).encode()
 
 
 def wait_ready(port: int, payload: bytes, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -85,8 +151,11 @@ def wait_ready(port: int, payload: bytes, proc: subprocess.Popen, timeout: float
         if proc.poll() is not None:
             raise RuntimeError(f"exited with {proc.returncode}")
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/mlp/infer", data=payload,
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+                data=payload,
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(req, timeout=5) as r:
                 if r.status == 200:
                     json.loads(r.read())
@@ -100,9 +169,23 @@ def wait_ready(port: int, payload: bytes, proc: subprocess.Popen, timeout: float
 def wrk(port: int, body_file: Path, conns: int, seconds: int) -> dict:
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(HERE / "post.lua"),
-         f"http://127.0.0.1:{port}/v2/models/mlp/infer"],
-        capture_output=True, text=True, env=env, timeout=seconds + 60,
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(HERE / "post.lua"),
+            f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 60,
     ).stdout
 
     def lat(pct: str) -> float:
@@ -134,8 +217,9 @@ def raw_onnxruntime(model: Path, seconds: float) -> dict:
         "print(json.dumps(res))\n"
     )
     del np
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     r = json.loads(out)
     return {"calls_per_s_1row": r["1"], "rows_per_s_64row": r["64"] * 64}
 
@@ -144,7 +228,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--only", default="")
-    ap.add_argument("--report", action="store_true", help="only re-render RESULTS.md/serving.png from results.json")
+    ap.add_argument(
+        "--report", action="store_true", help="only re-render RESULTS.md/serving.png from results.json"
+    )
     args = ap.parse_args()
     if args.report:
         saved = json.loads((HERE / "results.json").read_text())
@@ -176,8 +262,14 @@ def main() -> int:
 
             env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}:{env.get('LD_LIBRARY_PATH', '')}"
         log = open(work / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(["taskset", "-c", "0", *spec["cmd"]], cwd=spec["cwd"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["taskset", "-c", "0", *spec["cmd"]],
+            cwd=spec["cwd"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_ready(port, b1.read_bytes(), proc)
             wrk(port, b1, 32, 2)  # warm-up
@@ -189,8 +281,10 @@ def main() -> int:
             results[name] = r
             print(name, json.dumps(r), flush=True)
         except Exception as e:
-            results[name] = {"error": f"{type(e).__name__}: {e}; log tail: "
-                                      + (work / f"{name}.log").read_text(errors="replace")[-400:]}
+            results[name] = {
+                "error": f"{type(e).__name__}: {e}; log tail: "
+                + (work / f"{name}.log").read_text(errors="replace")[-400:]
+            }
             print(name, "FAILED:", results[name]["error"], flush=True)
         finally:
             try:
@@ -205,43 +299,64 @@ def main() -> int:
     return 0
 
 
-def report(results: dict[str, dict], duration: int, date: str | None = None, machine: str | None = None) -> None:
-    machine = machine or f"{platform.node()} — {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+def report(
+    results: dict[str, dict], duration: int, date: str | None = None, machine: str | None = None
+) -> None:
+    machine = (
+        machine
+        or f"{platform.node()} — {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+    )
     date = date or datetime.now(UTC).isoformat(timespec="seconds")
-    (HERE / "results.json").write_text(json.dumps({"date": date, "machine": machine, "results": results}, indent=1))
+    (HERE / "results.json").write_text(
+        json.dumps({"date": date, "machine": machine, "results": results}, indent=1)
+    )
     rows = []
     for name, r in results.items():
         if "error" in r:
             rows.append(f"| {name} | {r['error'][:120]} | | | | | | | |")
         elif "c1" not in r:
-            rows.append(f"| {name} | {r['calls_per_s_1row']:,.0f} calls/s | | | | | | | "
-                        f"{r['rows_per_s_64row']:,.0f} |")
+            rows.append(
+                f"| {name} | {r['calls_per_s_1row']:,.0f} calls/s | | | | | | | "
+                f"{r['rows_per_s_64row']:,.0f} |"
+            )
         else:
             cells = " | ".join(f"{r[c]['rps']:,.0f} | {r[c]['p99_ms']:.1f}" for c in ("c1", "c32", "c128"))
             errs = sum(r[c]["non2xx"] + r[c]["socket_errors"] for c in ("c1", "c32", "c128", "rows64_c32"))
-            rows.append(f"| {name} | {cells} | {r['c32']['p50_ms']:.2f} | {r['rows64_c32']['rows_per_s']:,.0f} |"
-                        + (f" ({errs} errors)" if errs else ""))
-    peers = {k: v for k, v in results.items()
-             if "c32" in v and k not in ("mlinfra", "mlinfra-batched", "constant-aiohttp")}
+            rows.append(
+                f"| {name} | {cells} | {r['c32']['p50_ms']:.2f} | {r['rows64_c32']['rows_per_s']:,.0f} |"
+                + (f" ({errs} errors)" if errs else "")
+            )
+    peers = {
+        k: v
+        for k, v in results.items()
+        if "c32" in v and k not in ("mlinfra", "mlinfra-batched", "constant-aiohttp")
+    }
     lines = [
-        "# Serving benchmark results", "",
+        "# Serving benchmark results",
+        "",
         f"Measured {date} on {machine}; server pinned to CPU 0, wrk (1 thread) to CPU 1, {duration} s per cell, "
-        "single-row OIP v2 JSON requests unless noted. Machines are shared and noisy: read the ratios.", "",
+        "single-row OIP v2 JSON requests unless noted. Machines are shared and noisy: read the ratios.",
+        "",
         "| server | rps c=1 | p99 ms c=1 | rps c=32 | p99 ms c=32 | rps c=128 | p99 ms c=128 | p50 ms c=32 | "
         "rows/s (64-row, c=32) |",
         "|---|---|---|---|---|---|---|---|---|",
-        *rows, "",
+        *rows,
+        "",
     ]
     if "mlinfra" in results and "c32" in results["mlinfra"] and peers:
         best = max(peers, key=lambda k: peers[k]["c32"]["rps"])
         m, p = results["mlinfra"]["c32"], peers[best]["c32"]
-        lines += [f"- c=32: mlinfra {m['rps']:,.0f} rps vs best peer {best} {p['rps']:,.0f} rps → "
-                  f"**{m['rps'] / p['rps']:.2f}×** (goal ≥ 1.5×); p99 {m['p99_ms']:.1f} ms vs {p['p99_ms']:.1f} ms "
-                  f"({'no worse' if m['p99_ms'] <= p['p99_ms'] else 'worse'})."]
+        lines += [
+            f"- c=32: mlinfra {m['rps']:,.0f} rps vs best peer {best} {p['rps']:,.0f} rps → "
+            f"**{m['rps'] / p['rps']:.2f}×** (goal ≥ 1.5×); p99 {m['p99_ms']:.1f} ms vs {p['p99_ms']:.1f} ms "
+            f"({'no worse' if m['p99_ms'] <= p['p99_ms'] else 'worse'})."
+        ]
     if "mlinfra-batched" in results and "c128" in results.get("mlinfra-batched", {}):
         mb, mu = results["mlinfra-batched"]["c128"], results["mlinfra"]["c128"]
-        lines += [f"- c=128 with dynamic batching: {mb['rps']:,.0f} rps vs unbatched {mu['rps']:,.0f} → "
-                  f"**{mb['rps'] / mu['rps']:.2f}×** (goal ≥ 2×)."]
+        lines += [
+            f"- c=128 with dynamic batching: {mb['rps']:,.0f} rps vs unbatched {mu['rps']:,.0f} → "
+            f"**{mb['rps'] / mu['rps']:.2f}×** (goal ≥ 2×)."
+        ]
     lines += ["", NOTES]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
     plot(results)
@@ -272,11 +387,18 @@ def plot(results: dict[str, dict]) -> None:
         return
     names = [n for n, r in results.items() if "c32" in r]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric, title in ((axes[0], "rps", "requests/s (single row)"), (axes[1], "p99_ms", "p99 latency (ms)")):
+    for ax, metric, title in (
+        (axes[0], "rps", "requests/s (single row)"),
+        (axes[1], "p99_ms", "p99 latency (ms)"),
+    ):
         width = 0.27
         for i, c in enumerate(("c1", "c32", "c128")):
-            ax.bar([x + i * width for x in range(len(names))], [results[n][c][metric] for n in names], width,
-                   label=f"c={c[1:]}")
+            ax.bar(
+                [x + i * width for x in range(len(names))],
+                [results[n][c][metric] for n in names],
+                width,
+                label=f"c={c[1:]}",
+            )
         ax.set_xticks([x + width for x in range(len(names))], names, rotation=30, ha="right")
         ax.set_title(title)
         if metric == "p99_ms":

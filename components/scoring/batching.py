@@ -18,9 +18,13 @@ Item = tuple[dict[str, np.ndarray], list[str] | None, asyncio.Future, int]
 
 
 class Batcher:
-    def __init__(self, run: Callable[[dict[str, np.ndarray], list[str] | None], dict[str, np.ndarray]],
-                 max_batch_size: int, max_delay_s: float,
-                 on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        run: Callable[[dict[str, np.ndarray], list[str] | None], dict[str, np.ndarray]],
+        max_batch_size: int,
+        max_delay_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -31,8 +35,10 @@ class Batcher:
 
     @staticmethod
     def _key(feeds: dict[str, np.ndarray], outputs: list[str] | None) -> Any:
-        return (tuple(outputs) if outputs else None,
-                tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(feeds.items())))
+        return (
+            tuple(outputs) if outputs else None,
+            tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(feeds.items())),
+        )
 
     async def submit(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
         rows = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
@@ -52,8 +58,11 @@ class Batcher:
         if self._rows[key] >= self.max_batch_size:
             self._flush(key)
         elif key not in self._timers:
-            self._timers[key] = (loop.call_later(self.max_delay_s, self._flush, key) if self.max_delay_s > 0
-                                 else loop.call_soon(self._flush, key))
+            self._timers[key] = (
+                loop.call_later(self.max_delay_s, self._flush, key)
+                if self.max_delay_s > 0
+                else loop.call_soon(self._flush, key)
+            )
         return await fut
 
     def _flush(self, key: Any) -> None:
@@ -90,7 +99,7 @@ class Batcher:
             return
         start = 0
         for _f, _o, fut, rows in items:
-            part = {k: v[start:start + rows] for k, v in results.items()}
+            part = {k: v[start : start + rows] for k, v in results.items()}
             start += rows
             if not fut.done():
                 fut.set_result(part)

@@ -23,18 +23,30 @@ def _env(name: str) -> str | None:
 
 
 def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Serve ONNX models over the Open Inference Protocol v2.")
-    p.add_argument("--model", action="append", metavar="PATH", help="model file or folder (repeat for several)")
-    p.add_argument("--name", action="append", help="name of the model at the same position (default: file stem)")
-    p.add_argument("--version", action="append", help="version of the model at the same position (default: 1)")
+    p = argparse.ArgumentParser(
+        prog=prog, description="Serve ONNX models over the Open Inference Protocol v2."
+    )
+    p.add_argument(
+        "--model", action="append", metavar="PATH", help="model file or folder (repeat for several)"
+    )
+    p.add_argument(
+        "--name", action="append", help="name of the model at the same position (default: file stem)"
+    )
+    p.add_argument(
+        "--version", action="append", help="version of the model at the same position (default: 1)"
+    )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8080)")
     p.add_argument("--key", action="append", help="accepted bearer key (repeat to rotate); default: no auth")
     p.add_argument("--script", help="Azure ML-style scoring script with init() and run(raw_data)")
     p.add_argument("--max-batch-size", type=int, default=None, help="rows per merged batch (default 1: off)")
-    p.add_argument("--max-batch-delay-ms", type=float, default=None, help="batch window (default 0: same tick)")
+    p.add_argument(
+        "--max-batch-delay-ms", type=float, default=None, help="batch window (default 0: same tick)"
+    )
     p.add_argument("--max-body-mb", type=float, default=None, help="request body limit (default 10)")
-    p.add_argument("--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated")
+    p.add_argument(
+        "--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated"
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not write JSON access logs to stdout")
     return p
 
@@ -46,8 +58,10 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     if not models:
         raise ConfigError("no model given: pass --model PATH (or set MLINFRA_SERVE_MODEL)")
     if len(names) > len(models) or len(versions) > len(models):
-        raise ConfigError(f"{len(names)} --name and {len(versions)} --version for {len(models)} --model: "
-                          "give at most one of each per model, in the same order")
+        raise ConfigError(
+            f"{len(names)} --name and {len(versions)} --version for {len(models)} --model: "
+            "give at most one of each per model, in the same order"
+        )
     specs = []
     for i, path in enumerate(models):
         if not Path(path).exists():
@@ -83,7 +97,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_batch_delay_ms=num(args.max_batch_delay_ms, "MAX_BATCH_DELAY_MS", 0.0),
         max_body_mb=num(args.max_body_mb, "MAX_BODY_MB", 10.0, float, 0.001),
         access_log=not (args.no_access_log or _env("NO_ACCESS_LOG") in ("1", "true")),
-        providers=[p for p in (args.providers or _env("PROVIDERS") or "CPUExecutionProvider").split(",") if p],
+        providers=[
+            p for p in (args.providers or _env("PROVIDERS") or "CPUExecutionProvider").split(",") if p
+        ],
     )
 
 

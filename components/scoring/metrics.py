@@ -69,21 +69,42 @@ class Histogram:
 
 class Metrics:
     def __init__(self) -> None:
-        self.requests = Counter("mlinfra_requests_total", "Requests by route, model, version and status code.",
-                                ("route", "model", "version", "code"))
-        self.latency = Histogram("mlinfra_request_duration_seconds", "Request latency (server side).",
-                                 LATENCY_BUCKETS, ("route", "model", "version"))
-        self.batch = Histogram("mlinfra_batch_size", "Rows per model execution (after dynamic batching).",
-                               BATCH_BUCKETS, ("model", "version"))
+        self.requests = Counter(
+            "mlinfra_requests_total",
+            "Requests by route, model, version and status code.",
+            ("route", "model", "version", "code"),
+        )
+        self.latency = Histogram(
+            "mlinfra_request_duration_seconds",
+            "Request latency (server side).",
+            LATENCY_BUCKETS,
+            ("route", "model", "version"),
+        )
+        self.batch = Histogram(
+            "mlinfra_batch_size",
+            "Rows per model execution (after dynamic batching).",
+            BATCH_BUCKETS,
+            ("model", "version"),
+        )
         self.in_flight = Gauge("mlinfra_in_flight_requests", "Requests being handled.")
         self.ready = Gauge("mlinfra_ready", "1 when every model is loaded.")
-        self.collector_dropped = Counter("mlinfra_collector_dropped_total",
-                                         "Records a data-collection hook refused (queue full).", ("model",))
+        self.collector_dropped = Counter(
+            "mlinfra_collector_dropped_total",
+            "Records a data-collection hook refused (queue full).",
+            ("model",),
+        )
         self.in_flight.set((), 0)
         self.ready.set((), 0)
 
     def render(self) -> str:
         lines: list[str] = []
-        for m in (self.requests, self.latency, self.batch, self.in_flight, self.ready, self.collector_dropped):
+        for m in (
+            self.requests,
+            self.latency,
+            self.batch,
+            self.in_flight,
+            self.ready,
+            self.collector_dropped,
+        ):
             lines += m.render()
         return "\n".join(lines) + "\n"

@@ -12,14 +12,33 @@ import numpy as np
 
 # OIP datatype -> numpy dtype. BYTES are object arrays of bytes/str.
 OIP_TO_NUMPY: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-    "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
 }
 ORT_TO_OIP = {
-    "tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL", "tensor(string)": "BYTES", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8",
-    "tensor(float16)": "FP16", "tensor(int16)": "INT16", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+    "tensor(uint8)": "UINT8",
+    "tensor(int8)": "INT8",
+    "tensor(float16)": "FP16",
+    "tensor(int16)": "INT16",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
     "tensor(uint64)": "UINT64",
 }
 NUMPY_TO_OIP = {np.dtype(v).name: k for k, v in OIP_TO_NUMPY.items() if k != "BYTES"}
@@ -68,7 +87,9 @@ class LoadedModel:
             "parameters": {"execution_providers": self.providers},
         }
 
-    def run(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         names = output_names or [o.name for o in self.outputs]
         results = self.session.run(names, feeds)
         return dict(zip(names, results, strict=True))
@@ -85,8 +106,9 @@ def resolve_model_file(path: Path) -> Path:
     raise ValueError(f"model path {path} does not exist")
 
 
-def load_onnx(name: str, version: str, path: Path, providers: list[str] | None = None,
-              threads: int = 1) -> LoadedModel:
+def load_onnx(
+    name: str, version: str, path: Path, providers: list[str] | None = None, threads: int = 1
+) -> LoadedModel:
     import onnxruntime as ort
 
     model_file = resolve_model_file(path)
@@ -94,7 +116,9 @@ def load_onnx(name: str, version: str, path: Path, providers: list[str] | None =
     opts.intra_op_num_threads = threads  # 1 on small machines: default threading triples batch p99
     opts.inter_op_num_threads = 1
     available = ort.get_available_providers()
-    wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
+    wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or [
+        "CPUExecutionProvider"
+    ]
     if "CPUExecutionProvider" not in wanted:
         wanted.append("CPUExecutionProvider")
     session = ort.InferenceSession(str(model_file), sess_options=opts, providers=wanted)
@@ -104,12 +128,15 @@ def load_onnx(name: str, version: str, path: Path, providers: list[str] | None =
         return TensorSpec(arg.name, ORT_TO_OIP.get(arg.type, arg.type), shape)
 
     return LoadedModel(
-        name=name, version=version, path=model_file,
-        inputs=[spec(i) for i in session.get_inputs()], outputs=[spec(o) for o in session.get_outputs()],
-        providers=session.get_providers(), session=session, ready=True,
+        name=name,
+        version=version,
+        path=model_file,
+        inputs=[spec(i) for i in session.get_inputs()],
+        outputs=[spec(o) for o in session.get_outputs()],
+        providers=session.get_providers(),
+        session=session,
+        ready=True,
     )
-
-
 
 
 def decode_input(spec: TensorSpec, tensor: Any) -> np.ndarray:
@@ -118,31 +145,33 @@ def decode_input(spec: TensorSpec, tensor: Any) -> np.ndarray:
         raise RequestError(f"input {spec.name!r}: expected an object with name, shape, datatype and data")
     datatype = tensor.get("datatype")
     if datatype != spec.datatype:
-        raise RequestError(f"input {spec.name!r} has datatype {datatype!r}; the model expects {spec.datatype}")
+        raise RequestError(
+            f"input {spec.name!r} has datatype {datatype!r}; the model expects {spec.datatype}"
+        )
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise RequestError(f"input {spec.name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise RequestError(
+            f"input {spec.name!r}: shape must be a list of non-negative integers, got {shape!r}"
+        )
     if len(shape) != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape, shape, strict=True)):
-        raise RequestError(f"input {spec.name!r} has shape {shape}; the model expects {spec.shape} (-1 = any)")
+        raise RequestError(
+            f"input {spec.name!r} has shape {shape}; the model expects {spec.shape} (-1 = any)"
+        )
     if "data" not in tensor:
         raise RequestError(f"input {spec.name!r} has no data")
     count = math.prod(shape)
     data = tensor["data"]
     dtype = OIP_TO_NUMPY[spec.datatype]
     try:
-        if spec.datatype == "BYTES":
-            arr = np.array(data, dtype=object)
-        else:
-            arr = np.asarray(data, dtype=dtype)
+        arr = np.array(data, dtype=object) if spec.datatype == "BYTES" else np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError):
         raise RequestError(
             f"input {spec.name!r}: data is not a rectangular list of {spec.datatype} values"
         ) from None
     if arr.size != count:
-        raise RequestError(
-            f"input {spec.name!r}: data has {arr.size} values; shape {shape} needs {count}"
-        )
+        raise RequestError(f"input {spec.name!r}: data has {arr.size} values; shape {shape} needs {count}")
     if arr.dtype == object and spec.datatype != "BYTES":
         raise RequestError(f"input {spec.name!r}: data is not a rectangular list of {spec.datatype} values")
     return arr.reshape(shape)
@@ -160,6 +189,10 @@ def encode_output(name: str, arr: np.ndarray) -> dict[str, Any]:
 
 def model_dir_env(model: LoadedModel) -> dict[str, str]:
     """Environment a user scoring script sees (Azure ML's AZUREML_MODEL_DIR convention)."""
-    return {"AZUREML_MODEL_DIR": str(model.path.parent), "MLINFRA_MODEL_PATH": str(model.path),
-            "MLINFRA_MODEL_NAME": model.name, "MLINFRA_MODEL_VERSION": model.version,
-            **{k: v for k, v in os.environ.items() if k.startswith("MLINFRA_")}}
+    return {
+        "AZUREML_MODEL_DIR": str(model.path.parent),
+        "MLINFRA_MODEL_PATH": str(model.path),
+        "MLINFRA_MODEL_NAME": model.name,
+        "MLINFRA_MODEL_VERSION": model.version,
+        **{k: v for k, v in os.environ.items() if k.startswith("MLINFRA_")},
+    }

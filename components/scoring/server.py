@@ -4,6 +4,7 @@ batching, an Azure ML-style user script, Prometheus metrics, JSON access logs an
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import importlib.util
 import json
@@ -32,6 +33,8 @@ from components.scoring.models import (
     load_onnx,
     model_dir_env,
 )
+
+loads: Callable[[Any], Any]
 
 try:  # orjson serializes numpy arrays natively and parses 2-3x faster; optional
     import orjson
@@ -100,20 +103,34 @@ class ScoringServer:
         """Load every model (and the user script); readiness turns true only when all succeeded."""
         try:
             for spec in self.config.models:
-                m = load_onnx(spec.name, spec.version, Path(spec.path), self.config.providers, self.config.threads)
+                m = load_onnx(
+                    spec.name, spec.version, Path(spec.path), self.config.providers, self.config.threads
+                )
                 self.models[spec.name] = m
                 if self.config.max_batch_size > 1:
                     labels = (m.name, m.version)
                     self.batchers[spec.name] = Batcher(
-                        m.run, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000.0,
-                        lambda rows, labels=labels: self.metrics.batch.observe(rows, labels),
+                        m.run,
+                        self.config.max_batch_size,
+                        self.config.max_batch_delay_ms / 1000.0,
+                        functools.partial(self._observe_batch, labels),
                     )
-                print(json.dumps({"event": "model_loaded", "model": m.name, "version": m.version,
-                                  "execution_providers": m.providers,
-                                  "note": "no accelerator provider available: running on CPU"
-                                  if m.providers == ["CPUExecutionProvider"]
-                                  and self.config.providers != ["CPUExecutionProvider"] else ""}),
-                      file=self._log, flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "event": "model_loaded",
+                            "model": m.name,
+                            "version": m.version,
+                            "execution_providers": m.providers,
+                            "note": "no accelerator provider available: running on CPU"
+                            if m.providers == ["CPUExecutionProvider"]
+                            and self.config.providers != ["CPUExecutionProvider"]
+                            else "",
+                        }
+                    ),
+                    file=self._log,
+                    flush=True,
+                )
             if self.config.script:
                 self.script = _load_script(self.config.script)
                 if self.models:
@@ -126,7 +143,70 @@ class ScoringServer:
             self.load_error = f"{type(e).__name__}: {e}"
             print(json.dumps({"event": "load_failed", "error": self.load_error}), file=self._log, flush=True)
 
+    # -- hot swap (edge agent) ------------------------------------------------------------------------------
+
+    def swap_model(self, name: str, version: str, path: str) -> LoadedModel:
+        """Load a model, then replace the served one under NAME in one step: requests keep going to the old model
+        until the new one is loaded; a model that fails to load raises and leaves the old one serving."""
+        m = load_onnx(name, version, Path(path), self.config.providers, self.config.threads)
+        if self.config.max_batch_size > 1:
+            self.batchers[name] = Batcher(m.run, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000.0,
+                                          functools.partial(self._observe_batch, (m.name, m.version)))
+        self.models[name] = m  # a single dict assignment: atomic for the event loop thread
+        return m
+
+    def remove_model(self, name: str) -> None:
+        self.models.pop(name, None)
+        self.batchers.pop(name, None)
+
+    def start_in_thread(self) -> tuple[int, Callable[[], None]]:
+        """Serve from a background thread (for embedding, e.g. the edge agent). Returns (port, stop)."""
+        import threading
+
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        state: dict[str, Any] = {}
+
+        async def start() -> None:
+            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
+            await site.start()
+            state["runner"] = runner
+            state["port"] = runner.addresses[0][1]
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(start())
+            except Exception as e:
+                state["error"] = e
+            started.set()
+            if "error" not in state:
+                loop.run_forever()
+
+        thread = threading.Thread(target=run, name="scoring-server", daemon=True)
+        thread.start()
+        started.wait(30)
+        if "error" in state:
+            raise state["error"]
+        self.ready = True
+        self.metrics.ready.set((), 1)
+
+        def stop() -> None:
+            async def cleanup() -> None:
+                await state["runner"].cleanup()
+
+            asyncio.run_coroutine_threadsafe(cleanup(), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+
+        return int(state["port"]), stop
+
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _observe_batch(self, labels: tuple[str, str], rows: int) -> None:
+        self.metrics.batch.observe(rows, labels)
 
     def _authorized(self, request: web.Request) -> bool:
         if not self._keys:
@@ -152,12 +232,17 @@ class ScoringServer:
     async def _body(self, request: web.Request) -> Any:
         limit = int(self.config.max_body_mb * 1024 * 1024)
         if request.content_length is not None and request.content_length > limit:
-            raise RequestError(f"request body is {request.content_length} bytes; the limit is {limit} "
-                               f"({self.config.max_body_mb:g} MB, --max-body-mb)", 413)
+            raise RequestError(
+                f"request body is {request.content_length} bytes; the limit is {limit} "
+                f"({self.config.max_body_mb:g} MB, --max-body-mb)",
+                413,
+            )
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise RequestError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413) from None
+            raise RequestError(
+                f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413
+            ) from None
         if len(raw) > limit:
             raise RequestError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413)
         try:
@@ -196,7 +281,9 @@ class ScoringServer:
             resp = web.Response(body=dumps({"error": e.reason}), status=status, content_type=JSON)
         except Exception as e:  # a bug or a user-script failure: 500 with the message, server stays up
             status = 500
-            resp = web.Response(body=dumps({"error": f"{type(e).__name__}: {e}"}), status=500, content_type=JSON)
+            resp = web.Response(
+                body=dumps({"error": f"{type(e).__name__}: {e}"}), status=500, content_type=JSON
+            )
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.set((), self.in_flight)
@@ -227,11 +314,20 @@ class ScoringServer:
         return web.Response(body=dumps(body), status=200 if ok else 503, content_type=JSON)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.Response(body=dumps({
-            "name": "mlinfra", "version": __version__, "extensions": ["azureml_score", "dynamic_batching"],
-            "models": [{"name": m.name, "version": m.version, "execution_providers": m.providers}
-                       for m in self.models.values()],
-        }), content_type=JSON)
+        return web.Response(
+            body=dumps(
+                {
+                    "name": "mlinfra",
+                    "version": __version__,
+                    "extensions": ["azureml_score", "dynamic_batching"],
+                    "models": [
+                        {"name": m.name, "version": m.version, "execution_providers": m.providers}
+                        for m in self.models.values()
+                    ],
+                }
+            ),
+            content_type=JSON,
+        )
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         m = self._model(request.match_info["name"], request.match_info.get("version"))
@@ -241,7 +337,9 @@ class ScoringServer:
     async def model_ready(self, request: web.Request) -> web.Response:
         m = self._model(request.match_info["name"], request.match_info.get("version"))
         ok = m.ready and self.ready and not self.draining
-        return web.Response(body=dumps({"name": m.name, "ready": ok}), status=200 if ok else 503, content_type=JSON)
+        return web.Response(
+            body=dumps({"name": m.name, "ready": ok}), status=200 if ok else 503, content_type=JSON
+        )
 
     async def infer(self, request: web.Request) -> web.Response:
         m = self._model(request.match_info["name"], request.match_info.get("version"))
@@ -275,8 +373,10 @@ class ScoringServer:
             out_names = [o["name"] for o in wanted]
             bad = [n for n in out_names if n not in known]
             if bad:
-                raise RequestError(f"output(s) {', '.join(map(repr, bad))} not produced by {m.name} "
-                                   f"(outputs: {', '.join(sorted(known))})")
+                raise RequestError(
+                    f"output(s) {', '.join(map(repr, bad))} not produced by {m.name} "
+                    f"(outputs: {', '.join(sorted(known))})"
+                )
         batcher = self.batchers.get(m.name)
         try:
             results = await batcher.submit(feeds, out_names) if batcher else m.run(feeds, out_names)
@@ -287,15 +387,27 @@ class ScoringServer:
         if not batcher:
             rows = next(iter(feeds.values())).shape[0] if next(iter(feeds.values())).ndim else 1
             self.metrics.batch.observe(rows, (m.name, m.version))
-        resp: dict[str, Any] = {"model_name": m.name, "model_version": m.version,
-                                "outputs": [encode_output(k, v) for k, v in results.items()]}
+        resp: dict[str, Any] = {
+            "model_name": m.name,
+            "model_version": m.version,
+            "outputs": [encode_output(k, v) for k, v in results.items()],
+        }
         if "id" in body:
             resp["id"] = body["id"]
         if "parameters" in body and isinstance(body["parameters"], dict):
             resp["parameters"] = body["parameters"]
         if self.hooks:
-            self._emit({"request_id": request["rid"], "model": m.name, "version": m.version,
-                        "inputs": feeds, "outputs": results, "headers": dict(request.headers), "ts": time.time()})
+            self._emit(
+                {
+                    "request_id": request["rid"],
+                    "model": m.name,
+                    "version": m.version,
+                    "inputs": feeds,
+                    "outputs": results,
+                    "headers": dict(request.headers),
+                    "ts": time.time(),
+                }
+            )
         return web.Response(body=dumps(resp), content_type=JSON)
 
     async def score(self, request: web.Request) -> web.Response:
@@ -329,14 +441,25 @@ class ScoringServer:
             raise RequestError("'data' must be a rectangular list of numbers") from None
         if arr.ndim == len(spec.shape) - 1:
             arr = arr[None, ...]
-        if arr.ndim != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape, arr.shape, strict=True)):
+        if arr.ndim != len(spec.shape) or any(
+            s not in (-1, d) for s, d in zip(spec.shape, arr.shape, strict=True)
+        ):
             raise RequestError(f"'data' has shape {list(arr.shape)}; the model expects {spec.shape}")
         feeds = {spec.name: arr}
         batcher = self.batchers.get(m.name)
         results = await batcher.submit(feeds, None) if batcher else m.run(feeds)
         if self.hooks:
-            self._emit({"request_id": request["rid"], "model": m.name, "version": m.version,
-                        "inputs": feeds, "outputs": results, "headers": dict(request.headers), "ts": time.time()})
+            self._emit(
+                {
+                    "request_id": request["rid"],
+                    "model": m.name,
+                    "version": m.version,
+                    "inputs": feeds,
+                    "outputs": results,
+                    "headers": dict(request.headers),
+                    "ts": time.time(),
+                }
+            )
         return web.Response(body=dumps(next(iter(results.values()))), content_type=JSON)
 
     async def metrics_h(self, request: web.Request) -> web.Response:
@@ -346,8 +469,9 @@ class ScoringServer:
         return web.Response(body=dumps(openapi_doc(self)), content_type=JSON)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self.middleware],
-                              client_max_size=int(self.config.max_body_mb * 1024 * 1024) + 1)
+        app = web.Application(
+            middlewares=[self.middleware], client_max_size=int(self.config.max_body_mb * 1024 * 1024) + 1
+        )
         r = app.router
         r.add_get("/v2/health/live", self.live, name="live")
         r.add_get("/v2/health/ready", self.ready_h, name="ready")
@@ -367,14 +491,26 @@ class ScoringServer:
 
     async def serve(self) -> None:
         """Listen, load models in the background, and on SIGTERM/SIGINT drain in-flight requests and return."""
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                               shutdown_timeout=self.config.drain_timeout_s)
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=self.config.drain_timeout_s
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024, reuse_address=True)
         await site.start()
-        print(json.dumps({"event": "listening", "host": self.config.host, "port": self.config.port,
-                          "models": [m.name for m in self.config.models], "auth": bool(self._keys),
-                          "max_batch_size": self.config.max_batch_size}), file=self._log, flush=True)
+        print(
+            json.dumps(
+                {
+                    "event": "listening",
+                    "host": self.config.host,
+                    "port": self.config.port,
+                    "models": [m.name for m in self.config.models],
+                    "auth": bool(self._keys),
+                    "max_batch_size": self.config.max_batch_size,
+                }
+            ),
+            file=self._log,
+            flush=True,
+        )
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -423,22 +559,41 @@ def openapi_doc(server: ScoringServer) -> dict[str, Any]:
         "/v2/health/live": {"get": {"summary": "liveness"}},
         "/v2/health/ready": {"get": {"summary": "readiness"}},
         "/v2": {"get": {"summary": "server metadata"}},
-        "/score": {"post": {"summary": "Azure ML-style scoring: {\"data\": [[...]]}"}},
+        "/score": {"post": {"summary": 'Azure ML-style scoring: {"data": [[...]]}'}},
         "/metrics": {"get": {"summary": "Prometheus metrics"}},
     }
     for m in server.models.values():
         paths[f"/v2/models/{m.name}"] = {"get": {"summary": f"metadata of {m.name}"}}
-        paths[f"/v2/models/{m.name}/infer"] = {"post": {
-            "summary": f"Open Inference Protocol v2 inference on {m.name}",
-            "requestBody": {"content": {JSON: {"schema": {"type": "object", "properties": {
-                "inputs": {"type": "array", "items": {"type": "object"}},
-                "outputs": {"type": "array"}, "id": {"type": "string"}}}}}},
-            "x-mlinfra-signature": {"inputs": [i.to_json() for i in m.inputs],
-                                    "outputs": [o.to_json() for o in m.outputs]},
-        }}
-    return {"openapi": "3.0.3", "info": {"title": "mlinfra scoring server", "version": __version__},
-            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-            "security": [{"bearer": []}] if server.config.keys else [], "paths": paths}
+        paths[f"/v2/models/{m.name}/infer"] = {
+            "post": {
+                "summary": f"Open Inference Protocol v2 inference on {m.name}",
+                "requestBody": {
+                    "content": {
+                        JSON: {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "inputs": {"type": "array", "items": {"type": "object"}},
+                                    "outputs": {"type": "array"},
+                                    "id": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "x-mlinfra-signature": {
+                    "inputs": [i.to_json() for i in m.inputs],
+                    "outputs": [o.to_json() for o in m.outputs],
+                },
+            }
+        }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "mlinfra scoring server", "version": __version__},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}] if server.config.keys else [],
+        "paths": paths,
+    }
 
 
 def run(config: ServerConfig, hooks: list[Hook] | None = None) -> int:

@@ -30,13 +30,19 @@ def main() -> int:
     for key, out in sorted(result.outputs.items()):
         print(f"  {key:16s} {'[secret]' if out.secret else out.value}")
     ref = result.outputs["image_ref"].value
-    body = ("import json; print(json.dumps({'inputs': [{'name': 'input', 'shape': [1, 64], "
-            "'datatype': 'FP32', 'data': [0.1] * 64}]}))")
-    print(f"\nTry the image:\n  docker run --rm -d -p 127.0.0.1:8080:8080 {ref}\n"
-          f'  python3 -c "{body}" | curl -s -H "Content-Type: application/json" -d @- '
-          "127.0.0.1:8080/v2/models/quickstart-mlp/infer")
-    print(f"\nNext: MLINFRA_REGISTRY_CREDENTIAL=<Azurite's well-known key> .venv/bin/mlinfra models list "
-          f"--registry '{result.outputs['registry'].value}'")
+    body = (
+        "import json; print(json.dumps({'inputs': [{'name': 'input', 'shape': [1, 64], "
+        "'datatype': 'FP32', 'data': [0.1] * 64}]}))"
+    )
+    print(
+        f"\nTry the image:\n  docker run --rm -d -p 127.0.0.1:8080:8080 {ref}\n"
+        f'  python3 -c "{body}" | curl -s -H "Content-Type: application/json" -d @- '
+        "127.0.0.1:8080/v2/models/quickstart-mlp/infer"
+    )
+    print(
+        f"\nNext: MLINFRA_REGISTRY_CREDENTIAL=<Azurite's well-known key> .venv/bin/mlinfra models list "
+        f"--registry '{result.outputs['registry'].value}'"
+    )
     return 0
 
 

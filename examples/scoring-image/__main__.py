@@ -1,8 +1,8 @@
 """Package a registered model, the scoring server and a scoring script as an OCI image (no Docker daemon needed).
 
-    make services && pulumi up
-    docker run --rm -p 127.0.0.1:8080:8080 $(pulumi stack output image_ref)
-    curl -s 127.0.0.1:8080/score -d '{"data": [[0.1, ...64 values...]]}'
+make services && pulumi up
+docker run --rm -p 127.0.0.1:8080:8080 $(pulumi stack output image_ref)
+curl -s 127.0.0.1:8080/score -d '{"data": [[0.1, ...64 values...]]}'
 """
 
 from pathlib import Path

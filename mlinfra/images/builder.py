@@ -3,6 +3,7 @@ pushed through the registry's HTTP API. Reproducible: the digest depends only on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,19 @@ from mlinfra.oci import CONFIG_V1, LAYER_GZIP, MANIFEST_V2, RegistryClient, Regi
 from mlinfra.registry import ModelRegistry
 
 # What the scoring server needs inside the image (kept equal to pyproject's pins; a unit test checks).
-SERVER_REQUIREMENTS = ["aiohttp==3.14.5", "numpy==2.4.6", "onnxruntime==1.32.0", "orjson==3.13.0", "uvloop==0.23.0"]
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+SERVER_REQUIREMENTS = [
+    "aiohttp==3.14.5",
+    "numpy==2.4.6",
+    "onnxruntime==1.32.0",
+    "orjson==3.13.0",
+    "uvloop==0.23.0",
+]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+]
 FORMAT = "mlinfra-image-1"  # bump when the layout changes: every digest changes with it
 PORT = 8080
 SITE = "/opt/mlinfra/site-packages"
@@ -115,11 +127,14 @@ def resolve_base(base: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     client = _client(host)
     got = client.get_manifest(repo, ref)
     if got is None:
-        raise ImageBuildError(f"base image {base} not found in registry {client.url}: run `make services` or "
-                              "push it first")
+        raise ImageBuildError(
+            f"base image {base} not found in registry {client.url}: run `make services` or push it first"
+        )
     digest, manifest = got
     if "manifests" in manifest:  # an index: pick linux/amd64
-        pick = next((m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") == "amd64"), None)
+        pick = next(
+            (m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") == "amd64"), None
+        )
         if pick is None:
             raise ImageBuildError(f"base image {base} has no linux/amd64 image")
         got = client.get_manifest(repo, pick["digest"])
@@ -145,8 +160,10 @@ def check_base_has_python(base: str, manifest: dict[str, Any], digest: str) -> N
             found = True
             break
     if not found:
-        raise ImageBuildError(f"base image {base} has no python3 (looked for /usr/bin/python3, "
-                              "/usr/local/bin/python3): use a Python base image, e.g. the default python-base")
+        raise ImageBuildError(
+            f"base image {base} has no python3 (looked for /usr/bin/python3, "
+            "/usr/local/bin/python3): use a Python base image, e.g. the default python-base"
+        )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text("python3")
 
@@ -186,8 +203,19 @@ def wheelhouse() -> Path:
 
 
 def _pip_platform_args() -> list[str]:
-    args = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-            "--abi", "abi3", "--abi", "none"]
+    args = [
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for p in PLATFORMS:
         args += ["--platform", p]
     return args
@@ -196,8 +224,18 @@ def _pip_platform_args() -> list[str]:
 def fill_wheelhouse(reqs: list[str] | None = None) -> Path:
     wh = wheelhouse()
     wh.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest", str(wh),
-           *_pip_platform_args(), *(reqs or SERVER_REQUIREMENTS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--dest",
+        str(wh),
+        *_pip_platform_args(),
+        *(reqs or SERVER_REQUIREMENTS),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise ImageBuildError(f"pip could not download {reqs or SERVER_REQUIREMENTS}:\n{res.stderr[-1500:]}")
@@ -209,8 +247,20 @@ def pip_target(reqs: list[str], target: Path) -> None:
     MLINFRA_PIP_OFFLINE=1), else from the package index too. pip's own message is shown on failure."""
     import os
 
-    base = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-            "--target", str(target), *_pip_platform_args(), "--find-links", str(wheelhouse())]
+    base = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--target",
+        str(target),
+        *_pip_platform_args(),
+        "--find-links",
+        str(wheelhouse()),
+    ]
     res = subprocess.run([*base, "--no-index", *reqs], capture_output=True, text=True)
     if res.returncode != 0 and os.environ.get("MLINFRA_PIP_OFFLINE") != "1":
         res = subprocess.run([*base, *reqs], capture_output=True, text=True)
@@ -241,16 +291,22 @@ def _cached(build: Callable[[Path], Layer], key: str, kind: str) -> Layer:
     if out.exists():
         return _layer_meta(out)
     layer = build(out)
-    out.with_suffix(".meta.json").write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id,
-                                                         "size": layer.size}))
+    out.with_suffix(".meta.json").write_text(
+        json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size})
+    )
     return layer
 
 
 def app_layer(spec: ImageSpec) -> Layer:
     """The scoring server package, the user's script and extra files."""
     src = Path(components.__file__).parent
-    entries = [Entry(f"{APP}/components/__init__.py", (src / "__init__.py").stat().st_size,
-                     (src / "__init__.py").read_bytes())]
+    entries = [
+        Entry(
+            f"{APP}/components/__init__.py",
+            (src / "__init__.py").stat().st_size,
+            (src / "__init__.py").read_bytes(),
+        )
+    ]
     for p in sorted((src / "scoring").glob("*.py")):
         data = p.read_bytes()
         entries.append(Entry(f"{APP}/components/scoring/{p.name}", len(data), data))
@@ -260,9 +316,23 @@ def app_layer(spec: ImageSpec) -> Layer:
     for dest, path in sorted(spec.files.items()):
         data = path.read_bytes()
         entries.append(Entry(f"{USER_DIR}/{dest.lstrip('/')}", len(data), data))
-    key = _sha(json.dumps([FORMAT, [(e.path, _sha(e.source)) for e in entries  # type: ignore[arg-type]
-                                    ]]).encode())[:24]
-    return _cached(lambda out: build_layer(entries, out), key, "app")
+    key = _sha(
+        json.dumps(
+            [
+                FORMAT,
+                [(e.path, _sha(e.source)) for e in entries if isinstance(e.source, bytes)],
+            ]
+        ).encode()
+    )[:24]
+    return _cached(functools.partial(_build_entries, entries), key, "app")
+
+
+def _build_entries(entries: list[Entry], out: Path) -> Layer:
+    return build_layer(entries, out)
+
+
+def _file_chunks(reg: ModelRegistry, entry: dict[str, Any]) -> Callable[[], Iterator[bytes]]:
+    return lambda: reg.iter_file(entry)
 
 
 def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
@@ -270,21 +340,29 @@ def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
     reg = ModelRegistry(m.registry, m.credential)
     mv = reg.resolve(f"{m.name}:{m.version}")
     if mv.sha256 != m.sha256:
-        raise ImageBuildError(f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, expected "
-                              f"{m.sha256[:12]}…: the registry record changed; re-register the model")
+        raise ImageBuildError(
+            f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, expected "
+            f"{m.sha256[:12]}…: the registry record changed; re-register the model"
+        )
     base = f"/models/{m.name}/{m.version}"
-    entries = [Entry(f"{base}/{f['path']}", int(f["size"]), (lambda f=f: reg.iter_file(f)), 0o644, f["sha256"])
-               for f in mv.files]
+    entries = [
+        Entry(f"{base}/{f['path']}", int(f["size"]), _file_chunks(reg, f), 0o644, f["sha256"])
+        for f in mv.files
+    ]
     serve_path = base if mv.is_dir else f"{base}/{mv.files[0]['path']}"
     key = _sha(json.dumps([FORMAT, m.name, m.version, m.sha256]).encode())[:24]
 
     def build(out: Path) -> Layer:
-        progress(f"model {m.name}:{m.version}: streaming {mv.size_bytes:,d} bytes from {reg.uri} (sha256 verified)")
+        progress(
+            f"model {m.name}:{m.version}: streaming {mv.size_bytes:,d} bytes from {reg.uri} (sha256 verified)"
+        )
         try:
             return build_layer(entries, out)
         except ValueError as e:
-            raise ImageBuildError(f"model {m.name}:{m.version} in {reg.uri}: stored content does not match its "
-                                  f"sha256 ({e}): the registry copy is corrupt; re-register the model") from None
+            raise ImageBuildError(
+                f"model {m.name}:{m.version} in {reg.uri}: stored content does not match its "
+                f"sha256 ({e}): the registry copy is corrupt; re-register the model"
+            ) from None
 
     return _cached(build, key, "model"), serve_path
 
@@ -311,9 +389,15 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         "org.opencontainers.image.base.digest": base_digest,
         "mlinfra.image.format": FORMAT,
         "mlinfra.image.requirements": ",".join(resolved),
-        **{k: v for i, m in enumerate(models) for k, v in {
-            f"mlinfra.model.{i}.name": m.name, f"mlinfra.model.{i}.version": str(m.version),
-            f"mlinfra.model.{i}.sha256": m.sha256}.items()},
+        **{
+            k: v
+            for i, m in enumerate(models)
+            for k, v in {
+                f"mlinfra.model.{i}.name": m.name,
+                f"mlinfra.model.{i}.version": str(m.version),
+                f"mlinfra.model.{i}.sha256": m.sha256,
+            }.items()
+        },
         **spec.labels,
     }
     base_env = [e for e in base_config.get("config", {}).get("Env", []) if not e.startswith("PYTHONPATH=")]
@@ -339,9 +423,13 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         workdir="/opt/mlinfra",
         labels=labels,
         exposed_ports=[PORT],
-        healthcheck=["CMD", "python3", "-c",
-                     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/v2/health/ready', "
-                     "timeout=2)"],
+        healthcheck=[
+            "CMD",
+            "python3",
+            "-c",
+            f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/v2/health/ready', "
+            "timeout=2)",
+        ],
     )
 
     host, repo, _ = split_ref(spec.repository + ":latest")
@@ -363,17 +451,30 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         config_digest = "sha256:" + _sha(config)
         if target.push_blob(repo, config_digest, config):
             pushed += len(config)
-        manifest = json.dumps({
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_V2,
-            "config": {"mediaType": CONFIG_V1, "digest": config_digest, "size": len(config)},
-            "layers": [
-                *[{"mediaType": bl.get("mediaType", LAYER_GZIP), "digest": bl["digest"], "size": bl["size"]}
-                  for bl in base_manifest["layers"]],
-                *[{"mediaType": LAYER_GZIP, "digest": layer.digest, "size": layer.size} for layer in layers],
-            ],
-            "annotations": {"org.opencontainers.image.base.digest": base_digest},
-        }, sort_keys=True, separators=(",", ":")).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_V2,
+                "config": {"mediaType": CONFIG_V1, "digest": config_digest, "size": len(config)},
+                "layers": [
+                    *[
+                        {
+                            "mediaType": bl.get("mediaType", LAYER_GZIP),
+                            "digest": bl["digest"],
+                            "size": bl["size"],
+                        }
+                        for bl in base_manifest["layers"]
+                    ],
+                    *[
+                        {"mediaType": LAYER_GZIP, "digest": layer.digest, "size": layer.size}
+                        for layer in layers
+                    ],
+                ],
+                "annotations": {"org.opencontainers.image.base.digest": base_digest},
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
         digest = "sha256:" + _sha(manifest)
         if target.manifest_digest(repo, digest) is None:
             target.put_manifest(repo, digest, manifest)
@@ -385,7 +486,9 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
     except RegistryError as e:
         raise ImageBuildError(str(e)) from None
     return BuildResult(
-        image_ref=f"{host}/{repo}@{digest}", digest=digest, labels=labels,
+        image_ref=f"{host}/{repo}@{digest}",
+        digest=digest,
+        labels=labels,
         layers=[bl["digest"] for bl in base_manifest["layers"]] + [layer.digest for layer in layers],
         bytes_pushed=pushed,
         models=[{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
@@ -420,15 +523,25 @@ def list_images(registry_url: str, model: str | None = None) -> list[dict[str, A
             models = []
             i = 0
             while f"mlinfra.model.{i}.name" in labels:
-                models.append({"name": labels[f"mlinfra.model.{i}.name"],
-                               "version": int(labels[f"mlinfra.model.{i}.version"]),
-                               "sha256": labels[f"mlinfra.model.{i}.sha256"]})
+                models.append(
+                    {
+                        "name": labels[f"mlinfra.model.{i}.name"],
+                        "version": int(labels[f"mlinfra.model.{i}.version"]),
+                        "sha256": labels[f"mlinfra.model.{i}.sha256"],
+                    }
+                )
                 i += 1
             if model and model not in {m["name"] for m in models}:
                 continue
             host = registry_url.split("://", 1)[-1]
-            out.append({"image_ref": f"{host}/{repo}@{got[0]}", "repository": repo,
-                        "tags": [t for t in tags if client.manifest_digest(repo, t) == got[0]], "models": models})
+            out.append(
+                {
+                    "image_ref": f"{host}/{repo}@{got[0]}",
+                    "repository": repo,
+                    "tags": [t for t in tags if client.manifest_digest(repo, t) == got[0]],
+                    "models": models,
+                }
+            )
     return out
 
 
@@ -456,12 +569,18 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
         reg = ModelRegistry(m.registry, m.credential)
         mv = reg.resolve(f"{m.name}:{m.version}")
         if mv.sha256 != m.sha256:
-            raise ImageBuildError(f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, "
-                                  f"expected {m.sha256[:12]}…")
+            raise ImageBuildError(
+                f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, "
+                f"expected {m.sha256[:12]}…"
+            )
         progress(f"model {m.name}:{m.version}: staging {mv.size_bytes:,d} bytes for the Docker build")
         try:
-            reg.download(f"{m.name}:{m.version}", dest / "mlinfra" / "models" / m.name / str(m.version)
-                         if mv.is_dir else _mkdir(dest / "mlinfra" / "models" / m.name / str(m.version)))
+            reg.download(
+                f"{m.name}:{m.version}",
+                dest / "mlinfra" / "models" / m.name / str(m.version)
+                if mv.is_dir
+                else _mkdir(dest / "mlinfra" / "models" / m.name / str(m.version)),
+            )
         except Exception as e:
             raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
 
@@ -471,8 +590,9 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def docker_build_and_push(spec: ImageSpec, dockerfile: Path, context: Path | None = None,
-                          progress: Progress = lambda _m: None) -> BuildResult:
+def docker_build_and_push(
+    spec: ImageSpec, dockerfile: Path, context: Path | None = None, progress: Progress = lambda _m: None
+) -> BuildResult:
     """Build a user's Dockerfile with the Docker engine (BuildKit) and push it; returns the pushed digest.
 
     The Docker engine's images are not byte-reproducible (layer timestamps): callers decide when to rebuild from
@@ -483,23 +603,56 @@ def docker_build_and_push(spec: ImageSpec, dockerfile: Path, context: Path | Non
         raise ImageBuildError(f"Dockerfile {dockerfile} does not exist")
     context = context or dockerfile.parent
     host, repo, _ = split_ref(spec.repository + ":latest")
-    inputs = _sha(json.dumps([FORMAT, spec.repository, [(m.name, m.version, m.sha256) for m in spec.models],
-                              dockerfile.read_text(), spec.requirements]).encode())[:16]
+    inputs = _sha(
+        json.dumps(
+            [
+                FORMAT,
+                spec.repository,
+                [(m.name, m.version, m.sha256) for m in spec.models],
+                dockerfile.read_text(),
+                spec.requirements,
+            ]
+        ).encode()
+    )[:16]
     tag = f"{host}/{repo}:build-{inputs}"
     with tempfile.TemporaryDirectory(prefix="mlinfra-docker-ctx-") as tmp:
         ctx = Path(tmp) / "ctx"
         docker_context(spec, context, ctx, progress)
-        labels = [arg for i, m in enumerate(sorted(spec.models, key=lambda m: m.name)) for arg in (
-            "--label", f"mlinfra.model.{i}.name={m.name}", "--label", f"mlinfra.model.{i}.version={m.version}",
-            "--label", f"mlinfra.model.{i}.sha256={m.sha256}")]
+        labels = [
+            arg
+            for i, m in enumerate(sorted(spec.models, key=lambda m: m.name))
+            for arg in (
+                "--label",
+                f"mlinfra.model.{i}.name={m.name}",
+                "--label",
+                f"mlinfra.model.{i}.version={m.version}",
+                "--label",
+                f"mlinfra.model.{i}.sha256={m.sha256}",
+            )
+        ]
         labels += ["--label", f"mlinfra.image.format={FORMAT}-dockerfile"]
         for k, v in sorted(spec.labels.items()):
             labels += ["--label", f"{k}={v}"]
         env = {**os.environ, "DOCKER_BUILDKIT": "1"}
         progress(f"docker build -f {dockerfile.name} ({tag})")
-        res = subprocess.run([DOCKER, "build", "-q", "-f", str(dockerfile), "-t", tag, *labels,
-                              "--build-arg", f"MLINFRA_BASE={spec.base}", str(ctx)],
-                             capture_output=True, text=True, env=env)
+        res = subprocess.run(
+            [
+                DOCKER,
+                "build",
+                "-q",
+                "-f",
+                str(dockerfile),
+                "-t",
+                tag,
+                *labels,
+                "--build-arg",
+                f"MLINFRA_BASE={spec.base}",
+                str(ctx),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if res.returncode != 0:
             raise ImageBuildError(f"docker build of {dockerfile} failed:\n{res.stderr.strip()[-2000:]}")
     res = subprocess.run([DOCKER, "push", tag], capture_output=True, text=True)
@@ -509,6 +662,11 @@ def docker_build_and_push(spec: ImageSpec, dockerfile: Path, context: Path | Non
     if not m:
         raise ImageBuildError(f"docker push to {host} printed no digest: {res.stdout[-400:]}")
     digest = m.group(1)
-    return BuildResult(image_ref=f"{host}/{repo}@{digest}", digest=digest,
-                       labels={"mlinfra.image.format": f"{FORMAT}-dockerfile"}, layers=[], bytes_pushed=-1,
-                       models=[{"name": x.name, "version": x.version, "sha256": x.sha256} for x in spec.models])
+    return BuildResult(
+        image_ref=f"{host}/{repo}@{digest}",
+        digest=digest,
+        labels={"mlinfra.image.format": f"{FORMAT}-dockerfile"},
+        layers=[],
+        bytes_pushed=-1,
+        models=[{"name": x.name, "version": x.version, "sha256": x.sha256} for x in spec.models],
+    )

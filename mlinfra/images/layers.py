@@ -11,7 +11,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 EPOCH = 0  # mtime of every entry
 
@@ -36,7 +36,7 @@ class Layer:
 
 
 class _HashWriter(io.RawIOBase):
-    def __init__(self, inner: IO[bytes] | None = None):
+    def __init__(self, inner: IO[bytes] | gzip.GzipFile | None = None):
         self.sha = hashlib.sha256()
         self.inner = inner
         self.n = 0
@@ -44,7 +44,7 @@ class _HashWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b) -> int:  # type: ignore[no-untyped-def,override]
+    def write(self, b: Any) -> int:
         self.sha.update(b)
         self.n += len(b)
         if self.inner is not None:
@@ -82,6 +82,11 @@ class LayerContentError(ValueError):
     """Bytes streamed into a layer did not match the expected sha256."""
 
 
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(1 << 20):
+        yield chunk
+
+
 def _dirs_of(paths: Iterable[str]) -> list[str]:
     dirs: set[str] = set()
     for p in paths:
@@ -97,9 +102,9 @@ def build_layer(entries: list[Entry], out: Path) -> Layer:
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as raw:
         blob = _HashWriter(raw)
-        with gzip.GzipFile(filename="", fileobj=blob, mode="wb", mtime=EPOCH, compresslevel=6) as gz:  # type: ignore[arg-type]
-            plain = _HashWriter(gz)  # type: ignore[arg-type]
-            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        with gzip.GzipFile(filename="", fileobj=blob, mode="wb", mtime=EPOCH, compresslevel=6) as gz:
+            plain = _HashWriter(gz)
+            with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for d in _dirs_of(e.path for e in entries):
                     ti = tarfile.TarInfo(d + "/")
                     ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, EPOCH
@@ -115,12 +120,12 @@ def build_layer(entries: list[Entry], out: Path) -> Layer:
                         got = hashlib.sha256(e.source).hexdigest()
                     elif isinstance(e.source, Path):
                         with open(e.source, "rb") as f:
-                            r = _IterReader(iter(lambda f=f: f.read(1 << 20), b""))
-                            tar.addfile(ti, r)  # type: ignore[arg-type]
+                            r = _IterReader(_chunks(f))
+                            tar.addfile(ti, r)
                             got = r.sha.hexdigest()
                     else:
                         r = _IterReader(e.source())
-                        tar.addfile(ti, r)  # type: ignore[arg-type]
+                        tar.addfile(ti, r)
                         got = r.sha.hexdigest()
                     if e.sha256 and got != e.sha256:
                         raise LayerContentError(

@@ -63,8 +63,12 @@ class ModelVersionProvider(ResourceProvider):
         if not path.exists():
             raise ModelError(f"model path {str(path)!r} does not exist any more: restore it or change path")
         mv, _created = reg.register(
-            props["model_name"], path, framework=props["framework"], description=props.get("description", ""),
-            tags=props.get("tags") or {}, properties=props.get("properties") or {},
+            props["model_name"],
+            path,
+            framework=props["framework"],
+            description=props.get("description", ""),
+            tags=props.get("tags") or {},
+            properties=props.get("properties") or {},
         )
         if mv.sha256 != props["sha256"]:
             raise ModelError(
@@ -82,7 +86,10 @@ class ModelVersionProvider(ResourceProvider):
             mv = self._register(news)
         else:
             mv = _registry(news).set_metadata(
-                news["model_name"], int(olds["version"]), news.get("tags") or {}, news.get("description", ""),
+                news["model_name"],
+                int(olds["version"]),
+                news.get("tags") or {},
+                news.get("description", ""),
                 news.get("properties") or {},
             )
         return UpdateResult(outs=_outs(news, mv))
@@ -103,8 +110,9 @@ class ModelAliasProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in ("model_name", "registry", "alias", "version") if olds.get(k) != news.get(k)]
-        return DiffResult(changes=bool(changed),
-                          replaces=[k for k in changed if k in ("model_name", "registry", "alias")])
+        return DiffResult(
+            changes=bool(changed), replaces=[k for k in changed if k in ("model_name", "registry", "alias")]
+        )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         try:

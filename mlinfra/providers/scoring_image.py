@@ -13,15 +13,29 @@ from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push, docker
 from mlinfra.registry import ModelRegistry
 
 # Inputs that decide the image's content; any change rebuilds (a new digest), the old image stays in the registry.
-BUILD_KEYS = ("repository", "models", "base", "requirements", "script", "script_sha256", "files", "labels", "tag",
-              "registry_username", "dockerfile_sha256", "context_sha256")
+BUILD_KEYS = (
+    "repository",
+    "models",
+    "base",
+    "requirements",
+    "script",
+    "script_sha256",
+    "files",
+    "labels",
+    "tag",
+    "registry_username",
+    "dockerfile_sha256",
+    "context_sha256",
+)
 
 
 def _spec(props: dict[str, Any]) -> ImageSpec:
     return ImageSpec(
         repository=props["repository"],
-        models=[ModelInput(m["name"], int(m["version"]), m["sha256"], m["registry"], m.get("credential") or None)
-                for m in props["models"]],
+        models=[
+            ModelInput(m["name"], int(m["version"]), m["sha256"], m["registry"], m.get("credential") or None)
+            for m in props["models"]
+        ],
         base=props["base"],
         requirements=list(props.get("requirements") or []),
         script=Path(props["script"]) if props.get("script") else None,
@@ -46,7 +60,10 @@ class ScoringImageProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         def norm(k: str, props: dict[str, Any]) -> Any:
             if k == "models":  # credentials are not content
-                return [{x: m.get(x) for x in ("name", "version", "sha256", "registry")} for m in props.get(k) or []]
+                return [
+                    {x: m.get(x) for x in ("name", "version", "sha256", "registry")}
+                    for m in props.get(k) or []
+                ]
             if k == "script":
                 return None  # the script's path may differ between machines; its sha256 is what counts
             return props.get(k)
@@ -56,13 +73,23 @@ class ScoringImageProvider(ResourceProvider):
 
     def _build(self, props: dict[str, Any]) -> dict[str, Any]:
         if props.get("dockerfile"):
-            result = docker_build_and_push(_spec(props), Path(props["dockerfile"]),
-                                           Path(props["context"]) if props.get("context") else None)
+            result = docker_build_and_push(
+                _spec(props),
+                Path(props["dockerfile"]),
+                Path(props["context"]) if props.get("context") else None,
+            )
         else:
             result = build_and_push(_spec(props))
         _users(props, result.image_ref, add=True)
-        return {**props, "image_ref": result.image_ref, "digest": result.digest, "image_labels": result.labels,
-                "layers": result.layers, "bytes_pushed": result.bytes_pushed, "model_versions": result.models}
+        return {
+            **props,
+            "image_ref": result.image_ref,
+            "digest": result.digest,
+            "image_labels": result.labels,
+            "layers": result.layers,
+            "bytes_pushed": result.bytes_pushed,
+            "model_versions": result.models,
+        }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = self._build(props)

@@ -156,7 +156,8 @@ def scan_content(path: Path, progress: Progress | None = None) -> Content:
     if not files:
         raise ModelError(f"model folder {str(path)!r} has no files")
     entries = tuple(
-        FileEntry(p.relative_to(path).as_posix(), sha256_of_file(p, progress), p.stat().st_size) for p in files
+        FileEntry(p.relative_to(path).as_posix(), sha256_of_file(p, progress), p.stat().st_size)
+        for p in files
     )
     manifest = json.dumps([[e.path, e.sha256, e.size] for e in entries], separators=(",", ":"))
     return Content(hashlib.sha256(manifest.encode()).hexdigest(), sum(e.size for e in entries), entries, True)
@@ -183,10 +184,19 @@ class ModelVersion:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "sha256": self.sha256, "size_bytes": self.size_bytes,
-            "framework": self.framework, "files": self.files, "signature": self.signature,
-            "properties": self.properties, "created_at": self.created_at, "is_dir": self.is_dir,
-            "tags": self.tags, "description": self.description, "uri": self.uri,
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "framework": self.framework,
+            "files": self.files,
+            "signature": self.signature,
+            "properties": self.properties,
+            "created_at": self.created_at,
+            "is_dir": self.is_dir,
+            "tags": self.tags,
+            "description": self.description,
+            "uri": self.uri,
         }
 
 
@@ -250,9 +260,16 @@ class ModelRegistry:
         meta = self._read_json(f"models/{name}/meta/{_vkey(version)}.json")
         data = rec[0]
         mv = ModelVersion(
-            name=data["name"], version=data["version"], sha256=data["sha256"], size_bytes=data["size_bytes"],
-            framework=data["framework"], files=data["files"], signature=data.get("signature"),
-            properties=data.get("properties", {}), created_at=data["created_at"], is_dir=data.get("is_dir", False),
+            name=data["name"],
+            version=data["version"],
+            sha256=data["sha256"],
+            size_bytes=data["size_bytes"],
+            framework=data["framework"],
+            files=data["files"],
+            signature=data.get("signature"),
+            properties=data.get("properties", {}),
+            created_at=data["created_at"],
+            is_dir=data.get("is_dir", False),
         )
         if meta:
             mv.tags = meta[0].get("tags", {})
@@ -268,7 +285,9 @@ class ModelRegistry:
             validate_name(name)
             a = self._read_json(f"models/{name}/aliases/{alias}.json")
             if a is None:
-                raise ModelError(f"model {name!r} has no alias {alias!r}: set it with ModelAlias or pick a version")
+                raise ModelError(
+                    f"model {name!r} has no alias {alias!r}: set it with ModelAlias or pick a version"
+                )
             version = int(a[0]["version"])
         elif ":" in ref:
             name, v = ref.rsplit(":", 1)
@@ -284,7 +303,9 @@ class ModelRegistry:
             version = vs[-1]
         mv = self.get(name, version)
         if mv is None:
-            raise ModelError(f"model {name!r} has no version {version} in {self.uri} (has: {self.versions(name)})")
+            raise ModelError(
+                f"model {name!r} has no version {version} in {self.uri} (has: {self.versions(name)})"
+            )
         return mv
 
     def find_by_content(self, name: str, sha256: str) -> int | None:
@@ -293,8 +314,12 @@ class ModelRegistry:
             return int(idx[0]["version"])
         return None
 
-    def search(self, tags: dict[str, str] | None = None, properties: dict[str, str] | None = None,
-               name: str | None = None) -> list[ModelVersion]:
+    def search(
+        self,
+        tags: dict[str, str] | None = None,
+        properties: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> list[ModelVersion]:
         out = []
         for n in [name] if name else self.names():
             for v in self.versions(n):
@@ -332,7 +357,9 @@ class ModelRegistry:
         if framework not in FRAMEWORKS:
             raise ModelError(f"framework {framework!r} is not supported: use one of {', '.join(FRAMEWORKS)}")
         path = Path(path)
-        content = content or scan_content(path, (lambda d, t: progress("hashing", d, t)) if progress else None)
+        content = content or scan_content(
+            path, (lambda d, t: progress("hashing", d, t)) if progress else None
+        )
         signature = onnx_signature(path) if framework == "onnx" else None
         self._ready()
 
@@ -340,7 +367,9 @@ class ModelRegistry:
             cur = self.get(name, version)
             assert cur is not None
             return self.set_metadata(
-                name, version, cur.tags if keep["tags"] else tags,
+                name,
+                version,
+                cur.tags if keep["tags"] else tags,
                 cur.description if keep["description"] else description,
                 cur.properties if keep["properties"] else properties,
             )
@@ -373,14 +402,21 @@ class ModelRegistry:
             found = self.find_by_content(name, content.sha256)
             assert found is not None
             return update_existing(found), False
-        recovered = next((v for v in self.versions(name) if (g := self.get(name, v)) and g.sha256 == content.sha256),
-                         None)
+        recovered = next(
+            (v for v in self.versions(name) if (g := self.get(name, v)) and g.sha256 == content.sha256), None
+        )
         if recovered is None:
             record = {
-                "name": name, "sha256": content.sha256, "size_bytes": content.size_bytes, "framework": framework,
+                "name": name,
+                "sha256": content.sha256,
+                "size_bytes": content.size_bytes,
+                "framework": framework,
                 "files": [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in content.files],
-                "signature": signature, "properties": properties, "is_dir": content.is_dir,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"), "format": 1,
+                "signature": signature,
+                "properties": properties,
+                "is_dir": content.is_dir,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "format": 1,
             }
             n = (self.versions(name) or [0])[-1] + 1
             while True:
@@ -388,8 +424,10 @@ class ModelRegistry:
                 if self.store.put_if_absent(f"models/{name}/versions/{_vkey(n)}.json", _dump(record)):
                     break
                 n += 1
-            self.store.put(f"models/{name}/meta/{_vkey(n)}.json",
-                           _dump({"tags": tags, "description": description, "properties": properties}))
+            self.store.put(
+                f"models/{name}/meta/{_vkey(n)}.json",
+                _dump({"tags": tags, "description": description, "properties": properties}),
+            )
             version = n
         else:
             version = recovered
@@ -403,7 +441,12 @@ class ModelRegistry:
 
     def _claim(self, key: str) -> str | None:
         """Claim KEY for this writer. Returns the claim's etag, or None when the content got a version."""
-        claim = {"claim": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+        claim = {
+            "claim": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "at": time.time(),
+        }
         deadline = time.monotonic() + STALE_CLAIM_S + 60
         while time.monotonic() < deadline:
             if self.store.put_if_absent(key, _dump(claim)):
@@ -427,13 +470,21 @@ class ModelRegistry:
         raise RegistryError(f"registry {self.uri}: timed out waiting for another writer of {key}")
 
     def set_metadata(
-        self, name: str, version: int, tags: dict[str, str] | None, description: str,
+        self,
+        name: str,
+        version: int,
+        tags: dict[str, str] | None,
+        description: str,
         properties: dict[str, str] | None = None,
     ) -> ModelVersion:
         """Update a version's mutable metadata (tags, description, properties) in place."""
         tags = validate_tags(tags)
         key = f"models/{name}/meta/{_vkey(version)}.json"
-        new = {"tags": tags, "description": description, "properties": validate_tags(properties, "properties")}
+        new = {
+            "tags": tags,
+            "description": description,
+            "properties": validate_tags(properties, "properties"),
+        }
         cur = self._read_json(key)
         if cur is None or cur[0] != new:
             self.store.put(key, _dump(new))
@@ -446,7 +497,9 @@ class ModelRegistry:
     def set_alias(self, name: str, alias: str, version: int) -> None:
         validate_name(alias, "alias")
         if self.get(name, version) is None:
-            raise ModelError(f"alias {alias!r}: model {name!r} has no version {version} (has: {self.versions(name)})")
+            raise ModelError(
+                f"alias {alias!r}: model {name!r} has no version {version} (has: {self.versions(name)})"
+            )
         self.store.put(f"models/{name}/aliases/{alias}.json", _dump({"version": version}))
 
     def get_alias(self, name: str, alias: str) -> int | None:
@@ -458,7 +511,9 @@ class ModelRegistry:
 
     def add_user(self, name: str, version: int, user: str, info: dict[str, Any] | None = None) -> None:
         user_key = hashlib.sha256(user.encode()).hexdigest()[:32]
-        self.store.put(f"models/{name}/users/{_vkey(version)}/{user_key}.json", _dump({"user": user, **(info or {})}))
+        self.store.put(
+            f"models/{name}/users/{_vkey(version)}/{user_key}.json", _dump({"user": user, **(info or {})})
+        )
 
     def remove_user(self, name: str, version: int, user: str) -> None:
         user_key = hashlib.sha256(user.encode()).hexdigest()[:32]
@@ -489,8 +544,13 @@ class ModelRegistry:
                 self.store.delete(key)
         self.store.delete(f"models/{name}/meta/{_vkey(version)}.json")
         self.store.delete(f"models/{name}/versions/{_vkey(version)}.json")
-        still_used = {f["sha256"] for n in self.names() for v in self.versions(n)
-                      if (g := self.get(n, v)) for f in g.files}
+        still_used = {
+            f["sha256"]
+            for n in self.names()
+            for v in self.versions(n)
+            if (g := self.get(n, v))
+            for f in g.files
+        }
         for f in mv.files:
             if f["sha256"] not in still_used:
                 self.store.delete(f"blobs/sha256/{f['sha256']}")

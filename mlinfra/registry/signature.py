@@ -7,8 +7,20 @@ from typing import Any
 
 # ONNX TensorProto element types -> Open Inference Protocol datatypes.
 ONNX_TO_OIP = {
-    1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64", 8: "BYTES", 9: "BOOL",
-    10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16",
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    8: "BYTES",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+    16: "BF16",
 }
 
 
@@ -31,9 +43,14 @@ def onnx_file(path: Path) -> Path:
 
 def _tensor_spec(value_info: Any) -> dict[str, Any]:
     t = value_info.type.tensor_type
-    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim] if t.HasField("shape") else []
-    return {"name": value_info.name, "datatype": ONNX_TO_OIP.get(t.elem_type, f"ONNX_TYPE_{t.elem_type}"),
-            "shape": shape}
+    shape = (
+        [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim] if t.HasField("shape") else []
+    )
+    return {
+        "name": value_info.name,
+        "datatype": ONNX_TO_OIP.get(t.elem_type, f"ONNX_TYPE_{t.elem_type}"),
+        "shape": shape,
+    }
 
 
 def onnx_signature(path: Path) -> dict[str, Any]:

@@ -18,9 +18,9 @@ import os
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
 BLOCK = 4 * 1024 * 1024
@@ -35,7 +35,8 @@ class ContentMismatch(RegistryError):
 
 
 class Store(Protocol):
-    uri: str
+    @property
+    def uri(self) -> str: ...
 
     def get(self, key: str) -> tuple[bytes, str] | None: ...
     def put_if_absent(self, key: str, data: bytes) -> bool: ...
@@ -207,31 +208,43 @@ class AzureBlobStore:
     endpoint: str
     credential: str | None = None
     api_version: str | None = None
+    _cc: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def uri(self) -> str:
-        q = "" if self.endpoint == f"https://{self.account}.blob.core.windows.net" else f"?endpoint={self.endpoint}"
+        q = (
+            ""
+            if self.endpoint == f"https://{self.account}.blob.core.windows.net"
+            else f"?endpoint={self.endpoint}"
+        )
         return f"azblob://{self.account}/{self.container}{'/' + self.prefix if self.prefix else ''}{q}"
 
-    def _container(self):  # type: ignore[no-untyped-def]
+    def _container(self) -> Any:
         from azure.storage.blob import ContainerClient
 
-        if not hasattr(self, "_cc"):
+        if self._cc is None:
             cred = self.credential
-            kwargs = {"connection_timeout": 5, "read_timeout": 60, "retry_total": 2, "max_block_size": BLOCK,
-                      "max_single_put_size": BLOCK}
+            kwargs: dict[str, Any] = {
+                "connection_timeout": 5,
+                "read_timeout": 60,
+                "retry_total": 2,
+                "max_block_size": BLOCK,
+                "max_single_put_size": BLOCK,
+            }
             if cred and ("AccountKey=" in cred or "SharedAccessSignature=" in cred):
                 cc = ContainerClient.from_connection_string(cred, self.container, **kwargs)
             elif cred and cred.lstrip("?").startswith(("sv=", "se=", "sp=", "st=")):
                 cc = ContainerClient(self.endpoint, self.container, credential=cred.lstrip("?"), **kwargs)
             elif cred:
                 cc = ContainerClient(
-                    self.endpoint, self.container, credential={"account_name": self.account, "account_key": cred},
+                    self.endpoint,
+                    self.container,
+                    credential={"account_name": self.account, "account_key": cred},
                     **kwargs,
                 )
             else:
                 cc = ContainerClient(self.endpoint, self.container, **kwargs)
-            object.__setattr__(self, "_cc", cc)
+            self._cc = cc
         return self._cc
 
     def _key(self, key: str) -> str:
@@ -255,7 +268,9 @@ class AzureBlobStore:
         if isinstance(e, ServiceRequestError):
             return RegistryError(f"registry {self.uri} is unreachable at {self.endpoint} while {what}")
         if isinstance(e, HttpResponseError):
-            return RegistryError(f"registry {self.uri} refused {what}: HTTP {e.status_code} {e.error_code}")
+            return RegistryError(
+                f"registry {self.uri} refused {what}: HTTP {e.status_code} {getattr(e, 'error_code', '')}"
+            )
         return RegistryError(f"registry {self.uri}: {what} failed: {type(e).__name__}")
 
     def check(self) -> None:
@@ -379,7 +394,9 @@ def open_store(uri: str, credential: str | None = None) -> Store:
     u = urllib.parse.urlsplit(uri)
     if u.scheme == "file":
         if not u.path.startswith("/"):
-            raise RegistryError(f"registry URI {uri!r}: a file registry needs an absolute path, file:///abs/path")
+            raise RegistryError(
+                f"registry URI {uri!r}: a file registry needs an absolute path, file:///abs/path"
+            )
         return LocalStore(Path(urllib.parse.unquote(u.path)))
     if u.scheme == "azblob":
         account = u.hostname or ""
@@ -390,7 +407,12 @@ def open_store(uri: str, credential: str | None = None) -> Store:
             )
         container, prefix = parts[0], "/".join(parts[1:])
         if not 3 <= len(container) <= 63:
-            raise RegistryError(f"registry URI {uri!r}: container name {container!r} must have 3..63 characters")
-        endpoint = dict(urllib.parse.parse_qsl(u.query)).get("endpoint") or f"https://{account}.blob.core.windows.net"
+            raise RegistryError(
+                f"registry URI {uri!r}: container name {container!r} must have 3..63 characters"
+            )
+        endpoint = (
+            dict(urllib.parse.parse_qsl(u.query)).get("endpoint")
+            or f"https://{account}.blob.core.windows.net"
+        )
         return AzureBlobStore(account, container, prefix, endpoint.rstrip("/"), credential)
     raise RegistryError(f"registry URI {uri!r}: use file:///abs/path or azblob://ACCOUNT/CONTAINER[/PREFIX]")

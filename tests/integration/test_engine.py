@@ -21,16 +21,18 @@ PROGRAM = Path(__file__).parent / "programs" / "foundation"
 def test_engine_is_the_pinned_version() -> None:
     bin_dir = engine_bin_dir()
     assert bin_dir is not None, "no engine: make setup"
-    out = subprocess.run([str(bin_dir / "pulumi"), "version"], capture_output=True, text=True,
-                         env=engine_env(), check=True).stdout.strip()
+    out = subprocess.run(
+        [str(bin_dir / "pulumi"), "version"], capture_output=True, text=True, env=engine_env(), check=True
+    ).stdout.strip()
     assert out == f"v{pinned_versions()['PULUMI_VERSION']}"
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert f'"pulumi=={out[1:]}"' in pyproject, "pyproject's pulumi pin and engine/versions.env disagree"
 
 
 def test_component_with_dynamic_child_round_trip(tmp_path: Path, backend: Path) -> None:
-    stack = local_stack(PROGRAM, "roundtrip", backend_dir=backend,
-                        config={"directory": str(tmp_path), "content": "v1"})
+    stack = local_stack(
+        PROGRAM, "roundtrip", backend_dir=backend, config={"directory": str(tmp_path), "content": "v1"}
+    )
     target = tmp_path / "hello.txt"
 
     preview = stack.preview()
@@ -83,14 +85,18 @@ def test_language_host_reports_program_errors(tmp_path: Path, backend: Path) -> 
 def test_kubernetes_plugin_renders_manifests(tmp_path: Path, backend: Path) -> None:
     """The kubernetes plugin built from Go modules serves the pinned pulumi-kubernetes SDK."""
     out = tmp_path / "manifests"
-    stack = local_stack(Path(__file__).parent / "programs" / "k8s-render", "render", backend_dir=backend,
-                        config={"out": str(out), "version": "1"})
+    stack = local_stack(
+        Path(__file__).parent / "programs" / "k8s-render",
+        "render",
+        backend_dir=backend,
+        config={"out": str(out), "version": "1"},
+    )
     up = stack.up()
     assert up.summary.result == "succeeded"
     rendered = list(out.rglob("*.yaml"))
     assert len(rendered) == 1
     text = rendered[0].read_text()
-    assert "kind: ConfigMap" in text and "model_version: \"1\"" in text.replace("'", '"')
+    assert "kind: ConfigMap" in text and 'model_version: "1"' in text.replace("'", '"')
     assert stack.up().summary.resource_changes.get("same") == 3
     stack.set_config("version", auto.ConfigValue(value="2"))
     changes = stack.up().summary.resource_changes

@@ -42,10 +42,14 @@ def _path_without(tmp_path: Path, *hidden: str) -> str:
 
 
 def test_setup_without_go_or_pulumi_says_what_to_install(tmp_path: Path) -> None:
-    env = {"PATH": _path_without(tmp_path, "go", "pulumi"), "HOME": str(tmp_path),
-           "MLINFRA_CACHE": str(tmp_path / "cache")}
-    res = subprocess.run(["bash", str(REPO / "scripts" / "engine.sh")], env=env, capture_output=True, text=True,
-                         timeout=60)
+    env = {
+        "PATH": _path_without(tmp_path, "go", "pulumi"),
+        "HOME": str(tmp_path),
+        "MLINFRA_CACHE": str(tmp_path / "cache"),
+    }
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts" / "engine.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 1
     assert "no Go toolchain and no 'pulumi' v" in res.stderr
     assert "Install Go >= 1.25" in res.stderr
@@ -57,8 +61,9 @@ def test_taken_port_names_port_and_service(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         env = {**os.environ, "MLINFRA_CACHE": str(tmp_path), "MLINFRA_REGISTRY_PORT": str(port)}
-        res = subprocess.run([*MLINFRA, "services", "up", "registry"], env=env, capture_output=True, text=True,
-                             timeout=60)
+        res = subprocess.run(
+            [*MLINFRA, "services", "up", "registry"], env=env, capture_output=True, text=True, timeout=60
+        )
     assert res.returncode == 2, res.stderr
     assert f"port {port} for the OCI registry is taken" in res.stderr
     assert "MLINFRA_REGISTRY_PORT" in res.stderr
@@ -67,23 +72,31 @@ def test_taken_port_names_port_and_service(tmp_path: Path) -> None:
 
 def test_doctor_names_a_service_that_died(tmp_path: Path) -> None:
     env = {**os.environ, "MLINFRA_CACHE": str(tmp_path), "MLINFRA_MQTT_PORT": str(_free_port())}
-    up = subprocess.run([*MLINFRA, "services", "up", "mosquitto"], env=env, capture_output=True, text=True,
-                        timeout=60)
+    up = subprocess.run(
+        [*MLINFRA, "services", "up", "mosquitto"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert up.returncode == 0, up.stderr
     pid = int((tmp_path / "services" / "mosquitto" / "pid").read_text())
     try:
-        before = json.loads(subprocess.run([*MLINFRA, "doctor", "--json"], env=env, capture_output=True,
-                                           text=True, timeout=120).stdout)
+        before = json.loads(
+            subprocess.run(
+                [*MLINFRA, "doctor", "--json"], env=env, capture_output=True, text=True, timeout=120
+            ).stdout
+        )
         assert next(c for c in before if c["name"] == "mosquitto")["ok"] is True
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.3)
-        res = subprocess.run([*MLINFRA, "doctor", "--json"], env=env, capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            [*MLINFRA, "doctor", "--json"], env=env, capture_output=True, text=True, timeout=120
+        )
         assert res.returncode == 1
         mosq = next(c for c in json.loads(res.stdout) if c["name"] == "mosquitto")
         assert mosq["ok"] is False
         assert "died" in mosq["detail"] and "MQTT" in mosq["detail"]
         assert "make services" in mosq["fix"]
-        human = subprocess.run([*MLINFRA, "doctor"], env=env, capture_output=True, text=True, timeout=120).stdout
+        human = subprocess.run(
+            [*MLINFRA, "doctor"], env=env, capture_output=True, text=True, timeout=120
+        ).stdout
         assert "MISSING mosquitto" in human.replace("  ", " ")
     finally:
         subprocess.run([*MLINFRA, "services", "down", "mosquitto"], env=env, capture_output=True, timeout=60)

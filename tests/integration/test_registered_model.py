@@ -46,7 +46,11 @@ def test_lifecycle_on_the_real_engine(tmp_path: Path, backend: Path, registry, p
 
     up = stack.up()
     assert up.outputs["version"].value == 1 and isinstance(up.outputs["version"].value, int)
-    assert up.outputs["signature"].value["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
+    assert up.outputs["signature"].value["inputs"][0] == {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": [-1, 64],
+    }
     sha1 = up.outputs["sha256"].value
 
     again = stack.up()
@@ -103,13 +107,30 @@ def test_invalid_model_fails_preview_and_writes_nothing(tmp_path: Path, backend:
     assert not reg_dir.exists() or not any(reg_dir.rglob("*.json"))
 
 
-def _register_cli(uri: str, cred: str | None, name: str, path: Path, framework: str = "onnx",
-                  **kw) -> subprocess.Popen:
+def _register_cli(
+    uri: str, cred: str | None, name: str, path: Path, framework: str = "onnx", **kw
+) -> subprocess.Popen:
     env = {**os.environ, "MLINFRA_REGISTRY_CREDENTIAL": cred or ""}
     return subprocess.Popen(
-        [sys.executable, "-m", "mlinfra.cli", "models", "register", name, str(path), "--registry", uri, "--json",
-         "--framework", framework],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+        [
+            sys.executable,
+            "-m",
+            "mlinfra.cli",
+            "models",
+            "register",
+            name,
+            str(path),
+            "--registry",
+            uri,
+            "--json",
+            "--framework",
+            framework,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
     )
 
 
@@ -158,3 +179,34 @@ def test_killed_upload_leaves_no_version_and_a_rerun_completes(tmp_path: Path, r
     assert rerun.returncode == 0, err
     assert json.loads(out)["version"] == 1
     assert reg.versions("big") == [1]
+
+
+def test_delete_versions_on_destroy_keeps_versions_in_use(tmp_path: Path, backend: Path, program) -> None:
+    model = write_mlp(tmp_path / "model.onnx")
+    reg_uri = f"file://{tmp_path / 'registry'}"
+    stack = _stack(program("registered-model"), backend, (reg_uri, None), model, delete_on_destroy="true")
+    stack.up()
+    write_mlp(model, seed=4)
+    stack.up()
+    reg = ModelRegistry(reg_uri)
+    assert reg.versions("mlp") == [1, 2]
+    reg.add_user("mlp", 1, "endpoint:prod/churn")
+    stack.destroy()
+    assert reg.versions("mlp") == [1], "unused versions are deleted, versions in use are kept"
+
+
+def test_wrong_key_and_unreachable_registry_name_the_registry_not_the_key(tmp_path: Path, local_services) -> None:
+    local_services("azurite")
+    model = write_mlp(tmp_path / "m.onnx")
+    wrong = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="
+    uri = f"azblob://{services.AZURITE_ACCOUNT}/wrongkey/models?endpoint={services.azurite_blob_url()}"
+    proc = _register_cli(uri, wrong, "m", model)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert f"registry {uri} refused the credential" in err
+    assert wrong not in err and wrong not in out
+    down = "azblob://devstoreaccount1/models?endpoint=http://127.0.0.1:9/devstoreaccount1"
+    proc = _register_cli(down, services.AZURITE_KEY, "m", model)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "is unreachable at http://127.0.0.1:9" in err
+    assert services.AZURITE_KEY not in err

@@ -31,10 +31,23 @@ def services_up(local_services) -> None:
 
 
 def _infer(port: int, rows: np.ndarray) -> np.ndarray:
-    body = json.dumps({"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-                                   "data": rows.ravel().tolist()}]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/mlp/infer", data=body,
-                                 headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(rows.shape),
+                    "datatype": "FP32",
+                    "data": rows.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         out = json.loads(r.read())["outputs"][0]
     return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
@@ -42,8 +55,23 @@ def _infer(port: int, rows: np.ndarray) -> np.ndarray:
 
 def _run_and_score(image_ref: str, model_file: Path) -> None:
     port = free_port()
-    cid = subprocess.run([DOCKER, "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:8080", "--read-only",
-                          "--cap-drop", "ALL", image_ref], capture_output=True, text=True, check=True).stdout.strip()
+    cid = subprocess.run(
+        [
+            DOCKER,
+            "run",
+            "-d",
+            "--rm",
+            "-p",
+            f"127.0.0.1:{port}:8080",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            image_ref,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -59,7 +87,9 @@ def _run_and_score(image_ref: str, model_file: Path) -> None:
         rows = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
         want = ort.InferenceSession(str(model_file)).run(None, {"input": rows})[0]
         np.testing.assert_allclose(_infer(port, rows), want, rtol=1e-5)
-        user = subprocess.run([DOCKER, "exec", cid, "id", "-u"], capture_output=True, text=True).stdout.strip()
+        user = subprocess.run(
+            [DOCKER, "exec", cid, "id", "-u"], capture_output=True, text=True
+        ).stdout.strip()
         assert user == "10001", "the scoring server must run as non-root"
     finally:
         subprocess.run([DOCKER, "rm", "-f", cid], capture_output=True)
@@ -77,8 +107,9 @@ def test_build_run_score_and_reproduce(tmp_path: Path, backend: Path, program, s
     assert ref == f"{repo}@{digest}" and digest.startswith("sha256:")
     labels = up.outputs["labels"].value
     assert labels["mlinfra.model.0.name"] == "mlp" and labels["mlinfra.model.0.version"] == "1"
-    assert up.outputs["models"].value == [{"name": "mlp", "version": 1,
-                                           "sha256": ModelRegistry(reg_uri).resolve("mlp:1").sha256}]
+    assert up.outputs["models"].value == [
+        {"name": "mlp", "version": 1, "sha256": ModelRegistry(reg_uri).resolve("mlp:1").sha256}
+    ]
     _run_and_score(ref, model_file)
 
     again = stack.up()
@@ -90,9 +121,13 @@ def test_build_run_score_and_reproduce(tmp_path: Path, backend: Path, program, s
         ModelRegistry(reg_uri).delete_version("mlp", 1)
 
     # The same inputs from another working directory and a cold cache give the same digest.
-    other = local_stack(_copy(program, tmp_path / "elsewhere"), "img2",
-                        backend_dir=tmp_path / "state2", config=cfg,
-                        env={"MLINFRA_CACHE": str(tmp_path / "cold-cache")})
+    other = local_stack(
+        _copy(program, tmp_path / "elsewhere"),
+        "img2",
+        backend_dir=tmp_path / "state2",
+        config=cfg,
+        env={"MLINFRA_CACHE": str(tmp_path / "cold-cache")},
+    )
     assert other.up().outputs["digest"].value == digest
     other.destroy()
 
@@ -129,14 +164,23 @@ def _layers(ref: str) -> list[str]:
     return [layer["digest"] for layer in got[1]["layers"]]
 
 
-def test_script_syntax_error_fails_preview_with_file_and_line(tmp_path: Path, backend: Path, program,
-                                                              services_up) -> None:
+def test_script_syntax_error_fails_preview_with_file_and_line(
+    tmp_path: Path, backend: Path, program, services_up
+) -> None:
     model_file = write_mlp(tmp_path / "model.onnx")
     script = tmp_path / "score.py"
     script.write_text("import json\n\ndef run(raw_data):\n    return json.loads(raw_data\n")
-    stack = local_stack(program("scoring-image"), "bad", backend_dir=backend, config={
-        "path": str(model_file), "registry": f"file://{tmp_path / 'registry'}",
-        "repository": f"{services.registry_host()}/test/bad", "script": str(script)})
+    stack = local_stack(
+        program("scoring-image"),
+        "bad",
+        backend_dir=backend,
+        config={
+            "path": str(model_file),
+            "registry": f"file://{tmp_path / 'registry'}",
+            "repository": f"{services.registry_host()}/test/bad",
+            "script": str(script),
+        },
+    )
     with pytest.raises(auto.CommandError) as e:
         stack.preview()
     assert f"{script}:4" in str(e.value) or f"{script}:5" in str(e.value)
@@ -145,8 +189,11 @@ def test_script_syntax_error_fails_preview_with_file_and_line(tmp_path: Path, ba
 def _spec(tmp_path: Path, **kw) -> ImageSpec:
     reg_uri = f"file://{tmp_path / 'registry'}"
     mv, _ = ModelRegistry(reg_uri).register("mlp", write_mlp(tmp_path / "m.onnx"))
-    base = dict(repository=f"{services.registry_host()}/test/errors", base=services.base_image_ref(),
-                models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)])
+    base = dict(
+        repository=f"{services.registry_host()}/test/errors",
+        base=services.base_image_ref(),
+        models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
+    )
     base.update(kw)
     return ImageSpec(**base)  # type: ignore[arg-type]
 
@@ -184,22 +231,35 @@ def test_images_list_finds_images_by_model(tmp_path: Path, services_up) -> None:
 
     spec = _spec(tmp_path, repository=f"{services.registry_host()}/test/listed-{uuid.uuid4().hex[:6]}")
     result = build_and_push(spec)
-    out = subprocess.run([sys.executable, "-m", "mlinfra.cli", "images", "list", "--model", "mlp", "--json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mlinfra.cli", "images", "list", "--model", "mlp", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     listed = {i["image_ref"]: i for i in json.loads(out)}
     assert result.image_ref in listed
     assert listed[result.image_ref]["models"][0]["name"] == "mlp"
-    none = subprocess.run([sys.executable, "-m", "mlinfra.cli", "images", "list", "--model", "no-such-model",
-                           "--json"], capture_output=True, text=True, check=True).stdout
+    none = subprocess.run(
+        [sys.executable, "-m", "mlinfra.cli", "images", "list", "--model", "no-such-model", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert result.image_ref not in {i["image_ref"] for i in json.loads(none)}
 
 
-def test_users_own_dockerfile_is_built_by_the_docker_engine(tmp_path: Path, backend: Path, program,
-                                                             services_up) -> None:
+def test_users_own_dockerfile_is_built_by_the_docker_engine(
+    tmp_path: Path, backend: Path, program, services_up
+) -> None:
     model_file = write_mlp(tmp_path / "model.onnx")
     repo = f"{services.registry_host()}/test/byo-{uuid.uuid4().hex[:8]}"
-    stack = local_stack(program("dockerfile-image"), "byo", backend_dir=backend, config={
-        "path": str(model_file), "registry": f"file://{tmp_path / 'registry'}", "repository": repo})
+    stack = local_stack(
+        program("dockerfile-image"),
+        "byo",
+        backend_dir=backend,
+        config={"path": str(model_file), "registry": f"file://{tmp_path / 'registry'}", "repository": repo},
+    )
     up = stack.up()
     ref = up.outputs["image_ref"].value
     assert ref.startswith(f"{repo}@sha256:")

@@ -22,7 +22,11 @@ def test_version_json_names_sdk_and_engine(capsys) -> None:
 
 
 def test_unknown_service_is_a_clear_error() -> None:
-    res = subprocess.run([sys.executable, "-m", "mlinfra.cli", "services", "up", "postgres"],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "mlinfra.cli", "services", "up", "postgres"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "unknown service 'postgres'" in res.stderr and "registry" in res.stderr

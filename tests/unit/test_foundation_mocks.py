@@ -26,11 +26,13 @@ class Mocks(pulumi.runtime.Mocks):
 
 MOCKS = Mocks()
 pulumi.runtime.set_mocks(MOCKS, project="mlinfra-foundation-check", stack="unit")
-pulumi.runtime.set_all_config({"mlinfra-foundation-check:directory": "/tmp/x",
-                               "mlinfra-foundation-check:content": "hello"})
+pulumi.runtime.set_all_config(
+    {"mlinfra-foundation-check:directory": "/tmp/x", "mlinfra-foundation-check:content": "hello"}
+)
 
 _spec = importlib.util.spec_from_file_location(
-    "foundation_program", Path(__file__).parents[1] / "integration" / "programs" / "foundation" / "__main__.py"
+    "foundation_program",
+    Path(__file__).parents[1] / "integration" / "programs" / "foundation" / "__main__.py",
 )
 assert _spec and _spec.loader
 program = importlib.util.module_from_spec(_spec)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from mlinfra.registry import ContentMismatch, InvalidModel, ModelError, ModelRegistry, validate_name, validate_tags
+from mlinfra.registry import (
+    ContentMismatch,
+    InvalidModel,
+    ModelError,
+    ModelRegistry,
+    validate_name,
+    validate_tags,
+)
 from mlinfra.samples import write_mlp
 
 
@@ -41,7 +48,7 @@ def test_bad_names_are_named_in_the_error(name: str, fragment: str) -> None:
 
 def test_tag_limits() -> None:
     assert validate_tags({"b": "2", "a": "1"}) == {"a": "1", "b": "2"}
-    with pytest.raises(ModelError, match="129|keys are 1..128"):
+    with pytest.raises(ModelError, match=r"keys are 1\.\.128"):
         validate_tags({"k" * 129: "v"})
     with pytest.raises(ModelError, match="257 characters; the limit is 256"):
         validate_tags({"k": "v" * 257})

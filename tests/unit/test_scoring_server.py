@@ -25,16 +25,36 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
-    srv = start_server(tmp_path_factory.mktemp("srv"), "--model", str(models["mlp"]), "--name", "mlp",
-                       "--version", "3", "--model", str(models["types"]), "--name", "types",
-                       "--key", KEYS[0], "--key", KEYS[1], "--max-body-mb", "1")
+    srv = start_server(
+        tmp_path_factory.mktemp("srv"),
+        "--model",
+        str(models["mlp"]),
+        "--name",
+        "mlp",
+        "--version",
+        "3",
+        "--model",
+        str(models["types"]),
+        "--name",
+        "types",
+        "--key",
+        KEYS[0],
+        "--key",
+        KEYS[1],
+        "--max-body-mb",
+        "1",
+    )
     yield srv
     assert srv.stop() == 0
 
 
 def infer_body(rows: np.ndarray, **extra) -> dict:
-    return {"inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-                        "data": rows.ravel().tolist()}], **extra}
+    return {
+        "inputs": [
+            {"name": "input", "shape": list(rows.shape), "datatype": "FP32", "data": rows.ravel().tolist()}
+        ],
+        **extra,
+    }
 
 
 def reference(model: Path, rows: np.ndarray) -> np.ndarray:
@@ -52,7 +72,10 @@ def test_health_and_metadata(server: Server) -> None:
     assert meta["versions"] == ["3"]
     assert server.request("GET", "/v2/models/mlp/versions/3", key=KEYS[0])[0] == 200
     assert server.request("GET", "/v2/models/mlp/versions/4", key=KEYS[0])[0] == 404
-    assert server.request("GET", "/v2/models/mlp/ready", key=KEYS[0])[:2] == (200, {"name": "mlp", "ready": True})
+    assert server.request("GET", "/v2/models/mlp/ready", key=KEYS[0])[:2] == (
+        200,
+        {"name": "mlp", "ready": True},
+    )
     assert server.request("GET", "/v2/models/mlp/versions/3/ready", key=KEYS[0])[0] == 200
     status, doc, _ = server.request("GET", "/openapi.json")
     assert status == 200 and "/v2/models/mlp/infer" in doc["paths"]
@@ -61,25 +84,37 @@ def test_health_and_metadata(server: Server) -> None:
 def test_infer_flat_and_nested_with_id_parameters_and_outputs(server: Server, models) -> None:
     rows = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     want = reference(models["mlp"], rows)
-    status, resp, headers = server.request("POST", "/v2/models/mlp/infer", infer_body(rows, id="req-7"),
-                                           key=KEYS[0])
+    status, resp, headers = server.request(
+        "POST", "/v2/models/mlp/infer", infer_body(rows, id="req-7"), key=KEYS[0]
+    )
     assert status == 200, resp
     assert resp["id"] == "req-7" and resp["model_name"] == "mlp" and resp["model_version"] == "3"
     out = resp["outputs"][0]
     assert out["name"] == "probabilities" and out["shape"] == [3, 10] and out["datatype"] == "FP32"
     np.testing.assert_allclose(np.array(out["data"]).reshape(3, 10), want, rtol=1e-6)
     assert headers.get("X-Request-Id")
-    nested = {"inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32", "data": rows.tolist()}],
-              "parameters": {"trace": "yes"}, "outputs": [{"name": "probabilities"}]}
+    nested = {
+        "inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32", "data": rows.tolist()}],
+        "parameters": {"trace": "yes"},
+        "outputs": [{"name": "probabilities"}],
+    }
     status, resp, _ = server.request("POST", "/v2/models/mlp/versions/3/infer", nested, key=KEYS[1])
     assert status == 200 and resp["parameters"] == {"trace": "yes"}
     np.testing.assert_allclose(np.array(resp["outputs"][0]["data"]).reshape(3, 10), want, rtol=1e-6)
 
 
 def test_every_datatype_round_trips(server: Server) -> None:
-    values = {"FP32": [1.5, -2.0], "FP64": [1e-300, 2.5], "INT32": [2**31 - 1, -5], "INT64": [2**62, -1],
-              "BOOL": [True, False], "BYTES": ["héllo", "x"]}
-    inputs = [{"name": f"x_{t.lower()}", "shape": [1, 2], "datatype": t, "data": v} for t, v in values.items()]
+    values = {
+        "FP32": [1.5, -2.0],
+        "FP64": [1e-300, 2.5],
+        "INT32": [2**31 - 1, -5],
+        "INT64": [2**62, -1],
+        "BOOL": [True, False],
+        "BYTES": ["héllo", "x"],
+    }
+    inputs = [
+        {"name": f"x_{t.lower()}", "shape": [1, 2], "datatype": t, "data": v} for t, v in values.items()
+    ]
     status, resp, _ = server.request("POST", "/v2/models/types/infer", {"inputs": inputs}, key=KEYS[0])
     assert status == 200, resp
     got = {o["name"]: (o["datatype"], o["data"]) for o in resp["outputs"]}
@@ -92,27 +127,61 @@ def test_every_datatype_round_trips(server: Server) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
-        ({"inputs": [{"name": "nope", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}, 400,
-         "'nope' is not an input of mlp"),
-        ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP64", "data": [0] * 64}]}, 400,
-         "datatype 'FP64'; the model expects FP32"),
-        ({"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": [0] * 63}]}, 400,
-         "shape [1, 63]; the model expects [-1, 64]"),
-        ({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0] * 64}]}, 400,
-         "data has 64 values; shape [2, 64] needs 128"),
-        ({"inputs": [{"name": "input", "shape": [10**9, 64], "datatype": "FP32", "data": [0] * 64}]}, 400,
-         "needs 64000000000"),
-        ({"inputs": [{"name": "input", "shape": [1, -64], "datatype": "FP32", "data": [0] * 64}]}, 400,
-         "non-negative integers"),
-        ({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [[0] * 64, [0] * 3]}]}, 400,
-         "rectangular"),
-        ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ["a"] * 64}]}, 400,
-         "rectangular list of FP32"),
+        (
+            {"inputs": [{"name": "nope", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]},
+            400,
+            "'nope' is not an input of mlp",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP64", "data": [0] * 64}]},
+            400,
+            "datatype 'FP64'; the model expects FP32",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": [0] * 63}]},
+            400,
+            "shape [1, 63]; the model expects [-1, 64]",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [0] * 64}]},
+            400,
+            "data has 64 values; shape [2, 64] needs 128",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [10**9, 64], "datatype": "FP32", "data": [0] * 64}]},
+            400,
+            "needs 64000000000",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, -64], "datatype": "FP32", "data": [0] * 64}]},
+            400,
+            "non-negative integers",
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "input", "shape": [2, 64], "datatype": "FP32", "data": [[0] * 64, [0] * 3]}
+                ]
+            },
+            400,
+            "rectangular",
+        ),
+        (
+            {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ["a"] * 64}]},
+            400,
+            "rectangular list of FP32",
+        ),
         ({"inputs": []}, 400, "non-empty list"),
         ({"inputs": ["x"]}, 400, "is not an input"),
         ([1, 2], 400, "JSON object"),
-        ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}],
-          "outputs": [{"name": "logits"}]}, 400, "'logits' not produced by mlp"),
+        (
+            {
+                "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}],
+                "outputs": [{"name": "logits"}],
+            },
+            400,
+            "'logits' not produced by mlp",
+        ),
     ],
 )
 def test_bad_requests_are_400_with_a_reason(server: Server, body, status, fragment) -> None:
@@ -135,7 +204,10 @@ def test_protocol_errors(server: Server) -> None:
     body = infer_body(np.zeros((1, 64), np.float32))
     assert server.request("POST", "/v2/models/mlp/infer", body)[0] == 401
     assert server.request("POST", "/v2/models/mlp/infer", body, key="key-three")[0] == 401
-    assert server.request("POST", "/v2/models/mlp/infer", body, headers={"Authorization": "Basic a2V5"})[0] == 401
+    assert (
+        server.request("POST", "/v2/models/mlp/infer", body, headers={"Authorization": "Basic a2V5"})[0]
+        == 401
+    )
     for k in KEYS:
         assert server.request("POST", "/v2/models/mlp/infer", body, key=k)[0] == 200
     # Still up after all of that.
@@ -233,8 +305,17 @@ def test_script_with_syntax_error_is_reported_with_line(tmp_path: Path, models) 
 
 
 def test_dynamic_batching_merges_and_matches_unbatched(tmp_path: Path, models) -> None:
-    srv = start_server(tmp_path, "--model", str(models["mlp"]), "--name", "mlp", "--max-batch-size", "32",
-                       "--max-batch-delay-ms", "20")
+    srv = start_server(
+        tmp_path,
+        "--model",
+        str(models["mlp"]),
+        "--name",
+        "mlp",
+        "--max-batch-size",
+        "32",
+        "--max-batch-delay-ms",
+        "20",
+    )
     try:
         rng = np.random.default_rng(5)
         batches = [rng.standard_normal((int(rng.integers(1, 4)), 64)).astype(np.float32) for _ in range(40)]
@@ -267,8 +348,55 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "components.scoring", "--model", str(tmp_path / "none.onnx")],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-m", "components.scoring", "--model", str(tmp_path / "none.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 2 and "does not exist" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "components.scoring"], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [sys.executable, "-m", "components.scoring"], capture_output=True, text=True, timeout=30
+    )
     assert res.returncode == 2 and "no model given" in res.stderr
+
+
+def test_collection_hooks_get_records_and_a_failing_hook_does_not_break_scoring(tmp_path: Path, models) -> None:
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from components.scoring.server import ModelSpec, ScoringServer, ServerConfig
+
+    records: list[dict] = []
+
+    def broken(_record: dict) -> None:
+        raise RuntimeError("collector down")
+
+    async def scenario() -> tuple[int, str]:
+        srv = ScoringServer(ServerConfig(models=[ModelSpec(str(models["mlp"]), "mlp", "7")], access_log=False))
+        srv.add_hook(records.append)
+        srv.add_hook(broken)
+        srv.load()
+        runner = web.AppRunner(srv.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        async with aiohttp.ClientSession() as s:
+            body = infer_body(np.ones((2, 64), np.float32))
+            async with s.post(f"http://127.0.0.1:{port}/v2/models/mlp/infer", json=body,
+                              headers={"X-Request-Id": "rid-42"}) as r:
+                status = r.status
+        text = srv.metrics.render()
+        await runner.cleanup()
+        return status, text
+
+    status, metrics = asyncio.run(scenario())
+    assert status == 200
+    assert len(records) == 1
+    rec = records[0]
+    assert rec["request_id"] == "rid-42" and rec["model"] == "mlp" and rec["version"] == "7"
+    assert rec["inputs"]["input"].shape == (2, 64) and rec["outputs"]["probabilities"].shape == (2, 10)
+    assert 'mlinfra_collector_dropped_total{model="mlp"} 1.0' in metrics

@@ -1,8 +1,7 @@
 """BentoML service: no OIP route of its own, so the OIP JSON body is mapped onto an API at the OIP path."""
 
-import numpy as np
-
 import bentoml
+import numpy as np
 from common import oip_response, session
 
 

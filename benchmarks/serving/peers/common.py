@@ -17,8 +17,12 @@ def session() -> ort.InferenceSession:
 
 
 def oip_response(name: str, y: np.ndarray, rid=None) -> dict:
-    out = {"model_name": name, "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": list(y.shape),
-                                            "data": y.ravel().tolist()}]}
+    out = {
+        "model_name": name,
+        "outputs": [
+            {"name": "probabilities", "datatype": "FP32", "shape": list(y.shape), "data": y.ravel().tolist()}
+        ],
+    }
     if rid is not None:
         out["id"] = rid
     return out

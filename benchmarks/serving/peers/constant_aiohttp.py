@@ -6,8 +6,12 @@ import os
 import uvloop
 from aiohttp import web
 
-BODY = json.dumps({"model_name": "mlp", "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 10],
-                                                     "data": [0.1] * 10}]}).encode()
+BODY = json.dumps(
+    {
+        "model_name": "mlp",
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 10], "data": [0.1] * 10}],
+    }
+).encode()
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -17,6 +21,7 @@ async def infer(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     return web.Response(text="{}")
+
 
 app = web.Application()
 app.router.add_post("/v2/models/mlp/infer", infer)

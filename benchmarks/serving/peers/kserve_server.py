@@ -1,9 +1,8 @@
 """KServe model server (OIP v2 REST built in) wrapping the ONNX session."""
 
 import numpy as np
-from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
-
 from common import PORT, session
+from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 
 
 class MLP(Model):

@@ -2,7 +2,6 @@
 
 import litserve as ls
 import numpy as np
-
 from common import PORT, oip_response, session
 
 

@@ -40,8 +40,12 @@ class File(Resource):
 class Bundle(pulumi.ComponentResource):
     def __init__(self, name: str, directory: str, content: str, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlinfra:test:Bundle", name, None, opts)
-        self.file = File(f"{name}-file", os.path.join(directory, f"{name}.txt"), content,
-                         pulumi.ResourceOptions(parent=self))
+        self.file = File(
+            f"{name}-file",
+            os.path.join(directory, f"{name}.txt"),
+            content,
+            pulumi.ResourceOptions(parent=self),
+        )
         self.sha256 = self.file.sha256
         self.register_outputs({"sha256": self.sha256})
 

@@ -14,11 +14,14 @@ model = mlinfra.RegisteredModel(
         tags=json.loads(config.get("tags") or "{}"),
         description=config.get("description") or "",
         framework=config.get("framework") or "onnx",
+        delete_versions_on_destroy=config.get_bool("delete_on_destroy") or False,
     ),
 )
 if config.get("alias_version"):
-    mlinfra.ModelAlias("champion", mlinfra.ModelAliasArgs(model=model, alias="champion",
-                                                          version=int(config.require("alias_version"))))
+    mlinfra.ModelAlias(
+        "champion",
+        mlinfra.ModelAliasArgs(model=model, alias="champion", version=int(config.require("alias_version"))),
+    )
 pulumi.export("version", model.version)
 pulumi.export("sha256", model.sha256)
 pulumi.export("uri", model.uri)

@@ -1,0 +1,5 @@
+import sys
+
+from components.edge.cli import main
+
+sys.exit(main(prog="python -m components.edge"))

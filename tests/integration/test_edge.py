@@ -1,0 +1,241 @@
+"""EdgeDeployment and the edge agent with a real Mosquitto (its own instance) and real agent processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from pulumi import automation as auto
+
+from components.edge.manifest import deployment_topic, twin_topic
+from mlinfra import services
+from mlinfra.automation import local_stack
+from mlinfra.edge import Broker, provision_devices, publish, read_fleet
+from mlinfra.registry import ModelRegistry
+from mlinfra.samples import write_mlp
+from tests.scoring_helpers import free_port
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """A Mosquitto of this module's own (fresh retained state), through the same services code as make services."""
+    cache = tmp_path_factory.mktemp("edge-cache")
+    saved = {k: os.environ.get(k) for k in ("MLINFRA_CACHE", "MLINFRA_MQTT_PORT")}
+    os.environ["MLINFRA_CACHE"] = str(cache)
+    os.environ["MLINFRA_MQTT_PORT"] = str(free_port())
+    try:
+        services.ensure(["mosquitto"], progress=lambda _m: None)
+        yield Broker.local()
+    finally:
+        services.down(["mosquitto"], progress=lambda _m: None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class Agents:
+    def __init__(self, broker: Broker, root: Path):
+        self.broker, self.root = broker, root
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.ports: dict[str, int] = {}
+        self.passwords: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+
+    def start(self, device: str, tags: str) -> None:
+        if device not in self.passwords:
+            self.passwords.update(provision_devices([device]))
+            self.ports[device] = free_port()
+            self.tags[device] = tags
+        log = open(self.root / f"{device}.log", "ab")  # noqa: SIM115
+        self.procs[device] = subprocess.Popen(
+            [sys.executable, "-m", "components.edge", "--device-id", device, "--broker", self.broker.url,
+             "--tags", self.tags[device], "--state-dir", str(self.root / device),
+             "--serve-port", str(self.ports[device])],
+            env={**os.environ, "MLINFRA_EDGE_PASSWORD": self.passwords[device]}, cwd=REPO, stdout=log,
+            stderr=subprocess.STDOUT)
+        self.wait(lambda f: f.twins.get(device, {}).get("status") == "online", f"{device} online")
+
+    def stop(self, device: str) -> None:
+        p = self.procs.pop(device)
+        p.terminate()
+        assert p.wait(20) == 0
+
+    def wait(self, check, what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check(read_fleet(self.broker, quiet_s=0.2)):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def served(self, device: str) -> dict[str, str]:
+        """Model name -> version the device's local scoring server serves."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[device]}/v2", timeout=5) as r:
+            return {m["name"]: m["version"] for m in json.loads(r.read())["models"]}
+
+    def infer_ok(self, device: str, model: str) -> bool:
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                       "data": [0.1] * 64}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[device]}/v2/models/{model}/infer", data=body)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status == 200
+
+    def close(self) -> None:
+        for d in list(self.procs):
+            self.procs[d].terminate()
+            self.procs.pop(d).wait(20)
+
+
+@pytest.fixture
+def agents(broker, tmp_path):
+    a = Agents(broker, tmp_path)
+    yield a
+    a.close()
+
+
+def _stack(program, backend: Path, broker: Broker, reg: str, models: dict, deployments: list):
+    return local_stack(program("edge-deployment"), "edge", backend_dir=backend, config={
+        "registry": reg, "models": json.dumps({k: str(v) for k, v in models.items()}),
+        "deployments": json.dumps(deployments), "broker": broker.url, "username": broker.username,
+        "password": auto.ConfigValue(value=broker.password, secret=True)})
+
+
+def test_targeting_layering_priority_offline_restart_corruption_and_fallback(
+        tmp_path: Path, backend: Path, program, broker: Broker, agents: Agents) -> None:
+    reg = f"file://{tmp_path / 'registry'}"
+    agents.start("d1", "site=p7,ring=canary")
+    agents.start("d2", "site=p7,ring=ga")
+    agents.start("d3", "site=p8,ring=ga")
+    mlp = write_mlp(tmp_path / "mlp.onnx", seed=1)
+    canary = write_mlp(tmp_path / "canary" / "mlp.onnx", seed=2)
+    extra = write_mlp(tmp_path / "extra.onnx", seed=3)
+    models = {"mlp": mlp, "mlpcanary": canary, "extra": extra}
+    deployments = [
+        {"name": "fleet", "condition": "*", "priority": 1, "models": ["mlp"]},
+        {"name": "canary", "condition": "tags.ring = 'canary'", "priority": 5, "models": ["mlpcanary"]},
+        {"name": "extras", "condition": "tags.site = 'p7' AND tags.ring IN ('canary', 'ga')", "priority": 3,
+         "layered": True, "models": ["extra"]},
+    ]
+    stack = _stack(program, backend, broker, reg, models, deployments)
+    up = stack.up()
+    out = {k: v.value for k, v in up.outputs.items()}
+    assert out["fleet"] == {"targeted": 3, "applied": 2, "succeeded": 2, "failed": 0, "failing": []}
+    assert out["canary"]["targeted"] == 1 and out["canary"]["succeeded"] == 1
+    assert out["extras"]["targeted"] == 2 and out["extras"]["succeeded"] == 2
+    # The highest-priority base wins; layered deployments add to it.
+    assert set(agents.served("d1")) == {"mlpcanary", "extra"}
+    assert set(agents.served("d2")) == {"mlp", "extra"}
+    assert set(agents.served("d3")) == {"mlp"}
+    assert agents.infer_ok("d1", "mlpcanary") and agents.infer_ok("d3", "mlp")
+    assert stack.up().summary.resource_changes.get("update", 0) == 0
+
+    # d3 goes offline; the fleet model changes (gate tolerates one missing device); the broker restarts mid-way.
+    agents.stop("d3")
+    write_mlp(mlp, seed=11)
+    deployments[0]["min_fraction"] = 0.5
+    stack.set_config("deployments", auto.ConfigValue(value=json.dumps(deployments)))
+
+    import threading
+
+    def restart_broker() -> None:
+        time.sleep(1.5)
+        services.down(["mosquitto"], progress=lambda _m: None)
+        time.sleep(1.0)
+        services.ensure(["mosquitto"], progress=lambda _m: None)
+
+    t = threading.Thread(target=restart_broker)
+    t.start()
+    up2 = stack.up()
+    t.join()
+    assert up2.outputs["fleet"].value["succeeded"] >= 1
+    agents.wait(lambda f: f.twins["d2"]["models"].get("mlp", {}).get("version") == 2, "d2 on mlp v2")
+    agents.start("d3", "site=p8,ring=ga")  # back online: converges to the latest deployment
+    agents.wait(lambda f: f.statuses.get("d3", {}).get("fleet", {}).get("state") == "success"
+                and f.twins["d3"]["models"]["mlp"]["version"] == 2, "d3 converged")
+    assert agents.served("d3") == {"mlp": "2"}
+
+    # A corrupted stored model: devices report failure, keep serving the old one, and `up` fails naming the gate.
+    write_mlp(mlp, seed=12)
+    mv3, _ = ModelRegistry(reg).register("mlp", mlp)
+    blob = tmp_path / "registry" / "blobs" / "sha256" / mv3.sha256
+    blob.write_bytes(blob.read_bytes()[:-8] + b"\0" * 8)
+    deployments[0]["min_fraction"] = 1.0
+    stack.set_config("deployments", auto.ConfigValue(value=json.dumps(deployments)))
+    with pytest.raises(auto.CommandError) as e:
+        stack.up()
+    assert "edge deployment fleet failed its gate" in str(e.value) and "sha256 mismatch" in str(e.value)
+    assert agents.served("d3") == {"mlp": "2"} and agents.infer_ok("d3", "mlp"), "the last good model keeps serving"
+
+    # Withdraw the canary deployment: d1 falls back to the next applicable one (the fleet base).
+    blob.unlink()
+    ModelRegistry(reg).delete_version("mlp", 3)
+    write_mlp(mlp, seed=11)
+    stack.set_config("deployments", auto.ConfigValue(value=json.dumps([d for d in deployments
+                                                                       if d["name"] != "canary"])))
+    stack.up()
+    agents.wait(lambda f: "mlp" in f.twins["d1"]["models"] and "mlpcanary" not in f.twins["d1"]["models"],
+                "d1 falls back to the fleet model")
+    assert set(agents.served("d1")) == {"mlp", "extra"}
+    stack.destroy()
+    agents.wait(lambda f: not f.twins["d2"]["models"], "models withdrawn from d2")
+
+
+def test_malformed_payloads_are_ignored_and_devices_are_fenced(broker: Broker, agents: Agents) -> None:
+    agents.start("m1", "site=x")
+    for payload in (b"\xff\xfe not json", b"[1,2,3]", b'{"name": "evil"}', json.dumps({
+            "name": "evil", "generation": "1", "priority": 1, "target_condition": "*",
+            "models": [{"name": "m", "version": 1, "sha256": "0" * 64,
+                        "files": [{"path": "../../etc/passwd", "url": "file:///etc/passwd",
+                                   "sha256": "0" * 64, "size": 1}]}]}).encode(), b"{" * 5000):
+        publish(broker, deployment_topic("evil"), payload)
+    time.sleep(0.5)
+    assert agents.procs["m1"].poll() is None, "the agent must stay up"
+    fleet = read_fleet(broker)
+    assert fleet.twins["m1"]["status"] == "online" and fleet.twins["m1"]["models"] == {}
+    log = (agents.root / "m1.log").read_text()
+    assert "ignored a malformed deployment" in log and "escapes the model folder" in log
+    publish(broker, deployment_topic("evil"), b"")
+
+    # A device may publish only below its own topics.
+    spoof = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="m1-spoof", protocol=mqtt.MQTTv5)
+    spoof.username_pw_set("m1", agents.passwords["m1"])
+    spoof.connect("127.0.0.1", int(broker.url.rsplit(":", 1)[1]))
+    spoof.loop_start()
+    spoof.publish(twin_topic("victim"), json.dumps({"device_id": "victim", "status": "online"}), qos=1,
+                  retain=True).wait_for_publish(5)
+    spoof.publish(deployment_topic("rogue"), b'{"x": 1}', qos=1, retain=True).wait_for_publish(5)
+    spoof.disconnect()
+    spoof.loop_stop()
+    fleet = read_fleet(broker)
+    assert "victim" not in fleet.twins, "a device must not write another device's twin"
+    wrong = Broker(broker.url, "m1", "not-the-password")
+    with pytest.raises(Exception, match="refused the credentials of user 'm1'"):
+        read_fleet(wrong)
+
+
+def test_bad_conditions_fail_preview_and_untargeted_warn(tmp_path: Path, backend: Path, program,
+                                                         broker: Broker) -> None:
+    model = write_mlp(tmp_path / "m.onnx")
+    reg = f"file://{tmp_path / 'registry'}"
+    stack = _stack(program, backend, broker, reg, {"mlp": model},
+                   [{"name": "bad", "condition": "tags.site = 'a' AND (tags.ring IN ('x',)", "models": ["mlp"]}])
+    with pytest.raises(auto.CommandError) as e:
+        stack.preview()
+    assert "at position" in str(e.value) and "expected a value" in str(e.value)
+    stack.set_config("deployments", auto.ConfigValue(value=json.dumps(
+        [{"name": "nobody", "condition": "tags.site = 'atlantis'", "models": ["mlp"]}])))
+    preview = stack.preview()
+    assert "matches no device" in preview.stdout
