@@ -47,3 +47,26 @@ def program(tmp_path: Path) -> Callable[[str], Path]:
         return dest
 
     return copy
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """A Mosquitto of the module's own (fresh retained state), started by the same code as `make services`.
+    While it runs, MLINFRA_CACHE and MLINFRA_MQTT_PORT point at it (programs inherit them)."""
+    from mlinfra.edge import Broker
+    from tests.scoring_helpers import free_port
+
+    cache = tmp_path_factory.mktemp("broker-cache")
+    saved = {k: os.environ.get(k) for k in ("MLINFRA_CACHE", "MLINFRA_MQTT_PORT")}
+    os.environ["MLINFRA_CACHE"] = str(cache)
+    os.environ["MLINFRA_MQTT_PORT"] = str(free_port())
+    try:
+        services.ensure(["mosquitto"], progress=lambda _m: None)
+        yield Broker.local()
+    finally:
+        services.down(["mosquitto"], progress=lambda _m: None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

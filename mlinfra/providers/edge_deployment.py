@@ -65,8 +65,15 @@ class EdgeDeploymentProvider(ResourceProvider):
         body = manifest(props["deployment_name"], props["target_condition"], int(props["priority"]),
                         bool(props["layered"]), models)
         generation = json.loads(body)["generation"]
-        publish(_broker(props), deployment_topic(props["deployment_name"]), body)
         deadline = time.monotonic() + float(gate["timeout_s"])
+        while True:  # a broker that is restarting gets until the gate's deadline
+            try:
+                publish(_broker(props), deployment_topic(props["deployment_name"]), body)
+                break
+            except EdgeError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
         counts = _counts(props, generation, deadline)
         while True:
             done = counts["succeeded"] + counts["failed"]

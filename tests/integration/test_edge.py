@@ -27,25 +27,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[2]
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    """A Mosquitto of this module's own (fresh retained state), through the same services code as make services."""
-    cache = tmp_path_factory.mktemp("edge-cache")
-    saved = {k: os.environ.get(k) for k in ("MLINFRA_CACHE", "MLINFRA_MQTT_PORT")}
-    os.environ["MLINFRA_CACHE"] = str(cache)
-    os.environ["MLINFRA_MQTT_PORT"] = str(free_port())
-    try:
-        services.ensure(["mosquitto"], progress=lambda _m: None)
-        yield Broker.local()
-    finally:
-        services.down(["mosquitto"], progress=lambda _m: None)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class Agents:
     def __init__(self, broker: Broker, root: Path):
         self.broker, self.root = broker, root

@@ -19,8 +19,27 @@ def test_example_up_noop_destroy(name: str, tmp_path: Path, backend: Path, local
         local_services("registry", "python-base")
     work = tmp_path / name
     shutil.copytree(EXAMPLES / name, work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml"))
+    project = work / "Pulumi.yaml"  # its virtualenv is relative to the examples folder
+    project.write_text(project.read_text().replace("../../.venv", str(EXAMPLES.parent / ".venv")))
     stack = local_stack(work, "test", backend_dir=backend)
     up = stack.up()
     assert up.summary.result == "succeeded"
+    assert set(stack.up().summary.resource_changes) == {"same"}
+    stack.destroy()
+
+
+def test_edge_example_on_its_own_broker(tmp_path: Path, backend: Path, broker) -> None:
+    """With no device online the condition targets nobody: a warning, and the gate passes trivially."""
+    import os
+
+    work = tmp_path / "edge-deployment"
+    shutil.copytree(EXAMPLES / "edge-deployment", work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml"))
+    project = work / "Pulumi.yaml"
+    project.write_text(project.read_text().replace("../../.venv", str(EXAMPLES.parent / ".venv")))
+    env = {k: os.environ[k] for k in ("MLINFRA_CACHE", "MLINFRA_MQTT_PORT")}
+    stack = local_stack(work, "test", backend_dir=backend, env=env)
+    up = stack.up()
+    assert up.outputs["targeted"].value == 0
+    assert "matches no device" in up.stdout
     assert set(stack.up().summary.resource_changes) == {"same"}
     stack.destroy()
