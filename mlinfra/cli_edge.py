@@ -12,8 +12,11 @@ from mlinfra.edge import Broker, EdgeError, provision_devices, read_fleet
 
 def _broker(args: argparse.Namespace) -> Broker:
     if args.broker:
-        return Broker(args.broker, os.environ.get("MLINFRA_MQTT_USERNAME", ""),
-                      os.environ.get("MLINFRA_MQTT_PASSWORD", ""))
+        return Broker(
+            args.broker,
+            os.environ.get("MLINFRA_MQTT_USERNAME", ""),
+            os.environ.get("MLINFRA_MQTT_PASSWORD", ""),
+        )
     return Broker.local()
 
 
@@ -24,9 +27,15 @@ def cmd_devices(args: argparse.Namespace) -> int:
     for device, twin in sorted(fleet.twins.items()):
         if cond and not cond.matches(twin):
             continue
-        rows.append({"device_id": device, "status": twin.get("status"), "tags": twin.get("tags", {}),
-                     "models": twin.get("models", {}),
-                     "deployments": {d: s.get("state") for d, s in fleet.statuses.get(device, {}).items()}})
+        rows.append(
+            {
+                "device_id": device,
+                "status": twin.get("status"),
+                "tags": twin.get("tags", {}),
+                "models": twin.get("models", {}),
+                "deployments": {d: s.get("state") for d, s in fleet.statuses.get(device, {}).items()},
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -50,14 +59,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = edge.add_subparsers(dest="edge_command", metavar="ACTION", required=True)
     p = esub.add_parser("devices", help="devices with their status, tags, models and deployment states")
     p.add_argument("--condition", help="only devices matching this target condition")
-    p.add_argument("--broker", help="mqtt://HOST:PORT (credentials: $MLINFRA_MQTT_USERNAME/PASSWORD); "
-                   "default: the local broker as admin")
+    p.add_argument(
+        "--broker",
+        help="mqtt://HOST:PORT (credentials: $MLINFRA_MQTT_USERNAME/PASSWORD); "
+        "default: the local broker as admin",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_devices)
-    p = esub.add_parser("provision", help="create or rotate device credentials on the local broker (prints them)")
+    p = esub.add_parser(
+        "provision", help="create or rotate device credentials on the local broker (prints them)"
+    )
     p.add_argument("device_ids", nargs="+", metavar="DEVICE_ID")
     p.set_defaults(func=cmd_provision)
-    sub.add_parser("edge-agent", help="run the edge agent for one device (mlinfra edge-agent --help)", add_help=False)
+    sub.add_parser(
+        "edge-agent", help="run the edge agent for one device (mlinfra edge-agent --help)", add_help=False
+    )
 
 
 USER_ERRORS: tuple[type[Exception], ...] = (EdgeError, ConditionError)

@@ -47,8 +47,10 @@ def _hash_password(password: str) -> str:
 
 def validate_device_id(device_id: str) -> str:
     if not device_id or len(device_id) > 128 or set(device_id) - DEVICE_ID_CHARS or device_id[0] in "-_.":
-        raise EdgeError(f"device id {device_id!r}: use 1..128 letters, digits, '-', '_' or '.', starting with a "
-                        "letter or digit")
+        raise EdgeError(
+            f"device id {device_id!r}: use 1..128 letters, digits, '-', '_' or '.', starting with a "
+            "letter or digit"
+        )
     return device_id
 
 
@@ -89,8 +91,10 @@ def write_acl() -> None:
 def reload_broker() -> None:
     pid = services._read_pid("mosquitto")
     if pid is None:
-        raise EdgeError("the local Mosquitto was not started by mlinfra (no PID file): run `make services`, or "
-                        "add the device to your broker's password file and ACL yourself")
+        raise EdgeError(
+            "the local Mosquitto was not started by mlinfra (no PID file): run `make services`, or "
+            "add the device to your broker's password file and ACL yourself"
+        )
     os.kill(pid, signal.SIGHUP)
     time.sleep(0.3)
 
@@ -136,14 +140,18 @@ class Broker:
             raise EdgeError(f"broker {self.url} did not answer the MQTT handshake within 10 s")
         if refused:
             c.loop_stop()
-            raise EdgeError(f"broker {self.url} refused the credentials of user {self.username!r}: {refused[0]}")
+            raise EdgeError(
+                f"broker {self.url} refused the credentials of user {self.username!r}: {refused[0]}"
+            )
         return c
 
 
 @dataclass
 class Fleet:
     twins: dict[str, dict[str, Any]] = field(default_factory=dict)
-    statuses: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # device -> deployment -> status
+    statuses: dict[str, dict[str, dict[str, Any]]] = field(
+        default_factory=dict
+    )  # device -> deployment -> status
 
 
 def read_fleet(broker: Broker, quiet_s: float = 0.4, max_s: float = 5.0) -> Fleet:
@@ -198,12 +206,20 @@ def artifact_urls(model: dict[str, Any], ttl_s: int) -> dict[str, Any]:
     reg = ModelRegistry(model["registry"], model.get("credential") or None)
     mv = reg.resolve(f"{model['name']}:{int(model['version'])}")
     if mv.sha256 != model["sha256"]:
-        raise EdgeError(f"model {mv.name}:{mv.version} has sha256 {mv.sha256[:12]}… in {reg.uri}, expected "
-                        f"{model['sha256'][:12]}…")
+        raise EdgeError(
+            f"model {mv.name}:{mv.version} has sha256 {mv.sha256[:12]}… in {reg.uri}, expected "
+            f"{model['sha256'][:12]}…"
+        )
     files = []
     for f in mv.files:
-        files.append({"path": f["path"], "sha256": f["sha256"], "size": int(f["size"]),
-                      "url": _url(reg, f"blobs/sha256/{f['sha256']}", ttl_s)})
+        files.append(
+            {
+                "path": f["path"],
+                "sha256": f["sha256"],
+                "size": int(f["size"]),
+                "url": _url(reg, f"blobs/sha256/{f['sha256']}", ttl_s),
+            }
+        )
     return {"name": mv.name, "version": mv.version, "sha256": mv.sha256, "files": files, "is_dir": mv.is_dir}
 
 
@@ -220,21 +236,43 @@ def _url(reg: ModelRegistry, key: str, ttl_s: int) -> str:
         if "AccountKey=" in key_value:
             key_value = dict(p.split("=", 1) for p in key_value.split(";") if "=" in p)["AccountKey"]
         blob = store._key(key)
-        sas = generate_blob_sas(store.account, store.container, blob, account_key=key_value,
-                                permission=BlobSasPermissions(read=True),
-                                expiry=datetime.now(UTC) + timedelta(seconds=ttl_s))
+        sas = generate_blob_sas(
+            store.account,
+            store.container,
+            blob,
+            account_key=key_value,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(UTC) + timedelta(seconds=ttl_s),
+        )
         return f"{store.endpoint}/{store.container}/{urllib.parse.quote(blob)}?{sas}"
     raise EdgeError(f"registry {reg.uri}: cannot make download URLs for it")
 
 
 def manifest(name: str, condition: str, priority: int, layered: bool, models: list[dict[str, Any]]) -> bytes:
     """The manifest JSON; `generation` hashes everything but the (expiring) URLs."""
-    stable = {"name": name, "condition": condition, "priority": priority, "layered": layered,
-              "models": [{k: v for k, v in m.items() if k != "files"} | {
-                  "files": [{k: v for k, v in f.items() if k != "url"} for f in m["files"]]} for m in models]}
+    stable = {
+        "name": name,
+        "condition": condition,
+        "priority": priority,
+        "layered": layered,
+        "models": [
+            {k: v for k, v in m.items() if k != "files"}
+            | {"files": [{k: v for k, v in f.items() if k != "url"} for f in m["files"]]}
+            for m in models
+        ],
+    }
     generation = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
-    return json.dumps({"name": name, "generation": generation, "priority": priority, "layered": layered,
-                       "target_condition": condition, "models": models}, sort_keys=True).encode()
+    return json.dumps(
+        {
+            "name": name,
+            "generation": generation,
+            "priority": priority,
+            "layered": layered,
+            "target_condition": condition,
+            "models": models,
+        },
+        sort_keys=True,
+    ).encode()
 
 
 def withdraw(broker: Broker, name: str) -> None:

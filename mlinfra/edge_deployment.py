@@ -72,31 +72,57 @@ class EdgeDeployment(pulumi.ComponentResource):
             raise EdgeError(f"EdgeDeployment {name}: models is empty")
         g = args.gate
         if not 0 <= g.min_success_fraction <= 1 or g.timeout_s <= 0 or g.max_failures < 0:
-            raise EdgeError(f"EdgeDeployment {name}: gate needs 0 ≤ min_success_fraction ≤ 1 (got "
-                            f"{g.min_success_fraction}), timeout_s > 0 (got {g.timeout_s}), max_failures ≥ 0 "
-                            f"(got {g.max_failures})")
-        local = services.mosquitto_credentials() if args.broker is None or args.broker_username is None else {}
+            raise EdgeError(
+                f"EdgeDeployment {name}: gate needs 0 ≤ min_success_fraction ≤ 1 (got "
+                f"{g.min_success_fraction}), timeout_s > 0 (got {g.timeout_s}), max_failures ≥ 0 "
+                f"(got {g.max_failures})"
+            )
+        local = (
+            services.mosquitto_credentials() if args.broker is None or args.broker_username is None else {}
+        )
         broker = args.broker or services.mqtt_url()
         username = args.broker_username or local.get("username", "")
-        password: Any = args.broker_password if args.broker_password is not None else local.get("password", "")
+        password: Any = (
+            args.broker_password if args.broker_password is not None else local.get("password", "")
+        )
         pulumi.Output.from_input(password).apply(
-            lambda pw: self._warn_if_untargeted(Broker(broker, username, pw or ""), condition, dep_name))
-        models = [pulumi.Output.all(m.model_name, m.version, m.sha256, m.registry, m.registry_credential).apply(
-            functools.partial(_model_dict)) for m in args.models]
+            lambda pw: self._warn_if_untargeted(Broker(broker, username, pw or ""), condition, dep_name)
+        )
+        models = [
+            pulumi.Output.all(m.model_name, m.version, m.sha256, m.registry, m.registry_credential).apply(
+                functools.partial(_model_dict)
+            )
+            for m in args.models
+        ]
         self.deployment = EdgeDeploymentResource(
             f"{name}-deployment",
             {
-                "deployment_name": dep_name, "target_condition": args.target_condition, "priority": args.priority,
-                "layered": args.layered, "models": models, "broker": broker, "broker_username": username,
+                "deployment_name": dep_name,
+                "target_condition": args.target_condition,
+                "priority": args.priority,
+                "layered": args.layered,
+                "models": models,
+                "broker": broker,
+                "broker_username": username,
                 "broker_password": pulumi.Output.secret(password),
-                "gate": {"min_success_fraction": g.min_success_fraction, "timeout_s": g.timeout_s,
-                         "max_failures": g.max_failures},
+                "gate": {
+                    "min_success_fraction": g.min_success_fraction,
+                    "timeout_s": g.timeout_s,
+                    "max_failures": g.max_failures,
+                },
                 "url_ttl_s": args.url_ttl_s,
-                "generation": None, "targeted": None, "applied": None, "succeeded": None, "failed": None,
+                "generation": None,
+                "targeted": None,
+                "applied": None,
+                "succeeded": None,
+                "failed": None,
                 "failing_devices": None,
             },
-            pulumi.ResourceOptions(parent=self, depends_on=list(args.models),
-                                   additional_secret_outputs=["broker_password", "models"]),
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(args.models),
+                additional_secret_outputs=["broker_password", "models"],
+            ),
         )
         d: Any = self.deployment
         to_int = functools.partial(_int)
@@ -106,21 +132,33 @@ class EdgeDeployment(pulumi.ComponentResource):
         self.failed = d.failed.apply(to_int)
         self.failing_devices = d.failing_devices
         self.generation = d.generation
-        self.register_outputs({"targeted": self.targeted, "applied": self.applied, "succeeded": self.succeeded,
-                               "failed": self.failed, "failing_devices": self.failing_devices,
-                               "generation": self.generation})
+        self.register_outputs(
+            {
+                "targeted": self.targeted,
+                "applied": self.applied,
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+                "failing_devices": self.failing_devices,
+                "generation": self.generation,
+            }
+        )
 
     def _warn_if_untargeted(self, broker: Broker, condition: Any, dep_name: str) -> None:
         """A condition that targets no device is a warning (in preview and up), not an error."""
         try:
             fleet = read_fleet(broker, quiet_s=0.3, max_s=3)
         except EdgeError as e:
-            pulumi.log.warn(f"edge deployment {dep_name}: cannot read the fleet to count targeted devices: {e}", self)
+            pulumi.log.warn(
+                f"edge deployment {dep_name}: cannot read the fleet to count targeted devices: {e}", self
+            )
             return
         n = sum(1 for twin in fleet.twins.values() if condition.matches(twin))
         if n == 0:
-            pulumi.log.warn(f"edge deployment {dep_name}: target condition {condition.text!r} matches no device of "
-                            f"the {len(fleet.twins)} known to the broker", self)
+            pulumi.log.warn(
+                f"edge deployment {dep_name}: target condition {condition.text!r} matches no device of "
+                f"the {len(fleet.twins)} known to the broker",
+                self,
+            )
 
 
 def _model_dict(a: list[Any]) -> dict[str, Any]:

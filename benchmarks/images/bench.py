@@ -69,7 +69,9 @@ def main() -> int:
     prev: dict[str, dict[str, int]] = {}
     try:
         for i in range(args.reps + 1):  # the first round primes both (full build), then model-only changes
-            mv, _ = reg.register("mlp", write_mlp(work / "model.onnx", inputs=1024, hidden=4096, seed=stamp + i))
+            mv, _ = reg.register(
+                "mlp", write_mlp(work / "model.onnx", inputs=1024, hidden=4096, seed=stamp + i)
+            )
             model = ModelInput("mlp", mv.version, mv.sha256, reg_uri)
             # mlinfra
             t = time.perf_counter()

@@ -11,6 +11,7 @@ device converge to the latest deployments when it is back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,8 +28,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from components.edge.manifest import (
     PREFIX,
@@ -84,7 +85,9 @@ class EdgeAgent:
         self._stop_server: Callable[[], None] | None = None
         host, port, tls = _broker(config.broker)
         self._host, self._port = host, port
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.device_id, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=config.device_id, protocol=mqtt.MQTTv5
+        )
         self.client.username_pw_set(config.device_id, config.password)
         if tls:
             self.client.tls_set(ca_certs=config.ca_file)
@@ -93,7 +96,9 @@ class EdgeAgent:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         # If the agent dies, the broker tells the fleet (retained): the twin says "offline".
-        self.client.will_set(twin_topic(config.device_id), json.dumps(self._twin("offline")), qos=1, retain=True)
+        self.client.will_set(
+            twin_topic(config.device_id), json.dumps(self._twin("offline")), qos=1, retain=True
+        )
         self._worker = threading.Thread(target=self._run, name=f"agent-{config.device_id}", daemon=True)
         self._load_state()
 
@@ -103,12 +108,14 @@ class EdgeAgent:
         if self.config.serve_port is not None:
             from components.scoring.server import ScoringServer, ServerConfig
 
-            self.server = ScoringServer(ServerConfig(models=[], port=self.config.serve_port, access_log=False))
+            self.server = ScoringServer(
+                ServerConfig(models=[], port=self.config.serve_port, access_log=False)
+            )
             self.serve_port, self._stop_server = self.server.start_in_thread()
             for name, art in self.current.items():  # serve the last good models right away
                 try:
                     self.server.swap_model(name, str(art.version), str(self._model_path(art)))
-                except Exception as e:  # noqa: BLE001 - state may be stale; the next resolution fixes it
+                except Exception as e:
                     log.warning("could not reload %s: %s", art.key, e)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
@@ -119,11 +126,10 @@ class EdgeAgent:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        try:
-            self.client.publish(twin_topic(self.config.device_id), json.dumps(self._twin("offline")), qos=1,
-                                retain=True).wait_for_publish(2)
-        except Exception:  # noqa: BLE001 - best effort while going down
-            pass
+        with contextlib.suppress(Exception):
+            self.client.publish(
+                twin_topic(self.config.device_id), json.dumps(self._twin("offline")), qos=1, retain=True
+            ).wait_for_publish(2)
         self.client.disconnect()
         self.client.loop_stop()
         self._worker.join(10)
@@ -155,7 +161,7 @@ class EdgeAgent:
             self._wake.set()
             return
         try:
-            dep = parse_manifest(msg.payload)
+            dep = parse_manifest(bytes(msg.payload))
             if dep.name != name:
                 raise ManifestError(f"manifest name {dep.name!r} does not match its topic {msg.topic}")
         except ManifestError as e:
@@ -177,7 +183,7 @@ class EdgeAgent:
                 self._wake.clear()
                 try:
                     self.reconcile()
-                except Exception as e:  # noqa: BLE001 - the agent must stay up
+                except Exception as e:
                     log.exception("%s: reconcile failed: %s", self.config.device_id, e)
 
     def twin(self) -> dict[str, Any]:
@@ -185,9 +191,12 @@ class EdgeAgent:
 
     def _twin(self, status: str) -> dict[str, Any]:
         return {
-            "device_id": self.config.device_id, "tags": self.config.tags, "capabilities": self.config.capabilities,
+            "device_id": self.config.device_id,
+            "tags": self.config.tags,
+            "capabilities": self.config.capabilities,
             "models": {n: {"version": a.version, "sha256": a.sha256} for n, a in self.current.items()},
-            "status": status, "ts": time.time(),
+            "status": status,
+            "ts": time.time(),
         }
 
     def reconcile(self) -> None:
@@ -206,10 +215,15 @@ class EdgeAgent:
                     self.server.swap_model(name, str(art.version), str(path))
                 self.current[name] = art
                 self._save_state()
-            except Exception as e:  # noqa: BLE001 - report, keep the last good model
+            except Exception as e:
                 failed[dep_name] = f"{art.name}:{art.version}: {e}"
-                log.warning("%s: update to %s failed, keeping %s: %s", self.config.device_id, art.key,
-                            cur.key if cur else "nothing", e)
+                log.warning(
+                    "%s: update to %s failed, keeping %s: %s",
+                    self.config.device_id,
+                    art.key,
+                    cur.key if cur else "nothing",
+                    e,
+                )
         # Models no applied deployment provides any more: stop serving them.
         for name in [n for n in self.current if n not in res.models]:
             self.current.pop(name)
@@ -218,7 +232,9 @@ class EdgeAgent:
             self._save_state()
         for dep in res.applied:
             provided = [a for a in dep.models if res.models[a.name][1] == dep.name]
-            served = all(self.current.get(a.name) is not None and self.current[a.name].key == a.key for a in provided)
+            served = all(
+                self.current.get(a.name) is not None and self.current[a.name].key == a.key for a in provided
+            )
             if dep.name in failed:
                 self._status(dep.name, res, "failure", reason=failed[dep.name])
             elif served:
@@ -234,21 +250,37 @@ class EdgeAgent:
                 self.statuses.pop(d, None)
         self._publish_twin("online")
 
-    def _status(self, deployment: str, res: Any, state: str, reason: str = "", art: Artifact | None = None) -> None:
+    def _status(
+        self, deployment: str, res: Any, state: str, reason: str = "", art: Artifact | None = None
+    ) -> None:
         dep = next((d for d in res.targeting if d.name == deployment), None)
-        body = {"device_id": self.config.device_id, "deployment": deployment,
-                "generation": dep.generation if dep else "", "state": state, "reason": reason, "ts": time.time(),
-                "models": {n: a.version for n, a in self.current.items()}}
+        body = {
+            "device_id": self.config.device_id,
+            "deployment": deployment,
+            "generation": dep.generation if dep else "",
+            "state": state,
+            "reason": reason,
+            "ts": time.time(),
+            "models": {n: a.version for n, a in self.current.items()},
+        }
         with self._lock:
             prev = self.statuses.get(deployment)
-            if prev and (prev["state"], prev["generation"], prev["reason"]) == (state, body["generation"], reason):
+            if prev and (prev["state"], prev["generation"], prev["reason"]) == (
+                state,
+                body["generation"],
+                reason,
+            ):
                 return
             self.statuses[deployment] = body
-        self.client.publish(status_topic(self.config.device_id, deployment), json.dumps(body), qos=1, retain=True)
+        self.client.publish(
+            status_topic(self.config.device_id, deployment), json.dumps(body), qos=1, retain=True
+        )
         self._on_event("status", body)
 
     def _publish_twin(self, status: str) -> None:
-        self.client.publish(twin_topic(self.config.device_id), json.dumps(self._twin(status)), qos=1, retain=True)
+        self.client.publish(
+            twin_topic(self.config.device_id), json.dumps(self._twin(status)), qos=1, retain=True
+        )
 
     # -- artifacts ------------------------------------------------------------------------------------------
 
@@ -280,8 +312,20 @@ class EdgeAgent:
         path = self.config.state_dir / "state.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({n: {"name": a.name, "version": a.version, "sha256": a.sha256,
-                                       "files": list(a.files), "is_dir": a.is_dir} for n, a in self.current.items()}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    n: {
+                        "name": a.name,
+                        "version": a.version,
+                        "sha256": a.sha256,
+                        "files": list(a.files),
+                        "is_dir": a.is_dir,
+                    }
+                    for n, a in self.current.items()
+                }
+            )
+        )
         os.replace(tmp, path)
 
     def _load_state(self) -> None:
@@ -290,7 +334,9 @@ class EdgeAgent:
         except (OSError, ValueError):
             return
         for n, a in data.items():
-            art = Artifact(a["name"], int(a["version"]), a["sha256"], tuple(a["files"]), bool(a.get("is_dir")))
+            art = Artifact(
+                a["name"], int(a["version"]), a["sha256"], tuple(a["files"]), bool(a.get("is_dir"))
+            )
             if (self._model_dir(art) / ".complete").exists():
                 self.current[n] = art
 
@@ -305,7 +351,7 @@ def _download(url: str, dest: Path, sha256: str, size: int) -> None:
         if u.scheme == "file":
             src: Any = open(urllib.parse.unquote(u.path), "rb")  # noqa: SIM115 - closed below
         elif u.scheme in ("http", "https"):
-            src = urllib.request.urlopen(url, timeout=30)  # noqa: S310 - URLs come from signed manifests
+            src = urllib.request.urlopen(url, timeout=30)
         else:
             raise DownloadError(f"unsupported URL scheme {u.scheme!r}")
     except OSError as e:
@@ -318,5 +364,7 @@ def _download(url: str, dest: Path, sha256: str, size: int) -> None:
             h.update(chunk)
             out.write(chunk)
     if n != size or h.hexdigest() != sha256:
-        raise DownloadError(f"{dest.name}: sha256 mismatch (expected {sha256[:12]}…, got {h.hexdigest()[:12]}…, "
-                            f"{n} of {size} bytes): refusing the download")
+        raise DownloadError(
+            f"{dest.name}: sha256 mismatch (expected {sha256[:12]}…, got {h.hexdigest()[:12]}…, "
+            f"{n} of {size} bytes): refusing the download"
+        )

@@ -21,12 +21,20 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra edge-agent") -> int
     p.add_argument("--device-id", required=True)
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--tags", default="", help="k=v,k=v")
-    p.add_argument("--password-file", help="file holding the device's MQTT password (default: $MLINFRA_EDGE_PASSWORD)")
+    p.add_argument(
+        "--password-file", help="file holding the device's MQTT password (default: $MLINFRA_EDGE_PASSWORD)"
+    )
     p.add_argument("--ca-file", help="CA bundle for mqtts://")
-    p.add_argument("--state-dir", default=None, help="models and last-good state (default ./edge-state/<device-id>)")
-    p.add_argument("--serve-port", type=int, default=8080, help="local scoring server port (0: any free port)")
+    p.add_argument(
+        "--state-dir", default=None, help="models and last-good state (default ./edge-state/<device-id>)"
+    )
+    p.add_argument(
+        "--serve-port", type=int, default=8080, help="local scoring server port (0: any free port)"
+    )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='{"ts":"%(asctime)s","level":"%(levelname)s","msg":%(message)r}')
+    logging.basicConfig(
+        level=logging.INFO, format='{"ts":"%(asctime)s","level":"%(levelname)s","msg":%(message)r}'
+    )
     password = os.environ.get("MLINFRA_EDGE_PASSWORD", "")
     if args.password_file:
         try:
@@ -45,10 +53,17 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra edge-agent") -> int
         k, v = item.split("=", 1)
         tags[k.strip()] = v.strip()
     try:
-        agent = EdgeAgent(AgentConfig(
-            device_id=args.device_id, broker=args.broker, password=password, tags=tags, ca_file=args.ca_file,
-            state_dir=Path(args.state_dir or Path("edge-state") / args.device_id), serve_port=args.serve_port,
-        ))
+        agent = EdgeAgent(
+            AgentConfig(
+                device_id=args.device_id,
+                broker=args.broker,
+                password=password,
+                tags=tags,
+                ca_file=args.ca_file,
+                state_dir=Path(args.state_dir or Path("edge-state") / args.device_id),
+                serve_port=args.serve_port,
+            )
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -56,8 +71,10 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra edge-agent") -> int
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.start()
-    print(f'{{"event":"agent_started","device_id":"{args.device_id}","serve_port":{agent.serve_port or "null"}}}',
-          flush=True)
+    print(
+        f'{{"event":"agent_started","device_id":"{args.device_id}","serve_port":{agent.serve_port or "null"}}}',
+        flush=True,
+    )
     stop.wait()
     agent.stop()
     return 0

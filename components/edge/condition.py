@@ -119,8 +119,11 @@ class _Parser:
             self.i += 1
             return ("all",)
         if t.kind != "word" or t.value.upper() in KEYWORDS:
-            raise ConditionError(f"expected a field (deviceId, tags.X, capabilities.X) or '(', found "
-                                 f"{t.value or 'the end'!r}", t.pos, self.text)
+            raise ConditionError(
+                f"expected a field (deviceId, tags.X, capabilities.X) or '(', found {t.value or 'the end'!r}",
+                t.pos,
+                self.text,
+            )
         field = self.field()
         t = self.peek()
         negate = self.kw("NOT")
@@ -131,16 +134,17 @@ class _Parser:
                 self.i += 1
                 values.append(self.value())
             self.expect_op(")")
-            node: Any = ("in", field, tuple(values))
-            return ("not", node) if negate else node
+            member = ("in", field, tuple(values))
+            return ("not", member) if negate else member
         if negate:
             raise ConditionError("expected IN after NOT", self.peek().pos, self.text)
         t = self.peek()
         if t.kind == "op" and t.value in ("=", "!=", "<>"):
             self.i += 1
             return ("eq" if t.value == "=" else "ne", field, self.value())
-        raise ConditionError(f"expected =, != or IN after {field[0]}, found {t.value or 'the end'!r}", t.pos,
-                             self.text)
+        raise ConditionError(
+            f"expected =, != or IN after {field[0]}, found {t.value or 'the end'!r}", t.pos, self.text
+        )
 
     def field(self) -> tuple[str, ...]:
         t = self.peek()
@@ -150,8 +154,9 @@ class _Parser:
             return ("deviceId",)
         if parts[0] in ("tags", "capabilities") and len(parts) >= 2 and all(parts[1:]):
             return tuple(parts)
-        raise ConditionError(f"unknown field {t.value!r}: use deviceId, tags.NAME or capabilities.NAME", t.pos,
-                             self.text)
+        raise ConditionError(
+            f"unknown field {t.value!r}: use deviceId, tags.NAME or capabilities.NAME", t.pos, self.text
+        )
 
     def value(self) -> Any:
         t = self.peek()
@@ -162,8 +167,11 @@ class _Parser:
             return float(t.value) if "." in t.value else int(t.value)
         if t.kind == "word" and t.value.upper() in ("TRUE", "FALSE"):
             return t.value.upper() == "TRUE"
-        raise ConditionError(f"expected a value ('text', a number, true or false), found {t.value or 'the end'!r}",
-                             t.pos, self.text)
+        raise ConditionError(
+            f"expected a value ('text', a number, true or false), found {t.value or 'the end'!r}",
+            t.pos,
+            self.text,
+        )
 
 
 @dataclass(frozen=True)
@@ -179,8 +187,11 @@ def parse(text: str) -> Condition:
     if not isinstance(text, str) or not text.strip():
         raise ConditionError("the condition is empty (use * for every device)", 0, str(text))
     if len(text) > MAX_LENGTH:
-        raise ConditionError(f"the condition has {len(text)} characters; the limit is {MAX_LENGTH}", MAX_LENGTH,
-                             text[:60] + "…")
+        raise ConditionError(
+            f"the condition has {len(text)} characters; the limit is {MAX_LENGTH}",
+            MAX_LENGTH,
+            text[:60] + "…",
+        )
     return Condition(text, _Parser(text).parse())
 
 

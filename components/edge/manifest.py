@@ -68,15 +68,26 @@ class Deployment:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name, "generation": self.generation, "priority": self.priority, "layered": self.layered,
+            "name": self.name,
+            "generation": self.generation,
+            "priority": self.priority,
+            "layered": self.layered,
             "target_condition": self.condition.text,
-            "models": [{"name": a.name, "version": a.version, "sha256": a.sha256, "files": list(a.files),
-                        "is_dir": a.is_dir} for a in self.models],
+            "models": [
+                {
+                    "name": a.name,
+                    "version": a.version,
+                    "sha256": a.sha256,
+                    "files": list(a.files),
+                    "is_dir": a.is_dir,
+                }
+                for a in self.models
+            ],
         }
 
 
 def _need(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in d or not isinstance(d[key], kind) or isinstance(d[key], bool) and kind is int:
+    if key not in d or not isinstance(d[key], kind) or (isinstance(d[key], bool) and kind is int):
         raise ManifestError(f"{where}: {key!r} is missing or not a {getattr(kind, '__name__', kind)}")
     return d[key]
 
@@ -104,16 +115,33 @@ def parse_manifest(payload: bytes) -> Deployment:
             raise ManifestError(f"{name}: each model must be an object")
         files = _need(m, "files", list, name)
         for f in files:
-            if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not isinstance(f.get("url"), str) \
-                    or not re.fullmatch(r"[0-9a-f]{64}", str(f.get("sha256"))) or not isinstance(f.get("size"), int):
+            if (
+                not isinstance(f, dict)
+                or not isinstance(f.get("path"), str)
+                or not isinstance(f.get("url"), str)
+                or not re.fullmatch(r"[0-9a-f]{64}", str(f.get("sha256")))
+                or not isinstance(f.get("size"), int)
+            ):
                 raise ManifestError(f"{name}: model file entries need path, url, sha256 (hex) and size")
             if f["path"].startswith("/") or ".." in f["path"].split("/"):
                 raise ManifestError(f"{name}: model file path {f['path']!r} escapes the model folder")
-        models.append(Artifact(_need(m, "name", str, name), int(_need(m, "version", int, name)),
-                               _need(m, "sha256", str, name), tuple(files), bool(m.get("is_dir", False))))
-    return Deployment(name=name, generation=str(_need(doc, "generation", str, name)),
-                      priority=int(_need(doc, "priority", int, name)), layered=bool(doc.get("layered", False)),
-                      condition=cond, models=tuple(models))
+        models.append(
+            Artifact(
+                _need(m, "name", str, name),
+                int(_need(m, "version", int, name)),
+                _need(m, "sha256", str, name),
+                tuple(files),
+                bool(m.get("is_dir", False)),
+            )
+        )
+    return Deployment(
+        name=name,
+        generation=str(_need(doc, "generation", str, name)),
+        priority=int(_need(doc, "priority", int, name)),
+        layered=bool(doc.get("layered", False)),
+        condition=cond,
+        models=tuple(models),
+    )
 
 
 @dataclass
@@ -125,7 +153,9 @@ class Resolution:
 
 
 def resolve(deployments: list[Deployment], twin: dict[str, Any]) -> Resolution:
-    targeting = sorted((d for d in deployments if d.condition.matches(twin)), key=lambda d: (d.priority, d.name))
+    targeting = sorted(
+        (d for d in deployments if d.condition.matches(twin)), key=lambda d: (d.priority, d.name)
+    )
     bases = [d for d in targeting if not d.layered]
     base = max(bases, key=lambda d: (d.priority, [-ord(c) for c in d.name])) if bases else None
     layered = [d for d in targeting if d.layered]

@@ -150,8 +150,12 @@ class ScoringServer:
         until the new one is loaded; a model that fails to load raises and leaves the old one serving."""
         m = load_onnx(name, version, Path(path), self.config.providers, self.config.threads)
         if self.config.max_batch_size > 1:
-            self.batchers[name] = Batcher(m.run, self.config.max_batch_size, self.config.max_batch_delay_ms / 1000.0,
-                                          functools.partial(self._observe_batch, (m.name, m.version)))
+            self.batchers[name] = Batcher(
+                m.run,
+                self.config.max_batch_size,
+                self.config.max_batch_delay_ms / 1000.0,
+                functools.partial(self._observe_batch, (m.name, m.version)),
+            )
         self.models[name] = m  # a single dict assignment: atomic for the event loop thread
         return m
 

@@ -52,18 +52,28 @@ class EdgeDeploymentProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         def norm(k: str, p: dict[str, Any]) -> Any:
             if k == "models":
-                return [{x: m.get(x) for x in ("name", "version", "sha256", "registry")} for m in p.get(k) or []]
+                return [
+                    {x: m.get(x) for x in ("name", "version", "sha256", "registry")} for m in p.get(k) or []
+                ]
             return p.get(k)
 
         changed = [k for k in CONTENT_KEYS if norm(k, olds) != norm(k, news)]
-        return DiffResult(changes=bool(changed), replaces=["deployment_name"] if "deployment_name" in changed else [],
-                          delete_before_replace=True)
+        return DiffResult(
+            changes=bool(changed),
+            replaces=["deployment_name"] if "deployment_name" in changed else [],
+            delete_before_replace=True,
+        )
 
     def _rollout(self, props: dict[str, Any]) -> dict[str, Any]:
         gate = props["gate"]
         models = [artifact_urls(m, int(props["url_ttl_s"])) for m in props["models"]]
-        body = manifest(props["deployment_name"], props["target_condition"], int(props["priority"]),
-                        bool(props["layered"]), models)
+        body = manifest(
+            props["deployment_name"],
+            props["target_condition"],
+            int(props["priority"]),
+            bool(props["layered"]),
+            models,
+        )
         generation = json.loads(body)["generation"]
         deadline = time.monotonic() + float(gate["timeout_s"])
         while True:  # a broker that is restarting gets until the gate's deadline
@@ -77,7 +87,9 @@ class EdgeDeploymentProvider(ResourceProvider):
         counts = _counts(props, generation, deadline)
         while True:
             done = counts["succeeded"] + counts["failed"]
-            applicable = counts["targeted"] - counts["superseded"]  # superseded: a higher priority applies there
+            applicable = (
+                counts["targeted"] - counts["superseded"]
+            )  # superseded: a higher priority applies there
             enough = applicable <= 0 or counts["succeeded"] >= gate["min_success_fraction"] * applicable
             if counts["failed"] > int(gate["max_failures"]):
                 break
@@ -97,8 +109,14 @@ class EdgeDeploymentProvider(ResourceProvider):
                 f"{gate['max_failures']}), {len(counts['offline'])} offline, within {gate['timeout_s']} s"
                 + (f". Failures: {reasons}" if reasons else "")
             )
-        return {**props, "generation": generation, **{k: counts[k] for k in
-                ("targeted", "applied", "succeeded", "failed", "superseded", "failing_devices")}}
+        return {
+            **props,
+            "generation": generation,
+            **{
+                k: counts[k]
+                for k in ("targeted", "applied", "succeeded", "failed", "superseded", "failing_devices")
+            },
+        }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult(id_=props["deployment_name"], outs=self._rollout(props))

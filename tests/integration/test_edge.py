@@ -42,11 +42,26 @@ class Agents:
             self.tags[device] = tags
         log = open(self.root / f"{device}.log", "ab")  # noqa: SIM115
         self.procs[device] = subprocess.Popen(
-            [sys.executable, "-m", "components.edge", "--device-id", device, "--broker", self.broker.url,
-             "--tags", self.tags[device], "--state-dir", str(self.root / device),
-             "--serve-port", str(self.ports[device])],
-            env={**os.environ, "MLINFRA_EDGE_PASSWORD": self.passwords[device]}, cwd=REPO, stdout=log,
-            stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "components.edge",
+                "--device-id",
+                device,
+                "--broker",
+                self.broker.url,
+                "--tags",
+                self.tags[device],
+                "--state-dir",
+                str(self.root / device),
+                "--serve-port",
+                str(self.ports[device]),
+            ],
+            env={**os.environ, "MLINFRA_EDGE_PASSWORD": self.passwords[device]},
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.wait(lambda f: f.twins.get(device, {}).get("status") == "online", f"{device} online")
 
     def stop(self, device: str) -> None:
@@ -68,9 +83,12 @@ class Agents:
             return {m["name"]: m["version"] for m in json.loads(r.read())["models"]}
 
     def infer_ok(self, device: str, model: str) -> bool:
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
-                                       "data": [0.1] * 64}]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[device]}/v2/models/{model}/infer", data=body)
+        body = json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.1] * 64}]}
+        ).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.ports[device]}/v2/models/{model}/infer", data=body
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status == 200
 
@@ -88,14 +106,24 @@ def agents(broker, tmp_path):
 
 
 def _stack(program, backend: Path, broker: Broker, reg: str, models: dict, deployments: list):
-    return local_stack(program("edge-deployment"), "edge", backend_dir=backend, config={
-        "registry": reg, "models": json.dumps({k: str(v) for k, v in models.items()}),
-        "deployments": json.dumps(deployments), "broker": broker.url, "username": broker.username,
-        "password": auto.ConfigValue(value=broker.password, secret=True)})
+    return local_stack(
+        program("edge-deployment"),
+        "edge",
+        backend_dir=backend,
+        config={
+            "registry": reg,
+            "models": json.dumps({k: str(v) for k, v in models.items()}),
+            "deployments": json.dumps(deployments),
+            "broker": broker.url,
+            "username": broker.username,
+            "password": auto.ConfigValue(value=broker.password, secret=True),
+        },
+    )
 
 
 def test_targeting_layering_priority_offline_restart_corruption_and_fallback(
-        tmp_path: Path, backend: Path, program, broker: Broker, agents: Agents) -> None:
+    tmp_path: Path, backend: Path, program, broker: Broker, agents: Agents
+) -> None:
     reg = f"file://{tmp_path / 'registry'}"
     agents.start("d1", "site=p7,ring=canary")
     agents.start("d2", "site=p7,ring=ga")
@@ -107,8 +135,13 @@ def test_targeting_layering_priority_offline_restart_corruption_and_fallback(
     deployments = [
         {"name": "fleet", "condition": "*", "priority": 1, "models": ["mlp"]},
         {"name": "canary", "condition": "tags.ring = 'canary'", "priority": 5, "models": ["mlpcanary"]},
-        {"name": "extras", "condition": "tags.site = 'p7' AND tags.ring IN ('canary', 'ga')", "priority": 3,
-         "layered": True, "models": ["extra"]},
+        {
+            "name": "extras",
+            "condition": "tags.site = 'p7' AND tags.ring IN ('canary', 'ga')",
+            "priority": 3,
+            "layered": True,
+            "models": ["extra"],
+        },
     ]
     stack = _stack(program, backend, broker, reg, models, deployments)
     up = stack.up()
@@ -144,8 +177,13 @@ def test_targeting_layering_priority_offline_restart_corruption_and_fallback(
     assert up2.outputs["fleet"].value["succeeded"] >= 1
     agents.wait(lambda f: f.twins["d2"]["models"].get("mlp", {}).get("version") == 2, "d2 on mlp v2")
     agents.start("d3", "site=p8,ring=ga")  # back online: converges to the latest deployment
-    agents.wait(lambda f: f.statuses.get("d3", {}).get("fleet", {}).get("state") == "success"
-                and f.twins["d3"]["models"]["mlp"]["version"] == 2, "d3 converged")
+    agents.wait(
+        lambda f: (
+            f.statuses.get("d3", {}).get("fleet", {}).get("state") == "success"
+            and f.twins["d3"]["models"]["mlp"]["version"] == 2
+        ),
+        "d3 converged",
+    )
     assert agents.served("d3") == {"mlp": "2"}
 
     # A corrupted stored model: devices report failure, keep serving the old one, and `up` fails naming the gate.
@@ -158,17 +196,22 @@ def test_targeting_layering_priority_offline_restart_corruption_and_fallback(
     with pytest.raises(auto.CommandError) as e:
         stack.up()
     assert "edge deployment fleet failed its gate" in str(e.value) and "sha256 mismatch" in str(e.value)
-    assert agents.served("d3") == {"mlp": "2"} and agents.infer_ok("d3", "mlp"), "the last good model keeps serving"
+    assert agents.served("d3") == {"mlp": "2"} and agents.infer_ok("d3", "mlp"), (
+        "the last good model keeps serving"
+    )
 
     # Withdraw the canary deployment: d1 falls back to the next applicable one (the fleet base).
     blob.unlink()
     ModelRegistry(reg).delete_version("mlp", 3)
     write_mlp(mlp, seed=11)
-    stack.set_config("deployments", auto.ConfigValue(value=json.dumps([d for d in deployments
-                                                                       if d["name"] != "canary"])))
+    stack.set_config(
+        "deployments", auto.ConfigValue(value=json.dumps([d for d in deployments if d["name"] != "canary"]))
+    )
     stack.up()
-    agents.wait(lambda f: "mlp" in f.twins["d1"]["models"] and "mlpcanary" not in f.twins["d1"]["models"],
-                "d1 falls back to the fleet model")
+    agents.wait(
+        lambda f: "mlp" in f.twins["d1"]["models"] and "mlpcanary" not in f.twins["d1"]["models"],
+        "d1 falls back to the fleet model",
+    )
     assert set(agents.served("d1")) == {"mlp", "extra"}
     stack.destroy()
     agents.wait(lambda f: not f.twins["d2"]["models"], "models withdrawn from d2")
@@ -176,11 +219,35 @@ def test_targeting_layering_priority_offline_restart_corruption_and_fallback(
 
 def test_malformed_payloads_are_ignored_and_devices_are_fenced(broker: Broker, agents: Agents) -> None:
     agents.start("m1", "site=x")
-    for payload in (b"\xff\xfe not json", b"[1,2,3]", b'{"name": "evil"}', json.dumps({
-            "name": "evil", "generation": "1", "priority": 1, "target_condition": "*",
-            "models": [{"name": "m", "version": 1, "sha256": "0" * 64,
-                        "files": [{"path": "../../etc/passwd", "url": "file:///etc/passwd",
-                                   "sha256": "0" * 64, "size": 1}]}]}).encode(), b"{" * 5000):
+    for payload in (
+        b"\xff\xfe not json",
+        b"[1,2,3]",
+        b'{"name": "evil"}',
+        json.dumps(
+            {
+                "name": "evil",
+                "generation": "1",
+                "priority": 1,
+                "target_condition": "*",
+                "models": [
+                    {
+                        "name": "m",
+                        "version": 1,
+                        "sha256": "0" * 64,
+                        "files": [
+                            {
+                                "path": "../../etc/passwd",
+                                "url": "file:///etc/passwd",
+                                "sha256": "0" * 64,
+                                "size": 1,
+                            }
+                        ],
+                    }
+                ],
+            }
+        ).encode(),
+        b"{" * 5000,
+    ):
         publish(broker, deployment_topic("evil"), payload)
     time.sleep(0.5)
     assert agents.procs["m1"].poll() is None, "the agent must stay up"
@@ -195,8 +262,9 @@ def test_malformed_payloads_are_ignored_and_devices_are_fenced(broker: Broker, a
     spoof.username_pw_set("m1", agents.passwords["m1"])
     spoof.connect("127.0.0.1", int(broker.url.rsplit(":", 1)[1]))
     spoof.loop_start()
-    spoof.publish(twin_topic("victim"), json.dumps({"device_id": "victim", "status": "online"}), qos=1,
-                  retain=True).wait_for_publish(5)
+    spoof.publish(
+        twin_topic("victim"), json.dumps({"device_id": "victim", "status": "online"}), qos=1, retain=True
+    ).wait_for_publish(5)
     spoof.publish(deployment_topic("rogue"), b'{"x": 1}', qos=1, retain=True).wait_for_publish(5)
     spoof.disconnect()
     spoof.loop_stop()
@@ -207,16 +275,27 @@ def test_malformed_payloads_are_ignored_and_devices_are_fenced(broker: Broker, a
         read_fleet(wrong)
 
 
-def test_bad_conditions_fail_preview_and_untargeted_warn(tmp_path: Path, backend: Path, program,
-                                                         broker: Broker) -> None:
+def test_bad_conditions_fail_preview_and_untargeted_warn(
+    tmp_path: Path, backend: Path, program, broker: Broker
+) -> None:
     model = write_mlp(tmp_path / "m.onnx")
     reg = f"file://{tmp_path / 'registry'}"
-    stack = _stack(program, backend, broker, reg, {"mlp": model},
-                   [{"name": "bad", "condition": "tags.site = 'a' AND (tags.ring IN ('x',)", "models": ["mlp"]}])
+    stack = _stack(
+        program,
+        backend,
+        broker,
+        reg,
+        {"mlp": model},
+        [{"name": "bad", "condition": "tags.site = 'a' AND (tags.ring IN ('x',)", "models": ["mlp"]}],
+    )
     with pytest.raises(auto.CommandError) as e:
         stack.preview()
     assert "at position" in str(e.value) and "expected a value" in str(e.value)
-    stack.set_config("deployments", auto.ConfigValue(value=json.dumps(
-        [{"name": "nobody", "condition": "tags.site = 'atlantis'", "models": ["mlp"]}])))
+    stack.set_config(
+        "deployments",
+        auto.ConfigValue(
+            value=json.dumps([{"name": "nobody", "condition": "tags.site = 'atlantis'", "models": ["mlp"]}])
+        ),
+    )
     preview = stack.preview()
     assert "matches no device" in preview.stdout

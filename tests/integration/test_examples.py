@@ -33,7 +33,9 @@ def test_edge_example_on_its_own_broker(tmp_path: Path, backend: Path, broker) -
     import os
 
     work = tmp_path / "edge-deployment"
-    shutil.copytree(EXAMPLES / "edge-deployment", work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml"))
+    shutil.copytree(
+        EXAMPLES / "edge-deployment", work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml")
+    )
     project = work / "Pulumi.yaml"
     project.write_text(project.read_text().replace("../../.venv", str(EXAMPLES.parent / ".venv")))
     env = {k: os.environ[k] for k in ("MLINFRA_CACHE", "MLINFRA_MQTT_PORT")}

@@ -195,7 +195,9 @@ def test_delete_versions_on_destroy_keeps_versions_in_use(tmp_path: Path, backen
     assert reg.versions("mlp") == [1], "unused versions are deleted, versions in use are kept"
 
 
-def test_wrong_key_and_unreachable_registry_name_the_registry_not_the_key(tmp_path: Path, local_services) -> None:
+def test_wrong_key_and_unreachable_registry_name_the_registry_not_the_key(
+    tmp_path: Path, local_services
+) -> None:
     local_services("azurite")
     model = write_mlp(tmp_path / "m.onnx")
     wrong = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk="

@@ -361,7 +361,9 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
     assert res.returncode == 2 and "no model given" in res.stderr
 
 
-def test_collection_hooks_get_records_and_a_failing_hook_does_not_break_scoring(tmp_path: Path, models) -> None:
+def test_collection_hooks_get_records_and_a_failing_hook_does_not_break_scoring(
+    tmp_path: Path, models
+) -> None:
     import asyncio
 
     import aiohttp
@@ -375,7 +377,9 @@ def test_collection_hooks_get_records_and_a_failing_hook_does_not_break_scoring(
         raise RuntimeError("collector down")
 
     async def scenario() -> tuple[int, str]:
-        srv = ScoringServer(ServerConfig(models=[ModelSpec(str(models["mlp"]), "mlp", "7")], access_log=False))
+        srv = ScoringServer(
+            ServerConfig(models=[ModelSpec(str(models["mlp"]), "mlp", "7")], access_log=False)
+        )
         srv.add_hook(records.append)
         srv.add_hook(broken)
         srv.load()
@@ -386,8 +390,9 @@ def test_collection_hooks_get_records_and_a_failing_hook_does_not_break_scoring(
         port = runner.addresses[0][1]
         async with aiohttp.ClientSession() as s:
             body = infer_body(np.ones((2, 64), np.float32))
-            async with s.post(f"http://127.0.0.1:{port}/v2/models/mlp/infer", json=body,
-                              headers={"X-Request-Id": "rid-42"}) as r:
+            async with s.post(
+                f"http://127.0.0.1:{port}/v2/models/mlp/infer", json=body, headers={"X-Request-Id": "rid-42"}
+            ) as r:
                 status = r.status
         text = srv.metrics.render()
         await runner.cleanup()

@@ -24,9 +24,20 @@ for d in json.loads(config.require("deployments")):
             broker=config.require("broker"),
             broker_username=config.require("username"),
             broker_password=config.require_secret("password"),
-            gate=mlinfra.EdgeGate(min_success_fraction=d.get("min_fraction", 1.0), timeout_s=d.get("timeout", 30),
-                                  max_failures=d.get("max_failures", 0)),
+            gate=mlinfra.EdgeGate(
+                min_success_fraction=d.get("min_fraction", 1.0),
+                timeout_s=d.get("timeout", 30),
+                max_failures=d.get("max_failures", 0),
+            ),
         ),
     )
-    pulumi.export(d["name"], {"targeted": dep.targeted, "applied": dep.applied, "succeeded": dep.succeeded,
-                              "failed": dep.failed, "failing": dep.failing_devices})
+    pulumi.export(
+        d["name"],
+        {
+            "targeted": dep.targeted,
+            "applied": dep.applied,
+            "succeeded": dep.succeeded,
+            "failed": dep.failed,
+            "failing": dep.failing_devices,
+        },
+    )
