@@ -71,37 +71,20 @@ def servers(model: Path, port: int, work: Path) -> dict[str, dict]:
     (mls / "model-settings.json").write_text(
         json.dumps({"name": "mlp", "implementation": "mlserver_runtime.OnnxMLP"})
     )
+    mlinfra_cmd = [
+        py,
+        "-m",
+        "components.scoring",
+        "--model",
+        str(model),
+        "--name",
+        "mlp",
+        "--port",
+        str(port),
+    ]
     return {
-        "mlinfra": {
-            "cmd": [
-                py,
-                "-m",
-                "components.scoring",
-                "--model",
-                str(model),
-                "--name",
-                "mlp",
-                "--port",
-                str(port),
-            ],
-            "cwd": REPO,
-        },
-        "mlinfra-batched": {
-            "cmd": [
-                py,
-                "-m",
-                "components.scoring",
-                "--model",
-                str(model),
-                "--name",
-                "mlp",
-                "--port",
-                str(port),
-                "--max-batch-size",
-                "64",
-            ],
-            "cwd": REPO,
-        },
+        "mlinfra": {"cmd": mlinfra_cmd, "cwd": REPO},
+        "mlinfra-batched": {"cmd": [*mlinfra_cmd, "--max-batch-size", "64"], "cwd": REPO},
         "constant-aiohttp": {"cmd": [py, f"{peer}/constant_aiohttp.py"], "cwd": peer},
         "mlserver": {
             "cmd": [str(VENVS / "mlserver/bin/mlserver"), "start", str(mls)],

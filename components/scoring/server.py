@@ -254,6 +254,25 @@ class ScoringServer:
         except (ValueError, TypeError) as e:
             raise RequestError(f"request body is not valid JSON: {str(e)[:200]}") from None
 
+    def _collect(
+        self,
+        request: web.Request,
+        m: LoadedModel,
+        feeds: dict[str, np.ndarray],
+        results: dict[str, np.ndarray],
+    ) -> None:
+        self._emit(
+            {
+                "request_id": request["rid"],
+                "model": m.name,
+                "version": m.version,
+                "inputs": feeds,
+                "outputs": results,
+                "headers": dict(request.headers),
+                "ts": time.time(),
+            }
+        )
+
     def _emit(self, record: dict[str, Any]) -> None:
         for hook in self.hooks:
             try:
@@ -401,17 +420,7 @@ class ScoringServer:
         if "parameters" in body and isinstance(body["parameters"], dict):
             resp["parameters"] = body["parameters"]
         if self.hooks:
-            self._emit(
-                {
-                    "request_id": request["rid"],
-                    "model": m.name,
-                    "version": m.version,
-                    "inputs": feeds,
-                    "outputs": results,
-                    "headers": dict(request.headers),
-                    "ts": time.time(),
-                }
-            )
+            self._collect(request, m, feeds, results)
         return web.Response(body=dumps(resp), content_type=JSON)
 
     async def score(self, request: web.Request) -> web.Response:
@@ -453,17 +462,7 @@ class ScoringServer:
         batcher = self.batchers.get(m.name)
         results = await batcher.submit(feeds, None) if batcher else m.run(feeds)
         if self.hooks:
-            self._emit(
-                {
-                    "request_id": request["rid"],
-                    "model": m.name,
-                    "version": m.version,
-                    "inputs": feeds,
-                    "outputs": results,
-                    "headers": dict(request.headers),
-                    "ts": time.time(),
-                }
-            )
+            self._collect(request, m, feeds, results)
         return web.Response(body=dumps(next(iter(results.values()))), content_type=JSON)
 
     async def metrics_h(self, request: web.Request) -> web.Response:

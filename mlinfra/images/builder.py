@@ -335,8 +335,8 @@ def _file_chunks(reg: ModelRegistry, entry: dict[str, Any]) -> Callable[[], Iter
     return lambda: reg.iter_file(entry)
 
 
-def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
-    """One model version's files at /models/<name>/<version>/, streamed from its registry and verified."""
+def _resolve_model(m: ModelInput) -> tuple[ModelRegistry, Any]:
+    """The registry and record of a model input, refusing a record whose sha256 moved."""
     reg = ModelRegistry(m.registry, m.credential)
     mv = reg.resolve(f"{m.name}:{m.version}")
     if mv.sha256 != m.sha256:
@@ -344,6 +344,12 @@ def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
             f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, expected "
             f"{m.sha256[:12]}…: the registry record changed; re-register the model"
         )
+    return reg, mv
+
+
+def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
+    """One model version's files at /models/<name>/<version>/, streamed from its registry and verified."""
+    reg, mv = _resolve_model(m)
     base = f"/models/{m.name}/{m.version}"
     entries = [
         Entry(f"{base}/{f['path']}", int(f["size"]), _file_chunks(reg, f), 0o644, f["sha256"])
@@ -566,13 +572,7 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
     (dest / "mlinfra" / "requirements.txt").write_text("\n".join(reqs) + "\n")
     pip_target(reqs, dest / "mlinfra" / "site-packages")
     for m in spec.models:
-        reg = ModelRegistry(m.registry, m.credential)
-        mv = reg.resolve(f"{m.name}:{m.version}")
-        if mv.sha256 != m.sha256:
-            raise ImageBuildError(
-                f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, "
-                f"expected {m.sha256[:12]}…"
-            )
+        reg, mv = _resolve_model(m)
         progress(f"model {m.name}:{m.version}: staging {mv.size_bytes:,d} bytes for the Docker build")
         try:
             reg.download(

@@ -224,10 +224,16 @@ class AzureBlobStore:
 
         if self._cc is None:
             cred = self.credential
+            from azure.storage.blob import ExponentialRetry
+
+            # The storage SDK's default retry waits 15 s, 60 s, ...: a down registry should fail in seconds.
+            retry = ExponentialRetry(
+                initial_backoff=0.5, increment_base=1.5, retry_total=2, random_jitter_range=0.5
+            )
             kwargs: dict[str, Any] = {
+                "retry_policy": retry,
                 "connection_timeout": 5,
                 "read_timeout": 60,
-                "retry_total": 2,
                 "max_block_size": BLOCK,
                 "max_single_put_size": BLOCK,
             }
