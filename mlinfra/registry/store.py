@@ -227,7 +227,9 @@ class AzureBlobStore:
             from azure.storage.blob import ExponentialRetry
 
             # The storage SDK's default retry waits 15 s, 60 s, ...: a down registry should fail in seconds.
-            retry = ExponentialRetry(initial_backoff=1, increment_base=1, retry_total=2, random_jitter_range=1)
+            retry = ExponentialRetry(
+                initial_backoff=1, increment_base=1, retry_total=2, random_jitter_range=1
+            )
             kwargs: dict[str, Any] = {
                 "retry_policy": retry,
                 "connection_timeout": 5,
