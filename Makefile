@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup venv engine wheelhouse system services services-down doctor test test-unit test-integration check lint demo clean
+.PHONY: setup venv engine wheelhouse kube system services services-down doctor test test-unit test-integration check lint demo clean
 
 ## setup: system packages, .venv with the project and its dev extras, the Pulumi engine and plugins
 setup: system venv engine wheelhouse
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 
 engine:
 	@bash scripts/engine.sh
+
+## kube: build kube-apiserver, etcd and kwok from Go modules (issue 6, work in progress; not part of setup yet)
+kube:
+	@bash scripts/kube.sh
 
 wheelhouse: venv
 	@$(BIN)/python -m mlinfra.images --wheelhouse

@@ -37,6 +37,10 @@ PLATFORMS = [
     "manylinux2014_x86_64",
 ]
 FORMAT = "mlinfra-image-1"  # bump when the layout changes: every digest changes with it
+# Layer caches are keyed by the inputs and by the code that builds layers, so a code change never serves a stale one.
+_CODE = hashlib.sha256(
+    (Path(__file__).read_bytes() + (Path(__file__).parent / "layers.py").read_bytes())
+).hexdigest()[:12]
 PORT = 8080
 SITE = "/opt/mlinfra/site-packages"
 APP = "/opt/mlinfra/app"
@@ -175,7 +179,7 @@ def deps_layer(requirements: list[str], progress: Progress) -> tuple[Layer, list
     """The server's and the user's requirements as wheels for the base's Python (cp311, manylinux x86_64),
     installed into /opt/mlinfra/site-packages; cached by the requirement set."""
     reqs = sorted(set(SERVER_REQUIREMENTS) | {r.strip() for r in requirements if r.strip()})
-    key = _sha(json.dumps([FORMAT, reqs, PLATFORMS]).encode())[:24]
+    key = _sha(json.dumps([FORMAT, _CODE, reqs, PLATFORMS]).encode())[:24]
     out = cache_dir() / "layers" / f"deps-{key}.tar.gz"
     resolved_file = out.with_suffix(".resolved.json")
     if out.exists() and resolved_file.exists():
@@ -267,6 +271,18 @@ def pip_target(reqs: list[str], target: Path) -> None:
     if res.returncode != 0:
         msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
         raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
+    _strip_scripts(target)
+
+
+def _strip_scripts(target: Path) -> None:
+    """Console scripts carry the building interpreter's path in their shebang (different per checkout and machine):
+    the server needs none of them, so drop them and their RECORD lines to keep the layer reproducible."""
+    import shutil
+
+    shutil.rmtree(target / "bin", ignore_errors=True)
+    for record in target.glob("*.dist-info/RECORD"):
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text("".join(line for line in lines if not line.startswith("../../bin/")))
 
 
 def _layer_meta(path: Path) -> Layer:
@@ -320,6 +336,7 @@ def app_layer(spec: ImageSpec) -> Layer:
         json.dumps(
             [
                 FORMAT,
+                _CODE,
                 [(e.path, _sha(e.source)) for e in entries if isinstance(e.source, bytes)],
             ]
         ).encode()
@@ -356,7 +373,7 @@ def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
         for f in mv.files
     ]
     serve_path = base if mv.is_dir else f"{base}/{mv.files[0]['path']}"
-    key = _sha(json.dumps([FORMAT, m.name, m.version, m.sha256]).encode())[:24]
+    key = _sha(json.dumps([FORMAT, _CODE, m.name, m.version, m.sha256]).encode())[:24]
 
     def build(out: Path) -> Layer:
         progress(

@@ -120,6 +120,19 @@ def test_build_run_score_and_reproduce(tmp_path: Path, backend: Path, program, s
     with pytest.raises(ModelError, match=f"in use by image:{repo}@{digest}"):
         ModelRegistry(reg_uri).delete_version("mlp", 1)
 
+    # Nothing of this machine's paths (interpreter, checkout) is baked into the layers mlinfra built.
+    import gzip
+    import sys
+
+    from mlinfra.oci import RegistryClient
+
+    host, rest = ref.split("/", 1)
+    client = RegistryClient(f"http://{host}")
+    for digest_ in _layers(ref)[-3:]:  # dependencies, app, model
+        content = gzip.decompress(client.get_blob(rest.split("@")[0], digest_))
+        for local in (sys.prefix, str(Path(__file__).parents[2])):
+            assert local.encode() not in content, f"layer {digest_[:19]} contains the local path {local}"
+
     # The same inputs from another working directory and a cold cache give the same digest.
     other = local_stack(
         _copy(program, tmp_path / "elsewhere"),
