@@ -39,7 +39,7 @@ PLATFORMS = [
 FORMAT = "mlinfra-image-1"  # bump when the layout changes: every digest changes with it
 # Layer caches are keyed by the inputs and by the code that builds layers, so a code change never serves a stale one.
 _CODE = hashlib.sha256(
-    (Path(__file__).read_bytes() + (Path(__file__).parent / "layers.py").read_bytes())
+    Path(__file__).read_bytes() + (Path(__file__).parent / "layers.py").read_bytes()
 ).hexdigest()[:12]
 PORT = 8080
 SITE = "/opt/mlinfra/site-packages"
