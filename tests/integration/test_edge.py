@@ -299,3 +299,29 @@ def test_bad_conditions_fail_preview_and_untargeted_warn(
     )
     preview = stack.preview()
     assert "matches no device" in preview.stdout
+
+
+def test_signed_urls_from_an_azure_registry_download_and_expire(tmp_path: Path, local_services) -> None:
+    """Devices fetch Azure-registry models through short-lived read-only SAS URLs, verified by sha256."""
+    from components.edge.agent import DownloadError, _download
+    from mlinfra.edge import artifact_urls
+
+    local_services("azurite")
+    uri = f"azblob://{services.AZURITE_ACCOUNT}/edgesas{os.getpid()}/models?endpoint={services.azurite_blob_url()}"
+    mv, _ = ModelRegistry(uri, services.AZURITE_KEY).register("mlp", write_mlp(tmp_path / "m.onnx"))
+    model = {
+        "name": "mlp",
+        "version": mv.version,
+        "sha256": mv.sha256,
+        "registry": uri,
+        "credential": services.AZURITE_KEY,
+    }
+    f = artifact_urls(model, ttl_s=60)["files"][0]
+    assert "sig=" in f["url"] and "sp=r" in f["url"] and services.AZURITE_KEY not in f["url"]
+    _download(f["url"], tmp_path / "dl" / "m.onnx", f["sha256"], f["size"])
+    assert (tmp_path / "dl" / "m.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+    expired = artifact_urls(model, ttl_s=-60)["files"][0]
+    with pytest.raises(DownloadError, match="download of m.onnx failed"):
+        _download(expired["url"], tmp_path / "dl2" / "m.onnx", f["sha256"], f["size"])
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        _download(f["url"], tmp_path / "dl3" / "m.onnx", "0" * 64, f["size"])
