@@ -321,7 +321,7 @@ def test_signed_urls_from_an_azure_registry_download_and_expire(tmp_path: Path, 
     _download(f["url"], tmp_path / "dl" / "m.onnx", f["sha256"], f["size"])
     assert (tmp_path / "dl" / "m.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     expired = artifact_urls(model, ttl_s=-60)["files"][0]
-    with pytest.raises(DownloadError, match="download of m.onnx failed"):
+    with pytest.raises(DownloadError, match=r"download of m\.onnx failed"):
         _download(expired["url"], tmp_path / "dl2" / "m.onnx", f["sha256"], f["size"])
     with pytest.raises(DownloadError, match="sha256 mismatch"):
         _download(f["url"], tmp_path / "dl3" / "m.onnx", "0" * 64, f["size"])
