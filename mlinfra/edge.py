@@ -107,6 +107,7 @@ class Broker:
     url: str
     username: str
     password: str
+    ca_file: str | None = None  # for mqtts:// with a private CA
 
     @staticmethod
     def local() -> Broker:
@@ -120,7 +121,7 @@ class Broker:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.username_pw_set(self.username, self.password)
         if u.scheme == "mqtts":
-            c.tls_set()
+            c.tls_set(ca_certs=self.ca_file)
         connected = threading.Event()
         refused: list[str] = []
 
@@ -131,7 +132,7 @@ class Broker:
 
         c.on_connect = on_connect
         try:
-            c.connect(u.hostname, u.port or 1883, keepalive=30)
+            c.connect(u.hostname, u.port or (8883 if u.scheme == "mqtts" else 1883), keepalive=30)
         except OSError as e:
             raise EdgeError(f"broker {self.url} is unreachable: {e.strerror or e}") from None
         c.loop_start()

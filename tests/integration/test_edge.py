@@ -325,3 +325,117 @@ def test_signed_urls_from_an_azure_registry_download_and_expire(tmp_path: Path, 
         _download(expired["url"], tmp_path / "dl2" / "m.onnx", f["sha256"], f["size"])
     with pytest.raises(DownloadError, match="sha256 mismatch"):
         _download(f["url"], tmp_path / "dl3" / "m.onnx", "0" * 64, f["size"])
+
+
+def test_agent_over_tls(tmp_path: Path, broker: Broker, agents: Agents) -> None:
+    """mqtts:// with a private CA: the agent verifies the broker's certificate and publishes its twin."""
+    import shutil
+    import signal
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=mlinfra-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    )
+    state = services.state_dir("mosquitto")  # the module broker's password file and ACL
+    password = provision_devices(["tls-1"])["tls-1"]
+    port = free_port()
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\ncafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\n"
+        f"keyfile {tmp_path / 'server.key'}\nallow_anonymous false\npassword_file {state / 'passwd'}\n"
+        f"acl_file {state / 'acl'}\nuser root\n"
+    )
+    mosq = subprocess.Popen(
+        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        tls = Broker(
+            f"mqtts://127.0.0.1:{port}", broker.username, broker.password, ca_file=str(tmp_path / "ca.pem")
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "components.edge",
+                "--device-id",
+                "tls-1",
+                "--broker",
+                tls.url,
+                "--tags",
+                "tls=yes",
+                "--ca-file",
+                str(tmp_path / "ca.pem"),
+                "--state-dir",
+                str(tmp_path / "tls-1"),
+                "--serve-port",
+                "0",
+            ],
+            env={**os.environ, "MLINFRA_EDGE_PASSWORD": password},
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if read_fleet(tls, quiet_s=0.2).twins.get("tls-1", {}).get("status") == "online":
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError("the agent never came online over TLS")
+            untrusted = Broker(tls.url, broker.username, broker.password)  # the system CAs do not know ours
+            with pytest.raises(Exception, match="unreachable|certificate|SSL"):
+                read_fleet(untrusted)
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    finally:
+        mosq.send_signal(signal.SIGTERM)
+        mosq.wait(10)
