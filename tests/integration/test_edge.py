@@ -431,7 +431,7 @@ def test_agent_over_tls(tmp_path: Path, broker: Broker, agents: Agents) -> None:
             else:
                 raise AssertionError("the agent never came online over TLS")
             untrusted = Broker(tls.url, broker.username, broker.password)  # the system CAs do not know ours
-            with pytest.raises(Exception, match="unreachable|certificate|SSL"):
+            with pytest.raises(Exception, match=r"unreachable|certificate|SSL"):
                 read_fleet(untrusted)
         finally:
             proc.terminate()
