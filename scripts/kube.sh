@@ -11,7 +11,8 @@ CACHE=${MLINFRA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlinfra}
 export GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN=local GONOSUMDB=github.com/pulumi
 K=$KUBERNETES_VERSION E=$ETCD_VERSION W=$KWOK_VERSION
 BIN="$CACHE/kube/k8s-v$K-etcd-v$E-kwok-v$W/bin"
-if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/etcd" ] && [ -x "$BIN/kwok" ]; then
+if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kube-scheduler" ] \
+   && [ -x "$BIN/kubectl" ] && [ -x "$BIN/etcd" ] && [ -x "$BIN/kwok" ]; then
   echo "kube: cached in $BIN"; exit 0
 fi
 command -v go >/dev/null || { echo "error: Go >= 1.25 is needed to build the local control plane" >&2; exit 1; }
@@ -22,8 +23,9 @@ mkdir -p "$WORK/apiserver" "$WORK/etcd"
 
 # kube-apiserver: k8s.io/kubernetes replaces every k8s.io/* staging module with ./staging/...; point each at its
 # published version (v0.N.M for v1.N.M) instead.
-if [ ! -x "$BIN/kube-apiserver" ]; then
-  echo "kube: building kube-apiserver v$K (cold: ~15 min on 2 cores)"
+if [ ! -x "$BIN/kube-apiserver" ] || [ ! -x "$BIN/kube-controller-manager" ] || [ ! -x "$BIN/kube-scheduler" ] \
+   || [ ! -x "$BIN/kubectl" ]; then
+  echo "kube: building kube-apiserver, kube-controller-manager, kube-scheduler and kubectl v$K (cold: ~10 min)"
   gomod=$(go mod download -json "k8s.io/kubernetes@v$K" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
   python3 - "$gomod" "$K" "$WORK/apiserver/go.mod" <<'PY'
 import re, sys
@@ -34,11 +36,17 @@ staging = sorted(set(re.findall(r"^\s*(k8s\.io/[\w.\-/]+) => \./staging/", text,
 godebug = re.findall(r"^godebug .*$", text, re.M)
 lines = ["module mlinfra.dev/engine/kube", "", "go 1.25.0", ""] + godebug + ["",
          f"require k8s.io/kubernetes v{version}", "", "replace ("]
-lines += [f"\t{m} => {m} {minor}" for m in staging] + [")", "", "tool k8s.io/kubernetes/cmd/kube-apiserver", ""]
+lines += [f"\t{m} => {m} {minor}" for m in staging] + [")", ""]
+lines += [f"tool k8s.io/kubernetes/cmd/{c}" for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                                       "kubectl")] + [""]
 open(dst, "w").write("\n".join(lines))
 PY
-  (cd "$WORK/apiserver" && go mod tidy >/dev/null && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
-     -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver)
+  minor=$(echo "$K" | cut -d. -f2)
+  vpkg=k8s.io/component-base/version
+  (cd "$WORK/apiserver" && go mod tidy >/dev/null && CGO_ENABLED=0 go build -trimpath \
+     -ldflags "-s -w -X $vpkg.gitVersion=v$K -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean" \
+     -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
 fi
 
 if [ ! -x "$BIN/etcd" ]; then
