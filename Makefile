@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 .PHONY: setup venv engine wheelhouse kube system services services-down doctor test test-unit test-integration check lint demo clean
 
 ## setup: system packages, .venv with the project and its dev extras, the Pulumi engine and plugins
-setup: system venv engine wheelhouse
+setup: system venv engine wheelhouse kube
 
 system:
 	@bash scripts/install-system.sh
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 engine:
 	@bash scripts/engine.sh
 
-## kube: build kube-apiserver, etcd and kwok from Go modules (issue 6, work in progress; not part of setup yet)
+## kube: build kube-apiserver, controller-manager, scheduler, kubectl, etcd and kwok from Go modules
 kube:
 	@bash scripts/kube.sh
 

@@ -68,6 +68,19 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
             "make setup",
         )
     )
+    from mlinfra.kube import BINARIES, kube_bin_dir
+
+    kube_missing = [b for b in BINARIES if not (kube_bin_dir() / b).exists()]
+    checks.append(
+        (
+            "kubernetes control plane",
+            not kube_missing,
+            f"kube-apiserver, etcd, kwok, ... in {kube_bin_dir()}"
+            if not kube_missing
+            else f"{', '.join(kube_missing)} not built",
+            "make kube (builds them from Go modules; part of make setup)",
+        )
+    )
     for name, svc in services.SERVICES.items():
         try:
             ok = svc.check()

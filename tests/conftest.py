@@ -70,3 +70,17 @@ def broker(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory):
+    """A local Kubernetes control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok nodes) on
+    loopback, built by `make kube`; fails the test with the reason when it cannot start."""
+    from mlinfra.kube import KubeError, LocalCluster
+
+    try:
+        cluster = LocalCluster.start(f"test-{os.getpid()}", tmp_path_factory.mktemp("kwok"))
+    except KubeError as e:
+        pytest.fail(f"local Kubernetes could not start: {e}", pytrace=False)
+    yield cluster
+    cluster.stop()
