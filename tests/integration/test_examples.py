@@ -45,3 +45,15 @@ def test_edge_example_on_its_own_broker(tmp_path: Path, backend: Path, broker) -
     assert "matches no device" in up.stdout
     assert set(stack.up().summary.resource_changes) == {"same"}
     stack.destroy()
+
+
+def test_platform_stack_previews_on_the_real_engine(tmp_path: Path, backend: Path) -> None:
+    work = tmp_path / "stacks"
+    shutil.copytree(
+        EXAMPLES.parent / "stacks", work, ignore=shutil.ignore_patterns(".mlinfra", "__pycache__")
+    )
+    project = work / "Pulumi.yaml"
+    project.write_text(project.read_text().replace("../.venv", str(EXAMPLES.parent / ".venv")))
+    stack = local_stack(work, "dev", backend_dir=backend)
+    preview = stack.preview()
+    assert preview.change_summary.get("create", 0) >= 5, preview.change_summary
