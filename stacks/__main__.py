@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pulumi
+from platform_config import load
 
 import mlinfra
-from platform_config import load
 
 cfg = load(pulumi.Config().require_object("platform"))
 
