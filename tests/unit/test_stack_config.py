@@ -34,5 +34,5 @@ def test_misspelt_keys_name_the_nearest_valid_one() -> None:
         load({"registy": "file:///x", "models": []})
     with pytest.raises(ConfigError, match=r"platform\.models: Field required"):
         load({})
-    with pytest.raises(ConfigError, match="uses model 'ghost', which is not in platform.models"):
+    with pytest.raises(ConfigError, match=r"uses model 'ghost', which is not in platform\.models"):
         load({"models": [{"name": "m", "path": "m.onnx"}], "images": [{"name": "i", "models": ["ghost"]}]})
