@@ -233,7 +233,8 @@ class ScoringServer:
             raise RequestError(f"model {name!r} has no version {version!r} here (serving {m.version})", 404)
         return m
 
-    async def _body(self, request: web.Request) -> Any:
+    async def _raw_body(self, request: web.Request) -> bytes:
+        """The request body, refused with 413 past --max-body-mb (announced or streamed)."""
         limit = int(self.config.max_body_mb * 1024 * 1024)
         if request.content_length is not None and request.content_length > limit:
             raise RequestError(
@@ -249,6 +250,10 @@ class ScoringServer:
             ) from None
         if len(raw) > limit:
             raise RequestError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+        return raw
+
+    async def _body(self, request: web.Request) -> Any:
+        raw = await self._raw_body(request)
         try:
             return loads(raw)
         except (ValueError, TypeError) as e:
@@ -428,11 +433,8 @@ class ScoringServer:
         replaces the default ONNX call (it gets the raw body text, as in Azure ML)."""
         if not self.ready:
             raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
-        limit = int(self.config.max_body_mb * 1024 * 1024)
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestError(f"request body is {request.content_length} bytes; the limit is {limit}", 413)
         if self.script is not None:
-            raw = (await request.read()).decode("utf-8", errors="replace")
+            raw = (await self._raw_body(request)).decode("utf-8", errors="replace")
             loop = asyncio.get_running_loop()
             try:
                 result = await loop.run_in_executor(self._script_pool, self.script.run, raw)
