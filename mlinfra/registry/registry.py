@@ -397,13 +397,20 @@ class ModelRegistry:
 
         # 2. claim the content, 3. take a version number, 4. point the index at it.
         index_key = f"models/{name}/sha256/{content.sha256}.json"
-        claim_etag = self._claim(index_key)
-        if claim_etag is None:  # someone else committed this content meanwhile
+        claim = self._claim(index_key)
+        if claim is None:  # someone else committed this content meanwhile
             found = self.find_by_content(name, content.sha256)
             assert found is not None
             return update_existing(found), False
-        recovered = next(
-            (v for v in self.versions(name) if (g := self.get(name, v)) and g.sha256 == content.sha256), None
+        claim_etag, took_over = claim
+        # Only a writer that died after committing its version leaves a stale claim with a version behind it.
+        recovered = (
+            next(
+                (v for v in self.versions(name) if (g := self.get(name, v)) and g.sha256 == content.sha256),
+                None,
+            )
+            if took_over
+            else None
         )
         if recovered is None:
             record = {
@@ -439,8 +446,9 @@ class ModelRegistry:
             mv = update_existing(version)
         return mv, recovered is None
 
-    def _claim(self, key: str) -> str | None:
-        """Claim KEY for this writer. Returns the claim's etag, or None when the content got a version."""
+    def _claim(self, key: str) -> tuple[str, bool] | None:
+        """Claim KEY for this writer. Returns (the claim's etag, whether a dead writer's stale claim was taken
+        over), or None when the content got a version meanwhile."""
         claim = {
             "claim": uuid.uuid4().hex,
             "host": socket.gethostname(),
@@ -452,7 +460,7 @@ class ModelRegistry:
             if self.store.put_if_absent(key, _dump(claim)):
                 got = self.store.get(key)
                 assert got is not None
-                return got[1]
+                return got[1], False
             cur = self._read_json(key)
             if cur is None:
                 continue
@@ -465,7 +473,7 @@ class ModelRegistry:
             if stale and self.store.put_if_match(key, _dump(claim), etag):
                 got = self.store.get(key)
                 assert got is not None
-                return got[1]
+                return got[1], True
             time.sleep(0.05)
         raise RegistryError(f"registry {self.uri}: timed out waiting for another writer of {key}")
 

@@ -127,3 +127,26 @@ def test_bad_model_files(reg: ModelRegistry, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         reg.register("m", tmp_path / "missing.onnx")
     assert reg.names() == [], "nothing may be written for bad input"
+
+
+def test_a_dead_writers_committed_version_is_recovered_not_duplicated(
+    reg: ModelRegistry, model: Path, tmp_path: Path
+) -> None:
+    """A writer killed after committing version 1 but before pointing the content index at it leaves a stale
+    claim; the next writer of that content takes the claim over and finds version 1 instead of making version 2."""
+    import json
+    import socket
+    import subprocess
+    import time
+
+    mv, _ = reg.register("mlp", model)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    index = tmp_path / "registry" / "models" / "mlp" / "sha256" / f"{mv.sha256}.json"
+    index.write_text(
+        json.dumps({"claim": "x", "host": socket.gethostname(), "pid": dead.pid, "at": time.time()})
+    )
+    again, created = reg.register("mlp", model)
+    assert (again.version, created) == (1, False)
+    assert reg.versions("mlp") == [1]
+    assert json.loads(index.read_text()) == {"version": 1}
