@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import re
 import subprocess
@@ -158,7 +159,7 @@ def check_base_has_python(base: str, manifest: dict[str, Any], digest: str) -> N
     found = False
     for layer in manifest["layers"]:
         blob = client.get_blob(repo, layer["digest"])
-        with tarfile.open(fileobj=__import__("io").BytesIO(blob), mode="r:*") as tar:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
             names = {m.name.lstrip("./") for m in tar.getmembers()}
         if {"usr/bin/python3", "bin/python3", "usr/local/bin/python3"} & names:
             found = True
@@ -178,7 +179,7 @@ def check_base_has_python(base: str, manifest: dict[str, Any], digest: str) -> N
 def deps_layer(requirements: list[str], progress: Progress) -> tuple[Layer, list[str]]:
     """The server's and the user's requirements as wheels for the base's Python (cp311, manylinux x86_64),
     installed into /opt/mlinfra/site-packages; cached by the requirement set."""
-    reqs = sorted(set(SERVER_REQUIREMENTS) | {r.strip() for r in requirements if r.strip()})
+    reqs = image_requirements(requirements)
     key = _sha(json.dumps([FORMAT, _CODE, reqs, PLATFORMS]).encode())[:24]
     out = cache_dir() / "layers" / f"deps-{key}.tar.gz"
     resolved_file = out.with_suffix(".resolved.json")
@@ -313,19 +314,25 @@ def _cached(build: Callable[[Path], Layer], key: str, kind: str) -> Layer:
     return layer
 
 
+def server_files() -> list[tuple[str, Path]]:
+    """The scoring server package as (path relative to the `components` parent, local file): what an image runs."""
+    src = Path(components.__file__).parent
+    return [("components/__init__.py", src / "__init__.py")] + [
+        (f"components/scoring/{p.name}", p) for p in sorted((src / "scoring").glob("*.py"))
+    ]
+
+
+def image_requirements(extra: list[str]) -> list[str]:
+    """The server's requirements plus the user's, deduplicated and sorted."""
+    return sorted(set(SERVER_REQUIREMENTS) | {r.strip() for r in extra if r.strip()})
+
+
 def app_layer(spec: ImageSpec) -> Layer:
     """The scoring server package, the user's script and extra files."""
-    src = Path(components.__file__).parent
-    entries = [
-        Entry(
-            f"{APP}/components/__init__.py",
-            (src / "__init__.py").stat().st_size,
-            (src / "__init__.py").read_bytes(),
-        )
-    ]
-    for p in sorted((src / "scoring").glob("*.py")):
+    entries = []
+    for rel, p in server_files():
         data = p.read_bytes()
-        entries.append(Entry(f"{APP}/components/scoring/{p.name}", len(data), data))
+        entries.append(Entry(f"{APP}/{rel}", len(data), data))
     if spec.script:
         data = spec.script.read_bytes()
         entries.append(Entry(f"{USER_DIR}/{spec.script.name}", len(data), data))
@@ -533,9 +540,13 @@ def list_images(registry_url: str, model: str | None = None) -> list[dict[str, A
     for repo in json.loads(data).get("repositories", []):
         st, _, td = client.request("GET", f"/v2/{repo}/tags/list")
         tags = (json.loads(td).get("tags") or []) if st == 200 else []
+        manifests = {tag: client.get_manifest(repo, tag) for tag in tags}
+        tags_of: dict[str, list[str]] = {}
+        for tag, m in manifests.items():
+            if m is not None:
+                tags_of.setdefault(m[0], []).append(tag)
         seen: set[str] = set()
-        for tag in tags:
-            got = client.get_manifest(repo, tag)
+        for got in manifests.values():
             if got is None or "config" not in got[1] or got[0] in seen:
                 continue
             seen.add(got[0])
@@ -561,7 +572,7 @@ def list_images(registry_url: str, model: str | None = None) -> list[dict[str, A
                 {
                     "image_ref": f"{host}/{repo}@{got[0]}",
                     "repository": repo,
-                    "tags": [t for t in tags if client.manifest_digest(repo, t) == got[0]],
+                    "tags": tags_of[got[0]],
                     "models": models,
                 }
             )
@@ -579,32 +590,21 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
     import shutil
 
     shutil.copytree(context, dest, dirs_exist_ok=True)
-    src = Path(components.__file__).parent
-    comp = dest / "mlinfra" / "components"
-    (comp / "scoring").mkdir(parents=True, exist_ok=True)
-    shutil.copy(src / "__init__.py", comp / "__init__.py")
-    for p in (src / "scoring").glob("*.py"):
-        shutil.copy(p, comp / "scoring" / p.name)
-    reqs = sorted(set(SERVER_REQUIREMENTS) | set(spec.requirements))
+    for rel, p in server_files():
+        (dest / "mlinfra" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest / "mlinfra" / rel)
+    reqs = image_requirements(spec.requirements)
     (dest / "mlinfra" / "requirements.txt").write_text("\n".join(reqs) + "\n")
     pip_target(reqs, dest / "mlinfra" / "site-packages")
     for m in spec.models:
         reg, mv = _resolve_model(m)
         progress(f"model {m.name}:{m.version}: staging {mv.size_bytes:,d} bytes for the Docker build")
+        folder = dest / "mlinfra" / "models" / m.name / str(m.version)
+        folder.mkdir(parents=True, exist_ok=True)  # a single-file model lands inside it under its own name
         try:
-            reg.download(
-                f"{m.name}:{m.version}",
-                dest / "mlinfra" / "models" / m.name / str(m.version)
-                if mv.is_dir
-                else _mkdir(dest / "mlinfra" / "models" / m.name / str(m.version)),
-            )
+            reg.download(f"{m.name}:{m.version}", folder)
         except Exception as e:
             raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def docker_build_and_push(
