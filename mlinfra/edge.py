@@ -15,7 +15,6 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -278,7 +277,3 @@ def manifest(name: str, condition: str, priority: int, layered: bool, models: li
 
 def withdraw(broker: Broker, name: str) -> None:
     publish(broker, deployment_topic(name), b"", retain=True)
-
-
-def local_state_path() -> Path:
-    return services.state_dir("mosquitto")

@@ -3,7 +3,6 @@ layered by priority (Azure IoT Edge semantics), with device status as a gate of 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +13,7 @@ from components.edge.manifest import NAME_RE
 from mlinfra import services
 from mlinfra.edge import Broker, EdgeError, read_fleet
 from mlinfra.providers.edge_deployment import EdgeDeploymentResource
-from mlinfra.registered_model import RegisteredModel
+from mlinfra.registered_model import RegisteredModel, as_int
 
 
 @dataclass
@@ -88,12 +87,7 @@ class EdgeDeployment(pulumi.ComponentResource):
         pulumi.Output.from_input(password).apply(
             lambda pw: self._warn_if_untargeted(Broker(broker, username, pw or ""), condition, dep_name)
         )
-        models = [
-            pulumi.Output.all(m.model_name, m.version, m.sha256, m.registry, m.registry_credential).apply(
-                functools.partial(_model_dict)
-            )
-            for m in args.models
-        ]
+        models = [m.model_ref for m in args.models]
         self.deployment = EdgeDeploymentResource(
             f"{name}-deployment",
             {
@@ -125,11 +119,10 @@ class EdgeDeployment(pulumi.ComponentResource):
             ),
         )
         d: Any = self.deployment
-        to_int = functools.partial(_int)
-        self.targeted = d.targeted.apply(to_int)
-        self.applied = d.applied.apply(to_int)
-        self.succeeded = d.succeeded.apply(to_int)
-        self.failed = d.failed.apply(to_int)
+        self.targeted = d.targeted.apply(as_int)
+        self.applied = d.applied.apply(as_int)
+        self.succeeded = d.succeeded.apply(as_int)
+        self.failed = d.failed.apply(as_int)
         self.failing_devices = d.failing_devices
         self.generation = d.generation
         self.register_outputs(
@@ -159,11 +152,3 @@ class EdgeDeployment(pulumi.ComponentResource):
                 f"the {len(fleet.twins)} known to the broker",
                 self,
             )
-
-
-def _model_dict(a: list[Any]) -> dict[str, Any]:
-    return {"name": a[0], "version": a[1], "sha256": a[2], "registry": a[3], "credential": a[4]}
-
-
-def _int(v: Any) -> Any:
-    return int(v) if v is not None else v

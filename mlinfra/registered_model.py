@@ -41,6 +41,15 @@ class RegisteredModelArgs:
     versions of this model that no image or endpoint uses."""
 
 
+def as_int(v: Any) -> Any:
+    """Numbers cross the engine as float64: give users the ints they expect (unknowns stay None)."""
+    return int(v) if v is not None else v
+
+
+def _model_ref(a: list[Any]) -> dict[str, Any]:
+    return {"name": a[0], "version": a[1], "sha256": a[2], "registry": a[3], "credential": a[4]}
+
+
 def _registry_settings(registry: str | None, credential: Any) -> tuple[str, Any]:
     cfg = pulumi.Config("mlinfra")
     uri = registry or cfg.get("registry") or f"file://{Path.cwd().resolve() / '.mlinfra' / 'registry'}"
@@ -110,16 +119,20 @@ class RegisteredModel(pulumi.ComponentResource):
         )
         mv: Any = self.model_version
         # Numbers cross the engine as float64: give users the ints they expect.
-        self.version = mv.version.apply(lambda v: int(v) if v is not None else v)
+        self.version = mv.version.apply(as_int)
         self.sha256 = mv.sha256
         self.uri = mv.uri
-        self.size_bytes = mv.size_bytes.apply(lambda v: int(v) if v is not None else v)
+        self.size_bytes = mv.size_bytes.apply(as_int)
         self.framework = mv.framework
         self.signature = mv.signature
         self.tags = mv.tags
         self.model_name = mv.model_name
         self.registry = mv.registry
         self.registry_credential = credential
+        # What images and deployments need to fetch this exact version (secret when a credential is set).
+        self.model_ref: pulumi.Output[dict[str, Any]] = pulumi.Output.all(
+            self.model_name, self.version, self.sha256, self.registry, credential
+        ).apply(_model_ref)
         self.register_outputs(
             {
                 "version": self.version,
@@ -165,7 +178,5 @@ class ModelAlias(pulumi.ComponentResource):
                 parent=self, depends_on=[args.model], additional_secret_outputs=["registry_credential"]
             ),
         )
-        self.version = self.alias_record.version.apply(  # type: ignore[attr-defined]
-            lambda v: int(v) if v is not None else v
-        )
+        self.version = self.alias_record.version.apply(as_int)  # type: ignore[attr-defined]
         self.register_outputs({"version": self.version, "alias": args.alias})

@@ -92,19 +92,7 @@ class ScoringImage(pulumi.ComponentResource):
         models: list[Any] = []
         for m in args.models:
             if isinstance(m, RegisteredModel):
-                models.append(
-                    pulumi.Output.all(
-                        m.model_name, m.version, m.sha256, m.registry, m.registry_credential
-                    ).apply(
-                        lambda a: {
-                            "name": a[0],
-                            "version": a[1],
-                            "sha256": a[2],
-                            "registry": a[3],
-                            "credential": a[4],
-                        }
-                    )
-                )
+                models.append(m.model_ref)
             else:
                 if ":" not in m:
                     raise ImageBuildError(f"ScoringImage {name}: model ref {m!r} must be name:version")
@@ -112,19 +100,10 @@ class ScoringImage(pulumi.ComponentResource):
                 validate_name(mname)
                 uri = args.model_registry or cfg.get("registry") or default_registry_uri()
                 cred = args.model_registry_credential or cfg.get_secret("registryCredential")
-                mv = ModelRegistry(uri, None).resolve(m) if cred is None else None
-                if mv is None:
-                    models.append(pulumi.Output.secret(cred).apply(functools.partial(_resolve_ref, m, uri)))
+                if cred is None:
+                    models.append(_resolve_ref(m, uri, None))
                 else:
-                    models.append(
-                        {
-                            "name": mv.name,
-                            "version": mv.version,
-                            "sha256": mv.sha256,
-                            "registry": uri,
-                            "credential": None,
-                        }
-                    )
+                    models.append(pulumi.Output.secret(cred).apply(functools.partial(_resolve_ref, m, uri)))
         self.image = ScoringImageResource(
             f"{name}-image",
             {

@@ -186,9 +186,6 @@ class EdgeAgent:
                 except Exception as e:
                     log.exception("%s: reconcile failed: %s", self.config.device_id, e)
 
-    def twin(self) -> dict[str, Any]:
-        return self._twin("online")
-
     def _twin(self, status: str) -> dict[str, Any]:
         return {
             "device_id": self.config.device_id,

@@ -207,7 +207,6 @@ class AzureBlobStore:
     prefix: str
     endpoint: str
     credential: str | None = None
-    api_version: str | None = None
     _cc: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
