@@ -12,7 +12,6 @@ Both give the registry the same four guarantees it is built on:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import urllib.parse
@@ -335,13 +334,12 @@ class AzureBlobStore:
     def delete(self, key: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        with contextlib.suppress(ResourceNotFoundError):
-            try:
-                self._container().delete_blob(self._key(key))
-            except ResourceNotFoundError:
-                raise
-            except Exception as e:
-                raise self._err(e, f"deleting {key}") from None
+        try:
+            self._container().delete_blob(self._key(key))
+        except ResourceNotFoundError:
+            pass  # already gone: deleting is idempotent, as in the folder store
+        except Exception as e:
+            raise self._err(e, f"deleting {key}") from None
 
     def exists(self, key: str) -> bool:
         try:
