@@ -4,6 +4,17 @@ Register (:class:`RegisteredModel`, :class:`ModelAlias`), package, deploy, monit
 declaratively; see README.md for the tour.
 """
 
+from mlinfra.cloud_endpoint import (
+    Autoscale,
+    CloudEndpoint,
+    CloudEndpointArgs,
+    Deployment,
+    Gates,
+    Kubernetes,
+    LocalDocker,
+    RolloutPolicy,
+    TlsAuth,
+)
 from mlinfra.edge_deployment import EdgeDeployment, EdgeDeploymentArgs, EdgeGate
 from mlinfra.registered_model import ModelAlias, ModelAliasArgs, RegisteredModel, RegisteredModelArgs
 from mlinfra.scoring_image import ScoringImage, ScoringImageArgs
@@ -11,6 +22,15 @@ from mlinfra.scoring_image import ScoringImage, ScoringImageArgs
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autoscale",
+    "CloudEndpoint",
+    "CloudEndpointArgs",
+    "Deployment",
+    "Gates",
+    "Kubernetes",
+    "LocalDocker",
+    "RolloutPolicy",
+    "TlsAuth",
     "EdgeDeployment",
     "EdgeDeploymentArgs",
     "EdgeGate",

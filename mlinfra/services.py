@@ -8,6 +8,7 @@ registry       Debian's docker-registry (OCI distribution)  http://127.0.0.1:500
 azurite        Azure Blob emulator, --disableTelemetry      http://127.0.0.1:10000       MLINFRA_AZURITE_PORT
 mosquitto      MQTT broker with password auth               mqtt://127.0.0.1:1883        MLINFRA_MQTT_PORT
 python-base    scoring images' base (debootstrap), pushed   registry/mlinfra/python-base —
+router-base    endpoints' router: Debian nginx, pushed      registry/mlinfra/router      —
 =============  ==========================================  ===========================  ====================
 
 A service that already answers is reused; one that does not is started detached, its PID written to
@@ -398,6 +399,9 @@ def _start_mosquitto() -> None:
 # The base image --------------------------------------------------------------------------------------------
 
 BASE_REPO = "mlinfra/python-base"
+ROUTER_REPO = "mlinfra/router"
+# What each debootstrapped base holds: scoring images start from "python"; endpoints' router from "router" (nginx).
+BASE_PACKAGES = {"python": "python3,ca-certificates", "router": "nginx,ca-certificates"}
 
 
 def base_image_ref() -> str:
@@ -427,27 +431,28 @@ def _debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def build_base_layer(progress: Callable[[str], None] = print) -> Path:
-    """debootstrap a minimal Debian with python3 once per machine; returns the cached layer (tar.gz)."""
+def build_base_layer(progress: Callable[[str], None] = print, kind: str = "python") -> Path:
+    """debootstrap a minimal Debian with BASE_PACKAGES[kind] once per machine; returns the cached layer
+    (tar.gz)."""
     suite = pinned_versions().get("BASE_SUITE", "bookworm")
     d = cache_dir() / "base"
     d.mkdir(parents=True, exist_ok=True)
-    layer = d / f"python-{suite}.tar.gz"
+    layer = d / f"{kind}-{suite}.tar.gz"
     if layer.exists():
         return layer
     if shutil.which("debootstrap") is None:
         raise ServiceError("debootstrap is not installed: run `make setup`")
-    rootfs = d / f"rootfs-{suite}"
+    rootfs = d / f"rootfs-{kind}-{suite}"
     _unmount_under(rootfs)
     shutil.rmtree(rootfs, ignore_errors=True)
-    progress(f"python-base: debootstrap {suite} with python3 (≈1 min, once per machine)")
-    log = d / "debootstrap.log"
+    progress(f"{kind}-base: debootstrap {suite} with {BASE_PACKAGES[kind]} (≈1 min, once per machine)")
+    log = d / f"debootstrap-{kind}.log"
     with open(log, "wb") as out:
         rc = subprocess.run(
             [
                 "debootstrap",
                 "--variant=minbase",
-                "--include=python3,ca-certificates",
+                f"--include={BASE_PACKAGES[kind]}",
                 suite,
                 str(rootfs),
                 _debian_mirror(),
@@ -478,7 +483,10 @@ def build_base_layer(progress: Callable[[str], None] = print) -> Path:
     (rootfs / "home/scorer").mkdir(parents=True, exist_ok=True)
     os.chown(rootfs / "home/scorer", 10001, 10001)
     _unmount_under(rootfs)  # debootstrap may leave proc/sys mounted after a failure
-    progress("python-base: packing the layer")
+    if kind == "router":  # the image's nginx.conf comes from the endpoint; drop the packaged site
+        for junk in ["etc/nginx/sites-enabled/default", "var/www/html/index.nginx-debian.html"]:
+            (rootfs / junk).unlink(missing_ok=True)
+    progress(f"{kind}-base: packing the layer")
     tmp = layer.with_suffix(".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz:
         tar = subprocess.Popen(
@@ -525,21 +533,46 @@ def _diff_id(layer: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def _start_base_image() -> None:
+def _start_base_image(kind: str = "python") -> None:
     from mlinfra.oci import RegistryClient, image_config, push_image
 
-    layer = build_base_layer()
+    layer = build_base_layer(kind=kind)
     suite = pinned_versions().get("BASE_SUITE", "bookworm")
     meta_path = layer.with_suffix(".diffid")
     if not meta_path.exists():
         meta_path.write_text(_diff_id(layer))
+    if kind == "router":
+        cmd = ["nginx", "-g", "daemon off;"]
+        title = "mlinfra endpoint router (nginx)"
+    else:
+        cmd, title = ["python3"], "mlinfra python base"
     config = image_config(
         diff_ids=[meta_path.read_text().strip()],
         env=["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
-        cmd=["python3"],
-        labels={"org.opencontainers.image.title": "mlinfra python base", "mlinfra.base.suite": suite},
+        cmd=cmd,
+        labels={"org.opencontainers.image.title": title, "mlinfra.base.suite": suite},
     )
-    push_image(RegistryClient(registry_url()), BASE_REPO, suite, [layer], config)
+    repo = ROUTER_REPO if kind == "router" else BASE_REPO
+    push_image(RegistryClient(registry_url()), repo, suite, [layer], config)
+
+
+def router_image_ref() -> str:
+    """The endpoints' router image (Debian nginx), pushed to the local registry by `make services`."""
+    return f"{registry_host()}/{ROUTER_REPO}:{pinned_versions().get('BASE_SUITE', 'bookworm')}"
+
+
+def router_image_ok() -> bool:
+    from mlinfra.oci import RegistryClient
+
+    try:
+        return (
+            RegistryClient(registry_url()).manifest_digest(
+                ROUTER_REPO, pinned_versions().get("BASE_SUITE", "bookworm")
+            )
+            is not None
+        )
+    except OSError:
+        return False
 
 
 def _docker_address() -> str:
@@ -582,6 +615,15 @@ SERVICES: dict[str, Service] = {
             base_image_ok,
             _start_base_image,
             base_image_ref,
+            "make services (builds it once with debootstrap)",
+            depends=["registry"],
+        ),
+        Service(
+            "router-base",
+            "nginx image for endpoints' routers",
+            router_image_ok,
+            lambda: _start_base_image("router"),
+            router_image_ref,
             "make services (builds it once with debootstrap)",
             depends=["registry"],
         ),

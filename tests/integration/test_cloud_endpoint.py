@@ -1,0 +1,243 @@
+"""CloudEndpoint on the real engine with the local Docker engine, registry and the nginx router: deploy, score with
+keys, a canary rollout under continuous load with zero failed requests, automatic rollback on failed gates,
+mirroring, key rotation under load, bad input at preview, destroy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from pulumi import automation as auto
+
+from mlinfra.automation import local_stack
+from mlinfra.endpoint.local import find_containers, port_taken
+from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+from mlinfra.registry import ModelRegistry
+from mlinfra.samples import write_mlp
+from tests.endpoint_helpers import ROW, Load, score
+
+pytestmark = pytest.mark.integration
+
+BROKEN_500 = '''
+def init():
+    pass
+
+
+def run(raw_data):
+    raise RuntimeError("v3 is broken")
+'''
+NEVER_READY = '''
+def init():
+    raise RuntimeError("cannot load: missing weights")
+
+
+def run(raw_data):
+    return []
+'''
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, local_services) -> dict[str, str]:
+    """Image refs: v1 and v2 (two MLPs), broken (answers 500 on /score), never_ready (init fails)."""
+    local_services("docker", "registry", "python-base", "router-base")
+    tmp = tmp_path_factory.mktemp("endpoint-images")
+    reg_uri = f"file://{tmp / 'registry'}"
+    reg = ModelRegistry(reg_uri)
+    out: dict[str, str] = {}
+    models = {}
+    for tag, seed in (("v1", 1), ("v2", 2)):
+        mv, _ = reg.register("mlp", write_mlp(tmp / f"{tag}.onnx", seed=seed))
+        models[tag] = (ModelInput("mlp", mv.version, mv.sha256, reg_uri), tmp / f"{tag}.onnx")
+    (tmp / "broken.py").write_text(BROKEN_500)
+    (tmp / "never_ready.py").write_text(NEVER_READY)
+    for tag, model, script in (
+        ("v1", "v1", None),
+        ("v2", "v2", None),
+        ("broken", "v2", tmp / "broken.py"),
+        ("never_ready", "v2", tmp / "never_ready.py"),
+    ):
+        spec = ImageSpec(
+            repository="127.0.0.1:5000/mlinfra-test/endpoint",
+            models=[models[model][0]],
+            base="127.0.0.1:5000/mlinfra/python-base:bookworm",
+            script=script,
+        )
+        out[tag] = build_and_push(spec).image_ref
+    out["v1_model"] = str(models["v1"][1])
+    out["v2_model"] = str(models["v2"][1])
+    return out
+
+
+def _expected(model: str) -> list[float]:
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": np.array([ROW], dtype=np.float32)})[0][0].tolist()
+
+
+def _stack(program, backend, name: str, config: dict[str, str]) -> auto.Stack:
+    return local_stack(program("cloud-endpoint"), name, backend, config)
+
+
+def _deps(**images: str) -> str:
+    return json.dumps({k: {"image": v} for k, v in images.items()})
+
+
+def _close(a: list[float], b: list[float]) -> bool:
+    return bool(np.allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-5))
+
+
+def _metrics_requests(container: str) -> float:
+    port = subprocess.run(
+        ["/usr/bin/docker", "port", container, "8080"], capture_output=True, text=True, check=True
+    ).stdout.split(":")[-1].strip()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mlinfra_requests_total") and 'route="score"' in line
+    )
+
+
+def test_local_endpoint_lifecycle(images, program, backend) -> None:
+    st = _stack(program, backend, "life", {"deployments": _deps(blue=images["v1"])})
+    ep = "scoring-life"
+    try:
+        # --- deploy v1, score through the router with a key -------------------------------------------------
+        res = st.up(on_output=lambda _l: None)
+        out = {k: v.value for k, v in res.outputs.items()}
+        uri, primary, secondary = out["scoring_uri"], out["primary_key"], out["secondary_key"]
+        assert res.outputs["primary_key"].secret and res.outputs["secondary_key"].secret
+        assert primary != secondary and len(primary) >= 40
+        v1, v2 = _expected(images["v1_model"]), _expected(images["v2_model"])
+        status, body, headers = score(uri, primary)
+        assert status == 200 and _close(body[0], v1), body
+        assert headers["x-mlinfra-deployment"] == "blue"
+        assert score(uri, secondary)[0] == 200
+        assert score(uri, None)[0] == 401
+        assert score(uri, "not-the-key")[0] == 401
+        assert out["deployments"]["blue"]["digest"] == images["v1"].split("@")[1]
+        assert out["deployments"]["blue"]["models"][0]["name"] == "mlp"
+        labels = {c["name"]: c["labels"] for c in find_containers(ep)}
+        replica = next(n for n, lab in labels.items() if lab.get("mlinfra.io/deployment") == "blue")
+        assert labels[replica]["mlinfra.io/model"] == "mlp"
+        assert labels[replica]["mlinfra.io/image-digest"] == images["v1"].split(":")[-1][:63]
+        # The keys are secrets: not in plain text in the state file.
+        state_text = "".join(p.read_text() for p in backend.rglob("*.json"))
+        assert primary not in state_text and secondary not in state_text
+
+        # --- a second up changes nothing ----------------------------------------------------------------------
+        res = st.up(on_output=lambda _l: None)
+        assert res.summary.resource_changes == {"same": 4}, res.summary.resource_changes
+
+        # --- canary to v2 under continuous load: zero failed requests ----------------------------------------
+        st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"])))
+        pv = st.preview(diff=True, on_output=lambda _l: None)
+        assert pv.change_summary.get("update") == 1, pv.change_summary
+        with Load(uri, primary, threads=3) as load:
+            res = st.up(on_output=lambda _l: None)
+        out = {k: v.value for k, v in res.outputs.items()}
+        assert load.total > 100, load.statuses
+        assert load.failed == 0, (load.statuses, load.errors)
+        assert len(out["last_rollout"]) == 3 and "step 3/3" in out["last_rollout"][2], out["last_rollout"]
+        assert "step 1/3: blue@" in out["last_rollout"][0] and " 20%" in out["last_rollout"][0]
+        status, body, _ = score(uri, primary)
+        assert status == 200 and _close(body[0], v2)
+        outputs = {json.dumps(json.loads(b)[0]) for b in load.outputs}
+        assert len(outputs) == 2, "requests during the canary were answered by v1 and by v2"
+        assert out["deployments"]["blue"]["digest"] == images["v2"].split("@")[1]
+        assert len([c for c in find_containers(ep) if c["labels"].get("mlinfra.io/deployment")]) == 1
+
+        # --- a broken v3 (500s) rolls back automatically; the up fails naming the gate -----------------------
+        st.set_config("deployments", auto.ConfigValue(_deps(blue=images["broken"])))
+        with Load(uri, primary, threads=2) as load, pytest.raises(auto.CommandError) as err:
+            st.up(on_output=lambda _l: None)
+        message = str(err.value)
+        assert "max_error_rate" in message and "rolled back" in message, message[-2000:]
+        assert "limit 0.01" in message
+        assert load.statuses[500] > 0  # the canary share saw the failure …
+        status, body, _ = score(uri, primary)  # … and v2 has 100 % again
+        assert status == 200 and _close(body[0], v2)
+        assert len([c for c in find_containers(ep) if c["labels"].get("mlinfra.io/deployment")]) == 1
+
+        # --- never ready: readiness gate, no traffic ever moved ------------------------------------------------
+        st.set_config("deployments", auto.ConfigValue(_deps(blue=images["never_ready"])))
+        st.set_config("gates", auto.ConfigValue(json.dumps({"readiness_timeout_s": 20})))
+        with Load(uri, primary, threads=2) as load, pytest.raises(auto.CommandError) as err:
+            st.up(on_output=lambda _l: None)
+        assert "gate readiness failed" in str(err.value), str(err.value)[-2000:]
+        message = str(err.value)
+        assert "missing weights" in message, message[message.find("gate readiness") :][:1500]  # the log says why
+        assert load.failed == 0, (load.statuses, load.errors)
+        assert _close(score(uri, primary)[1][0], v2)
+
+        # --- back to the last good config: nothing to do ----------------------------------------------------
+        st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"])))
+        st.remove_config("gates")
+        res = st.up(on_output=lambda _l: None)
+        assert res.summary.resource_changes == {"same": 4}, res.summary.resource_changes
+
+        # --- mirror: a shadow sees a copy of live traffic; answers unchanged ----------------------------------
+        st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"], green=images["v1"])))
+        st.set_config("traffic", auto.ConfigValue(json.dumps({"blue": 100, "green": 0})))
+        st.set_config("mirror", auto.ConfigValue(json.dumps({"green": 50})))
+        st.up(on_output=lambda _l: None)
+        green = next(c["name"] for c in find_containers(ep) if c["labels"].get("mlinfra.io/deployment") == "green")
+        before = _metrics_requests(green)
+        answers = [score(uri, primary) for _ in range(200)]
+        assert all(s == 200 and _close(b[0], v2) and h["x-mlinfra-deployment"] == "blue" for s, b, h in answers)
+        mirrored = _metrics_requests(green) - before
+        assert 60 <= mirrored <= 140, mirrored  # ≈ 50 % of 200
+        # A client can pin a deployment (like Azure ML's azureml-model-deployment header).
+        status, body, headers = score(uri, primary, headers={"x-mlinfra-deployment": "green"})
+        assert status == 200 and _close(body[0], v1) and headers["x-mlinfra-deployment"] == "green"
+
+        # --- key rotation under load: no 401 ------------------------------------------------------------------
+        with Load(uri, primary, threads=2) as load:
+            st.set_config("key_version", auto.ConfigValue("2"))  # regenerates the secondary key
+            out2 = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
+            assert out2["primary_key"] == primary and out2["secondary_key"] != secondary
+            load.key = out2["secondary_key"]  # clients move to the new secondary …
+            st.set_config("key_version", auto.ConfigValue("3"))  # … then the primary is regenerated
+            out3 = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
+        assert load.statuses[401] == 0 and load.failed == 0, (load.statuses, load.errors)
+        assert load.total > 50
+        assert out3["secondary_key"] == out2["secondary_key"] and out3["primary_key"] != primary
+        assert score(uri, primary)[0] == 401  # the old primary is gone
+        assert score(uri, out3["primary_key"])[0] == 200
+    finally:
+        st.destroy(on_output=lambda _l: None)
+    assert find_containers(ep) == []
+    assert not port_taken(int(uri.rsplit(":", 1)[1].split("/")[0]))
+
+
+def test_bad_input_fails_preview_and_applies_nothing(images, program, backend) -> None:
+    cases = [
+        ({"deployments": _deps(blue=images["v1"], green=images["v2"]), "traffic": '{"blue": 60, "green": 30}'},
+         "sum to 90, not 100"),
+        ({"deployments": _deps(blue=images["v1"]), "traffic": '{"blue": 100, "red": 0}'}, "'red'"),
+        ({"deployments": _deps(blue=images["v1"], green=images["v2"]), "traffic": '{"blue": 50, "green": 50}',
+          "mirror": '{"green": 10}'}, "takes 50 % of live traffic"),
+        ({"deployments": _deps(blue="127.0.0.1:5000/mlinfra-test/endpoint:latest"), "require_digest": "true"},
+         "has no digest"),
+    ]  # fmt: skip
+    for i, (config, needle) in enumerate(cases):
+        st = _stack(program, backend, f"bad{i}", config)
+        with pytest.raises(auto.CommandError) as err:
+            st.preview(on_output=lambda _l: None)
+        assert needle in str(err.value), str(err.value)[-1500:]
+    # A port some other process holds: named at preview.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        st = _stack(program, backend, "taken", {"deployments": _deps(blue=images["v1"]), "port": str(taken)})
+        with pytest.raises(auto.CommandError) as err:
+            st.preview(on_output=lambda _l: None)
+        assert f"port {taken} on 127.0.0.1 is already taken" in str(err.value), str(err.value)[-1500:]
+    assert find_containers("scoring-taken") == []
