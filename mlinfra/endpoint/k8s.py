@@ -182,38 +182,43 @@ def build_kubernetes(
                 "replicas": None if spec["autoscale"] else spec["replicas"],
             }
         )
-    key_secret = None
-    if keys:
-        key_secret = k8s.core.v1.Secret(
-            f"{name}-keys",
-            metadata={"name": f"{endpoint}-keys", "namespace": ns_name, "labels": base},
-            string_data={"primary": keys[0], "secondary": keys[1]},
-            opts=nsopts,
+    # The router: nginx.conf in a ConfigMap (it holds no secret), the traffic map as route files in a ConfigMap and
+    # the keys as file names in a Secret. The kubelet refreshes mounted ConfigMaps and Secrets in place, and nginx
+    # checks the files on every request: traffic changes and key rotations reach running routers without a restart.
+    unames = {d: nginx.upstream_name(d, "svc") for d in services_out}
+    conf = nginx.render(
+        nginx.RouterConfig(
+            listen=f"0.0.0.0:{ROUTER_PORT}",
+            generation="k8s",
+            upstreams={unames[d]: (d, [a]) for d, a in services_out.items()},
+            state_dir="/etc/mlinfra",
+            mirror={unames[d]: float(p) for d, p in mirror.items() if p},
+            key_auth=args.auth == "key",
+            max_body_mb=args.max_body_mb,
         )
-    keys_list = pulumi.Output.all(*keys) if keys else pulumi.Output.from_input([])
-
-    def router_conf(ks: list[str]) -> str:
-        return nginx.render(
-            nginx.RouterConfig(
-                listen=f"0.0.0.0:{ROUTER_PORT}",
-                generation="k8s",
-                upstreams={f"{d}@svc": [a] for d, a in services_out.items()},
-                weights={f"{d}@svc": float(w) for d, w in traffic.items() if w},
-                mirror={f"{d}@svc": float(p) for d, p in mirror.items() if p},
-                pins={d: f"{d}@svc" for d in services_out},
-                keys=list(ks) if args.auth == "key" else None,
-                max_body_mb=args.max_body_mb,
-            )
-        )
-
-    conf = pulumi.Output.secret(keys_list.apply(router_conf))
-    conf_secret = k8s.core.v1.Secret(
+    ).replace("pid /tmp/nginx.pid;", "pid /tmp/nginx.pid;  # conf: /etc/mlinfra/conf/nginx.conf")
+    routes = nginx.bucket_routes({unames[d]: float(w) for d, w in traffic.items() if w}, unames)
+    conf_map = k8s.core.v1.ConfigMap(
         f"{name}-router",
         metadata={"name": f"{endpoint}-router", "namespace": ns_name, "labels": base},
-        string_data={"nginx.conf": conf},
+        data={"nginx.conf": conf},
         opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=depends)),
     )
-    checksum = conf.apply(lambda c: hashlib.sha256(c.encode()).hexdigest()[:16])
+    routes_map = k8s.core.v1.ConfigMap(
+        f"{name}-routes",
+        metadata={"name": f"{endpoint}-routes", "namespace": ns_name, "labels": base},
+        data=dict.fromkeys(sorted(routes), ""),
+        opts=nsopts,
+    )
+    keys_secret = k8s.core.v1.Secret(
+        f"{name}-keys",
+        metadata={"name": f"{endpoint}-keys", "namespace": ns_name, "labels": base},
+        string_data=pulumi.Output.all(*keys).apply(lambda ks: {f"k.{k}": "" for k in ks})
+        if keys
+        else {"none": ""},
+        opts=nsopts,
+    )
+    checksum = hashlib.sha256(conf.encode()).hexdigest()[:16]
     router_labels = {**base, "mlinfra.io/role": "router"}
     router_selector = {"mlinfra.io/endpoint": endpoint, "mlinfra.io/role": "router"}
     router = k8s.apps.v1.Deployment(
@@ -235,7 +240,7 @@ def build_kubernetes(
                         {
                             "name": "router",
                             "image": target.router_image or services.router_image_ref(),
-                            "command": ["nginx", "-c", "/etc/mlinfra/nginx.conf", "-g", "daemon off;"],
+                            "command": ["nginx", "-c", "/etc/mlinfra/conf/nginx.conf", "-g", "daemon off;"],
                             "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
                             "readinessProbe": {
                                 "httpGet": {"path": "/_mlinfra/generation", "port": ROUTER_PORT},
@@ -246,21 +251,27 @@ def build_kubernetes(
                                 "limits": {"cpu": "1", "memory": "256Mi"},
                             },
                             "volumeMounts": [
-                                {"name": "conf", "mountPath": "/etc/mlinfra", "readOnly": True},
+                                {"name": "conf", "mountPath": "/etc/mlinfra/conf", "readOnly": True},
+                                {"name": "routes", "mountPath": "/etc/mlinfra/routes", "readOnly": True},
+                                {"name": "keys", "mountPath": "/etc/mlinfra/keys", "readOnly": True},
                                 {"name": "tmp", "mountPath": "/tmp"},
                                 {"name": "varlib", "mountPath": "/var/lib/nginx"},
                             ],
                         }
                     ],
                     "volumes": [
-                        {"name": "conf", "secret": {"secretName": f"{endpoint}-router"}},
+                        {"name": "conf", "configMap": {"name": f"{endpoint}-router"}},
+                        {"name": "routes", "configMap": {"name": f"{endpoint}-routes"}},
+                        {"name": "keys", "secret": {"secretName": f"{endpoint}-keys", "defaultMode": 0o444}},
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "varlib", "emptyDir": {}},
                     ],
                 },
             },
         },
-        opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=[conf_secret])),
+        opts=pulumi.ResourceOptions.merge(
+            nsopts, pulumi.ResourceOptions(depends_on=[conf_map, routes_map, keys_secret])
+        ),
     )
     k8s.core.v1.Service(
         f"{name}-router",
@@ -272,14 +283,16 @@ def build_kubernetes(
         },
         opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=[router])),
     )
-    del key_secret
     uri = f"http://{endpoint}.{ns_name}.svc.cluster.local"
     return {
         "scoring_uri": pulumi.Output.from_input(f"{uri}/score"),
         "openapi_uri": pulumi.Output.from_input(f"{uri}/openapi.json"),
         "deployments": pulumi.Output.all(**deployments_out) if deployments_out else pulumi.Output.from_input({}),
         "rollout_plan": pulumi.Output.from_input(
-            [f"traffic {', '.join(f'{d} {w}%' for d, w in traffic.items() if w)} (applied at once on Kubernetes)"]
+            [
+                f"traffic {', '.join(f'{d} {w}%' for d, w in traffic.items() if w)} (on Kubernetes the map is applied "
+                "at once; each Deployment rolls its pods with maxUnavailable 0)"
+            ]
         ),
         "last_rollout": pulumi.Output.from_input([]),
     }

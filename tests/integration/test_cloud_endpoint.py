@@ -241,3 +241,99 @@ def test_bad_input_fails_preview_and_applies_nothing(images, program, backend) -
             st.preview(on_output=lambda _l: None)
         assert f"port {taken} on 127.0.0.1 is already taken" in str(err.value), str(err.value)[-1500:]
     assert find_containers("scoring-taken") == []
+
+
+K8S_IMAGE = "127.0.0.1:5000/mlinfra/scorer@sha256:" + "ab" * 32  # kwok runs no containers: any pinned ref
+
+
+def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_cluster) -> None:
+    """Objects created and awaited; a second up after the autoscaler moved replicas changes nothing; a new image is
+    an update of that Deployment only; destroy removes it all."""
+    kubeconfig = str(kube_cluster.kubeconfig)
+    st = local_stack(
+        program("cloud-endpoint-k8s"),
+        "k8s",
+        backend,
+        {"kubeconfig": kubeconfig, "namespace": "ep-k8s", "image": K8S_IMAGE},
+    )
+    try:
+        res = st.up(on_output=lambda _l: None)
+        assert res.summary.result == "succeeded"
+        got = json.loads(kube_cluster.kubectl("get", "deploy,svc,hpa,pdb,cm,secret", "-n", "ep-k8s", "-o", "json").stdout)
+        kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in got["items"] if "mlinfra.io/endpoint" in o["metadata"].get("labels", {}))
+        assert kinds == sorted(
+            [
+                "ConfigMap/scoring-k8s-router", "ConfigMap/scoring-k8s-routes", "Secret/scoring-k8s-keys",
+                "Deployment/scoring-k8s-blue", "Deployment/scoring-k8s-green", "Deployment/scoring-k8s-router",
+                "Service/scoring-k8s", "Service/scoring-k8s-blue", "Service/scoring-k8s-green",
+                "HorizontalPodAutoscaler/scoring-k8s-blue", "PodDisruptionBudget/scoring-k8s-blue",
+                "PodDisruptionBudget/scoring-k8s-green",
+            ]
+        ), kinds  # fmt: skip
+        blue = next(o for o in got["items"] if o["metadata"]["name"] == "scoring-k8s-blue" and o["kind"] == "Deployment")
+        assert blue["metadata"]["labels"]["mlinfra.io/image-digest"] == ("ab" * 32)[:63]
+        probe = blue["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
+        assert probe == "/v2/health/ready"
+        routes = next(o for o in got["items"] if o["metadata"]["name"] == "scoring-k8s-routes")["data"]
+        assert sum(1 for r in routes if r.endswith("u_blue_svc") and not r.startswith("pin")) == 900
+        keys = next(o for o in got["items"] if o["metadata"]["name"] == "scoring-k8s-keys")["data"]
+        assert len(keys) == 2  # key names only; the values are in Pulumi state as secrets
+
+        # The autoscaler owns blue's replicas: it (or an operator) changes them, and `up` leaves them alone.
+        kube_cluster.kubectl("scale", "deploy/scoring-k8s-blue", "-n", "ep-k8s", "--replicas=4")
+        res = st.up(on_output=lambda _l: None)
+        assert set(res.summary.resource_changes) == {"same"}, res.summary.resource_changes
+        replicas = kube_cluster.kubectl(
+            "get", "deploy/scoring-k8s-blue", "-n", "ep-k8s", "-o", "jsonpath={.spec.replicas}"
+        ).stdout
+        assert replicas == "4"
+
+        st.set_config("green_image", auto.ConfigValue(K8S_IMAGE.replace("ab", "cd")))
+        res = st.up(on_output=lambda _l: None)
+        changes = res.summary.resource_changes
+        assert changes.get("update") == 3, changes  # green's Deployment, Service and PDB labels (image digest)
+    finally:
+        st.destroy(on_output=lambda _l: None)
+    left = kube_cluster.kubectl("get", "deploy", "-n", "ep-k8s", "-o", "name", check=False).stdout
+    assert left.strip() == ""
+
+
+def test_kubernetes_render_yaml_is_accepted_by_the_api_server(program, backend, kube_cluster, tmp_path) -> None:
+    out = tmp_path / "manifests"
+    st = local_stack(
+        program("cloud-endpoint-k8s"),
+        "render",
+        backend,
+        {"render_to": str(out), "namespace": "ep-render", "image": K8S_IMAGE},
+    )
+    st.up(on_output=lambda _l: None)
+    files = sorted(p.name for p in out.rglob("*.yaml"))
+    assert len(files) >= 13, files
+    kube_cluster.kubectl("create", "namespace", "ep-render")
+    r = kube_cluster.kubectl("apply", "--dry-run=server", "-R", "-f", str(out), check=False)
+    assert r.returncode == 0, r.stderr
+    assert "horizontalpodautoscaler.autoscaling/scoring-render-blue created (server dry run)" in r.stdout, r.stdout
+    # The keys Secret is rendered (GitOps needs it; seal or encrypt it in the repo) — the Pulumi state keeps the
+    # keys secret.
+    assert "secret/scoring-render-keys created (server dry run)" in r.stdout
+    primary = st.outputs()["primary_key"].value
+    assert primary and primary not in "".join(p.read_text() for p in backend.rglob("*.json"))
+    st.destroy(on_output=lambda _l: None)
+
+
+def test_kubeconfig_that_does_not_connect_fails_preview(program, backend, tmp_path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
+        "clusters: [{name: lab-cluster, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "contexts: [{name: lab, context: {cluster: lab-cluster, user: me}}]\nusers: [{name: me, user: {}}]\n"
+    )
+    st = local_stack(
+        program("cloud-endpoint-k8s"),
+        "noconnect",
+        backend,
+        {"kubeconfig": str(kubeconfig), "namespace": "x", "image": K8S_IMAGE},
+    )
+    with pytest.raises(auto.CommandError) as err:
+        st.preview(on_output=lambda _l: None)
+    assert "Kubernetes cluster 'lab-cluster' at https://127.0.0.1:1 does not answer" in str(err.value)
