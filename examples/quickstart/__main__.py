@@ -4,7 +4,8 @@ Run it with `make demo` (does all set-up and starts the local services first). E
 its component does:
 
 1. register an ONNX model in an Azure Blob registry (Azurite locally) — RegisteredModel;
-2. package it with the scoring server as a reproducible OCI image, pushed to the local registry — ScoringImage.
+2. package it with the scoring server as a reproducible OCI image, pushed to the local registry — ScoringImage;
+3. serve it on local Docker behind a router that checks keys and splits traffic — CloudEndpoint.
 """
 
 from pathlib import Path
@@ -28,6 +29,17 @@ model = mlinfra.RegisteredModel(
 # 2. Package: model + scoring server (+ dependencies) as an image; unchanged inputs push nothing.
 image = mlinfra.ScoringImage("quickstart-scorer", mlinfra.ScoringImageArgs(models=[model]))
 
+# 3. Deploy: a keyed web service on local Docker; a later image change rolls out in steps with gates.
+endpoint = mlinfra.CloudEndpoint(
+    "quickstart",
+    mlinfra.CloudEndpointArgs(
+        deployments={"blue": mlinfra.Deployment(image=image, memory_mb=512)},
+        rollout=mlinfra.RolloutPolicy(steps=[25, 100], bake_s=5),
+    ),
+)
+
+pulumi.export("scoring_uri", endpoint.scoring_uri)
+pulumi.export("primary_key", endpoint.primary_key)
 pulumi.export("model", pulumi.Output.concat(model.model_name, ":", model.version.apply(str)))
 pulumi.export("image_ref", image.image_ref)
 pulumi.export("model_sha256", model.sha256)

@@ -15,7 +15,9 @@ from mlinfra.automation import local_stack  # noqa: E402
 
 
 def main() -> int:
-    services.ensure(["azurite", "registry", "python-base"], progress=lambda _m: None)
+    services.ensure(
+        ["docker", "azurite", "registry", "python-base", "router-base"], progress=lambda _m: None
+    )
     stack = local_stack(
         HERE,
         "dev",
@@ -38,6 +40,17 @@ def main() -> int:
         f"\nTry the image:\n  docker run --rm -d -p 127.0.0.1:8080:8080 {ref}\n"
         f'  python3 -c "{body}" | curl -s -H "Content-Type: application/json" -d @- '
         "127.0.0.1:8080/v2/models/quickstart-mlp/infer"
+    )
+    uri = result.outputs["scoring_uri"].value
+    # The key is a Pulumi secret: it goes to an owner-only file for the curl below, never to the terminal.
+    key_file = HERE / ".mlinfra" / "endpoint-key"
+    key_file.parent.mkdir(exist_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_text(result.outputs["primary_key"].value)
+    print(
+        "\nScore through the endpoint (router on loopback, key checked):\n"
+        f'  curl -s -H "Authorization: Bearer $(cat {key_file})" -H "Content-Type: application/json" '
+        f"-d \"{{\\\"data\\\": [[$(python3 -c 'print(\",\".join([\"0.1\"] * 64))')]]}}\" {uri}"
     )
     print(
         f"\nNext: MLINFRA_REGISTRY_CREDENTIAL=<Azurite's well-known key> .venv/bin/mlinfra models list "

@@ -219,9 +219,14 @@ def wait_ready(up: Upstream, containers: list[dict[str, Any]], timeout: float, l
         if status == 200:
             pending.pop(0)
             continue
-        state = docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", c["name"], check=False).stdout
-        if state.startswith(("exited", "dead")) or time.monotonic() >= deadline:
-            why = f"container exited ({state.strip()})" if state.startswith(("exited", "dead")) else "not ready"
+        state = docker(
+            "inspect", "-f", "{{.State.Status}} exit={{.State.ExitCode}} restarts={{.RestartCount}}", c["name"],
+            check=False,
+        ).stdout.strip()  # fmt: skip
+        restarts = int(state.rsplit("restarts=", 1)[1]) if "restarts=" in state else 0
+        crashed = state.startswith(("exited", "dead", "restarting")) or restarts > 0
+        if crashed or time.monotonic() >= deadline:
+            why = f"container crashed ({state})" if crashed else "not ready"
             raise EndpointError(
                 f"gate readiness failed for {up.key}: {c['name']} {why} within readiness_timeout_s="
                 f"{timeout:g} s (GET /v2/health/ready answered {status}). Its last log lines: "

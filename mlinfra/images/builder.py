@@ -380,7 +380,9 @@ def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
         for f in mv.files
     ]
     serve_path = base if mv.is_dir else f"{base}/{mv.files[0]['path']}"
-    key = _sha(json.dumps([FORMAT, _CODE, m.name, m.version, m.sha256]).encode())[:24]
+    # The files' names are part of the layer: the same bytes registered as another file name are another layer.
+    files = [[f["path"], f["sha256"]] for f in mv.files]
+    key = _sha(json.dumps([FORMAT, _CODE, m.name, m.version, m.sha256, files]).encode())[:24]
 
     def build(out: Path) -> Layer:
         progress(

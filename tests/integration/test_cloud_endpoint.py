@@ -224,8 +224,9 @@ def test_bad_input_fails_preview_and_applies_nothing(images, program, backend) -
         ({"deployments": _deps(blue="127.0.0.1:5000/mlinfra-test/endpoint:latest"), "require_digest": "true"},
          "has no digest"),
     ]  # fmt: skip
+    project = program("cloud-endpoint")
     for i, (config, needle) in enumerate(cases):
-        st = _stack(program, backend, f"bad{i}", config)
+        st = local_stack(project, f"bad{i}", backend, config)
         with pytest.raises(auto.CommandError) as err:
             st.preview(on_output=lambda _l: None)
         assert needle in str(err.value), str(err.value)[-1500:]
@@ -236,7 +237,7 @@ def test_bad_input_fails_preview_and_applies_nothing(images, program, backend) -
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        st = _stack(program, backend, "taken", {"deployments": _deps(blue=images["v1"]), "port": str(taken)})
+        st = local_stack(project, "taken", backend, {"deployments": _deps(blue=images["v1"]), "port": str(taken)})
         with pytest.raises(auto.CommandError) as err:
             st.preview(on_output=lambda _l: None)
         assert f"port {taken} on 127.0.0.1 is already taken" in str(err.value), str(err.value)[-1500:]
@@ -337,3 +338,56 @@ def test_kubeconfig_that_does_not_connect_fails_preview(program, backend, tmp_pa
     with pytest.raises(auto.CommandError) as err:
         st.preview(on_output=lambda _l: None)
     assert "Kubernetes cluster 'lab-cluster' at https://127.0.0.1:1 does not answer" in str(err.value)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _tls_material(d: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1, a client certificate it signed, and a self-signed impostor."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=mlinfra test CA", cwd=d)  # fmt: skip
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        (d / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.pem",
+             "-days", "2", "-subj", "/CN=client", cwd=d)  # fmt: skip
+
+
+def test_tls_client_certificates(images, program, backend, tmp_path) -> None:
+    import http.client
+    import ssl
+
+    _tls_material(tmp_path)
+    st = local_stack(
+        program("cloud-endpoint"),
+        "tls",
+        backend,
+        {"deployments": _deps(blue=images["v1"]), "auth": "tls", "tls_dir": str(tmp_path)},
+    )
+    try:
+        out = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
+        uri = out["scoring_uri"]
+        assert uri.startswith("https://127.0.0.1:") and out.get("primary_key") is None
+        port = int(uri.rsplit(":", 1)[1].split("/")[0])
+
+        def post(cert: str | None) -> int:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            if cert:
+                ctx.load_cert_chain(str(tmp_path / f"{cert}.pem"), str(tmp_path / f"{cert}.key"))
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+            try:
+                conn.request("POST", "/score", body=json.dumps({"data": [ROW]}), headers={"Content-Type": "application/json"})
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        assert post("client") == 200
+        assert post(None) == 403
+        assert post("rogue") in (400, 403)  # nginx refuses a certificate the endpoint CA did not sign
+    finally:
+        st.destroy(on_output=lambda _l: None)

@@ -13,10 +13,10 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["registered-model", "scoring-image"])
+@pytest.mark.parametrize("name", ["registered-model", "scoring-image", "cloud-endpoint"])
 def test_example_up_noop_destroy(name: str, tmp_path: Path, backend: Path, local_services) -> None:
-    if name == "scoring-image":
-        local_services("registry", "python-base")
+    if name in ("scoring-image", "cloud-endpoint"):
+        local_services("docker", "registry", "python-base", "router-base")
     work = tmp_path / name
     shutil.copytree(EXAMPLES / name, work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml"))
     project = work / "Pulumi.yaml"  # its virtualenv is relative to the examples folder

@@ -12,6 +12,12 @@ deployments = {
     for name, d in json.loads(config.require("deployments")).items()
 }
 gates = json.loads(config.get("gates") or "{}")
+tls_dir = config.get("tls_dir")
+tls = (
+    mlinfra.TlsAuth(cert=f"{tls_dir}/server.pem", key=f"{tls_dir}/server.key", client_ca=f"{tls_dir}/ca.pem")
+    if tls_dir
+    else None
+)
 endpoint = mlinfra.CloudEndpoint(
     "scoring",
     mlinfra.CloudEndpointArgs(
@@ -20,6 +26,8 @@ endpoint = mlinfra.CloudEndpoint(
         mirror=json.loads(config.get("mirror") or "{}"),
         target=mlinfra.LocalDocker(port=config.get_int("port")),
         key_version=config.get_int("key_version") or 1,
+        auth=config.get("auth") or "key",
+        tls=tls,
         require_digest=config.get_bool("require_digest") or False,
         rollout=mlinfra.RolloutPolicy(
             steps=json.loads(config.get("steps") or "[20, 60, 100]"),
