@@ -172,7 +172,13 @@ def _serve_register(sub: argparse._SubParsersAction) -> None:
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
     from mlinfra import cli_edge, cli_endpoints, cli_images, cli_models
 
-    return [cli_models.register, cli_images.register, cli_edge.register, cli_endpoints.register, _serve_register]
+    return [
+        cli_models.register,
+        cli_images.register,
+        cli_edge.register,
+        cli_endpoints.register,
+        _serve_register,
+    ]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -59,7 +59,12 @@ def _kubernetes(kubeconfig: str, context: str | None) -> list[dict[str, Any]]:
         name = lab["mlinfra.io/endpoint"]
         ep = by_ep.setdefault(
             f"{ns}/{name}",
-            {"endpoint": name, "target": f"kubernetes:{ns}", "uri": f"http://{name}.{ns}.svc.cluster.local/score", "deployments": {}},
+            {
+                "endpoint": name,
+                "target": f"kubernetes:{ns}",
+                "uri": f"http://{name}.{ns}.svc.cluster.local/score",
+                "deployments": {},
+            },
         )
         if lab.get("mlinfra.io/role") == "router":
             continue
@@ -87,7 +92,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(endpoints, indent=1))
         return 0
-    print(f"{'ENDPOINT':28s} {'TARGET':22s} {'DEPLOYMENT':12s} {'MODEL':18s} {'REPLICAS':9s} {'IMAGE DIGEST':14s} URI")
+    print(
+        f"{'ENDPOINT':28s} {'TARGET':22s} {'DEPLOYMENT':12s} {'MODEL':18s} {'REPLICAS':9s} {'IMAGE DIGEST':14s} URI"
+    )
     for e in sorted(endpoints, key=lambda e: (e["target"], e["endpoint"])):
         for dname, d in sorted(e["deployments"].items()):
             model = f"{d['model']}:{d['model_version']}" if d["model"] else "-"

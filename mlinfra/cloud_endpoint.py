@@ -138,7 +138,9 @@ def _sha_file(path: str) -> str:
 
 def check_kubeconfig(kubeconfig: str, context: str | None, where: str) -> None:
     """The cluster a kubeconfig points at must answer: else name it, its server and the fix (at preview)."""
-    text = Path(kubeconfig).read_text() if "\n" not in kubeconfig and Path(kubeconfig).is_file() else kubeconfig
+    text = (
+        Path(kubeconfig).read_text() if "\n" not in kubeconfig and Path(kubeconfig).is_file() else kubeconfig
+    )
     try:
         cfg = yaml.safe_load(text) or {}
         ctx_name = context or cfg.get("current-context")
@@ -189,7 +191,9 @@ class CloudEndpoint(pulumi.ComponentResource):
             raise EndpointError(f"{where}: rollout.bake_s = {args.rollout.bake_s} must be ≥ 0")
         g = args.rollout.gates
         if g.max_error_rate is not None and not 0 <= g.max_error_rate <= 1:
-            raise EndpointError(f"{where}: gates.max_error_rate = {g.max_error_rate} must be a fraction in 0..1")
+            raise EndpointError(
+                f"{where}: gates.max_error_rate = {g.max_error_rate} must be a fraction in 0..1"
+            )
         if args.auth not in ("key", "none", "tls"):
             raise EndpointError(f"{where}: auth = {args.auth!r}: choose 'key', 'none' or 'tls'")
         if args.auth == "tls":
@@ -198,7 +202,11 @@ class CloudEndpoint(pulumi.ComponentResource):
             for f in ("cert", "key", "client_ca"):
                 if not Path(getattr(args.tls, f)).is_file():
                     raise EndpointError(f"{where}: tls.{f} = {getattr(args.tls, f)!r} is not a file")
-        if isinstance(args.key_version, bool) or not isinstance(args.key_version, int) or args.key_version < 1:
+        if (
+            isinstance(args.key_version, bool)
+            or not isinstance(args.key_version, int)
+            or args.key_version < 1
+        ):
             raise EndpointError(f"{where}: key_version = {args.key_version!r} must be an integer ≥ 1")
         if not 0 < args.max_body_mb <= 1024:
             raise EndpointError(f"{where}: max_body_mb = {args.max_body_mb} must be in (0, 1024]")
@@ -331,7 +339,9 @@ class CloudEndpoint(pulumi.ComponentResource):
 def _check_deployment(where: str, d: str, dep: Deployment, require_digest: bool) -> None:
     if isinstance(dep.image, str):
         if not dep.image or any(c.isspace() for c in dep.image):
-            raise EndpointError(f"{where}: deployments[{d!r}].image = {dep.image!r} is not an image reference")
+            raise EndpointError(
+                f"{where}: deployments[{d!r}].image = {dep.image!r} is not an image reference"
+            )
         if require_digest and "@sha256:" not in dep.image:
             raise EndpointError(
                 f"{where}: deployments[{d!r}].image = {dep.image!r} has no digest and require_digest is set: "
@@ -351,7 +361,9 @@ def _check_deployment(where: str, d: str, dep: Deployment, require_digest: bool)
                 f"{where}: deployments[{d!r}].autoscale cpu_target_percent={a.cpu_target_percent} must be 1..100"
             )
     elif not isinstance(dep.replicas, int) or isinstance(dep.replicas, bool) or not 1 <= dep.replicas <= 64:
-        raise EndpointError(f"{where}: deployments[{d!r}].replicas = {dep.replicas!r} must be an integer in 1..64")
+        raise EndpointError(
+            f"{where}: deployments[{d!r}].replicas = {dep.replicas!r} must be an integer in 1..64"
+        )
     if not 0 < dep.cpu <= 64:
         raise EndpointError(f"{where}: deployments[{d!r}].cpu = {dep.cpu} must be in (0, 64] cores")
     if not 64 <= dep.memory_mb <= 262144:

@@ -13,7 +13,9 @@ from typing import Any
 ROW = [0.1] * 64
 
 
-def score(uri: str, key: str | None, rows: list[list[float]] | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+def score(
+    uri: str, key: str | None, rows: list[list[float]] | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
     host_port = uri.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)

@@ -52,7 +52,9 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bake", type=float, default=3.0)
-    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md and the plot from results.json")
+    ap.add_argument(
+        "--report-only", action="store_true", help="rewrite RESULTS.md and the plot from results.json"
+    )
     args = ap.parse_args()
     if args.report_only:
         report(json.loads((HERE / "results.json").read_text()))
@@ -71,7 +73,13 @@ def main() -> int:
         )
         refs.append(build_and_push(spec).image_ref)
     keys = EndpointKeysProvider().create({"key_version": 1}).outs
-    dep = {"replicas": 1, "cpu": 1.0, "memory_mb": 1024, "env": {"MLINFRA_SERVE_NO_ACCESS_LOG": "1"}, "autoscale": None}
+    dep = {
+        "replicas": 1,
+        "cpu": 1.0,
+        "memory_mb": 1024,
+        "env": {"MLINFRA_SERVE_NO_ACCESS_LOG": "1"},
+        "autoscale": None,
+    }
     props = {
         "endpoint_name": "bench-endpoint",
         "port": None,
@@ -122,7 +130,9 @@ def main() -> int:
 
         under_load: dict = {}
         loader = threading.Thread(
-            target=lambda: under_load.update(wrk(router_url, body, keys["primary_key"], 32, int(3 * args.bake + 12)))
+            target=lambda: under_load.update(
+                wrk(router_url, body, keys["primary_key"], 32, int(3 * args.bake + 12))
+            )
         )
         loader.start()
         time.sleep(2)
@@ -142,7 +152,9 @@ def main() -> int:
     finally:
         provider.delete("bench-endpoint", outs)
     results["date"] = time.strftime("%Y-%m-%d")
-    results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    results["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    )
     (HERE / "results.json").write_text(json.dumps(results, indent=1))
     report(results)
     return 0
@@ -158,8 +170,18 @@ def report(r: dict) -> None:
     cells = r["cells"]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = range(len(cells))
-    ax.bar([x - 0.2 for x in xs], [c["direct"]["rps"] for c in cells.values()], 0.4, label="straight to the container")
-    ax.bar([x + 0.2 for x in xs], [c["router"]["rps"] for c in cells.values()], 0.4, label="through the endpoint router")
+    ax.bar(
+        [x - 0.2 for x in xs],
+        [c["direct"]["rps"] for c in cells.values()],
+        0.4,
+        label="straight to the container",
+    )
+    ax.bar(
+        [x + 0.2 for x in xs],
+        [c["router"]["rps"] for c in cells.values()],
+        0.4,
+        label="through the endpoint router",
+    )
     for x, c in zip(xs, cells.values(), strict=True):
         ax.text(x + 0.2, c["router"]["rps"], f"{c['ratio_rps']:.2f}×", ha="center", va="bottom")
     ax.set_xticks(list(xs), [f"{k[1:]} connections" for k in cells])

@@ -31,7 +31,10 @@ endpoint = mlinfra.CloudEndpoint(
             "blue": mlinfra.Deployment(image=image, replicas=1, cpu=1.0, memory_mb=512),
             "green": mlinfra.Deployment(image=config.get("green_image") or image, replicas=1, cpu=1.0),
         },
-        traffic={"blue": 100 - (config.get_int("green_percent") or 0), "green": config.get_int("green_percent") or 0},
+        traffic={
+            "blue": 100 - (config.get_int("green_percent") or 0),
+            "green": config.get_int("green_percent") or 0,
+        },
         key_version=config.get_int("key_version") or 1,
         rollout=mlinfra.RolloutPolicy(
             steps=[10, 50, 100],

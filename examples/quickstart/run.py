@@ -15,9 +15,7 @@ from mlinfra.automation import local_stack  # noqa: E402
 
 
 def main() -> int:
-    services.ensure(
-        ["docker", "azurite", "registry", "python-base", "router-base"], progress=lambda _m: None
-    )
+    services.ensure(["docker", "azurite", "registry", "python-base", "router-base"], progress=lambda _m: None)
     stack = local_stack(
         HERE,
         "dev",
@@ -50,7 +48,7 @@ def main() -> int:
     print(
         "\nScore through the endpoint (router on loopback, key checked):\n"
         f'  curl -s -H "Authorization: Bearer $(cat {key_file})" -H "Content-Type: application/json" '
-        f"-d \"{{\\\"data\\\": [[$(python3 -c 'print(\",\".join([\"0.1\"] * 64))')]]}}\" {uri}"
+        f'-d "{{\\"data\\": [[$(python3 -c \'print(",".join(["0.1"] * 64))\')]]}}" {uri}'
     )
     print(
         f"\nNext: MLINFRA_REGISTRY_CREDENTIAL=<Azurite's well-known key> .venv/bin/mlinfra models list "

@@ -11,6 +11,7 @@ them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -36,6 +37,21 @@ def _model_labels(models: list[dict[str, Any]] | None, image: str) -> dict[str, 
     return labels
 
 
+def _labels(base: dict[str, str], a: list[Any]) -> dict[str, str]:
+    return {**base, **_model_labels(a[1], a[0])}
+
+
+def _deployment_out(spec: dict[str, Any], a: list[Any]) -> dict[str, Any]:
+    image, models = a[0], a[1] or []
+    return {
+        "image": image,
+        "digest": ("sha256:" + image.split("@sha256:", 1)[1]) if "@sha256:" in image else None,
+        "models": [{k: m[k] for k in ("name", "version", "sha256")} for m in models],
+        "revision": revision({**spec, "image": image}),
+        "replicas": None if spec["autoscale"] else spec["replicas"],
+    }
+
+
 def build_kubernetes(
     parent: pulumi.ComponentResource,
     name: str,
@@ -53,7 +69,9 @@ def build_kubernetes(
     ns_name = target.namespace or endpoint
     if target.render_yaml_to:
         provider = k8s.Provider(
-            f"{name}-render", render_yaml_to_directory=target.render_yaml_to, opts=pulumi.ResourceOptions(parent=parent)
+            f"{name}-render",
+            render_yaml_to_directory=target.render_yaml_to,
+            opts=pulumi.ResourceOptions(parent=parent),
         )
     elif target.provider is not None:
         provider = target.provider
@@ -83,7 +101,7 @@ def build_kubernetes(
         dep = deployments[d]
         models = dep.image.models if isinstance(dep.image, ScoringImage) else None
         labels = pulumi.Output.all(pulumi.Output.from_input(spec["image"]), models).apply(
-            lambda a, d=d: {**base, "mlinfra.io/deployment": d, **_model_labels(a[1], a[0])}
+            functools.partial(_labels, {**base, "mlinfra.io/deployment": d})
         )
         selector = {"mlinfra.io/endpoint": endpoint, "mlinfra.io/deployment": d}
         obj = f"{endpoint}-{d}"
@@ -91,7 +109,11 @@ def build_kubernetes(
             "requests": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi"},
             "limits": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi"},
         }
-        probe = {"httpGet": {"path": "/v2/health/ready", "port": 8080}, "periodSeconds": 5, "failureThreshold": 3}
+        probe = {
+            "httpGet": {"path": "/v2/health/ready", "port": 8080},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        }
         deployment_spec: dict[str, Any] = {
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -132,7 +154,9 @@ def build_kubernetes(
             deployment_spec["replicas"] = spec["replicas"]
         else:
             # The HPA owns spec.replicas: leave it out and ignore it, so `up` never resets the autoscaler's choice.
-            dopts = pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"]))
+            dopts = pulumi.ResourceOptions.merge(
+                nsopts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+            )
         kd = k8s.apps.v1.Deployment(
             obj,
             metadata={"name": obj, "namespace": ns_name, "labels": labels},
@@ -165,7 +189,10 @@ def build_kubernetes(
                             "type": "Resource",
                             "resource": {
                                 "name": "cpu",
-                                "target": {"type": "Utilization", "averageUtilization": autoscale["cpu_target_percent"]},
+                                "target": {
+                                    "type": "Utilization",
+                                    "averageUtilization": autoscale["cpu_target_percent"],
+                                },
                             },
                         }
                     ],
@@ -174,13 +201,7 @@ def build_kubernetes(
             )
         services_out[d] = f"{obj}.{ns_name}.svc.cluster.local:80"
         deployments_out[d] = pulumi.Output.all(spec["image"], models).apply(
-            lambda a, spec=spec: {
-                "image": a[0],
-                "digest": ("sha256:" + a[0].split("@sha256:", 1)[1]) if "@sha256:" in a[0] else None,
-                "models": [{k: m[k] for k in ("name", "version", "sha256")} for m in a[1] or []],
-                "revision": revision({**spec, "image": a[0]}),
-                "replicas": None if spec["autoscale"] else spec["replicas"],
-            }
+            functools.partial(_deployment_out, spec)
         )
     # The router: nginx.conf in a ConfigMap (it holds no secret), the traffic map as route files in a ConfigMap and
     # the keys as file names in a Secret. The kubelet refreshes mounted ConfigMaps and Secrets in place, and nginx
@@ -287,7 +308,9 @@ def build_kubernetes(
     return {
         "scoring_uri": pulumi.Output.from_input(f"{uri}/score"),
         "openapi_uri": pulumi.Output.from_input(f"{uri}/openapi.json"),
-        "deployments": pulumi.Output.all(**deployments_out) if deployments_out else pulumi.Output.from_input({}),
+        "deployments": pulumi.Output.all(**deployments_out)
+        if deployments_out
+        else pulumi.Output.from_input({}),
         "rollout_plan": pulumi.Output.from_input(
             [
                 f"traffic {', '.join(f'{d} {w}%' for d, w in traffic.items() if w)} (on Kubernetes the map is applied "

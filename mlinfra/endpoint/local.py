@@ -39,7 +39,9 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     except FileNotFoundError:
         raise EndpointError("the docker CLI is not installed: run `make setup`") from None
     except subprocess.TimeoutExpired:
-        raise EndpointError(f"docker {args[0]} did not finish in {timeout:g} s: is dockerd healthy?") from None
+        raise EndpointError(
+            f"docker {args[0]} did not finish in {timeout:g} s: is dockerd healthy?"
+        ) from None
     if check and r.returncode != 0:
         raise EndpointError(f"docker {' '.join(args[:2])} failed: {r.stderr.strip()[-800:]}")
     return r
@@ -135,7 +137,9 @@ def image_info(ref: str) -> tuple[str, list[dict[str, Any]]]:
         if r.returncode != 0:
             raise EndpointError(f"image {ref!r} could not be pulled: {r.stderr.strip()[-400:]}")
     info = json.loads(docker("image", "inspect", ref).stdout)[0]
-    digest = ref.split("@", 1)[1] if "@" in ref else (info.get("RepoDigests") or [info["Id"]])[0].split("@")[-1]
+    digest = (
+        ref.split("@", 1)[1] if "@" in ref else (info.get("RepoDigests") or [info["Id"]])[0].split("@")[-1]
+    )
     labels = (info.get("Config") or {}).get("Labels") or {}
     models = []
     n = 0
@@ -331,7 +335,16 @@ class Router:
         (d / "routes").mkdir(exist_ok=True)
         (d / "nginx.conf.tmp").write_text(text)
         if running:
-            r = docker("exec", router_name(self.endpoint), "nginx", "-t", "-q", "-c", "/etc/mlinfra/nginx.conf.tmp", check=False)
+            r = docker(
+                "exec",
+                router_name(self.endpoint),
+                "nginx",
+                "-t",
+                "-q",
+                "-c",
+                "/etc/mlinfra/nginx.conf.tmp",
+                check=False,
+            )
         else:
             r = docker(
                 "run", "--rm", "--network", "none", "-v", f"{d}:/etc/mlinfra:ro", "--tmpfs", "/tmp",
@@ -367,7 +380,9 @@ class Router:
                 return True
             if time.monotonic() >= deadline:
                 logs = docker("logs", "--tail", "10", router_name(self.endpoint), check=False).stderr
-                raise EndpointError(f"the router did not load its new configuration within 20 s: {logs[-600:]}")
+                raise EndpointError(
+                    f"the router did not load its new configuration within 20 s: {logs[-600:]}"
+                )
             time.sleep(0.05)
 
     def drain(self, timeout: float = 60) -> None:
@@ -375,7 +390,10 @@ class Router:
         containers about to be removed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "shutting down" not in docker("top", router_name(self.endpoint), "-eo", "args", check=False).stdout:
+            if (
+                "shutting down"
+                not in docker("top", router_name(self.endpoint), "-eo", "args", check=False).stdout
+            ):
                 return
             time.sleep(0.1)
 
@@ -422,7 +440,9 @@ class RolloutFailed(EndpointError):
     pass
 
 
-def to_router(everything: dict[str, Upstream], weights: dict[str, float]) -> tuple[dict[str, float], dict[str, str]]:
+def to_router(
+    everything: dict[str, Upstream], weights: dict[str, float]
+) -> tuple[dict[str, float], dict[str, str]]:
     """Weights by `deployment@revision` → (weights by nginx upstream, pins {deployment: upstream}): a pin goes to
     the deployment's revision with the most traffic (ties: the newest map's)."""
     by_name: dict[str, float] = {}
@@ -468,7 +488,9 @@ def rollout(
         for u in watched:
             ready = ready_count(u)
             if ready < len(u.containers):
-                failures.append(f"gate readiness failed for {u.key}: {ready} of {len(u.containers)} replicas ready")
+                failures.append(
+                    f"gate readiness failed for {u.key}: {ready} of {len(u.containers)} replicas ready"
+                )
             delta = scrape(u) - before[u.key]
             for g in gates.evaluate(delta, policy.max_error_rate, policy.max_p99_ms, policy.min_requests):
                 results.append(f"{u.key} {g.describe()}")

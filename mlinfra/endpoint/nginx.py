@@ -36,7 +36,9 @@ SECRET_SAFE = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 class RouterConfig:
     listen: str  # host:port
     generation: str
-    upstreams: dict[str, tuple[str, list[str]]]  # nginx upstream name -> (deployment, ["127.0.0.1:31001", ...])
+    upstreams: dict[
+        str, tuple[str, list[str]]
+    ]  # nginx upstream name -> (deployment, ["127.0.0.1:31001", ...])
     state_dir: str  # where routes/ and keys/ live, as the router sees it
     mirror: dict[str, float] = field(default_factory=dict)  # upstream -> percent of live traffic copied
     key_auth: bool = True
@@ -109,18 +111,18 @@ def render(c: RouterConfig) -> str:
     lines += [
         "    default_type application/json;",
         f'    location = /_mlinfra/generation {{ return 200 "{c.generation}"; }}',
-        "    location = /metrics { return 404 '{\"error\": \"metrics are read from each deployment, not the router\"}'; }",
+        '    location = /metrics { return 404 \'{"error": "metrics are read from each deployment, not the router"}\'; }',
         "    location / {",
     ]
     if c.key_auth:
         lines.append(
             f"      if (!-f {c.state_dir}/keys/k.$mlinfra_bearer) {{ add_header WWW-Authenticate Bearer always; "
-            "return 401 '{\"error\": \"missing or wrong key: send Authorization: Bearer <key>\"}'; }"
+            'return 401 \'{"error": "missing or wrong key: send Authorization: Bearer <key>"}\'; }'
         )
     if tls and c.tls_client_ca:
         lines.append(
             "      if ($ssl_client_verify != SUCCESS) { "
-            "return 403 '{\"error\": \"a client certificate signed by the endpoint CA is required\"}'; }"
+            'return 403 \'{"error": "a client certificate signed by the endpoint CA is required"}\'; }'
         )
     lines.append('      set $mlinfra_target "";')
     for name in sorted(c.upstreams):
@@ -128,7 +130,7 @@ def render(c: RouterConfig) -> str:
             f"      if (-f {c.state_dir}/routes/$mlinfra_bucket.{name}) {{ set $mlinfra_target {name}; }}"
         )
     lines.append(
-        "      if ($mlinfra_target = \"\") { return 503 '{\"error\": \"no deployment takes traffic (or the "
+        '      if ($mlinfra_target = "") { return 503 \'{"error": "no deployment takes traffic (or the '
         "x-mlinfra-deployment header names one that does not exist)\"}'; }"
     )
     if mirror:

@@ -24,7 +24,9 @@ class EndpointError(ValueError):
 
 def validate_names(deployments: dict[str, Any], where: str) -> None:
     if not deployments:
-        raise EndpointError(f"{where}: deployments is empty; give at least one, e.g. {{'blue': Deployment(...)}}")
+        raise EndpointError(
+            f"{where}: deployments is empty; give at least one, e.g. {{'blue': Deployment(...)}}"
+        )
     for d in deployments:
         if not NAME_RE.match(d):
             raise EndpointError(

@@ -306,7 +306,10 @@ class LocalEndpointProvider(ResourceProvider):
             raise
         everything = {**live, **target}
         # During the rollout the router knows the old and the new upstreams; reloads only if that set changed.
-        transition = {**_config_upstreams({d: v for d, v in old_slots.items() if d not in slots}), **_config_upstreams(slots)}
+        transition = {
+            **_config_upstreams({d: v for d, v in old_slots.items() if d not in slots}),
+            **_config_upstreams(slots),
+        }
         try:
             reloaded = router.configure(transition, _mirror(news, target))
             router.set_keys(_keys(news))
@@ -330,14 +333,24 @@ class LocalEndpointProvider(ResourceProvider):
         local.remove_containers([c for c in leaving if c["name"] not in keep], log)
         _users(news, add=True)
         kept = {(m["name"], int(m["version"])) for m in news.get("model_refs") or []}
-        _users({**olds, "model_refs": [m for m in olds.get("model_refs") or [] if (m["name"], int(m["version"])) not in kept]}, add=False)
+        _users(
+            {
+                **olds,
+                "model_refs": [
+                    m for m in olds.get("model_refs") or [] if (m["name"], int(m["version"])) not in kept
+                ],
+            },
+            add=False,
+        )
         return UpdateResult(outs=_outputs(news, port, slots, target, new_weights, record))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         log = _log_to(props["endpoint_name"])
         _router(props, int(props.get("port") or 0)).remove()
         containers = local.find_containers(props["endpoint_name"])
-        local.remove_containers([c for c in containers if c["labels"].get("mlinfra.io/role") != "router"], log, grace_s=10)
+        local.remove_containers(
+            [c for c in containers if c["labels"].get("mlinfra.io/role") != "router"], log, grace_s=10
+        )
         _users(props, add=False)
         shutil.rmtree(local.endpoint_dir(props["endpoint_name"]), ignore_errors=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -22,22 +23,22 @@ from tests.endpoint_helpers import ROW, Load, score
 
 pytestmark = pytest.mark.integration
 
-BROKEN_500 = '''
+BROKEN_500 = """
 def init():
     pass
 
 
 def run(raw_data):
     raise RuntimeError("v3 is broken")
-'''
-NEVER_READY = '''
+"""
+NEVER_READY = """
 def init():
     raise RuntimeError("cannot load: missing weights")
 
 
 def run(raw_data):
     return []
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +91,13 @@ def _close(a: list[float], b: list[float]) -> bool:
 
 
 def _metrics_requests(container: str) -> float:
-    port = subprocess.run(
-        ["/usr/bin/docker", "port", container, "8080"], capture_output=True, text=True, check=True
-    ).stdout.split(":")[-1].strip()
+    port = (
+        subprocess.run(
+            ["/usr/bin/docker", "port", container, "8080"], capture_output=True, text=True, check=True
+        )
+        .stdout.split(":")[-1]
+        .strip()
+    )
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     return sum(
@@ -137,6 +142,9 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"])))
         pv = st.preview(diff=True, on_output=lambda _l: None)
         assert pv.change_summary.get("update") == 1, pv.change_summary
+        assert "step 1/3: blue@" in pv.stdout and "bake 1.5 s, then gates on blue@" in pv.stdout, pv.stdout[
+            -3000:
+        ]
         with Load(uri, primary, threads=3) as load:
             res = st.up(on_output=lambda _l: None)
         out = {k: v.value for k, v in res.outputs.items()}
@@ -170,7 +178,9 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
             st.up(on_output=lambda _l: None)
         assert "gate readiness failed" in str(err.value), str(err.value)[-2000:]
         message = str(err.value)
-        assert "missing weights" in message, message[message.find("gate readiness") :][:1500]  # the log says why
+        assert "missing weights" in message, message[message.find("gate readiness") :][
+            :1500
+        ]  # the log says why
         assert load.failed == 0, (load.statuses, load.errors)
         assert _close(score(uri, primary)[1][0], v2)
 
@@ -185,10 +195,14 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         st.set_config("traffic", auto.ConfigValue(json.dumps({"blue": 100, "green": 0})))
         st.set_config("mirror", auto.ConfigValue(json.dumps({"green": 50})))
         st.up(on_output=lambda _l: None)
-        green = next(c["name"] for c in find_containers(ep) if c["labels"].get("mlinfra.io/deployment") == "green")
+        green = next(
+            c["name"] for c in find_containers(ep) if c["labels"].get("mlinfra.io/deployment") == "green"
+        )
         before = _metrics_requests(green)
         answers = [score(uri, primary) for _ in range(200)]
-        assert all(s == 200 and _close(b[0], v2) and h["x-mlinfra-deployment"] == "blue" for s, b, h in answers)
+        assert all(
+            s == 200 and _close(b[0], v2) and h["x-mlinfra-deployment"] == "blue" for s, b, h in answers
+        )
         mirrored = _metrics_requests(green) - before
         assert 60 <= mirrored <= 140, mirrored  # ≈ 50 % of 200
         # A client can pin a deployment (like Azure ML's azureml-model-deployment header).
@@ -237,7 +251,9 @@ def test_bad_input_fails_preview_and_applies_nothing(images, program, backend) -
         s.bind(("127.0.0.1", 0))
         s.listen()
         taken = s.getsockname()[1]
-        st = local_stack(project, "taken", backend, {"deployments": _deps(blue=images["v1"]), "port": str(taken)})
+        st = local_stack(
+            project, "taken", backend, {"deployments": _deps(blue=images["v1"]), "port": str(taken)}
+        )
         with pytest.raises(auto.CommandError) as err:
             st.preview(on_output=lambda _l: None)
         assert f"port {taken} on 127.0.0.1 is already taken" in str(err.value), str(err.value)[-1500:]
@@ -260,8 +276,14 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
     try:
         res = st.up(on_output=lambda _l: None)
         assert res.summary.result == "succeeded"
-        got = json.loads(kube_cluster.kubectl("get", "deploy,svc,hpa,pdb,cm,secret", "-n", "ep-k8s", "-o", "json").stdout)
-        kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in got["items"] if "mlinfra.io/endpoint" in o["metadata"].get("labels", {}))
+        got = json.loads(
+            kube_cluster.kubectl("get", "deploy,svc,hpa,pdb,cm,secret", "-n", "ep-k8s", "-o", "json").stdout
+        )
+        kinds = sorted(
+            f"{o['kind']}/{o['metadata']['name']}"
+            for o in got["items"]
+            if "mlinfra.io/endpoint" in o["metadata"].get("labels", {})
+        )
         assert kinds == sorted(
             [
                 "ConfigMap/scoring-k8s-router", "ConfigMap/scoring-k8s-routes", "Secret/scoring-k8s-keys",
@@ -271,7 +293,11 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
                 "PodDisruptionBudget/scoring-k8s-green",
             ]
         ), kinds  # fmt: skip
-        blue = next(o for o in got["items"] if o["metadata"]["name"] == "scoring-k8s-blue" and o["kind"] == "Deployment")
+        blue = next(
+            o
+            for o in got["items"]
+            if o["metadata"]["name"] == "scoring-k8s-blue" and o["kind"] == "Deployment"
+        )
         assert blue["metadata"]["labels"]["mlinfra.io/image-digest"] == ("ab" * 32)[:63]
         probe = blue["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
         assert probe == "/v2/health/ready"
@@ -292,14 +318,18 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
         st.set_config("green_image", auto.ConfigValue(K8S_IMAGE.replace("ab", "cd")))
         res = st.up(on_output=lambda _l: None)
         changes = res.summary.resource_changes
-        assert changes.get("update") == 3, changes  # green's Deployment, Service and PDB labels (image digest)
+        assert changes.get("update") == 3, (
+            changes
+        )  # green's Deployment, Service and PDB labels (image digest)
     finally:
         st.destroy(on_output=lambda _l: None)
     left = kube_cluster.kubectl("get", "deploy", "-n", "ep-k8s", "-o", "name", check=False).stdout
     assert left.strip() == ""
 
 
-def test_kubernetes_render_yaml_is_accepted_by_the_api_server(program, backend, kube_cluster, tmp_path) -> None:
+def test_kubernetes_render_yaml_is_accepted_by_the_api_server(
+    program, backend, kube_cluster, tmp_path
+) -> None:
     out = tmp_path / "manifests"
     st = local_stack(
         program("cloud-endpoint-k8s"),
@@ -313,7 +343,9 @@ def test_kubernetes_render_yaml_is_accepted_by_the_api_server(program, backend, 
     kube_cluster.kubectl("create", "namespace", "ep-render")
     r = kube_cluster.kubectl("apply", "--dry-run=server", "-R", "-f", str(out), check=False)
     assert r.returncode == 0, r.stderr
-    assert "horizontalpodautoscaler.autoscaling/scoring-render-blue created (server dry run)" in r.stdout, r.stdout
+    assert "horizontalpodautoscaler.autoscaling/scoring-render-blue created (server dry run)" in r.stdout, (
+        r.stdout
+    )
     # The keys Secret is rendered (GitOps needs it; seal or encrypt it in the repo) — the Pulumi state keeps the
     # keys secret.
     assert "secret/scoring-render-keys created (server dry run)" in r.stdout
@@ -381,7 +413,12 @@ def test_tls_client_certificates(images, program, backend, tmp_path) -> None:
                 ctx.load_cert_chain(str(tmp_path / f"{cert}.pem"), str(tmp_path / f"{cert}.key"))
             conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
             try:
-                conn.request("POST", "/score", body=json.dumps({"data": [ROW]}), headers={"Content-Type": "application/json"})
+                conn.request(
+                    "POST",
+                    "/score",
+                    body=json.dumps({"data": [ROW]}),
+                    headers={"Content-Type": "application/json"},
+                )
                 return conn.getresponse().status
             finally:
                 conn.close()

@@ -25,7 +25,20 @@ def test_example_up_noop_destroy(name: str, tmp_path: Path, backend: Path, local
     up = stack.up()
     assert up.summary.result == "succeeded"
     assert set(stack.up().summary.resource_changes) == {"same"}
+    if name == "cloud-endpoint":
+        from mlinfra.registry import ModelRegistry
+        from tests.endpoint_helpers import score
+
+        key = up.outputs["primary_key"].value
+        status, body, headers = score(up.outputs["scoring_uri"].value, key)
+        assert status == 200 and len(body[0]) == 10 and headers["x-mlinfra-deployment"] == "blue"
+        users = ModelRegistry(f"file://{work / '.mlinfra' / 'registry'}").users("fraud-detector", 1)
+        assert "endpoint:fraud-test" in users, users  # the served version cannot be deleted
     stack.destroy()
+    if name == "cloud-endpoint":
+        assert "endpoint:fraud-test" not in ModelRegistry(f"file://{work / '.mlinfra' / 'registry'}").users(
+            "fraud-detector", 1
+        )
 
 
 def test_edge_example_on_its_own_broker(tmp_path: Path, backend: Path, broker) -> None:

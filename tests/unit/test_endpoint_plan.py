@@ -54,7 +54,11 @@ def test_plan_walks_from_old_to_new_in_steps() -> None:
     old = upstream_weights({"blue": "r1"}, {"blue": 100})
     new = upstream_weights({"blue": "r2"}, {"blue": 100})
     maps = plan(old, new, [10, 50, 100])
-    assert maps == [{"blue@r1": 90.0, "blue@r2": 10.0}, {"blue@r1": 50.0, "blue@r2": 50.0}, {"blue@r2": 100.0}]
+    assert maps == [
+        {"blue@r1": 90.0, "blue@r2": 10.0},
+        {"blue@r1": 50.0, "blue@r2": 50.0},
+        {"blue@r2": 100.0},
+    ]
     assert plan(old, old, [10, 50, 100]) == [old]  # nothing moves: one map, no bake
     third = interpolate({"a": 100.0}, {"b": 100.0}, 33.333)
     assert round(sum(third.values()), 6) == 100.0

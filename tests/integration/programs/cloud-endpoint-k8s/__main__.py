@@ -12,7 +12,10 @@ endpoint = mlinfra.CloudEndpoint(
     mlinfra.CloudEndpointArgs(
         deployments={
             "blue": mlinfra.Deployment(
-                image=image, cpu=0.5, memory_mb=512, autoscale=mlinfra.Autoscale(min_replicas=2, max_replicas=5)
+                image=image,
+                cpu=0.5,
+                memory_mb=512,
+                autoscale=mlinfra.Autoscale(min_replicas=2, max_replicas=5),
             ),
             "green": mlinfra.Deployment(image=config.get("green_image") or image, replicas=1, cpu=0.5),
         },
