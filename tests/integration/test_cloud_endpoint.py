@@ -107,6 +107,18 @@ def _metrics_requests(container: str) -> float:
     )
 
 
+def _endpoints_list(*args: str) -> list[dict]:
+    import contextlib
+    import io
+
+    from mlinfra.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["endpoints", "list", "--json", *args]) == 0
+    return [e for e in json.loads(buf.getvalue()) if e["endpoint"].startswith("scoring-")]
+
+
 def test_local_endpoint_lifecycle(images, program, backend) -> None:
     st = _stack(program, backend, "life", {"deployments": _deps(blue=images["v1"])})
     ep = "scoring-life"
@@ -130,6 +142,21 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         replica = next(n for n, lab in labels.items() if lab.get("mlinfra.io/deployment") == "blue")
         assert labels[replica]["mlinfra.io/model"] == "mlp"
         assert labels[replica]["mlinfra.io/image-digest"] == images["v1"].split(":")[-1][:63]
+        # Hostile input at the router: answered, nothing escapes, the endpoint stays up.
+        assert score(uri, "../../nginx.conf")[0] == 401  # not a key shape: never becomes a file lookup
+        assert score(uri, "k" * 5000)[0] in (400, 401)
+        status, _, headers = score(uri, primary, headers={"x-mlinfra-deployment": "../../etc/passwd"})
+        assert status == 200 and headers["x-mlinfra-deployment"] == "blue"  # unknown pin: the normal split
+        big = [[0.1] * 64] * 40000  # ≈ 12.8 MB of JSON > max_body_mb=10
+        assert score(uri, primary, rows=big)[0] == 413
+        assert score(uri, primary, rows=[["x"] * 64])[0] == 400  # the scoring server's own validation
+        assert score(uri, primary)[0] == 200
+        # Found by `mlinfra endpoints list`, by model and by image digest.
+        listed = _endpoints_list("--model", "mlp")
+        assert [e["endpoint"] for e in listed] == [ep]
+        assert listed[0]["deployments"]["blue"]["model_version"] == "1"
+        assert _endpoints_list("--image", images["v1"].split("@")[1]) == listed
+        assert _endpoints_list("--model", "no-such-model") == []
         # The keys are secrets: not in plain text in the state file.
         state_text = "".join(p.read_text() for p in backend.rglob("*.json"))
         assert primary not in state_text and secondary not in state_text
@@ -306,7 +333,22 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
         keys = next(o for o in got["items"] if o["metadata"]["name"] == "scoring-k8s-keys")["data"]
         assert len(keys) == 2  # key names only; the values are in Pulumi state as secrets
 
-        # The autoscaler owns blue's replicas: it (or an operator) changes them, and `up` leaves them alone.
+        # The autoscaler owns blue's replicas: the Deployment was created without a count (1), the HPA controller
+        # raises it to min_replicas=2 …
+        import time
+
+        def blue_replicas() -> str:
+            return kube_cluster.kubectl(
+                "get", "deploy/scoring-k8s-blue", "-n", "ep-k8s", "-o", "jsonpath={.spec.replicas}"
+            ).stdout
+
+        deadline = time.monotonic() + 90
+        while blue_replicas() != "2" and time.monotonic() < deadline:
+            time.sleep(1)
+        assert blue_replicas() == "2", "the HorizontalPodAutoscaler did not act"
+        assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
+        assert blue_replicas() == "2"
+        # … and a later decision (here made by hand, within min..max) survives the next `up` too.
         kube_cluster.kubectl("scale", "deploy/scoring-k8s-blue", "-n", "ep-k8s", "--replicas=4")
         res = st.up(on_output=lambda _l: None)
         assert set(res.summary.resource_changes) == {"same"}, res.summary.resource_changes
