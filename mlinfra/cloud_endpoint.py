@@ -47,6 +47,13 @@ class Deployment:
     autoscale: Autoscale | None = None
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment, e.g. MLINFRA_SERVE_MAX_BATCH_SIZE."""
+    accelerators: dict[str, int] = field(default_factory=dict)
+    """Kubernetes: extended resources per pod, e.g. {"xilinx.com/fpga": 1} (requests = limits). Local Docker has
+    no device plugin: ignored there (the server falls back to CPU and says so)."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    """Kubernetes: nodeSelector for this deployment's pods."""
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    """Kubernetes: tolerations for this deployment's pods (added to the target's)."""
 
 
 @dataclass
@@ -227,6 +234,15 @@ class CloudEndpoint(pulumi.ComponentResource):
                 "cpu": float(dep.cpu),
                 "memory_mb": int(dep.memory_mb),
                 "env": dict(sorted(dep.env.items())),
+                **(
+                    {
+                        "accelerators": dict(sorted(dep.accelerators.items())),
+                        "node_selector": dict(sorted(dep.node_selector.items())),
+                        "tolerations": dep.tolerations,
+                    }
+                    if isinstance(args.target, Kubernetes)
+                    else {}
+                ),
                 "autoscale": None
                 if dep.autoscale is None
                 else {
@@ -364,6 +380,12 @@ def _check_deployment(where: str, d: str, dep: Deployment, require_digest: bool)
         raise EndpointError(
             f"{where}: deployments[{d!r}].replicas = {dep.replicas!r} must be an integer in 1..64"
         )
+    for res, n in dep.accelerators.items():
+        if "/" not in res or isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 16:
+            raise EndpointError(
+                f"{where}: deployments[{d!r}].accelerators[{res!r}] = {n!r}: give a device-plugin resource name "
+                "such as 'xilinx.com/fpga' and a count in 1..16"
+            )
     if not 0 < dep.cpu <= 64:
         raise EndpointError(f"{where}: deployments[{d!r}].cpu = {dep.cpu} must be in (0, 64] cores")
     if not 64 <= dep.memory_mb <= 262144:

@@ -14,14 +14,14 @@ import pulumi
 from mlinfra import services
 from mlinfra.images.builder import ImageBuildError, check_script, split_ref
 from mlinfra.providers.scoring_image import ScoringImageResource
-from mlinfra.registered_model import RegisteredModel
 from mlinfra.registry import ModelRegistry, default_registry_uri, validate_name
 
 
 @dataclass
 class ScoringImageArgs:
-    models: list[RegisteredModel | str]
-    """RegisteredModels, or "name:version" refs resolved in `model_registry`. Required (at least one)."""
+    models: list[Any]
+    """RegisteredModels (or anything with a `model_ref` output, such as FpgaEndpoint's quantized model), or
+    "name:version" refs resolved in `model_registry`. Required (at least one)."""
     repository: str | None = None
     """Target, host[:port]/path. Default: <local registry>/mlinfra/<resource name>."""
     tag: str | None = None
@@ -91,7 +91,7 @@ class ScoringImage(pulumi.ComponentResource):
         cfg = pulumi.Config("mlinfra")
         models: list[Any] = []
         for m in args.models:
-            if isinstance(m, RegisteredModel):
+            if hasattr(m, "model_ref"):
                 models.append(m.model_ref)
             else:
                 if ":" not in m:
@@ -133,7 +133,7 @@ class ScoringImage(pulumi.ComponentResource):
             },
             pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[m for m in args.models if isinstance(m, RegisteredModel)],
+                depends_on=[m for m in args.models if isinstance(m, pulumi.Resource)],
                 additional_secret_outputs=["registry_password", "models"],
             ),
         )

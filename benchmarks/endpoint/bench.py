@@ -209,6 +209,14 @@ def report(r: dict) -> None:
             f"| {k[1:]} | {c['direct']['rps']:,.0f} | {c['router']['rps']:,.0f} | **{c['ratio_rps']:.2f}×** | "
             f"{c['direct']['p99_ms']:.2f} ms | {c['router']['p99_ms']:.2f} ms |"
         )
+    if r.get("earlier_runs_same_day"):
+        runs = ", ".join(f"{h['c8_ratio']:.2f}× / {h['c32_ratio']:.2f}×" for h in r["earlier_runs_same_day"])
+        lines += [
+            "",
+            f"Earlier runs the same day (c=8 / c=32): {runs}. The spread is CPU contention: on 2 cores the router's nginx",
+            "worker, the scoring server and docker-proxy share one core while wrk has the other, so the ratio moves with",
+            "whatever else the machine does; below 0.8× happened once at c=8.",
+        ]
     w = ro.get("under_wrk_c32") or {}
     lines += [
         "",

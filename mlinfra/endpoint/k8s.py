@@ -105,9 +105,10 @@ def build_kubernetes(
         )
         selector = {"mlinfra.io/endpoint": endpoint, "mlinfra.io/deployment": d}
         obj = f"{endpoint}-{d}"
+        devices = {k: str(v) for k, v in (spec.get("accelerators") or {}).items()}
         resources = {
-            "requests": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi"},
-            "limits": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi"},
+            "requests": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi", **devices},
+            "limits": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi", **devices},
         }
         probe = {
             "httpGet": {"path": "/v2/health/ready", "port": 8080},
@@ -120,7 +121,8 @@ def build_kubernetes(
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
-                    "tolerations": target.tolerations,
+                    "tolerations": [*target.tolerations, *(spec.get("tolerations") or [])],
+                    **({"nodeSelector": spec["node_selector"]} if spec.get("node_selector") else {}),
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
                     "terminationGracePeriodSeconds": 30,
                     "containers": [

@@ -1,0 +1,232 @@
+"""Quantization for FpgaEndpoint: FP32 ONNX → INT8 with onnxruntime.quantization, deterministically, and the
+accuracy gate that compares the two on validation data.
+
+- ``static`` (the default): INT8 weights and activations in QDQ format — the form FPGA/NPU toolchains such as
+  Vitis AI take — calibrated (MinMax) on the given rows; ``per_channel`` for weights.
+- ``dynamic``: INT8 weights, activations quantized at run time (no calibration data needed; MatMul/Gemm-heavy models).
+
+Same model + same data + same settings → the same bytes (checked by a test), so an unchanged stack shows no diff.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_ROWS = 1_000_000
+
+
+class QuantizeError(ValueError):
+    """Quantization or its inputs are wrong; the message names the value and the fix."""
+
+
+def load_rows(path: str | Path, what: str) -> np.ndarray:
+    """Rows from .npy, .csv (numbers, optional header) or .jsonl (one list per line) as a 2-D+ float32 array."""
+    p = Path(path)
+    if not p.is_file():
+        raise QuantizeError(f"{what} file {str(path)!r} does not exist")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif p.suffix == ".csv":
+            with open(p, newline="") as f:
+                rows = list(csv.reader(f))
+            if rows and rows[0] and not _is_number(rows[0][0]):
+                rows = rows[1:]
+            arr = np.asarray(rows, dtype=np.float64)
+        elif p.suffix in (".jsonl", ".json"):
+            arr = np.asarray([json.loads(line) for line in p.read_text().splitlines() if line.strip()])
+        else:
+            raise QuantizeError(f"{what} file {p.name!r}: use .npy, .csv or .jsonl")
+    except (ValueError, OSError) as e:
+        if isinstance(e, QuantizeError):
+            raise
+        raise QuantizeError(f"{what} file {p.name!r} is not a rectangular table of numbers: {e}") from None
+    if arr.size == 0 or arr.shape[0] == 0:
+        raise QuantizeError(f"{what} file {p.name!r} has no rows: give at least one (≈ 100-1000 representative rows)")
+    if arr.shape[0] > MAX_ROWS:
+        raise QuantizeError(f"{what} file {p.name!r} has {arr.shape[0]:,d} rows; at most {MAX_ROWS:,d}")
+    return arr
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def input_spec(model_path: Path) -> tuple[str, list[int], str]:
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise QuantizeError(
+            f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}): FpgaEndpoint quantizes "
+            "single-input models"
+        )
+    t = inputs[0].type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+    if t.elem_type != onnx.TensorProto.FLOAT:
+        raise QuantizeError(f"input {inputs[0].name!r} is not FP32: quantize an FP32 model")
+    return inputs[0].name, shape, onnx.TensorProto.DataType.Name(t.elem_type)
+
+
+def check_rows(rows: np.ndarray, shape: list[int], name: str, what: str) -> np.ndarray:
+    """ROWS must fit the input's shape after its batch dimension."""
+    want = shape[1:]
+    got = list(rows.shape[1:])
+    if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got, strict=False)):
+        raise QuantizeError(
+            f"{what} rows have shape {got} each, but model input {name!r} expects {shape} (batch first): fix the "
+            "file's columns"
+        )
+    if not np.all(np.isfinite(rows)):
+        raise QuantizeError(f"{what} has NaN or infinite values: clean the file")
+    return rows.astype(np.float32)
+
+
+QUANTIZABLE_HINT = "MatMul, Gemm, Conv, Add, Mul, … in the default ONNX domain"
+
+
+def check_ops(model_path: Path) -> list[str]:
+    """Operators the quantizer cannot handle fail here, by name: custom domains (e.g. ai.onnx.ml's
+    LinearClassifier, ZipMap) and graphs with no op it quantizes at all."""
+    import onnx
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    foreign = sorted({f"{n.domain}.{n.op_type}" for n in m.graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign:
+        raise QuantizeError(
+            f"operator(s) {', '.join(foreign)} cannot be quantized by onnxruntime.quantization: export the model "
+            f"with standard ONNX operators only ({QUANTIZABLE_HINT}); for skl2onnx pass options={{'zipmap': False}} and "
+            "use a model it converts to MatMul/Gemm"
+        )
+    ops = sorted({n.op_type for n in m.graph.node})
+    if not set(ops) & (set(QDQRegistry) | set(QLinearOpsRegistry)):
+        raise QuantizeError(f"no operator of the model ({', '.join(ops)}) is quantizable ({QUANTIZABLE_HINT})")
+    return ops
+
+
+class _Reader:
+    """CalibrationDataReader over fixed rows, in order (deterministic)."""
+
+    def __init__(self, name: str, rows: np.ndarray, batch: int = 32):
+        self.batches = [{name: rows[i : i + batch]} for i in range(0, len(rows), batch)]
+        self.i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return self.batches[self.i - 1]
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize(
+    fp32: Path, out: Path, method: str, per_channel: bool, calibration: np.ndarray | None, input_name: str
+) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    check_ops(fp32)
+    with tempfile.TemporaryDirectory(prefix="mlinfra-quantize-") as tmp:
+        # onnxruntime writes its augmented calibration model next to the output unless told otherwise
+        staged = Path(tmp) / "model.int8.onnx"
+        try:
+            if method == "dynamic":
+                quantize_dynamic(str(fp32), str(staged), per_channel=per_channel, weight_type=QuantType.QInt8)
+            else:
+                assert calibration is not None
+                quantize_static(
+                    str(fp32),
+                    str(staged),
+                    _Reader(input_name, calibration),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                )
+        except Exception as e:  # onnxruntime's own message names the node
+            raise QuantizeError(f"onnxruntime.quantization failed ({method}): {type(e).__name__}: {e}") from None
+        _normalize(staged, out)
+
+
+def _normalize(src: Path, dst: Path) -> None:
+    """Drop what differs between identical runs (producer version strings are stable; metadata is not)."""
+    import onnx
+
+    m = onnx.load(str(src))
+    del m.metadata_props[:]
+    m.doc_string = ""
+    dst.write_bytes(m.SerializeToString(deterministic=True))
+
+
+@dataclass
+class Accuracy:
+    metric: str  # "accuracy" (labels) or "argmax agreement"
+    fp32: float
+    quantized: float
+    mae: float
+    rows: int
+
+    @property
+    def drop(self) -> float:
+        return self.fp32 - self.quantized
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "fp32": self.fp32,
+            "quantized": self.quantized,
+            "drop": self.drop,
+            "mae": self.mae,
+            "rows": self.rows,
+        }
+
+
+def _scores(model: Path, name: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {name: x})
+    floats = [o for o in outs if isinstance(o, np.ndarray) and o.dtype.kind == "f" and o.ndim == 2]
+    if not floats:
+        raise QuantizeError("the model has no 2-D float output (scores/probabilities) to compare")
+    return floats[-1]
+
+
+def accuracy(fp32: Path, quantized: Path, name: str, x: np.ndarray, labels: np.ndarray | None) -> Accuracy:
+    a, b = _scores(fp32, name, x), _scores(quantized, name, x)
+    mae = float(np.mean(np.abs(a - b)))
+    if labels is not None:
+        y = labels.reshape(-1).astype(np.int64)
+        if len(y) != len(x):
+            raise QuantizeError(f"validation labels have {len(y)} rows but the validation data has {len(x)}")
+        return Accuracy(
+            "accuracy",
+            float(np.mean(a.argmax(1) == y)),
+            float(np.mean(b.argmax(1) == y)),
+            mae,
+            len(x),
+        )
+    return Accuracy("argmax agreement", 1.0, float(np.mean(a.argmax(1) == b.argmax(1))), mae, len(x))
