@@ -16,12 +16,14 @@ from mlinfra.cloud_endpoint import (
     TlsAuth,
 )
 from mlinfra.edge_deployment import EdgeDeployment, EdgeDeploymentArgs, EdgeGate
+from mlinfra.fpga_endpoint import Accelerator, FpgaEndpoint, FpgaEndpointArgs, Quantization
 from mlinfra.registered_model import ModelAlias, ModelAliasArgs, RegisteredModel, RegisteredModelArgs
 from mlinfra.scoring_image import ScoringImage, ScoringImageArgs
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Accelerator",
     "Autoscale",
     "CloudEndpoint",
     "CloudEndpointArgs",
@@ -29,11 +31,14 @@ __all__ = [
     "EdgeDeployment",
     "EdgeDeploymentArgs",
     "EdgeGate",
+    "FpgaEndpoint",
+    "FpgaEndpointArgs",
     "Gates",
     "Kubernetes",
     "LocalDocker",
     "ModelAlias",
     "ModelAliasArgs",
+    "Quantization",
     "RegisteredModel",
     "RegisteredModelArgs",
     "RolloutPolicy",

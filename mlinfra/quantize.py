@@ -49,7 +49,9 @@ def load_rows(path: str | Path, what: str) -> np.ndarray:
             raise
         raise QuantizeError(f"{what} file {p.name!r} is not a rectangular table of numbers: {e}") from None
     if arr.size == 0 or arr.shape[0] == 0:
-        raise QuantizeError(f"{what} file {p.name!r} has no rows: give at least one (≈ 100-1000 representative rows)")
+        raise QuantizeError(
+            f"{what} file {p.name!r} has no rows: give at least one (≈ 100-1000 representative rows)"
+        )
     if arr.shape[0] > MAX_ROWS:
         raise QuantizeError(f"{what} file {p.name!r} has {arr.shape[0]:,d} rows; at most {MAX_ROWS:,d}")
     return arr
@@ -95,26 +97,29 @@ def check_rows(rows: np.ndarray, shape: list[int], name: str, what: str) -> np.n
     return rows.astype(np.float32)
 
 
-QUANTIZABLE_HINT = "MatMul, Gemm, Conv, Add, Mul, … in the default ONNX domain"
-
-
-def check_ops(model_path: Path) -> list[str]:
-    """Operators the quantizer cannot handle fail here, by name: custom domains (e.g. ai.onnx.ml's
-    LinearClassifier, ZipMap) and graphs with no op it quantizes at all."""
+def check_ops(model_path: Path, method: str) -> list[str]:
+    """Fail, naming the operators, when the method can quantize none of them (e.g. a scikit-learn
+    LogisticRegression exported as ai.onnx.ml.LinearClassifier). Operators it cannot quantize next to ones it can
+    stay in FP32 (onnxruntime leaves them as they are)."""
     import onnx
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 
     m = onnx.load(str(model_path), load_external_data=False)
-    foreign = sorted({f"{n.domain}.{n.op_type}" for n in m.graph.node if n.domain not in ("", "ai.onnx")})
-    if foreign:
+    ops = sorted(
+        {
+            (n.domain if n.domain not in ("", "ai.onnx") else "")
+            + ("." if n.domain not in ("", "ai.onnx") else "")
+            + n.op_type
+            for n in m.graph.node
+        }
+    )
+    supported = set(IntegerOpsRegistry) if method == "dynamic" else set(QDQRegistry) | set(QLinearOpsRegistry)
+    if not {o for o in ops if "." not in o} & supported:
         raise QuantizeError(
-            f"operator(s) {', '.join(foreign)} cannot be quantized by onnxruntime.quantization: export the model "
-            f"with standard ONNX operators only ({QUANTIZABLE_HINT}); for skl2onnx pass options={{'zipmap': False}} and "
-            "use a model it converts to MatMul/Gemm"
+            f"{method} quantization cannot handle operator(s) {', '.join(ops)}: none of them is quantizable "
+            f"({', '.join(sorted(supported)[:8])}, …). Export the model with standard ONNX operators (e.g. skl2onnx "
+            "of an MLP gives MatMul/Gemm), or deploy it unquantized with CloudEndpoint"
         )
-    ops = sorted({n.op_type for n in m.graph.node})
-    if not set(ops) & (set(QDQRegistry) | set(QLinearOpsRegistry)):
-        raise QuantizeError(f"no operator of the model ({', '.join(ops)}) is quantizable ({QUANTIZABLE_HINT})")
     return ops
 
 
@@ -138,6 +143,8 @@ class _Reader:
 def quantize(
     fp32: Path, out: Path, method: str, per_channel: bool, calibration: np.ndarray | None, input_name: str
 ) -> None:
+    import logging
+
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -146,7 +153,12 @@ def quantize(
         quantize_static,
     )
 
-    check_ops(fp32)
+    check_ops(fp32, method)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(
+        logging.ERROR
+    )  # onnxruntime's "consider pre-processing" advice, once per call, is noise here
     with tempfile.TemporaryDirectory(prefix="mlinfra-quantize-") as tmp:
         # onnxruntime writes its augmented calibration model next to the output unless told otherwise
         staged = Path(tmp) / "model.int8.onnx"
@@ -167,7 +179,11 @@ def quantize(
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
                 )
         except Exception as e:  # onnxruntime's own message names the node
-            raise QuantizeError(f"onnxruntime.quantization failed ({method}): {type(e).__name__}: {e}") from None
+            raise QuantizeError(
+                f"onnxruntime.quantization failed ({method}): {type(e).__name__}: {e}"
+            ) from None
+        finally:
+            root.setLevel(level)
         _normalize(staged, out)
 
 

@@ -84,3 +84,36 @@ def write_types_model(path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(types_model(), str(path))
     return path
+
+
+def write_sklearn_classifier(
+    folder: Path | str, features: int = 16, classes: int = 4, seed: int = 0
+) -> dict[str, Path]:
+    """Train a small scikit-learn MLPClassifier on synthetic blobs and convert it to ONNX with skl2onnx (no ZipMap,
+    so every operator is a standard one). Writes model.onnx, calibration.npy (256 rows), validation.npy and
+    labels.npy (512 held-out rows) into FOLDER and returns their paths. Needs the dev extras (scikit-learn,
+    skl2onnx)."""
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.datasets import make_blobs
+    from sklearn.neural_network import MLPClassifier
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = make_blobs(
+        n_samples=2000, n_features=features, centers=classes, cluster_std=4.0, random_state=seed
+    )
+    x = x.astype(np.float32)
+    clf = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=seed).fit(x[:1488], y[:1488])
+    onx = to_onnx(clf, x[:1], options={id(clf): {"zipmap": False}}, target_opset=17)
+    paths = {
+        "model": folder / "model.onnx",
+        "calibration": folder / "calibration.npy",
+        "validation": folder / "validation.npy",
+        "labels": folder / "labels.npy",
+    }
+    paths["model"].write_bytes(onx.SerializeToString())
+    np.save(paths["calibration"], x[1232:1488])
+    np.save(paths["validation"], x[1488:])
+    np.save(paths["labels"], y[1488:].astype(np.int64))
+    return paths

@@ -62,7 +62,9 @@ class QuantizedModelProvider(ResourceProvider):
             )
             labels = q.load_rows(props["labels"], "validation labels") if props.get("labels") else None
             out = Path(tmp) / f"{props['target_name']}.onnx"
-            _log(f"{src['name']}:{int(src['version'])} → {props['method']} INT8 (per_channel={props['per_channel']})")
+            _log(
+                f"{src['name']}:{int(src['version'])} → {props['method']} INT8 (per_channel={props['per_channel']})"
+            )
             q.quantize(fp32, out, props["method"], bool(props["per_channel"]), calibration, name)
             acc = q.accuracy(fp32, out, name, x, labels)
             limit = float(props["max_accuracy_drop"])
@@ -85,7 +87,9 @@ class QuantizedModelProvider(ResourceProvider):
                 properties={
                     "derived_from": f"{src['name']}:{int(src['version'])}",
                     "derived_from_sha256": src["sha256"],
-                    "quantization": f"{props['method']} int8 qdq" if props["method"] == "static" else "dynamic int8",
+                    "quantization": f"{props['method']} int8 qdq"
+                    if props["method"] == "static"
+                    else "dynamic int8",
                     "per_channel": str(bool(props["per_channel"])).lower(),
                     "calibration_sha256": props.get("calibration_sha256") or "",
                     "accuracy_metric": acc.metric,
