@@ -13,9 +13,9 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["registered-model", "scoring-image", "cloud-endpoint"])
+@pytest.mark.parametrize("name", ["registered-model", "scoring-image", "cloud-endpoint", "fpga-endpoint"])
 def test_example_up_noop_destroy(name: str, tmp_path: Path, backend: Path, local_services) -> None:
-    if name in ("scoring-image", "cloud-endpoint"):
+    if name in ("scoring-image", "cloud-endpoint", "fpga-endpoint"):
         local_services("docker", "registry", "python-base", "router-base")
     work = tmp_path / name
     shutil.copytree(EXAMPLES / name, work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml"))
