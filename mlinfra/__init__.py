@@ -15,6 +15,7 @@ from mlinfra.cloud_endpoint import (
     RolloutPolicy,
     TlsAuth,
 )
+from mlinfra.data_collection import DataCollection, DataCollectionArgs
 from mlinfra.edge_deployment import EdgeDeployment, EdgeDeploymentArgs, EdgeGate
 from mlinfra.fpga_endpoint import Accelerator, FpgaEndpoint, FpgaEndpointArgs, Quantization
 from mlinfra.registered_model import ModelAlias, ModelAliasArgs, RegisteredModel, RegisteredModelArgs
@@ -27,6 +28,8 @@ __all__ = [
     "Autoscale",
     "CloudEndpoint",
     "CloudEndpointArgs",
+    "DataCollection",
+    "DataCollectionArgs",
     "Deployment",
     "EdgeDeployment",
     "EdgeDeploymentArgs",

@@ -135,6 +135,8 @@ class CloudEndpointArgs:
     endpoint_name: str | None = None
     """Default: <resource name>-<stack>."""
     max_body_mb: float = 10.0
+    data_collection: Any = None
+    """A DataCollection: every deployment's scoring servers capture sampled inputs/outputs to its storage."""
 
 
 def _sha_file(path: str) -> str:
@@ -228,12 +230,17 @@ class CloudEndpoint(pulumi.ComponentResource):
             else:
                 images[d] = dep.image
             replicas = dep.autoscale.min_replicas if dep.autoscale else dep.replicas
+            env = dict(dep.env)
+            if args.data_collection is not None:
+                env["MLINFRA_SERVE_COLLECT"] = args.data_collection.server_config(
+                    endpoint, d, "/var/lib/mlinfra/spool"
+                )
             specs[d] = {
                 "image": images[d],
                 "replicas": replicas,
                 "cpu": float(dep.cpu),
                 "memory_mb": int(dep.memory_mb),
-                "env": dict(sorted(dep.env.items())),
+                "env": dict(sorted(env.items())),
                 **(
                     {
                         "accelerators": dict(sorted(dep.accelerators.items())),
@@ -307,6 +314,9 @@ class CloudEndpoint(pulumi.ComponentResource):
                     "rollout": rollout,
                     "max_body_mb": args.max_body_mb,
                     "model_refs": pulumi.Output.secret(flat_refs),
+                    "collect_credential": args.data_collection.sas
+                    if args.data_collection is not None
+                    else None,
                     "rollout_plan": None,
                     "scoring_uri": None,
                     "openapi_uri": None,
@@ -316,7 +326,7 @@ class CloudEndpoint(pulumi.ComponentResource):
                 },
                 pulumi.ResourceOptions(
                     parent=self,
-                    additional_secret_outputs=["keys", "model_refs"],
+                    additional_secret_outputs=["keys", "model_refs", "collect_credential"],
                     custom_timeouts=pulumi.CustomTimeouts(create="30m", update="60m"),
                 ),
             )

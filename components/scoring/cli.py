@@ -110,4 +110,10 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra serve") -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return run(config)
+    from components.scoring.collector import CollectorConfigError
+
+    try:
+        return run(config)
+    except CollectorConfigError as e:
+        print(f"error: data collection: {e}", file=sys.stderr)
+        return 2

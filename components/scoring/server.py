@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from components.scoring import __version__
+from components.scoring import __version__, collector
 from components.scoring.batching import Batcher
 from components.scoring.metrics import Metrics
 from components.scoring.models import (
@@ -84,6 +84,7 @@ class ScoringServer:
         self.batchers: dict[str, Batcher] = {}
         self.metrics = Metrics()
         self.hooks: list[Hook] = []
+        self.collector: Any = None  # components.scoring.collector.Collector when MLINFRA_SERVE_COLLECT is set
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
@@ -531,6 +532,11 @@ class ScoringServer:
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await runner.cleanup()
+        if self.collector is not None:  # queue → spool, then a few seconds to upload; the rest waits on disk
+            await loop.run_in_executor(None, self.collector.close)
+            print(
+                json.dumps({"event": "collector_closed", **self.collector.counts}), file=self._log, flush=True
+            )
         flusher.cancel()
         print(json.dumps({"event": "stopped", "in_flight": self.in_flight}), file=self._log, flush=True)
 
@@ -605,6 +611,26 @@ def run(config: ServerConfig, hooks: list[Hook] | None = None) -> int:
     server = ScoringServer(config)
     for h in hooks or []:
         server.add_hook(h)
+    server.collector = collector.from_env(
+        on_drop=lambda model: server.metrics.collector_dropped.inc((model,)),
+        log=lambda event: print(json.dumps(event), file=server._log, flush=True),
+    )
+    if server.collector is not None:
+        server.add_hook(server.collector)
+        c = server.collector.config
+        print(
+            json.dumps(
+                {
+                    "event": "collecting",
+                    "sink": server.collector.sink.describe(),
+                    "sample_rate": c.sample_rate,
+                    "capture": c.capture,
+                    "spooled": len(server.collector.pending()),
+                }
+            ),
+            file=server._log,
+            flush=True,
+        )
     try:
         import uvloop
     except ImportError:

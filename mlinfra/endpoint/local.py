@@ -155,8 +155,14 @@ def image_info(ref: str) -> tuple[str, list[dict[str, Any]]]:
     return digest, models
 
 
-def start_upstream(endpoint: str, up: Upstream, ports: list[int], log: Log) -> list[dict[str, Any]]:
-    """Start containers until UP has one per port in PORTS (its slot's loopback ports); returns the new ones."""
+def start_upstream(
+    endpoint: str, up: Upstream, ports: list[int], log: Log, secret_env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Start containers until UP has one per port in PORTS (its slot's loopback ports); returns the new ones.
+
+    With data collection (MLINFRA_SERVE_COLLECT in the env) a replica runs on the host network, its server bound to
+    127.0.0.1:<port>, so it reaches storage on loopback (Azurite) too; its spool is a host folder that survives
+    restarts (`<endpoint dir>/spool/<deployment>-<i>`), and a local-folder sink is mounted at its own path."""
     spec = up.spec
     digest, models = image_info(spec["image"])
     spec["digest"], spec["models"] = digest, models
@@ -171,16 +177,30 @@ def start_upstream(endpoint: str, up: Upstream, ports: list[int], log: Log) -> l
         name = f"mlinfra-ep-{endpoint}-{up.deployment}-{up.revision}-{i}"
         docker("rm", "-f", name, check=False)  # a leftover of an interrupted run
         port = ports[i]
+        env = dict(spec.get("env") or {})
         args = [
             "run", "-d", "--name", name, "--restart", "unless-stopped",
             "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}",
             "--cpus", f"{float(spec['cpu']):g}", "--memory", f"{int(spec['memory_mb'])}m",
             "--log-opt", "max-size=10m", "--log-opt", "max-file=2",
         ]  # fmt: skip
+        if "MLINFRA_SERVE_COLLECT" in env:
+            spool = endpoint_dir(endpoint) / "spool" / f"{up.deployment}-{i}"
+            spool.mkdir(parents=True, exist_ok=True)
+            os.chown(spool, 10001, 10001)
+            args += ["--network", "host", "-v", f"{spool}:/var/lib/mlinfra/spool"]
+            env.update({"MLINFRA_SERVE_HOST": "127.0.0.1", "MLINFRA_SERVE_PORT": str(port)})
+            sink = json.loads(env["MLINFRA_SERVE_COLLECT"]).get("sink", "")
+            if sink.startswith("file://"):
+                folder = Path(sink[len("file://") :])
+                folder.mkdir(parents=True, exist_ok=True)
+                os.chown(folder, 10001, 10001)
+                args += ["-v", f"{folder}:{folder}"]
+        else:
+            args += ["-p", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
         for k, v in sorted(labels.items()):
             args += ["--label", f"{k}={v}"]
-        for k, v in sorted((spec.get("env") or {}).items()):
+        for k, v in sorted({**env, **(secret_env or {})}.items()):
             args += ["-e", f"{k}={v}"]
         r = docker(*args, spec["image"], check=False)
         if r.returncode != 0:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import secrets
 import shutil
 import sys
@@ -83,6 +84,7 @@ CONTENT_KEYS = (
     "max_body_mb",
     "port",
     "rollout",
+    "collect_credential",
 )
 
 
@@ -100,8 +102,16 @@ def _log_to(endpoint: str) -> local.Log:
 
 
 def _revisions(props: dict[str, Any]) -> dict[str, str]:
+    """Revisions of the deployments; a new data-collection SAS makes new revisions too, so the servers that hold
+    the old one are replaced by a rollout (a hash of the SAS, never the SAS, goes into the revision)."""
+    sas = props.get("collect_credential")
+    salt = {"_collect": hashlib.sha256(str(sas).encode()).hexdigest()[:8]} if sas else {}
     return {
-        d: ("(new image)" if UNKNOWN in str(s.get("image")) else revision(s))
+        d: (
+            "(new image)"
+            if UNKNOWN in str(s.get("image"))
+            else revision({**s, "env": {**(s.get("env") or {}), **salt}})
+        )
         for d, s in (props.get("deployments") or {}).items()
     }
 
@@ -155,6 +165,11 @@ def _mirror(props: dict[str, Any], live: dict[str, Upstream]) -> dict[str, float
         if pct and ups:
             out[ups[-1].uname] = float(pct)
     return out
+
+
+def _secret_env(props: dict[str, Any]) -> dict[str, str]:
+    sas = props.get("collect_credential")
+    return {"MLINFRA_SERVE_COLLECT_CREDENTIAL": sas} if sas else {}
 
 
 def _keys(props: dict[str, Any]) -> list[str]:
@@ -251,7 +266,7 @@ class LocalEndpointProvider(ResourceProvider):
             for d, spec in props["deployments"].items():
                 up = Upstream(d, revs[d], dict(spec), "A")
                 live[up.key] = up
-                local.start_upstream(props["endpoint_name"], up, slots[d]["A"], log)
+                local.start_upstream(props["endpoint_name"], up, slots[d]["A"], log, _secret_env(props))
             for up in live.values():
                 local.wait_ready(up, up.containers, policy.readiness_timeout_s, log)
             router.set_keys(_keys(props))
@@ -289,7 +304,9 @@ class LocalEndpointProvider(ResourceProvider):
                     up = Upstream.from_json(live[key].to_json())
                     leaving += up.containers[n:]
                     up.containers = up.containers[:n]
-                    more = local.start_upstream(news["endpoint_name"], up, slots[d][up.slot], log)
+                    more = local.start_upstream(
+                        news["endpoint_name"], up, slots[d][up.slot], log, _secret_env(news)
+                    )
                     started += more
                     local.wait_ready(up, more, policy.readiness_timeout_s, log)
                 else:  # a new revision, in the slot the current one does not use
@@ -298,7 +315,9 @@ class LocalEndpointProvider(ResourceProvider):
                     up = Upstream(d, revs[d], dict(spec), slot)
                     new_only.append(up)
                     log(f"{key}: new revision of {d} ({spec['image']})")
-                    started += local.start_upstream(news["endpoint_name"], up, slots[d][slot], log)
+                    started += local.start_upstream(
+                        news["endpoint_name"], up, slots[d][slot], log, _secret_env(news)
+                    )
                     local.wait_ready(up, up.containers, policy.readiness_timeout_s, log)
                 target[key] = up
         except EndpointError:

@@ -1,0 +1,245 @@
+"""DataCollection: step 4 of the lifecycle — capture the inputs and outputs an endpoint scores into blob storage
+(Azure Blob, or a local folder), sampled, partitioned, never lost or duplicated when storage is down; the scoring
+server's collector does the writing (components/scoring/collector.py). See docs/data-collection.md.
+
+This module provisions the storage side: the container (created if absent) and a scoped, expiring credential — a
+container SAS allowing create/write only — handed to the scoring servers as a Pulumi secret.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi import ResourceOptions
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+PATH_TEMPLATE = "{endpoint}/{deployment}/{model}/{version}/{yyyy}/{MM}/{dd}/{HH}/{time}-{id}.jsonl"
+
+
+class CollectionError(ValueError):
+    """DataCollection arguments or storage are wrong; the message names the value (never a secret) and the fix."""
+
+
+def parse_storage(uri: str) -> dict[str, str]:
+    u = urllib.parse.urlparse(uri)
+    if u.scheme == "file":
+        if not u.path.startswith("/"):
+            raise CollectionError(f"storage {uri!r}: a folder must be absolute, file:///abs/path")
+        return {"kind": "file", "path": u.path}
+    if u.scheme == "azblob":
+        parts = u.path.strip("/").split("/", 1)
+        if not u.netloc or not parts[0]:
+            raise CollectionError(f"storage {uri!r}: use azblob://ACCOUNT/CONTAINER[/PREFIX][?endpoint=URL]")
+        endpoint = (
+            dict(urllib.parse.parse_qsl(u.query)).get("endpoint")
+            or f"https://{u.netloc}.blob.core.windows.net"
+        )
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", parts[0]):
+            raise CollectionError(
+                f"storage {uri!r}: container {parts[0]!r} must be 3-63 lowercase letters, digits and single hyphens"
+            )
+        return {
+            "kind": "azblob",
+            "account": u.netloc,
+            "container": parts[0],
+            "prefix": parts[1] if len(parts) > 1 else "",
+            "endpoint": endpoint,
+        }
+    raise CollectionError(
+        f"storage {uri!r}: use azblob://ACCOUNT/CONTAINER[/PREFIX]?endpoint=URL or file:///folder"
+    )
+
+
+def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, Any]:
+    """Create the container if absent; return {container_uri, sas, expires} (sas None for folders)."""
+    s = parse_storage(uri)
+    if s["kind"] == "file":
+        Path(s["path"]).mkdir(parents=True, exist_ok=True)
+        return {"container_uri": f"file://{s['path']}", "sas": None, "expires": None}
+    from azure.core.exceptions import (
+        AzureError,
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceExistsError,
+    )
+    from azure.storage.blob import (
+        BlobServiceClient,
+        ContainerSasPermissions,
+        ExponentialRetry,
+        generate_container_sas,
+    )
+
+    if not account_key:
+        raise CollectionError(
+            f"storage account {s['account']!r} needs its account key (storage_credential, a secret) to create the "
+            "container and issue SAS tokens"
+        )
+    client = BlobServiceClient(
+        s["endpoint"],
+        credential={"account_name": s["account"], "account_key": account_key},
+        retry_policy=ExponentialRetry(
+            initial_backoff=1, increment_base=1, retry_total=2, random_jitter_range=1
+        ),
+    )
+    try:
+        client.get_container_client(s["container"]).create_container()
+    except ResourceExistsError:
+        pass
+    except ClientAuthenticationError:
+        raise CollectionError(
+            f"storage account {s['account']!r} at {s['endpoint']} refused the credential: check storage_credential "
+            "(the account key)"
+        ) from None
+    except HttpResponseError as e:
+        if e.status_code == 403:
+            raise CollectionError(
+                f"storage account {s['account']!r} at {s['endpoint']} refused the credential (403): check "
+                "storage_credential (the account key)"
+            ) from None
+        raise CollectionError(f"storage account {s['account']!r}: {e.reason} ({e.status_code})") from None
+    except (AzureError, ValueError) as e:
+        raise CollectionError(
+            f"storage account {s['account']!r} at {s['endpoint']} is unreachable: {type(e).__name__}"
+        ) from None
+    expires = datetime.now(UTC) + timedelta(hours=ttl_hours)
+    sas = generate_container_sas(
+        s["account"],
+        s["container"],
+        account_key=account_key,
+        permission=ContainerSasPermissions(create=True, write=True, add=True),
+        expiry=expires,
+        start=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    return {
+        "container_uri": f"{s['endpoint'].rstrip('/')}/{s['container']}",
+        "sas": sas,
+        "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+class _Provider(ResourceProvider):
+    KEYS = ("storage", "ttl_hours", "rotation")
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [k for k in self.KEYS if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(changed), replaces=["storage"] if "storage" in changed else [])
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        out = provision(props["storage"], props.get("storage_credential"), float(props["ttl_hours"]))
+        return CreateResult(id_=props["storage"], outs={**props, **out})
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(
+            outs={
+                **news,
+                **provision(news["storage"], news.get("storage_credential"), float(news["ttl_hours"])),
+            }
+        )
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Collected data is a record: the container and its blobs stay."""
+
+
+class _Storage(Resource):
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(_Provider(), name, props, opts)
+
+
+@dataclass
+class DataCollectionArgs:
+    storage: str | None = None
+    """azblob://ACCOUNT/CONTAINER[/PREFIX]?endpoint=URL (created if absent), or file:///folder. Default: the stack's
+    `mlinfra:collectionStorage` config, else a folder in <project>/.mlinfra/collected."""
+    storage_credential: pulumi.Input[str] | None = None
+    """The storage account key (a secret), used here only to create the container and issue the SAS. Default: the
+    stack's secret `mlinfra:collectionCredential`."""
+    sample_rate: float = 1.0
+    """Share of scored requests captured, in [0, 1] (decided by request id)."""
+    capture: list[str] = field(default_factory=lambda: ["inputs", "outputs"])
+    headers: list[str] = field(default_factory=list)
+    """Request headers to record with each record (e.g. x-client-id). Authorization is never recorded."""
+    sas_ttl_hours: float = 24 * 30
+    """Lifetime of the scoring servers' write-only SAS; bump `rotation` to issue a new one before it ends."""
+    rotation: int = 1
+    retention_days: int | None = None
+    """Recorded on the container layout for lifecycle policies (`mlinfra monitor prune` honours it)."""
+    spool_max_mb: float = 256.0
+
+
+class DataCollection(pulumi.ComponentResource):
+    """Pass it to CloudEndpointArgs(data_collection=...). Outputs: ``container_uri``, ``path_template``,
+    ``sas_expires``; ``sas`` (secret)."""
+
+    def __init__(self, name: str, args: DataCollectionArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlinfra:monitoring:DataCollection", name, None, opts)
+        where = f"DataCollection {name}"
+        if isinstance(args.sample_rate, bool) or not 0 <= args.sample_rate <= 1:
+            raise CollectionError(
+                f"{where}: sample_rate = {args.sample_rate!r} must be in [0, 1] (e.g. 0.1 for 10 %)"
+            )
+        bad = sorted(set(args.capture) - {"inputs", "outputs"}) or ([] if args.capture else ["(nothing)"])
+        if bad:
+            raise CollectionError(f"{where}: capture = {args.capture!r}: choose 'inputs', 'outputs' or both")
+        if any(h.lower() == "authorization" for h in args.headers):
+            raise CollectionError(
+                f"{where}: headers must not include Authorization (it carries the endpoint key)"
+            )
+        if not 0 < args.sas_ttl_hours <= 24 * 365:
+            raise CollectionError(f"{where}: sas_ttl_hours = {args.sas_ttl_hours} must be in (0, 8760]")
+        cfg = pulumi.Config("mlinfra")
+        storage = (
+            args.storage
+            or cfg.get("collectionStorage")
+            or f"file://{Path.cwd().resolve() / '.mlinfra' / 'collected'}"
+        )
+        parse_storage(storage)
+        cred = (
+            args.storage_credential
+            if args.storage_credential is not None
+            else cfg.get_secret("collectionCredential")
+        )
+        self.storage: Any = _Storage(
+            f"{name}-storage",
+            {
+                "storage": storage,
+                "storage_credential": pulumi.Output.secret(cred) if cred is not None else None,
+                "ttl_hours": args.sas_ttl_hours,
+                "rotation": args.rotation,
+                "container_uri": None,
+                "sas": None,
+                "expires": None,
+            },
+            pulumi.ResourceOptions(parent=self, additional_secret_outputs=["storage_credential", "sas"]),
+        )
+        self.settings = {
+            "sink": storage,
+            "sample_rate": float(args.sample_rate),
+            "capture": list(args.capture),
+            "headers": [h.lower() for h in args.headers],
+            "spool_max_mb": float(args.spool_max_mb),
+        }
+        st: Any = self.storage
+        self.container_uri: pulumi.Output[str] = st.container_uri
+        self.sas: pulumi.Output[str | None] = st.sas
+        self.sas_expires: pulumi.Output[str | None] = st.expires
+        self.path_template = PATH_TEMPLATE
+        self.register_outputs(
+            {
+                "container_uri": self.container_uri,
+                "path_template": self.path_template,
+                "sas_expires": self.sas_expires,
+            }
+        )
+
+    def server_config(self, endpoint: str, deployment: str, spool_dir: str) -> str:
+        """MLINFRA_SERVE_COLLECT for one deployment's scoring servers."""
+        return json.dumps(
+            {**self.settings, "endpoint": endpoint, "deployment": deployment, "spool_dir": spool_dir}
+        )

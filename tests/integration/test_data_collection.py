@@ -1,0 +1,232 @@
+"""Data collection against a real Azurite: the layout and contents of what lands, sampling, exactly-once delivery
+across a 30 s storage outage under load, spooled records surviving kill -9; and DataCollection + CloudEndpoint on
+the real engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlinfra import services
+from mlinfra.data_collection import CollectionError, provision
+from mlinfra.engine import cache_dir, pinned_versions
+from mlinfra.samples import write_mlp
+from tests.scoring_helpers import free_port, start_server
+
+pytestmark = pytest.mark.integration
+LAYOUT = re.compile(r"^ep/blue/mlp/1/\d{4}/\d{2}/\d{2}/\d{2}/\d{8}T\d{6}-[0-9a-f]{12}\.jsonl$")
+
+
+class Azurite:
+    """An Azurite of the test's own (so stopping it disturbs nobody), started and stopped by PID."""
+
+    def __init__(self, data: Path):
+        self.data, self.port = data, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{services.AZURITE_ACCOUNT}"
+
+    def start(self) -> None:
+        binary = (
+            cache_dir()
+            / f"azurite-{pinned_versions()['AZURITE_VERSION']}"
+            / "node_modules"
+            / ".bin"
+            / "azurite-blob"
+        )
+        self.proc = subprocess.Popen(
+            [str(binary), "--silent", "--location", str(self.data), "--blobHost", "127.0.0.1", "--blobPort",
+             str(self.port), "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not services.port_is_bound(self.port):
+            assert time.monotonic() < deadline, "azurite did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def blobs(self, container: str = "collected") -> dict[str, bytes]:
+        from azure.storage.blob import ContainerClient
+
+        c = ContainerClient(
+            self.url,
+            container,
+            credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
+        )
+        return {b.name: c.download_blob(b.name).readall() for b in c.list_blobs()}
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    a = Azurite(tmp_path_factory.mktemp("azurite"))
+    a.start()
+    yield a
+    a.stop()
+
+
+def _records(blobs: dict[str, bytes]) -> list[dict]:
+    return [json.loads(line) for data in blobs.values() for line in data.splitlines() if line.strip()]
+
+
+def _server(tmp: Path, model: Path, sink: str, sas: str | None, spool: Path, rate: float = 1.0):
+    cfg = {
+        "sink": sink,
+        "endpoint": "ep",
+        "deployment": "blue",
+        "sample_rate": rate,
+        "spool_dir": str(spool),
+        "flush_s": 0.5,
+    }
+    env = {"MLINFRA_SERVE_COLLECT": json.dumps(cfg), "MLINFRA_SERVE_NO_ACCESS_LOG": "1"}
+    if sas:
+        env["MLINFRA_SERVE_COLLECT_CREDENTIAL"] = sas
+    return start_server(tmp, "--model", str(model), "--name", "mlp", env=env)
+
+
+def _score(server, rid: str, row: list[float]) -> int:
+    status, _, _ = server.request("POST", "/score", {"data": [row]}, headers={"X-Request-Id": rid})
+    return status
+
+
+def _wait_spool_empty(spool: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while list(spool.rglob("*.jsonl")):
+        assert time.monotonic() < deadline, f"spool not drained: {list(spool.rglob('*.jsonl'))[:3]}"
+        time.sleep(0.2)
+
+
+def test_layout_contents_and_exactly_once_across_a_storage_outage(azurite, tmp_path) -> None:
+    model = write_mlp(tmp_path / "mlp.onnx")
+    sink = f"azblob://{services.AZURITE_ACCOUNT}/collected?endpoint={azurite.url}"
+    sas = provision(sink, services.AZURITE_KEY, 1)["sas"]
+    spool = tmp_path / "spool"
+    server = _server(tmp_path, model, sink, sas, spool)
+    sent: list[str] = []
+    errors: list[int] = []
+    stop = threading.Event()
+    rows = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32).tolist()
+
+    def load(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            rid = f"w{worker}-{i}"
+            status = _score(server, rid, rows[i % 64])
+            (sent if status == 200 else errors).append(rid if status == 200 else status)  # type: ignore[arg-type]
+            i += 1
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=load, args=(w,)) for w in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(4)
+        azurite.stop()  # 30 s without storage, under load: the request path never waits on it
+        t_stop = time.monotonic()
+        time.sleep(30)
+        during = len(sent)
+        azurite.start()
+        outage = time.monotonic() - t_stop
+        time.sleep(4)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert errors == [], errors[:5]
+        _wait_spool_empty(spool)
+    finally:
+        stop.set()
+        server.stop()
+    blobs = azurite.blobs()
+    assert blobs and all(LAYOUT.match(name) for name in blobs), list(blobs)[:3]
+    records = _records(blobs)
+    ids = [r["request_id"] for r in records]
+    assert len(ids) == len(set(ids)), "a record arrived twice"
+    assert set(ids) == set(sent), f"missing {len(set(sent) - set(ids))} of {len(sent)}"
+    assert outage >= 30 and during > 1000, (outage, during)
+    # Contents: the input row sent and the model's output for it.
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    r = next(r for r in records if r["request_id"] == "w0-5")
+    x = np.array(r["inputs"]["input"], dtype=np.float32)
+    assert np.allclose(x[0], rows[5])
+    assert np.allclose(next(iter(r["outputs"].values())), sess.run(None, {"input": x})[0], atol=1e-5)
+    assert r["model"] == "mlp" and r["version"] == "1" and r["endpoint"] == "ep" and r["deployment"] == "blue"
+    log = server.log.read_text()
+    assert "collector_upload_failed" in log and sas not in log  # the outage was logged, the SAS never
+
+
+def test_spooled_records_survive_kill_9(azurite, tmp_path) -> None:
+    model = write_mlp(tmp_path / "mlp.onnx")
+    sink = f"azblob://{services.AZURITE_ACCOUNT}/killed?endpoint={azurite.url}"
+    sas = provision(sink, services.AZURITE_KEY, 1)["sas"]
+    spool = tmp_path / "spool"
+    azurite.stop()
+    try:
+        first = _server(tmp_path, model, sink, sas, spool)
+        ids = [f"k-{i}" for i in range(50)]
+        assert all(_score(first, rid, [0.1] * 64) == 200 for rid in ids)
+        deadline = time.monotonic() + 10
+        while sum(p.read_bytes().count(b"\n") for p in spool.rglob("*.jsonl")) < 50:
+            assert time.monotonic() < deadline, "records did not reach the spool"
+            time.sleep(0.1)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait()
+    finally:
+        azurite.start()
+    second = _server(tmp_path, model, sink, sas, spool)
+    try:
+        _wait_spool_empty(spool)
+    finally:
+        second.stop()
+    got = [r["request_id"] for r in _records(azurite.blobs("killed"))]
+    assert sorted(got) == sorted(ids)
+
+
+def test_sampling_rate_is_respected(tmp_path) -> None:
+    model = write_mlp(tmp_path / "mlp.onnx")
+    out = tmp_path / "collected"
+    spool = tmp_path / "spool"
+    server = _server(tmp_path, model, f"file://{out}", None, spool, rate=0.3)
+    n = 1500
+    try:
+        assert all(_score(server, f"s-{i}", [0.2] * 64) == 200 for i in range(n))
+        time.sleep(1.5)
+        _wait_spool_empty(spool)
+    finally:
+        server.stop()
+    got = len(_records({str(p): p.read_bytes() for p in out.rglob("*.jsonl")}))
+    sd = (n * 0.3 * 0.7) ** 0.5
+    assert abs(got - n * 0.3) < 5 * sd, got
+
+
+def test_bad_collection_input(tmp_path, azurite) -> None:
+    with pytest.raises(CollectionError, match="refused the credential") as err:
+        provision(f"azblob://{services.AZURITE_ACCOUNT}/refused?endpoint={azurite.url}", "d3Jvbmcta2V5", 1)
+    assert "d3Jvbmcta2V5" not in str(err.value)  # names the account, not the secret
+    with pytest.raises(CollectionError, match="azblob://ACCOUNT/CONTAINER"):
+        provision("s3://bucket/x", None, 1)
+    with pytest.raises(CollectionError, match="container 'x' must be 3-63"):
+        provision(f"azblob://{services.AZURITE_ACCOUNT}/x?endpoint={azurite.url}", "k", 1)
+    # A server with a malformed collector config refuses to start and says why.
+    r = subprocess.run(
+        [os.sys.executable, "-m", "components.scoring", "--model", str(write_mlp(tmp_path / "m.onnx"))],
+        env={**os.environ, "MLINFRA_SERVE_COLLECT": json.dumps({"sink": "file:///tmp/x", "sample_rate": 2})},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "sample_rate = 2 must be in [0, 1]" in r.stderr
