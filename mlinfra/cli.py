@@ -170,21 +170,23 @@ def _serve_register(sub: argparse._SubParsersAction) -> None:
 
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from mlinfra import cli_edge, cli_endpoints, cli_images, cli_models
+    from mlinfra import cli_edge, cli_endpoints, cli_images, cli_models, monitor
 
     return [
         cli_models.register,
         cli_images.register,
         cli_edge.register,
         cli_endpoints.register,
+        monitor.register,
         _serve_register,
     ]
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from mlinfra import cli_edge, cli_endpoints, cli_images, cli_models
+    from mlinfra import cli_edge, cli_endpoints, cli_images, cli_models, monitor
 
     return (
+        *monitor.USER_ERRORS,
         UserError,
         *cli_models.USER_ERRORS,
         *cli_images.USER_ERRORS,

@@ -95,6 +95,22 @@ def build_kubernetes(
         ns = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": ns_name, "labels": base}, opts=opts)
         depends.append(ns)
     nsopts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=depends))
+    collect_env: list[dict[str, Any]] = []
+    dc = args.data_collection
+    if dc is not None:
+        # The write-only SAS reaches the pods through a Secret, never as a plain env value in the manifest.
+        k8s.core.v1.Secret(
+            f"{name}-collect",
+            metadata={"name": f"{endpoint}-collect", "namespace": ns_name, "labels": base},
+            string_data={"sas": dc.sas.apply(lambda v: v or "")},
+            opts=nsopts,
+        )
+        collect_env = [
+            {
+                "name": "MLINFRA_SERVE_COLLECT_CREDENTIAL",
+                "valueFrom": {"secretKeyRef": {"name": f"{endpoint}-collect", "key": "sas"}},
+            }
+        ]
     services_out: dict[str, str] = {}
     deployments_out: dict[str, Any] = {}
     for d, spec in specs.items():
@@ -130,7 +146,8 @@ def build_kubernetes(
                             "name": "scorer",
                             "image": spec["image"],
                             "ports": [{"name": "http", "containerPort": 8080}],
-                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()],
+                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()]
+                            + collect_env,
                             "resources": resources,
                             "readinessProbe": probe,
                             "livenessProbe": {

@@ -230,3 +230,73 @@ def test_bad_collection_input(tmp_path, azurite) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2 and "sample_rate = 2 must be in [0, 1]" in r.stderr
+
+
+def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, tmp_path) -> None:
+    """The real engine: the container and a write-only SAS are provisioned, the endpoint's servers capture what they
+    score; a second up changes nothing; the state holds no SAS or account key in plain text."""
+    from pulumi import automation as auto
+
+    from mlinfra.automation import local_stack
+    from mlinfra.endpoint.local import find_containers
+    from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+    from mlinfra.registry import ModelRegistry
+    from tests.endpoint_helpers import score
+
+    local_services("docker", "registry", "python-base", "router-base", "azurite")
+    reg_uri = f"file://{tmp_path / 'registry'}"
+    mv, _ = ModelRegistry(reg_uri).register("mlp", write_mlp(tmp_path / "mlp.onnx"))
+    image = build_and_push(
+        ImageSpec(
+            repository="127.0.0.1:5000/mlinfra-test/collect",
+            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
+            base=services.base_image_ref(),
+        )
+    ).image_ref
+    container = f"collected-{os.getpid()}"
+    storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
+    st = local_stack(
+        program("data-collection"),
+        "dc",
+        backend,
+        {
+            "image": image,
+            "storage": storage,
+            "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
+        },
+    )
+    try:
+        out = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
+        assert out["container_uri"] == f"{services.azurite_blob_url()}/{container}"
+        for i in range(20):
+            status, _, _ = score(
+                out["scoring_uri"],
+                out["primary_key"],
+                headers={"X-Request-Id": f"dc-{i}", "x-client-id": "acme"},
+            )
+            assert status == 200
+        from azure.storage.blob import ContainerClient
+
+        c = ContainerClient(
+            services.azurite_blob_url(), container,
+            credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        records: list[dict] = []
+        while time.monotonic() < deadline:
+            blobs = {b.name: c.download_blob(b.name).readall() for b in c.list_blobs()}
+            records = _records(blobs)
+            if len(records) >= 20:
+                break
+            time.sleep(0.5)
+        assert sorted(r["request_id"] for r in records) == sorted(f"dc-{i}" for i in range(20))
+        assert all(name.startswith("scoring-dc/blue/mlp/1/") for name in blobs), list(blobs)[:3]
+        assert records[0]["headers"] == {"x-client-id": "acme"} and "authorization" not in json.dumps(
+            records[0]
+        )
+        assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
+        state = "".join(p.read_text() for p in backend.rglob("*.json"))
+        assert services.AZURITE_KEY not in state and "sig=" not in state
+        assert find_containers("scoring-dc")
+    finally:
+        st.destroy(on_output=lambda _l: None)
