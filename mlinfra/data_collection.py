@@ -169,7 +169,8 @@ class DataCollectionArgs:
     """Lifetime of the scoring servers' write-only SAS; bump `rotation` to issue a new one before it ends."""
     rotation: int = 1
     retention_days: int | None = None
-    """Recorded on the container layout for lifecycle policies (`mlinfra monitor prune` honours it)."""
+    """How long collected data should be kept: output as `retention_days` for the storage account's lifecycle
+    policy (mlinfra itself deletes nothing). Default: kept."""
     spool_max_mb: float = 256.0
 
 

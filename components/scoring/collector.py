@@ -22,10 +22,10 @@ Configured from ``MLINFRA_SERVE_COLLECT`` (JSON) and ``MLINFRA_SERVE_COLLECT_CRE
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
-import queue
 import threading
 import time
 import urllib.error
@@ -175,6 +175,21 @@ def open_sink(uri: str, credential: str | None) -> FolderSink | BlobSink:
 # The collector
 
 
+try:  # orjson (a scoring-server dependency) encodes numpy arrays natively, several times faster
+    import orjson
+
+    def _dumps(obj: Any) -> bytes:
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # e.g. a non-contiguous array or an object dtype
+            return json.dumps(_jsonable(obj), separators=(",", ":")).encode()
+
+except ImportError:  # pragma: no cover
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(_jsonable(obj), separators=(",", ":")).encode()
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return v.tolist()
@@ -201,11 +216,13 @@ class Collector:
         self.log = log
         self.spool = Path(config.spool_dir)
         self.spool.mkdir(parents=True, exist_ok=True)
-        self.q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=config.queue_max)
+        # A deque: append/popleft are atomic under the GIL and ~20x cheaper than queue.Queue on the request path.
+        self.q: collections.deque[dict[str, Any]] = collections.deque()
         self.counts = {"sampled": 0, "dropped": 0, "spooled": 0, "uploaded": 0, "upload_errors": 0}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._headers = [h.lower() for h in config.headers]
+        self._prefix = f"{_safe(config.endpoint)}/{_safe(config.deployment)}"
         self._writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
         self._uploader = threading.Thread(target=self._upload_loop, name="collector-uploader", daemon=True)
         self._writer.start()
@@ -217,10 +234,10 @@ class Collector:
         if not sampled(str(record.get("request_id", "")), self.config.sample_rate):
             return
         self.counts["sampled"] += 1
-        try:
-            self.q.put_nowait(record)
-        except queue.Full:
+        if len(self.q) >= self.config.queue_max:
             self._drop(record.get("model", ""))
+            return
+        self.q.append(record)
 
     def _drop(self, model: str) -> None:
         self.counts["dropped"] += 1
@@ -228,20 +245,19 @@ class Collector:
 
     # -- writer: queue → spool files --------------------------------------------------------------------------
 
-    def _line(self, r: dict[str, Any]) -> dict[str, Any]:
+    def _line(self, r: dict[str, Any], stamp: str) -> dict[str, Any]:
         out: dict[str, Any] = {
             "request_id": r.get("request_id"),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.get("ts", time.time())))
-            + f".{int((r.get('ts', 0) % 1) * 1000):03d}Z",
+            "time": f"{stamp}.{int((r.get('ts', 0) % 1) * 1000):03d}Z",
             "endpoint": self.config.endpoint,
             "deployment": self.config.deployment,
             "model": r.get("model"),
             "version": r.get("version"),
         }
         if "inputs" in self.config.capture:
-            out["inputs"] = _jsonable(r.get("inputs") or {})
+            out["inputs"] = r.get("inputs") or {}
         if "outputs" in self.config.capture:
-            out["outputs"] = _jsonable(r.get("outputs") or {})
+            out["outputs"] = r.get("outputs") or {}
         if self._headers:
             hs = {k.lower(): v for k, v in (r.get("headers") or {}).items()}
             out["headers"] = {h: hs[h] for h in self._headers if h in hs}
@@ -252,18 +268,19 @@ class Collector:
 
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
         groups: dict[str, list[bytes]] = {}
+        stamps: dict[int, tuple[str, str]] = {}  # second → (ISO stamp, hour path): formatted once per second
+        parts: dict[tuple[Any, Any, str], str] = {}
         for r in batch:
-            t = time.gmtime(r.get("ts", time.time()))
-            part = "/".join(
-                [
-                    _safe(self.config.endpoint),
-                    _safe(self.config.deployment),
-                    _safe(str(r.get("model", "unknown"))),
-                    _safe(str(r.get("version", "0"))),
-                    time.strftime("%Y/%m/%d/%H", t),
-                ]
-            )
-            groups.setdefault(part, []).append(json.dumps(self._line(r), separators=(",", ":")).encode())
+            sec = int(r.get("ts") or time.time())
+            if sec not in stamps:
+                t = time.gmtime(sec)
+                stamps[sec] = (time.strftime("%Y-%m-%dT%H:%M:%S", t), time.strftime("%Y/%m/%d/%H", t))
+            stamp, hour = stamps[sec]
+            mv = (r.get("model"), r.get("version"), hour)
+            part = parts.get(mv)
+            if part is None:
+                part = parts[mv] = f"{self._prefix}/{_safe(str(mv[0] or 'unknown'))}/{_safe(str(mv[1] or '0'))}/{hour}"
+            groups.setdefault(part, []).append(_dumps(self._line(r, stamp)))
         limit = self.config.spool_max_mb * 1024 * 1024
         used = self._spool_bytes()
         for part, lines in groups.items():
@@ -286,20 +303,12 @@ class Collector:
         self._wake.set()
 
     def _write_loop(self) -> None:
-        while not self._stop.is_set() or not self.q.empty():
-            batch: list[dict[str, Any]] = []
-            deadline = time.monotonic() + self.config.flush_s
-            while len(batch) < self.config.batch:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(self.q.get(timeout=timeout))
-                except queue.Empty:
-                    break
-                if self._stop.is_set():
-                    timeout = 0
-            if batch:
+        while not self._stop.is_set() or self.q:
+            self._stop.wait(self.config.flush_s)  # sleeps without the GIL; wakes at once on close
+            while self.q:
+                batch: list[dict[str, Any]] = []
+                while self.q and len(batch) < self.config.batch:
+                    batch.append(self.q.popleft())
                 try:
                     self._write_batch(batch)
                 except OSError as e:  # disk trouble: count the loss, keep serving

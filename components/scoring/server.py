@@ -274,7 +274,7 @@ class ScoringServer:
                 "version": m.version,
                 "inputs": feeds,
                 "outputs": results,
-                "headers": dict(request.headers),
+                "headers": request.headers,  # read-only per request; the collector copies what it keeps
                 "ts": time.time(),
             }
         )

@@ -5,7 +5,8 @@ its component does:
 
 1. register an ONNX model in an Azure Blob registry (Azurite locally) — RegisteredModel;
 2. package it with the scoring server as a reproducible OCI image, pushed to the local registry — ScoringImage;
-3. serve it on local Docker behind a router that checks keys and splits traffic — CloudEndpoint.
+3. serve it on local Docker behind a router that checks keys and splits traffic — CloudEndpoint;
+4. capture what it scores into Azure Blob (Azurite locally), sampled, nothing lost — DataCollection.
 """
 
 from pathlib import Path
@@ -29,14 +30,26 @@ model = mlinfra.RegisteredModel(
 # 2. Package: model + scoring server (+ dependencies) as an image; unchanged inputs push nothing.
 image = mlinfra.ScoringImage("quickstart-scorer", mlinfra.ScoringImageArgs(models=[model]))
 
+# 4. Monitor: the endpoint's servers write sampled inputs/outputs as JSON Lines to a blob container.
+collection = mlinfra.DataCollection(
+    "quickstart-capture",
+    mlinfra.DataCollectionArgs(
+        storage=f"azblob://{services.AZURITE_ACCOUNT}/quickstart-data?endpoint={services.azurite_blob_url()}",
+        storage_credential=pulumi.Config("mlinfra").get_secret("registryCredential"),
+        sample_rate=1.0,
+    ),
+)
+
 # 3. Deploy: a keyed web service on local Docker; a later image change rolls out in steps with gates.
 endpoint = mlinfra.CloudEndpoint(
     "quickstart",
     mlinfra.CloudEndpointArgs(
         deployments={"blue": mlinfra.Deployment(image=image, memory_mb=512)},
         rollout=mlinfra.RolloutPolicy(steps=[25, 100], bake_s=5),
+        data_collection=collection,
     ),
 )
+pulumi.export("collected_to", collection.container_uri)
 
 pulumi.export("scoring_uri", endpoint.scoring_uri)
 pulumi.export("primary_key", endpoint.primary_key)

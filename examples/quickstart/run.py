@@ -51,6 +51,11 @@ def main() -> int:
         f'-d "{{\\"data\\": [[$(python3 -c \'print(",".join(["0.1"] * 64))\')]]}}" {uri}'
     )
     print(
+        f"\nWhat it scores is captured under {result.outputs['collected_to'].value}/quickstart-dev/blue/… ; check it for "
+        "drift with\n  MLINFRA_COLLECT_CREDENTIAL=<Azurite's well-known key> .venv/bin/mlinfra monitor drift "
+        f"--collected {result.outputs['collected_to'].value} --baseline <training rows .npy> --out drift.html"
+    )
+    print(
         f"\nNext: MLINFRA_REGISTRY_CREDENTIAL=<Azurite's well-known key> .venv/bin/mlinfra models list "
         f"--registry '{result.outputs['registry'].value}'"
     )

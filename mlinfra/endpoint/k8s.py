@@ -146,8 +146,7 @@ def build_kubernetes(
                             "name": "scorer",
                             "image": spec["image"],
                             "ports": [{"name": "http", "containerPort": 8080}],
-                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()]
-                            + collect_env,
+                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()] + collect_env,
                             "resources": resources,
                             "readinessProbe": probe,
                             "livenessProbe": {
@@ -160,10 +159,17 @@ def build_kubernetes(
                                 "allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"]},
                             },
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                            "volumeMounts": [
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                # data collection's spool: survives container restarts (kill -9) within the pod
+                                {"name": "spool", "mountPath": "/var/lib/mlinfra/spool"},
+                            ],
                         }
                     ],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "spool", "emptyDir": {"sizeLimit": "1Gi"}},
+                    ],
                 },
             },
         }

@@ -13,10 +13,12 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["registered-model", "scoring-image", "cloud-endpoint", "fpga-endpoint"])
+@pytest.mark.parametrize(
+    "name", ["registered-model", "scoring-image", "cloud-endpoint", "fpga-endpoint", "data-collection"]
+)
 def test_example_up_noop_destroy(name: str, tmp_path: Path, backend: Path, local_services) -> None:
-    if name in ("scoring-image", "cloud-endpoint", "fpga-endpoint"):
-        local_services("docker", "registry", "python-base", "router-base")
+    if name in ("scoring-image", "cloud-endpoint", "fpga-endpoint", "data-collection"):
+        local_services("docker", "registry", "python-base", "router-base", "azurite")
     work = tmp_path / name
     shutil.copytree(EXAMPLES / name, work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml"))
     project = work / "Pulumi.yaml"  # its virtualenv is relative to the examples folder
