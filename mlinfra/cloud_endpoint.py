@@ -232,9 +232,7 @@ class CloudEndpoint(pulumi.ComponentResource):
             replicas = dep.autoscale.min_replicas if dep.autoscale else dep.replicas
             env = dict(dep.env)
             if args.data_collection is not None:
-                env["MLINFRA_SERVE_COLLECT"] = args.data_collection.server_config(
-                    endpoint, d, "/var/lib/mlinfra/spool"
-                )
+                env.update(args.data_collection.server_env(endpoint, d, "/var/lib/mlinfra/spool"))
             specs[d] = {
                 "image": images[d],
                 "replicas": replicas,

@@ -172,6 +172,10 @@ class DataCollectionArgs:
     """How long collected data should be kept: output as `retention_days` for the storage account's lifecycle
     policy (mlinfra itself deletes nothing). Default: kept."""
     spool_max_mb: float = 256.0
+    otlp_endpoint: str | None = None
+    """Also export the servers' metrics (requests, latency, batch sizes, drops; by model and version) over
+    OTLP/HTTP to this OpenTelemetry endpoint, e.g. http://127.0.0.1:4318. Default: off (Prometheus /metrics only)."""
+    otlp_interval_s: float = 15.0
 
 
 class DataCollection(pulumi.ComponentResource):
@@ -194,6 +198,11 @@ class DataCollection(pulumi.ComponentResource):
             )
         if not 0 < args.sas_ttl_hours <= 24 * 365:
             raise CollectionError(f"{where}: sas_ttl_hours = {args.sas_ttl_hours} must be in (0, 8760]")
+        if args.otlp_endpoint is not None and not args.otlp_endpoint.startswith(("http://", "https://")):
+            raise CollectionError(f"{where}: otlp_endpoint = {args.otlp_endpoint!r} must be an http(s) URL")
+        if not 0.1 <= args.otlp_interval_s <= 3600:
+            raise CollectionError(f"{where}: otlp_interval_s = {args.otlp_interval_s} must be in 0.1..3600")
+        self.otlp = (args.otlp_endpoint, args.otlp_interval_s)
         cfg = pulumi.Config("mlinfra")
         storage = (
             args.storage
@@ -239,8 +248,15 @@ class DataCollection(pulumi.ComponentResource):
             }
         )
 
-    def server_config(self, endpoint: str, deployment: str, spool_dir: str) -> str:
-        """MLINFRA_SERVE_COLLECT for one deployment's scoring servers."""
-        return json.dumps(
-            {**self.settings, "endpoint": endpoint, "deployment": deployment, "spool_dir": spool_dir}
-        )
+    def server_env(self, endpoint: str, deployment: str, spool_dir: str) -> dict[str, str]:
+        """The scoring servers' environment for one deployment: the collector and, if set, OTLP export."""
+        env = {
+            "MLINFRA_SERVE_COLLECT": json.dumps(
+                {**self.settings, "endpoint": endpoint, "deployment": deployment, "spool_dir": spool_dir}
+            )
+        }
+        if self.otlp[0]:
+            env["MLINFRA_SERVE_OTLP_ENDPOINT"] = self.otlp[0]
+            env["MLINFRA_SERVE_OTLP_INTERVAL_S"] = f"{self.otlp[1]:g}"
+            env["MLINFRA_SERVE_OTLP_RESOURCE"] = f"endpoint={endpoint},deployment={deployment}"
+        return env

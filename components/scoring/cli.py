@@ -111,9 +111,13 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra serve") -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from components.scoring.collector import CollectorConfigError
+    from components.scoring.otel import OtlpConfigError
 
     try:
         return run(config)
     except CollectorConfigError as e:
         print(f"error: data collection: {e}", file=sys.stderr)
+        return 2
+    except OtlpConfigError as e:
+        print(f"error: telemetry: {e}", file=sys.stderr)
         return 2

@@ -279,7 +279,9 @@ class Collector:
             mv = (r.get("model"), r.get("version"), hour)
             part = parts.get(mv)
             if part is None:
-                part = parts[mv] = f"{self._prefix}/{_safe(str(mv[0] or 'unknown'))}/{_safe(str(mv[1] or '0'))}/{hour}"
+                part = parts[mv] = (
+                    f"{self._prefix}/{_safe(str(mv[0] or 'unknown'))}/{_safe(str(mv[1] or '0'))}/{hour}"
+                )
             groups.setdefault(part, []).append(_dumps(self._line(r, stamp)))
         limit = self.config.spool_max_mb * 1024 * 1024
         used = self._spool_bytes()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from components.scoring import __version__, collector
+from components.scoring import __version__, collector, otel
 from components.scoring.batching import Batcher
 from components.scoring.metrics import Metrics
 from components.scoring.models import (
@@ -85,6 +85,7 @@ class ScoringServer:
         self.metrics = Metrics()
         self.hooks: list[Hook] = []
         self.collector: Any = None  # components.scoring.collector.Collector when MLINFRA_SERVE_COLLECT is set
+        self.otlp: Any = None  # components.scoring.otel.Exporter when MLINFRA_SERVE_OTLP_ENDPOINT is set
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
@@ -318,7 +319,7 @@ class ScoringServer:
             self.metrics.in_flight.set((), self.in_flight)
         resp.headers["X-Request-Id"] = rid
         dt = time.perf_counter() - t0
-        model = request.match_info.get("name", "")
+        model = request.match_info.get("name") or request.get("model", "")  # /score names no model in its path
         version = request.get("version", "")
         route = request.match_info.route.name or "other"
         self.metrics.requests.inc((route, model, version, str(status)))
@@ -448,7 +449,7 @@ class ScoringServer:
         if not isinstance(body, dict) or "data" not in body:
             raise RequestError('request body must be {"data": [[...], ...]}')
         m = next(iter(self.models.values()))
-        request["version"] = m.version
+        request["model"], request["version"] = m.name, m.version
         spec = m.inputs[0]
         data = body["data"]
         try:
@@ -537,6 +538,8 @@ class ScoringServer:
             print(
                 json.dumps({"event": "collector_closed", **self.collector.counts}), file=self._log, flush=True
             )
+        if self.otlp is not None:
+            await loop.run_in_executor(None, self.otlp.close)
         flusher.cancel()
         print(json.dumps({"event": "stopped", "in_flight": self.in_flight}), file=self._log, flush=True)
 
@@ -614,6 +617,9 @@ def run(config: ServerConfig, hooks: list[Hook] | None = None) -> int:
     server.collector = collector.from_env(
         on_drop=lambda model: server.metrics.collector_dropped.inc((model,)),
         log=lambda event: print(json.dumps(event), file=server._log, flush=True),
+    )
+    server.otlp = otel.from_env(
+        server.metrics, log=lambda event: print(json.dumps(event), file=server._log, flush=True)
     )
     if server.collector is not None:
         server.add_hook(server.collector)

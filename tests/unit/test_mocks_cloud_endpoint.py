@@ -4,6 +4,8 @@ process has one mock runtime.)"""
 
 from __future__ import annotations
 
+import json
+
 import pulumi
 import pytest
 
@@ -111,3 +113,29 @@ def test_local_target_passes_keys_as_secrets(mocks: Mocks) -> None:
 def test_bad_arguments_fail_with_the_value_and_the_fix(mocks: Mocks, args, needle) -> None:
     with pytest.raises(EndpointError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         mlinfra.CloudEndpoint("bad", mlinfra.CloudEndpointArgs(**args))
+
+
+def test_data_collection_wires_collector_and_otlp_into_every_deployment(mocks: Mocks) -> None:
+    def build():
+        dc = mlinfra.DataCollection(
+            "cap",
+            mlinfra.DataCollectionArgs(
+                storage="file:///tmp/mlinfra-unit-collected", otlp_endpoint="http://127.0.0.1:4318"
+            ),
+        )
+        return mlinfra.CloudEndpoint(
+            "api",
+            mlinfra.CloudEndpointArgs(
+                deployments={"blue": mlinfra.Deployment(image=IMAGE)}, data_collection=dc
+            ),
+        )
+
+    _run(build)
+    env = next(i for t, n, i in mocks.created if n == "api-local")["deployments"]["blue"]["env"]
+    assert json.loads(env["MLINFRA_SERVE_COLLECT"])["deployment"] == "blue"
+    assert env["MLINFRA_SERVE_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
+    assert env["MLINFRA_SERVE_OTLP_RESOURCE"] == "endpoint=api-unit,deployment=blue"
+    with pytest.raises(
+        mlinfra.data_collection.CollectionError, match=r"sample_rate = 1.5 must be in \[0, 1\]"
+    ):
+        mlinfra.DataCollection("bad", mlinfra.DataCollectionArgs(sample_rate=1.5))
