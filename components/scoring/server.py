@@ -319,7 +319,9 @@ class ScoringServer:
             self.metrics.in_flight.set((), self.in_flight)
         resp.headers["X-Request-Id"] = rid
         dt = time.perf_counter() - t0
-        model = request.match_info.get("name") or request.get("model", "")  # /score names no model in its path
+        model = request.match_info.get("name") or request.get(
+            "model", ""
+        )  # /score names no model in its path
         version = request.get("version", "")
         route = request.match_info.route.name or "other"
         self.metrics.requests.inc((route, model, version, str(status)))
