@@ -22,7 +22,7 @@ from mlinfra.endpoint.plan import (
     validate_traffic,
 )
 from mlinfra.providers.cloud_endpoint import EndpointKeys, LocalEndpointResource
-from mlinfra.scoring_image import ScoringImage
+from mlinfra.scoring_image import ScoringImage, sha256_of
 
 
 @dataclass
@@ -137,12 +137,6 @@ class CloudEndpointArgs:
     max_body_mb: float = 10.0
     data_collection: Any = None
     """A DataCollection: every deployment's scoring servers capture sampled inputs/outputs to its storage."""
-
-
-def _sha_file(path: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def check_kubeconfig(kubeconfig: str, context: str | None, where: str) -> None:
@@ -305,7 +299,7 @@ class CloudEndpoint(pulumi.ComponentResource):
                     },
                     "tls_sha256": None
                     if args.tls is None
-                    else [_sha_file(args.tls.cert), _sha_file(args.tls.key), _sha_file(args.tls.client_ca)],
+                    else [sha256_of(args.tls.cert), sha256_of(args.tls.key), sha256_of(args.tls.client_ca)],
                     "deployments": specs,
                     "traffic": traffic,
                     "mirror": mirror,

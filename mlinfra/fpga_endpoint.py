@@ -10,7 +10,6 @@ try the given execution providers in order, CPU last. See docs/fpga-endpoint.md.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from mlinfra.providers.quantized_model import QuantizedModelResource
 from mlinfra.quantize import QuantizeError
 from mlinfra.registered_model import RegisteredModel, as_int
 from mlinfra.registry import validate_name
-from mlinfra.scoring_image import ScoringImage, ScoringImageArgs
+from mlinfra.scoring_image import ScoringImage, ScoringImageArgs, sha256_of
 
 
 @dataclass
@@ -83,10 +82,6 @@ class FpgaEndpointArgs:
     endpoint_name: str | None = None
 
 
-def _sha(path: str | None) -> str | None:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
-
-
 class QuantizedModel(pulumi.ComponentResource):
     """The INT8 model as a registered version; ``model_ref`` feeds a ScoringImage like a RegisteredModel's."""
 
@@ -118,11 +113,11 @@ class QuantizedModel(pulumi.ComponentResource):
                 "method": q.method,
                 "per_channel": q.per_channel,
                 "calibration": str(Path(args.calibration_data).resolve()),
-                "calibration_sha256": _sha(args.calibration_data),
+                "calibration_sha256": sha256_of(args.calibration_data),
                 "validation": str(Path(args.validation_data).resolve()) if args.validation_data else None,
-                "validation_sha256": _sha(args.validation_data),
+                "validation_sha256": sha256_of(args.validation_data) if args.validation_data else None,
                 "labels": str(Path(args.validation_labels).resolve()) if args.validation_labels else None,
-                "labels_sha256": _sha(args.validation_labels),
+                "labels_sha256": sha256_of(args.validation_labels) if args.validation_labels else None,
                 "max_accuracy_drop": args.max_accuracy_drop,
                 "version": None,
                 "sha256": None,

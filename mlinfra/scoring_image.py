@@ -53,8 +53,9 @@ class ScoringImageArgs:
     """Docker build context. Default: the Dockerfile's folder."""
 
 
-def _sha_file(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+def sha256_of(p: Path | str) -> str:
+    """Hex sha256 of a local input file: content, not path, decides whether an input changed."""
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 
 class ScoringImage(pulumi.ComponentResource):
@@ -112,12 +113,12 @@ class ScoringImage(pulumi.ComponentResource):
                 "base": args.base or services.base_image_ref(),
                 "requirements": sorted(args.requirements),
                 "script": str(script) if script else None,
-                "script_sha256": _sha_file(script) if script else None,
-                "files": {k: _sha_file(Path(v)) + ":" + v for k, v in sorted(files.items())},
+                "script_sha256": sha256_of(script) if script else None,
+                "files": {k: sha256_of(Path(v)) + ":" + v for k, v in sorted(files.items())},
                 "labels": dict(sorted(args.labels.items())),
                 "tag": args.tag,
                 "dockerfile": str(dockerfile) if dockerfile else None,
-                "dockerfile_sha256": _sha_file(dockerfile) if dockerfile else None,
+                "dockerfile_sha256": sha256_of(dockerfile) if dockerfile else None,
                 "context": str(context) if context else None,
                 "context_sha256": _sha_dir(context, dockerfile) if context else None,
                 "registry_username": args.registry_username,

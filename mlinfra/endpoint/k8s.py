@@ -20,25 +20,16 @@ import pulumi_kubernetes as k8s
 
 from mlinfra import services
 from mlinfra.endpoint import nginx
-from mlinfra.endpoint.local import label_value
+from mlinfra.endpoint.local import model_labels
 from mlinfra.endpoint.plan import revision
 from mlinfra.scoring_image import ScoringImage
 
 ROUTER_PORT = 8080
 
 
-def _model_labels(models: list[dict[str, Any]] | None, image: str) -> dict[str, str]:
-    labels = {}
-    if "@sha256:" in image:
-        labels["mlinfra.io/image-digest"] = label_value(image.split("@sha256:", 1)[1])
-    if models:
-        labels["mlinfra.io/model"] = label_value(".".join(m["name"] for m in models))
-        labels["mlinfra.io/model-version"] = label_value(".".join(str(int(m["version"])) for m in models))
-    return labels
-
-
 def _labels(base: dict[str, str], a: list[Any]) -> dict[str, str]:
-    return {**base, **_model_labels(a[1], a[0])}
+    image, models = a[0], a[1] or []
+    return {**base, **model_labels(models, image.split("@", 1)[1] if "@sha256:" in image else None)}
 
 
 def _deployment_out(spec: dict[str, Any], a: list[Any]) -> dict[str, Any]:

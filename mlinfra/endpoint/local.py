@@ -82,8 +82,10 @@ def label_value(v: str) -> str:
     return out.strip("-._")
 
 
-def model_labels(models: list[dict[str, Any]], digest: str) -> dict[str, str]:
-    labels = {"mlinfra.io/image-digest": label_value(digest.split(":", 1)[-1])}
+def model_labels(models: list[dict[str, Any]], digest: str | None) -> dict[str, str]:
+    """mlinfra.io/model, model-version and image-digest (when known), as containers and Kubernetes objects carry
+    them."""
+    labels = {"mlinfra.io/image-digest": label_value(digest.split(":", 1)[-1])} if digest else {}
     if models:
         labels["mlinfra.io/model"] = label_value(".".join(m["name"] for m in models))
         labels["mlinfra.io/model-version"] = label_value(".".join(str(int(m["version"])) for m in models))
@@ -111,9 +113,6 @@ class Upstream:
     @property
     def uname(self) -> str:
         return nginx.upstream_name(self.deployment, self.slot)
-
-    def addrs(self) -> list[str]:
-        return [f"127.0.0.1:{c['port']}" for c in self.containers]
 
     def to_json(self) -> dict[str, Any]:
         return {
