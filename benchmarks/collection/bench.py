@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -24,17 +23,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra import services  # noqa: E402
 from mlinfra.data_collection import provision  # noqa: E402
+from mlinfra.endpoint.local import free_port  # noqa: E402
 from mlinfra.samples import write_mlp  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(model: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
@@ -57,17 +50,7 @@ def start(model: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen
 
 
 def wrk(port: int, body: Path, seconds: int, conns: int = 32) -> dict:
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s",
-         str(HERE.parent / "serving" / "post.lua"), f"http://127.0.0.1:{port}/score"],
-        capture_output=True, text=True, env={**os.environ, "WRK_BODY_FILE": str(body)}, timeout=seconds + 60,
-    ).stdout  # fmt: skip
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else float("nan")
-    non2xx = int(m2.group(1)) if (m2 := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    total = int(m3.group(1)) if (m3 := re.search(r"(\d+) requests in", out)) else 0
-    return {"rps": rps, "p99_ms": p99, "non2xx": non2xx, "requests": total}
+    return wrk_run(f"http://127.0.0.1:{port}/score", body, conns, seconds)
 
 
 def rss_mb(pid: int) -> float:

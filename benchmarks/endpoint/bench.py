@@ -13,9 +13,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra import services  # noqa: E402
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push  # noqa: E402
 from mlinfra.providers.cloud_endpoint import EndpointKeysProvider, LocalEndpointProvider  # noqa: E402
@@ -32,19 +31,7 @@ from mlinfra.samples import write_mlp  # noqa: E402
 
 
 def wrk(url: str, body: Path, key: str | None, conns: int, seconds: int) -> dict:
-    env = {**os.environ, "WRK_BODY_FILE": str(body), "WRK_KEY": key or ""}
-    out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s",
-         str(HERE.parent / "serving" / "post.lua"), url],
-        capture_output=True, text=True, env=env, timeout=seconds + 60,
-    ).stdout  # fmt: skip
-    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)] if m else float("nan")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = int(m2.group(1)) if (m2 := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    total = int(m3.group(1)) if (m3 := re.search(r"(\d+) requests in", out)) else 0
-    return {"rps": rps, "p99_ms": p99, "non2xx": non2xx, "socket_errors": errors, "requests": total}
+    return wrk_run(url, body, conns, seconds, key)
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import subprocess
@@ -32,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.engine import cache_dir  # noqa: E402
 from mlinfra.samples import write_mlp  # noqa: E402
 
@@ -150,37 +150,7 @@ def wait_ready(port: int, payload: bytes, proc: subprocess.Popen, timeout: float
 
 
 def wrk(port: int, body_file: Path, conns: int, seconds: int) -> dict:
-    env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            f"-c{conns}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(HERE / "post.lua"),
-            f"http://127.0.0.1:{port}/v2/models/mlp/infer",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=seconds + 60,
-    ).stdout
-
-    def lat(pct: str) -> float:
-        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not m:
-            return float("nan")
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return {"rps": rps, "p50_ms": lat("50"), "p99_ms": lat("99"), "non2xx": non2xx, "socket_errors": errs}
+    return wrk_run(f"http://127.0.0.1:{port}/v2/models/mlp/infer", body_file, conns, seconds)
 
 
 def raw_onnxruntime(model: Path, seconds: float) -> dict:
