@@ -5,13 +5,22 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup venv engine wheelhouse kube system services services-down doctor test test-unit test-integration check lint demo clean
+.PHONY: setup venv policy-venv engine wheelhouse kube system services services-down doctor test test-unit test-integration check lint demo clean
 
 ## setup: system packages, .venv with the project and its dev extras, the Pulumi engine and plugins
-setup: system venv engine wheelhouse kube
+setup: system venv policy-venv engine wheelhouse kube
 
 system:
 	@bash scripts/install-system.sh
+
+## policy-venv: the policy pack's own virtualenv (pulumi-policy pins protobuf 5; the project's onnx needs 6)
+POLICY_STAMP := .venv-policy/.installed-$(shell cat mlinfra/policy/requirements.txt | sha256sum | cut -c1-12)
+policy-venv: $(POLICY_STAMP)
+$(POLICY_STAMP): mlinfra/policy/requirements.txt
+	@test -x .venv-policy/bin/python || $(PY) -m venv .venv-policy
+	@.venv-policy/bin/pip install -q --disable-pip-version-check -r mlinfra/policy/requirements.txt
+	@rm -f .venv-policy/.installed-* && touch $@
+	@echo "policy-venv: .venv-policy ready"
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -61,4 +70,4 @@ demo: setup services
 	@$(BIN)/python examples/quickstart/run.py
 
 clean:
-	rm -rf $(VENV) .mlinfra *.egg-info
+	rm -rf $(VENV) .venv-policy .mlinfra *.egg-info

@@ -170,10 +170,11 @@ def _serve_register(sub: argparse._SubParsersAction) -> None:
 
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
-    from mlinfra import cli_edge, cli_endpoints, cli_images, cli_models, monitor
+    from mlinfra import cli_edge, cli_endpoints, cli_gitops, cli_images, cli_models, monitor
 
     return [
         cli_models.register,
+        cli_gitops.register,
         cli_images.register,
         cli_edge.register,
         cli_endpoints.register,
@@ -183,9 +184,10 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from mlinfra import cli_edge, cli_endpoints, cli_images, cli_models, monitor
+    from mlinfra import cli_edge, cli_endpoints, cli_gitops, cli_images, cli_models, monitor
 
     return (
+        *cli_gitops.USER_ERRORS,
         *monitor.USER_ERRORS,
         UserError,
         *cli_models.USER_ERRORS,

@@ -179,7 +179,6 @@ class CloudEndpoint(pulumi.ComponentResource):
     deployments: pulumi.Output[dict[str, Any]]
 
     def __init__(self, name: str, args: CloudEndpointArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mlinfra:endpoints:CloudEndpoint", name, None, opts)
         where = f"CloudEndpoint {name}"
         endpoint = args.endpoint_name or f"{name}-{pulumi.get_stack()}".lower()
         if not ENDPOINT_RE.match(endpoint):
@@ -220,7 +219,7 @@ class CloudEndpoint(pulumi.ComponentResource):
             _check_deployment(where, d, dep, args.require_digest)
             if isinstance(dep.image, ScoringImage):
                 images[d] = dep.image.image_ref
-                model_refs.append(dep.image.image.models)  # type: ignore[attr-defined]
+                model_refs.append(dep.image.model_refs)
             else:
                 images[d] = dep.image
             replicas = dep.autoscale.min_replicas if dep.autoscale else dep.replicas
@@ -250,6 +249,28 @@ class CloudEndpoint(pulumi.ComponentResource):
                     "cpu_target_percent": dep.autoscale.cpu_target_percent,
                 },
             }
+        # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read: no secrets here.
+        dc = args.data_collection
+        props = {
+            "endpoint_name": endpoint,
+            "target": "kubernetes" if isinstance(args.target, Kubernetes) else "local",
+            "auth": args.auth,
+            "data_collection": None
+            if dc is None
+            else {k: dc.settings[k] for k in ("sink", "sample_rate", "capture")},
+            "traffic": traffic,
+            "mirror": mirror,
+            "rollout": {
+                "steps": steps,
+                "bake_s": float(args.rollout.bake_s),
+                "auto_rollback": args.rollout.auto_rollback,
+                "max_error_rate": g.max_error_rate,
+            },
+            "deployments": {
+                d: {"image": images[d], "replicas": spec["replicas"]} for d, spec in specs.items()
+            },
+        }
+        super().__init__("mlinfra:endpoints:CloudEndpoint", name, props, opts)
         self.keys = (
             EndpointKeys(f"{name}-keys", args.key_version, pulumi.ResourceOptions(parent=self))
             if args.auth == "key"

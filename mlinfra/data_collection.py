@@ -58,11 +58,12 @@ def parse_storage(uri: str) -> dict[str, str]:
 
 
 def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, Any]:
-    """Create the container if absent; return {container_uri, sas, expires} (sas None for folders)."""
+    """Create the container if absent; return {container_uri, sas, expires} (sas "" for folders)."""
     s = parse_storage(uri)
     if s["kind"] == "file":
         Path(s["path"]).mkdir(parents=True, exist_ok=True)
-        return {"container_uri": f"file://{s['path']}", "sas": None, "expires": None}
+        # "" rather than None: a None output reads as unknown in previews, which would show the endpoint as changing.
+        return {"container_uri": f"file://{s['path']}", "sas": "", "expires": ""}
     from azure.core.exceptions import (
         AzureError,
         ClientAuthenticationError,
@@ -183,7 +184,6 @@ class DataCollection(pulumi.ComponentResource):
     ``sas_expires``; ``sas`` (secret)."""
 
     def __init__(self, name: str, args: DataCollectionArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mlinfra:monitoring:DataCollection", name, None, opts)
         where = f"DataCollection {name}"
         if isinstance(args.sample_rate, bool) or not 0 <= args.sample_rate <= 1:
             raise CollectionError(
@@ -203,6 +203,12 @@ class DataCollection(pulumi.ComponentResource):
         if not 0.1 <= args.otlp_interval_s <= 3600:
             raise CollectionError(f"{where}: otlp_interval_s = {args.otlp_interval_s} must be in 0.1..3600")
         self.otlp = (args.otlp_endpoint, args.otlp_interval_s)
+        super().__init__(
+            "mlinfra:monitoring:DataCollection",
+            name,
+            {"sample_rate": float(args.sample_rate), "capture": list(args.capture)},
+            opts,
+        )
         cfg = pulumi.Config("mlinfra")
         storage = (
             args.storage

@@ -62,7 +62,6 @@ class EdgeDeployment(pulumi.ComponentResource):
     generation: pulumi.Output[str]
 
     def __init__(self, name: str, args: EdgeDeploymentArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mlinfra:edge:EdgeDeployment", name, None, opts)
         dep_name = args.deployment_name or name
         if not NAME_RE.match(dep_name):
             raise EdgeError(f"deployment name {dep_name!r}: use letters, digits, '.', '_' or '-' (≤ 128)")
@@ -84,9 +83,25 @@ class EdgeDeployment(pulumi.ComponentResource):
         password: Any = (
             args.broker_password if args.broker_password is not None else local.get("password", "")
         )
-        pulumi.Output.from_input(password).apply(
-            lambda pw: self._warn_if_untargeted(Broker(broker, username, pw or ""), condition, dep_name)
+        counted = pulumi.Output.from_input(password).apply(
+            lambda pw: _count_targeted(Broker(broker, username, pw or ""), condition, dep_name)
         )
+        # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read: no secrets here.
+        props = {
+            "deployment_name": dep_name,
+            "target_condition": args.target_condition,
+            "priority": args.priority,
+            "layered": args.layered,
+            "gate": {
+                "min_success_fraction": g.min_success_fraction,
+                "timeout_s": g.timeout_s,
+                "max_failures": g.max_failures,
+            },
+            "models": [{"name": m.model_name, "version": m.version} for m in args.models],
+            "devices_matched": counted.apply(lambda c: c[0]),
+            "devices_known": counted.apply(lambda c: c[1]),
+        }
+        super().__init__("mlinfra:edge:EdgeDeployment", name, props, opts)
         models = [m.model_ref for m in args.models]
         self.deployment = EdgeDeploymentResource(
             f"{name}-deployment",
@@ -136,19 +151,19 @@ class EdgeDeployment(pulumi.ComponentResource):
             }
         )
 
-    def _warn_if_untargeted(self, broker: Broker, condition: Any, dep_name: str) -> None:
-        """A condition that targets no device is a warning (in preview and up), not an error."""
-        try:
-            fleet = read_fleet(broker, quiet_s=0.3, max_s=3)
-        except EdgeError as e:
-            pulumi.log.warn(
-                f"edge deployment {dep_name}: cannot read the fleet to count targeted devices: {e}", self
-            )
-            return
-        n = sum(1 for twin in fleet.twins.values() if condition.matches(twin))
-        if n == 0:
-            pulumi.log.warn(
-                f"edge deployment {dep_name}: target condition {condition.text!r} matches no device of "
-                f"the {len(fleet.twins)} known to the broker",
-                self,
-            )
+
+def _count_targeted(broker: Broker, condition: Any, dep_name: str) -> tuple[int | None, int | None]:
+    """(devices the condition targets, devices known to the broker) now; a condition that targets no device is a
+    warning (in preview and up), not an error. (None, None) when the fleet cannot be read."""
+    try:
+        fleet = read_fleet(broker, quiet_s=0.3, max_s=3)
+    except EdgeError as e:
+        pulumi.log.warn(f"edge deployment {dep_name}: cannot read the fleet to count targeted devices: {e}")
+        return None, None
+    n = sum(1 for twin in fleet.twins.values() if condition.matches(twin))
+    if n == 0:
+        pulumi.log.warn(
+            f"edge deployment {dep_name}: target condition {condition.text!r} matches no device of "
+            f"the {len(fleet.twins)} known to the broker"
+        )
+    return n, len(fleet.twins)

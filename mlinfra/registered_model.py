@@ -4,6 +4,7 @@ found and used by images and endpoints."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,20 @@ import pulumi
 
 from mlinfra.providers.model_version import ModelAliasResource, ModelVersionResource
 from mlinfra.registry import ModelError, onnx_signature, scan_content, validate_name, validate_tags
-from mlinfra.registry.registry import FRAMEWORKS
+from mlinfra.registry.registry import FRAMEWORKS, ModelRegistry
 from mlinfra.registry.store import open_store
 
 
 @dataclass
 class RegisteredModelArgs:
-    path: str
-    """Model file or folder. Required. Content is hashed (sha256) at preview; unchanged content is no change."""
+    path: str | None = None
+    """Model file or folder to register. Content is hashed (sha256) at preview; unchanged content is no change.
+    Give either ``path`` or a pinned ``version`` + ``sha256``."""
+    version: int | None = None
+    """Pin: reference this exact, already registered version instead of registering a file (what `mlinfra promote`
+    writes into a stack's config). Preview fails unless the registry holds it with ``sha256``."""
+    sha256: str | None = None
+    """Pin: the content hash the pinned ``version`` must have (guards against a different registry's version N)."""
     model_name: str | None = None
     """Name in the registry. Default: the resource name."""
     framework: str = "onnx"
@@ -76,7 +83,6 @@ class RegisteredModel(pulumi.ComponentResource):
     registry: pulumi.Output[str]
 
     def __init__(self, name: str, args: RegisteredModelArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mlinfra:registry:RegisteredModel", name, None, opts)
         model_name = validate_name(args.model_name or name)
         tags = validate_tags(args.tags)
         properties = validate_tags(args.properties, "properties")
@@ -84,16 +90,33 @@ class RegisteredModel(pulumi.ComponentResource):
             raise ModelError(
                 f"framework {args.framework!r} is not supported: use one of {', '.join(FRAMEWORKS)}"
             )
+        pinned = args.version is not None or args.sha256 is not None
+        if pinned == (args.path is not None):
+            raise ModelError(
+                f"RegisteredModel {name}: give either path= (register a file) or version= and sha256= (pin an "
+                "existing version), not both or neither"
+            )
+        registry, credential = _registry_settings(args.registry, args.registry_credential)
+        if pinned:
+            self._init_pinned(name, model_name, args, registry, credential, opts)
+            return
+        assert args.path is not None
         path = Path(os.path.expanduser(args.path)).resolve()
 
         def hashing(done: int, total: int) -> None:
             if total > 256 << 20 and done % (256 << 20) < (4 << 20):
-                pulumi.log.info(f"hashing {path.name}: {done >> 20}/{total >> 20} MiB", self, ephemeral=True)
+                pulumi.log.info(f"hashing {path.name}: {done >> 20}/{total >> 20} MiB", ephemeral=True)
 
         content = scan_content(path, hashing)
         signature = onnx_signature(path) if args.framework == "onnx" else None
-        registry, credential = _registry_settings(args.registry, args.registry_credential)
-        self.path = str(path)
+        # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read.
+        super().__init__(
+            "mlinfra:registry:RegisteredModel",
+            name,
+            _props(model_name, None, content.sha256, signature, properties, tags, registry, False),
+            opts,
+        )
+        self.path: str | None = str(path)
 
         self.model_version = ModelVersionResource(
             f"{name}-version",
@@ -119,16 +142,92 @@ class RegisteredModel(pulumi.ComponentResource):
         )
         mv: Any = self.model_version
         # Numbers cross the engine as float64: give users the ints they expect.
-        self.version = mv.version.apply(as_int)
-        self.sha256 = mv.sha256
-        self.uri = mv.uri
-        self.size_bytes = mv.size_bytes.apply(as_int)
-        self.framework = mv.framework
-        self.signature = mv.signature
-        self.tags = mv.tags
-        self.model_name = mv.model_name
-        self.registry = mv.registry
+        self._finish(
+            mv.version.apply(as_int),
+            mv.sha256,
+            mv.uri,
+            mv.size_bytes.apply(as_int),
+            mv.framework,
+            mv.signature,
+            mv.tags,
+            mv.model_name,
+            mv.registry,
+            credential,
+            mv.properties,
+        )
+
+    def _init_pinned(
+        self,
+        name: str,
+        model_name: str,
+        args: RegisteredModelArgs,
+        registry: str,
+        credential: Any,
+        opts: pulumi.ResourceOptions | None,
+    ) -> None:
+        """A pinned version: nothing is registered or owned; preview verifies the registry holds it."""
+        version, sha = args.version, args.sha256
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ModelError(f"RegisteredModel {name}: version = {version!r} must be an integer ≥ 1")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ModelError(
+                f"RegisteredModel {name}: pinned version {version} needs sha256 = 64 lowercase hex digits (got "
+                f"{sha!r})"
+            )
+        if args.tags or args.properties:
+            raise ModelError(
+                f"RegisteredModel {name}: a pinned version keeps the tags and properties it was registered with; "
+                "remove tags=/properties= (set them where the version is registered)"
+            )
+        if credential is not None:
+            raise ModelError(
+                f"RegisteredModel {name}: pinning versions of a registry that needs a credential is not supported "
+                "yet; pin in a file or Azurite registry reached without one"
+            )
+        found = ModelRegistry(registry).get(model_name, version)
+        if found is None or found.sha256 != sha:
+            what = (
+                "is not in" if found is None else f"has sha256 {found.sha256[:12]}… (pinned {sha[:12]}…) in"
+            )
+            raise ModelError(
+                f"RegisteredModel {name}: pinned {model_name}:{version} {what} the registry {registry}: copy it "
+                f"there with `mlinfra promote --copy` (which verifies the content) or fix the pin"
+            )
+        super().__init__(
+            "mlinfra:registry:RegisteredModel",
+            name,
+            _props(model_name, version, sha, found.signature, found.properties, found.tags, registry, True),
+            opts,
+        )
+        self.path = None
+        out = pulumi.Output.from_input
+        self._finish(
+            out(version),
+            out(sha),
+            out(found.uri),
+            out(found.size_bytes),
+            out(found.framework),
+            out(found.signature),
+            out(found.tags),
+            out(model_name),
+            out(registry),
+            None,
+            out(found.properties),
+        )
+
+    def _finish(self, version, sha256, uri, size_bytes, framework, signature, tags, model_name, registry,
+                credential, properties) -> None:  # fmt: skip
+        self.version = version
+        self.sha256 = sha256
+        self.uri = uri
+        self.size_bytes = size_bytes
+        self.framework = framework
+        self.signature = signature
+        self.tags = tags
+        self.model_name = model_name
+        self.registry = registry
         self.registry_credential = credential
+        self.properties = properties
         # What images and deployments need to fetch this exact version (secret when a credential is set).
         self.model_ref: pulumi.Output[dict[str, Any]] = pulumi.Output.all(
             self.model_name, self.version, self.sha256, self.registry, credential
@@ -142,9 +241,33 @@ class RegisteredModel(pulumi.ComponentResource):
                 "framework": self.framework,
                 "signature": self.signature,
                 "tags": self.tags,
+                "properties": self.properties,
                 "model_name": self.model_name,
+                "registry": self.registry,
             }
         )
+
+
+def _props(
+    model_name: str,
+    version: int | None,
+    sha256: str,
+    signature: Any,
+    properties: dict[str, str],
+    tags: dict[str, str],
+    registry: str,
+    pinned: bool,
+) -> dict[str, Any]:
+    return {
+        "model_name": model_name,
+        "version": version,
+        "sha256": sha256,
+        "signature": signature,
+        "properties": dict(sorted(properties.items())),
+        "tags": dict(sorted(tags.items())),
+        "registry": registry,
+        "pinned": pinned,
+    }
 
 
 @dataclass

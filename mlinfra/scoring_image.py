@@ -12,7 +12,8 @@ from typing import Any
 import pulumi
 
 from mlinfra import services
-from mlinfra.images.builder import ImageBuildError, check_script, split_ref
+from mlinfra.images.builder import DIGEST_REF, ImageBuildError, check_script, inspect_image, split_ref
+from mlinfra.oci import RegistryError
 from mlinfra.providers.scoring_image import ScoringImageResource
 from mlinfra.registry import ModelRegistry, default_registry_uri, validate_name
 
@@ -51,6 +52,9 @@ class ScoringImageArgs:
     verified model files); build arg MLINFRA_BASE is the base image. Default: daemonless, reproducible build."""
     context: str | None = None
     """Docker build context. Default: the Dockerfile's folder."""
+    pinned: str | None = None
+    """Pin: use this already built image (host/repo@sha256:<64 hex>) instead of building — what `mlinfra promote`
+    writes. Preview fails unless the registry holds it and its labels name exactly the versions of ``models``."""
 
 
 def sha256_of(p: Path | str) -> str:
@@ -67,11 +71,22 @@ class ScoringImage(pulumi.ComponentResource):
     models: pulumi.Output[list[dict[str, Any]]]
 
     def __init__(self, name: str, args: ScoringImageArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("mlinfra:images:ScoringImage", name, None, opts)
         if not args.models:
             raise ImageBuildError(f"ScoringImage {name}: models is empty; give at least one RegisteredModel")
         repository = args.repository or f"{services.registry_host()}/mlinfra/{name}"
         split_ref(repository + ":x")  # validates the form
+        # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read.
+        props = {
+            "repository": repository,
+            "pinned": args.pinned,
+            "models": [
+                m if isinstance(m, str) else {"name": m.model_name, "version": m.version} for m in args.models
+            ],
+        }
+        super().__init__("mlinfra:images:ScoringImage", name, props, opts)
+        if args.pinned is not None:
+            self._init_pinned(name, args)
+            return
         script = Path(args.script).resolve() if args.script else None
         if script is not None:
             if not script.is_file():
@@ -105,7 +120,7 @@ class ScoringImage(pulumi.ComponentResource):
                     models.append(_resolve_ref(m, uri, None))
                 else:
                     models.append(pulumi.Output.secret(cred).apply(functools.partial(_resolve_ref, m, uri)))
-        self.image = ScoringImageResource(
+        self.image: ScoringImageResource | None = ScoringImageResource(
             f"{name}-image",
             {
                 "repository": repository,
@@ -143,6 +158,48 @@ class ScoringImage(pulumi.ComponentResource):
         self.digest = img.digest
         self.labels = img.image_labels
         self.models = img.model_versions
+        self.model_refs: pulumi.Output[list[dict[str, Any]]] = img.models
+        self.register_outputs(
+            {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
+        )
+
+    def _init_pinned(self, name: str, args: ScoringImageArgs) -> None:
+        ref = args.pinned
+        if not isinstance(ref, str) or not DIGEST_REF.match(ref):
+            raise ImageBuildError(
+                f"ScoringImage {name}: pinned = {ref!r} must be host/repo@sha256:<64 hex> (a digest, not a tag)"
+            )
+        try:
+            found = inspect_image(ref)
+        except RegistryError as e:
+            raise ImageBuildError(f"ScoringImage {name}: cannot check pinned image {ref}: {e}") from e
+        if found is None:
+            raise ImageBuildError(
+                f"ScoringImage {name}: pinned image {ref} is not in its registry: copy it there with "
+                "`mlinfra promote --copy` or fix the pin"
+            )
+        packaged = {(m["name"], m["version"], m["sha256"]) for m in found["models"]}
+
+        def check(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            wanted = {(r["name"], int(r["version"]), r["sha256"]) for r in refs}
+            if wanted != packaged:
+                raise ImageBuildError(
+                    f"ScoringImage {name}: pinned image {ref} packages "
+                    f"{', '.join(f'{n}:{v}' for n, v, _ in sorted(packaged)) or 'no mlinfra model'} but the stack "
+                    f"pins {', '.join(f'{n}:{v}' for n, v, _ in sorted(wanted))}: promote the model and its image "
+                    "together"
+                )
+            return refs
+
+        refs = [m.model_ref if hasattr(m, "model_ref") else pulumi.Output.from_input(m) for m in args.models]
+        self.image = None
+        self.image_ref = pulumi.Output.from_input(ref)
+        self.digest = pulumi.Output.from_input(found["digest"])
+        self.labels = pulumi.Output.from_input(found["labels"])
+        self.model_refs = pulumi.Output.all(*refs).apply(check)
+        self.models = self.model_refs.apply(
+            lambda rs: [{"name": r["name"], "version": int(r["version"]), "sha256": r["sha256"]} for r in rs]
+        )
         self.register_outputs(
             {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
         )

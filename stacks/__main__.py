@@ -1,36 +1,112 @@
-"""The platform team's ML stack: models, their scoring images and edge rollouts, all from typed config."""
+"""The platform team's ML stack: models, their scoring images, an endpoint with data collection and edge rollouts —
+all from the typed `platform` config object (mlinfra.gitops.config). Environments differ only in Pulumi.<stack>.yaml.
+
+Promotion (`mlinfra promote --from dev --to staging`) rewrites the pins in the target's config; the program
+turns a pinned model into a reference to that exact registry version and a pinned image into that exact digest.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
-from platform_config import load
 
 import mlinfra
+from mlinfra import services
+from mlinfra.gitops.config import image_repository, load, registry_uri
 
+HERE = Path(__file__).parent
 cfg = load(pulumi.Config().require_object("platform"))
+registry = registry_uri(cfg, HERE)
 
 models = {
     m.name: mlinfra.RegisteredModel(
         m.name,
-        mlinfra.RegisteredModelArgs(path=m.path, tags=m.tags, properties=m.properties, registry=cfg.registry),
+        mlinfra.RegisteredModelArgs(
+            path=str(HERE / m.path) if m.path else None,
+            version=m.version,
+            sha256=m.sha256,
+            tags=m.tags,
+            properties=m.properties,
+            registry=registry,
+        ),
     )
     for m in cfg.models
 }
-for img in cfg.images:
-    image = mlinfra.ScoringImage(
-        img.name, mlinfra.ScoringImageArgs(models=[models[n] for n in img.models], script=img.script)
+images = {
+    i.name: mlinfra.ScoringImage(
+        i.name,
+        mlinfra.ScoringImageArgs(
+            models=[models[n] for n in i.models],
+            script=str(HERE / i.script) if i.script else None,
+            repository=image_repository(cfg, i.name, services.registry_host()),
+            pinned=i.pinned,
+        ),
     )
-    pulumi.export(f"image:{img.name}", image.image_ref)
-for e in cfg.edge:
-    rollout = mlinfra.EdgeDeployment(
+    for i in cfg.images
+}
+endpoints = {}
+for e in cfg.endpoints:
+    collection = (
+        mlinfra.DataCollection(
+            f"{e.name}-collection",
+            mlinfra.DataCollectionArgs(
+                sample_rate=e.data_collection.sample_rate, storage=e.data_collection.storage
+            ),
+        )
+        if e.data_collection
+        else None
+    )
+    endpoints[e.name] = mlinfra.CloudEndpoint(
+        e.name,
+        mlinfra.CloudEndpointArgs(
+            deployments={
+                d: mlinfra.Deployment(image=images.get(dep.image) or dep.image, replicas=dep.replicas)
+                for d, dep in e.deployments.items()
+            },
+            traffic=e.traffic,
+            auth=e.auth,
+            data_collection=collection,
+            rollout=mlinfra.RolloutPolicy(
+                steps=e.rollout.steps,
+                bake_s=e.rollout.bake_s,
+                gates=mlinfra.Gates(max_error_rate=e.rollout.max_error_rate),
+            ),
+            target=mlinfra.LocalDocker(port=e.port),
+        ),
+    )
+edge = {
+    e.name: mlinfra.EdgeDeployment(
         e.name,
         mlinfra.EdgeDeploymentArgs(
             models=[models[n] for n in e.models],
             target_condition=e.target_condition,
             priority=e.priority,
-            gate=mlinfra.EdgeGate(min_success_fraction=e.min_success_fraction, timeout_s=e.timeout_s),
+            gate=mlinfra.EdgeGate(
+                min_success_fraction=e.min_success_fraction,
+                timeout_s=e.timeout_s,
+                max_failures=e.max_failures,
+            ),
         ),
     )
-    pulumi.export(f"edge:{e.name}", {"targeted": rollout.targeted, "succeeded": rollout.succeeded})
-for name, model in models.items():
-    pulumi.export(f"model:{name}", {"version": model.version, "sha256": model.sha256})
+    for e in cfg.edge
+}
+
+# What `mlinfra promote` reads from this stack: the exact artifacts it runs.
+pulumi.export(
+    "mlinfra",
+    {
+        "registry": registry,
+        "models": {
+            n: {"version": m.version, "sha256": m.sha256, "properties": m.properties}
+            for n, m in models.items()
+        },
+        "images": {
+            n: {"image_ref": i.image_ref, "digest": i.digest, "models": i.models} for n, i in images.items()
+        },
+        "endpoints": {n: {"scoring_uri": e.scoring_uri, "traffic": e.traffic} for n, e in endpoints.items()},
+        "edge": {n: {"targeted": d.targeted, "succeeded": d.succeeded} for n, d in edge.items()},
+    },
+)
+for n, e in endpoints.items():
+    pulumi.export(f"endpoint:{n}:key", e.primary_key)

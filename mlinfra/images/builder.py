@@ -20,7 +20,15 @@ from typing import Any
 import components
 from mlinfra.engine import cache_dir
 from mlinfra.images.layers import Entry, Layer, build_layer, layer_from_dir
-from mlinfra.oci import CONFIG_V1, LAYER_GZIP, MANIFEST_V2, RegistryClient, RegistryError, image_config
+from mlinfra.oci import (
+    ACCEPT,
+    CONFIG_V1,
+    LAYER_GZIP,
+    MANIFEST_V2,
+    RegistryClient,
+    RegistryError,
+    image_config,
+)
 from mlinfra.registry import ModelRegistry
 
 # What the scoring server needs inside the image (kept equal to pyproject's pins; a unit test checks).
@@ -556,17 +564,7 @@ def list_images(registry_url: str, model: str | None = None) -> list[dict[str, A
             labels = cfg.get("config", {}).get("Labels") or {}
             if "mlinfra.image.format" not in labels:
                 continue
-            models = []
-            i = 0
-            while f"mlinfra.model.{i}.name" in labels:
-                models.append(
-                    {
-                        "name": labels[f"mlinfra.model.{i}.name"],
-                        "version": int(labels[f"mlinfra.model.{i}.version"]),
-                        "sha256": labels[f"mlinfra.model.{i}.sha256"],
-                    }
-                )
-                i += 1
+            models = models_of(labels)
             if model and model not in {m["name"] for m in models}:
                 continue
             host = registry_url.split("://", 1)[-1]
@@ -689,3 +687,64 @@ def docker_build_and_push(
         bytes_pushed=-1,
         models=[{"name": x.name, "version": x.version, "sha256": x.sha256} for x in spec.models],
     )
+
+
+def models_of(labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The models an mlinfra image packages, from its labels (name, version, sha256 each)."""
+    models = []
+    i = 0
+    while f"mlinfra.model.{i}.name" in labels:
+        models.append(
+            {
+                "name": labels[f"mlinfra.model.{i}.name"],
+                "version": int(labels[f"mlinfra.model.{i}.version"]),
+                "sha256": labels[f"mlinfra.model.{i}.sha256"],
+            }
+        )
+        i += 1
+    return models
+
+
+DIGEST_REF = re.compile(r"^[^\s@]+/[^\s@]+@sha256:[0-9a-f]{64}$")
+
+
+def inspect_image(ref: str) -> dict[str, Any] | None:
+    """host/repo@sha256:… → {digest, labels, models} from the registry, or None when it does not hold it."""
+    host, repo, reference = split_ref(ref)
+    client = _client(host)
+    got = client.get_manifest(repo, reference)
+    if got is None:
+        return None
+    labels: dict[str, str] = {}
+    if "config" in got[1]:
+        cfg = json.loads(client.get_blob(repo, got[1]["config"]["digest"]))
+        labels = cfg.get("config", {}).get("Labels") or {}
+    return {"digest": got[0], "labels": labels, "models": models_of(labels)}
+
+
+def copy_image(ref: str, repository: str) -> str:
+    """Copy image REF (host/repo@sha256:…) into REPOSITORY (host/repo, any registry) by content: blobs are mounted
+    or streamed and checked against their digests, and the manifest's digest must come out identical. Returns
+    the new host/repo@sha256:… reference."""
+    host, repo, digest = split_ref(ref)
+    dhost, drepo, _ = split_ref(repository + ":x")
+    src, dst = _client(host), _client(dhost)
+    status, headers, raw = src.request("GET", f"/v2/{repo}/manifests/{digest}", headers={"Accept": ACCEPT})
+    if status != 200:
+        raise RegistryError(f"registry {host} has no image {repo}@{digest} (HTTP {status})")
+    if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+        raise RegistryError(f"registry {host} returned a manifest for {repo}@{digest} with another digest")
+    manifest = json.loads(raw)
+    for blob in [manifest["config"], *manifest.get("layers", [])]:
+        d = blob["digest"]
+        if dst.blob_exists(drepo, d) or (dhost == host and _mount(dst, drepo, repo, d)):
+            continue
+        data = src.get_blob(repo, d)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != d:
+            raise RegistryError(f"blob {d} of {ref} does not match its digest: not copied")
+        dst.push_blob(drepo, d, data)
+    media = headers.get("content-type") or manifest.get("mediaType") or MANIFEST_V2
+    got = dst.put_manifest(drepo, digest, raw, media)
+    if got != digest:
+        raise RegistryError(f"copied manifest of {ref} came out as {got} in {dhost}/{drepo}")
+    return f"{dhost}/{drepo}@{digest}"

@@ -21,6 +21,7 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
+from pulumi.output import Unknown
 
 from mlinfra.endpoint import local, nginx
 from mlinfra.endpoint.local import Policy, Router, Upstream
@@ -114,6 +115,17 @@ def _revisions(props: dict[str, Any]) -> dict[str, str]:
         )
         for d, s in (props.get("deployments") or {}).items()
     }
+
+
+def _has_unknown(value: Any) -> bool:
+    """Whether a preview value holds an unknown (pulumi.output.Unknown) anywhere."""
+    if isinstance(value, Unknown) or value == UNKNOWN:
+        return True
+    if isinstance(value, dict):
+        return any(_has_unknown(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_unknown(v) for v in value)
+    return False
 
 
 def _weights(props: dict[str, Any]) -> dict[str, float]:
@@ -236,6 +248,11 @@ class LocalEndpointProvider(ResourceProvider):
                         "LocalDocker(port=...) or leave it unset to pick a free one",
                     )
                 )
+        if _has_unknown(news.get("deployments")) or _has_unknown(news.get("traffic")):
+            # An image still to be built: the revisions (and so the plan) are known only at `up`.
+            return CheckResult(
+                {**news, "rollout_plan": ["(planned at up: an image is built first)"]}, failures
+            )
         policy = news.get("rollout") or {}
         old_w = _weights(olds) if olds.get("deployments") else {}
         steps = plan(old_w, _weights(news), [float(s) for s in policy.get("steps") or [100]])

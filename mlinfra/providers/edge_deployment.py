@@ -13,6 +13,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider,
 from components.edge.condition import parse
 from components.edge.manifest import deployment_topic
 from mlinfra.edge import Broker, EdgeError, artifact_urls, manifest, publish, read_fleet, withdraw
+from mlinfra.providers import model_identities
 
 CONTENT_KEYS = ("deployment_name", "target_condition", "priority", "layered", "models", "broker", "gate")
 
@@ -52,9 +53,7 @@ class EdgeDeploymentProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         def norm(k: str, p: dict[str, Any]) -> Any:
             if k == "models":
-                return [
-                    {x: m.get(x) for x in ("name", "version", "sha256", "registry")} for m in p.get(k) or []
-                ]
+                return model_identities(p.get(k))
             return p.get(k)
 
         changed = [k for k in CONTENT_KEYS if norm(k, olds) != norm(k, news)]

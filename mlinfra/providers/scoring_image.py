@@ -10,6 +10,7 @@ from pulumi import ResourceOptions
 from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
 
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push, docker_build_and_push
+from mlinfra.providers import model_identities
 from mlinfra.registry import ModelRegistry
 
 # Inputs that decide the image's content; any change rebuilds (a new digest), the old image stays in the registry.
@@ -59,11 +60,8 @@ def _users(props: dict[str, Any], image_ref: str, add: bool) -> None:
 class ScoringImageProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         def norm(k: str, props: dict[str, Any]) -> Any:
-            if k == "models":  # credentials are not content
-                return [
-                    {x: m.get(x) for x in ("name", "version", "sha256", "registry")}
-                    for m in props.get(k) or []
-                ]
+            if k == "models":
+                return model_identities(props.get(k))
             if k == "script":
                 return None  # the script's path may differ between machines; its sha256 is what counts
             return props.get(k)

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -562,6 +563,68 @@ class ModelRegistry:
         for f in mv.files:
             if f["sha256"] not in still_used:
                 self.store.delete(f"blobs/sha256/{f['sha256']}")
+
+    # -- copying across registries -----------------------------------------------------------------------------
+
+    def copy_version(self, source: ModelRegistry, name: str, version: int, sha256: str) -> ModelVersion:
+        """Copy NAME:VERSION from SOURCE into this registry under the same version number (promotion keeps exact
+        versions). Every file is streamed through a sha256 check before it is stored; the record is written only
+        if the number is free here. An existing identical version is left as is."""
+        mv = source.get(name, version)
+        if mv is None or mv.sha256 != sha256:
+            raise ModelError(f"{name}:{version} with sha256 {sha256[:12]}… is not in {source.uri}")
+        self._ready()
+        have = self.get(name, version)
+        if have is not None:
+            if have.sha256 != sha256:
+                raise ModelError(f"{self.uri} already has {name}:{version} with other content: not copied")
+            return have
+        other = self.find_by_content(name, sha256)
+        if other is not None:
+            raise ModelError(
+                f"{self.uri} already has this content as {name}:{other}: pin {name}:{other} there instead"
+            )
+        with tempfile.TemporaryDirectory(prefix="mlinfra-copy-") as tmp:
+            for entry in mv.files:
+                key = f"blobs/sha256/{entry['sha256']}"
+                if self.store.exists(key):
+                    continue
+                part = Path(tmp) / entry["sha256"]
+                h = hashlib.sha256()
+                with open(part, "wb") as out:
+                    for chunk in source.iter_file(entry):
+                        h.update(chunk)
+                        out.write(chunk)
+                if h.hexdigest() != entry["sha256"]:
+                    raise ContentMismatch(
+                        f"{name}:{version} file {entry['path']} in {source.uri} does not match its sha256: not copied"
+                    )
+                self.store.upload_file(key, part, entry["sha256"])
+                part.unlink()
+        record = {
+            "name": name,
+            "sha256": mv.sha256,
+            "size_bytes": mv.size_bytes,
+            "framework": mv.framework,
+            "files": mv.files,
+            "signature": mv.signature,
+            "properties": mv.properties,
+            "is_dir": mv.is_dir,
+            "created_at": mv.created_at,
+            "copied_from": f"{source.uri}#models/{name}/versions/{version}",
+            "format": 1,
+            "version": version,
+        }
+        if not self.store.put_if_absent(f"models/{name}/versions/{_vkey(version)}.json", _dump(record)):
+            raise ModelError(f"{self.uri} took {name}:{version} meanwhile: not copied")
+        self.store.put(
+            f"models/{name}/meta/{_vkey(version)}.json",
+            _dump({"tags": mv.tags, "description": mv.description, "properties": mv.properties}),
+        )
+        self.store.put(f"models/{name}/sha256/{sha256}.json", _dump({"version": version}))
+        got = self.get(name, version)
+        assert got is not None
+        return got
 
     # -- downloading ----------------------------------------------------------------------------------------------
 

@@ -1,0 +1,164 @@
+"""GitOps on the real engine: the platform project (stacks/) with dev, staging and prod on one local backend.
+
+dev deploys model v2 → staging's preview has nothing to do → `mlinfra promote --from dev --to staging --copy` pins
+v2 and its image digest (copied into staging's registries) → staging's preview markdown shows the version, digest
+and traffic change → `up` applies it and the next preview is empty → prod's policy pack blocks the promoted model,
+which has no evaluation metric, and the markdown says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlinfra.engine import REPO_ROOT
+from mlinfra.gitops.stacks import Project
+from mlinfra.samples import write_mlp
+
+MLINFRA = str(Path(sys.executable).parent / "mlinfra")
+
+
+@pytest.fixture
+def platform(tmp_path: Path, backend: Path, local_services, monkeypatch) -> Project:
+    local_services("docker", "registry", "mosquitto", "python-base", "router-base")
+    work = tmp_path / "stacks"
+    shutil.copytree(REPO_ROOT / "stacks", work, ignore=shutil.ignore_patterns(".mlinfra", "__pycache__"))
+    meta = work / "Pulumi.yaml"
+    meta.write_text(meta.read_text().replace("../.venv", str(REPO_ROOT / ".venv")))
+    # Each run its own image repositories, so digests already in the registry from other runs cannot help.
+    for env in ("dev", "staging", "prod"):
+        f = work / f"Pulumi.{env}.yaml"
+        f.write_text(
+            f.read_text().replace("image_prefix: platform/", f"image_prefix: t{tmp_path.name[-8:]}/")
+        )
+    monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{backend}")
+    return Project(work)
+
+
+GOLDEN = os.environ.get("MLINFRA_RECORD_GOLDEN")  # a folder: save each preview's events there (tests/golden)
+
+
+def cli(project: Project, *args: str, record: str | None = None) -> subprocess.CompletedProcess[str]:
+    extra = ["--events", str(Path(GOLDEN) / f"{record}.jsonl")] if GOLDEN and record else []
+    return subprocess.run(
+        [MLINFRA, *args, *extra, "--dir", str(project.dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLINFRA_PIP_OFFLINE": "1"},
+    )
+
+
+def edit(project: Project, stack: str, change) -> None:
+    path = project.dir / f"Pulumi.{stack}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    change(doc["config"]["mlinfra-platform:platform"])
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def up(project: Project, stack: str) -> dict:
+    res = project.stack(stack).up(on_output=lambda _l: None)
+    assert res.summary.result == "succeeded"
+    return res.outputs["mlinfra"].value
+
+
+def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
+    p = platform
+    r = cli(p, "preview", "--stack", "dev", record="create")
+    assert r.returncode == 0 and "| churn | — → **_next (assigned at up)_** |" in r.stdout, r.stdout
+    dev1 = up(p, "dev")
+    assert dev1["models"]["churn"]["version"] == 1
+    # The first promotion pins staging to dev's v1 (until then staging registers from the file, like dev).
+    r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^-\s+path: models/churn.onnx$", r.stdout, re.M), r.stdout
+    staging1 = up(p, "staging")
+    assert staging1["models"]["churn"]["version"] == 1
+
+    # dev gets model v2 (new weights, no evaluation recorded yet).
+    write_mlp(p.dir / "models" / "churn.onnx", seed=7)
+    edit(p, "dev", lambda c: c["models"][0].pop("properties"))
+    dev2 = up(p, "dev")
+    assert dev2["models"]["churn"]["version"] == 2
+    v2_sha, v2_image = dev2["models"]["churn"]["sha256"], dev2["images"]["churn-scorer"]["image_ref"]
+    assert v2_image != dev1["images"]["churn-scorer"]["image_ref"]
+
+    # staging: nothing to do.
+    r = cli(p, "preview", "--stack", "staging", "--json", str(tmp_path / "same.json"), record="no-changes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert same["changed"] is False and "**No changes**" in r.stdout
+
+    # promote pins v2 and its digest, copying both into staging's registries (the diff is shown first).
+    r = cli(p, "promote", "--from", "dev", "--to", "staging")
+    assert r.returncode == 2 and "re-run with --copy" in r.stderr, r.stderr
+    r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^\+\s+version: 2$", r.stdout, re.M) and re.search(
+        rf"^\+\s+sha256: {v2_sha}$", r.stdout, re.M
+    )
+    assert re.search(r"^-\s+version: 1$", r.stdout, re.M), r.stdout
+    cfg = p.config("staging")
+    assert (cfg.models[0].version, cfg.models[0].sha256, cfg.models[0].path) == (2, v2_sha, None)
+    digest = v2_image.split("@", 1)[1]
+    assert cfg.images[0].pinned is not None and cfg.images[0].pinned.endswith("@" + digest)
+    assert "/staging/" in cfg.images[0].pinned  # copied into staging's own repository, same digest
+    r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
+    assert r.returncode == 0 and "nothing to change" in r.stdout
+
+    # staging's preview, in model terms.
+    md_file = tmp_path / "staging.md"
+    r = cli(p, "preview", "--stack", "staging", "--markdown", str(md_file), record="promotion")
+    assert r.returncode == 0, r.stdout + r.stderr
+    md = md_file.read_text()
+    assert "| churn (pinned) | v1 → **v2** |" in md, md
+    assert f"`{v2_sha[:12]}`" in md
+    assert f"`{digest[:19]}…`" in md  # image digest after
+    assert "Rollout planned:" in md and "step 1/3" in md and "20%" in md, (
+        md
+    )  # traffic shift of the new revision
+
+    staging2 = up(p, "staging")
+    assert staging2["models"]["churn"] == {**dev2["models"]["churn"]}
+    assert staging2["images"]["churn-scorer"]["digest"] == digest
+    r = cli(p, "preview", "--stack", "staging")
+    assert r.returncode == 0 and "**No changes**" in r.stdout, r.stdout
+
+    # prod: the policy pack requires accuracy ≥ 0.9 on models; v2 carries none.
+    r = cli(p, "promote", "--from", "staging", "--to", "prod", "--copy")
+    assert r.returncode == 0, r.stderr
+    md_file = tmp_path / "prod.md"
+    r = cli(p, "preview", "--stack", "prod", "--markdown", str(md_file), record="policy-violation")
+    assert r.returncode == 1, r.stdout + r.stderr
+    md = md_file.read_text()
+    assert "#### Policy violations" in md
+    assert "| mlinfra-model-metric | mandatory | churn | model churn:2 has no property 'accuracy'" in md, md
+    assert "⛔ blocked" in md
+
+    # dev again, preview only: a retrained model with another input width (breaking), a 90/10 traffic split onto
+    # the staging-pinned image, and a wider edge target.
+    write_mlp(p.dir / "models" / "churn-wide.onnx", inputs=32, seed=3)
+
+    def change(c: dict) -> None:
+        c["models"][0]["path"] = "models/churn-wide.onnx"
+        c["endpoints"][0]["deployments"]["green"] = {"image": staging2["images"]["churn-scorer"]["image_ref"]}
+        c["endpoints"][0]["traffic"] = {"blue": 90, "green": 10}
+        c["edge"][0]["target_condition"] = "tags.ring IN ('canary', 'ga')"
+
+    edit(p, "dev", change)
+    md_file = tmp_path / "dev.md"
+    r = cli(p, "preview", "--stack", "dev", "--markdown", str(md_file), record="breaking-traffic-edge")
+    assert r.returncode == 1, r.stdout + r.stderr  # breaking change
+    md = md_file.read_text()
+    assert "⚠️ **breaking**: input `input` FP32[?,64] → FP32[?,32]" in md, md
+    assert "| blue | `churn-scorer@sha256:" in md and "| 100 % → **90 %** |" in md, md
+    assert "| green | — → **`churn-scorer@sha256:" in md and "| — → **10 %** |" in md, md
+    assert "`tags.ring = 'canary'` → **`tags.ring IN ('canary', 'ga')`**" in md, md
