@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pulumi import automation as auto
 
-from mlinfra.engine import REPO_ROOT
-from mlinfra.gitops.stacks import Project
+from mlinfra.engine import REPO_ROOT, engine_bin_dir
+from mlinfra.gitops.stacks import POLICY_PACK, Project
 from mlinfra.samples import write_mlp
 
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
@@ -143,6 +144,29 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     assert "| mlinfra-model-metric | mandatory | churn | model churn:2 has no property 'accuracy'" in md, md
     assert "⛔ blocked" in md
 
+    # The same pack in a plain `pulumi preview` (what a team without mlinfra's CLI runs in CI).
+    r = cli(p, "policy", "config", "--stack", "prod")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "policy.json").write_text(r.stdout)
+    plain = subprocess.run(
+        [str(engine_bin_dir() / "pulumi"), "preview", "--stack", "prod", "--policy-pack", str(POLICY_PACK),
+         "--policy-pack-config", str(tmp_path / "policy.json")],
+        cwd=p.dir, env=p.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert plain.returncode != 0, plain.stdout
+    assert "mlinfra-model-metric" in plain.stdout and "churn:2 has no property 'accuracy'" in plain.stdout
+
+    # No endpoint key in anything a pull request shows.
+    key = p.stack("staging").outputs()["endpoint:churn:key"]
+    assert key.secret and len(key.value) >= 32
+    for text in (
+        md,
+        (tmp_path / "staging.md").read_text(),
+        (tmp_path / "same.json").read_text(),
+        plain.stdout,
+    ):
+        assert key.value not in text
+
     # dev again, preview only: a retrained model with another input width (breaking), a 90/10 traffic split onto
     # the staging-pinned image, and a wider edge target.
     write_mlp(p.dir / "models" / "churn-wide.onnx", inputs=32, seed=3)
@@ -162,3 +186,52 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     assert "| blue | `churn-scorer@sha256:" in md and "| 100 % → **90 %** |" in md, md
     assert "| green | — → **`churn-scorer@sha256:" in md and "| — → **10 %** |" in md, md
     assert "`tags.ring = 'canary'` → **`tags.ring IN ('canary', 'ga')`**" in md, md
+
+
+def test_bad_input_is_named_and_changes_nothing(platform: Project) -> None:
+    p = platform
+    before = {f: f.read_text() for f in p.dir.glob("Pulumi.*.yaml")}
+
+    r = cli(p, "preview", "--stack", "stagign")
+    assert r.returncode == 2
+    assert "unknown stack 'stagign'" in r.stderr and "did you mean 'staging'?" in r.stderr, r.stderr
+    r = cli(p, "promote", "--from", "dve", "--to", "staging")
+    assert r.returncode == 2 and "did you mean 'dev'?" in r.stderr, r.stderr
+    r = cli(p, "promote", "--from", "dev", "--to", "dev")
+    assert r.returncode == 2 and "promote between two stacks" in r.stderr
+
+    # Promotion from a stack that never deployed.
+    r = cli(p, "promote", "--from", "prod", "--to", "staging")
+    assert r.returncode == 2 and "stack 'prod' has no deployments: run `pulumi up` on prod" in r.stderr, (
+        r.stderr
+    )
+
+    # Promotion from a stack whose last update failed: dev pins a version its registry does not have.
+    doc = yaml.safe_load((p.dir / "Pulumi.dev.yaml").read_text())
+    doc["config"]["mlinfra-platform:platform"]["models"][0] = {
+        "name": "churn",
+        "version": 9,
+        "sha256": "0" * 64,
+    }
+    (p.dir / "Pulumi.dev.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(auto.CommandError, match="pinned churn:9 is not in the registry"):
+        p.stack("dev").up(on_output=lambda _l: None)
+    r = cli(p, "promote", "--from", "dev", "--to", "staging")
+    assert r.returncode == 2 and "ended 'failed': fix dev" in r.stderr, r.stderr
+    (p.dir / "Pulumi.dev.yaml").write_text(before[p.dir / "Pulumi.dev.yaml"])
+
+    # Misspelt config keys and a missing policy threshold fail before the engine runs, naming the key.
+    edit(p, "staging", lambda c: c["endpoints"][0].update(rollout={"steps": [20, 100], "bake": 1}))
+    r = cli(p, "preview", "--stack", "staging")
+    assert r.returncode == 2
+    assert "platform.endpoints.0.rollout.bake: unknown key; did you mean 'bake_s'?" in r.stderr, r.stderr
+    edit(p, "prod", lambda c: c["policy"]["model_metric"].pop("threshold"))
+    r = cli(p, "preview", "--stack", "prod")
+    assert r.returncode == 2 and "platform.policy.model_metric.threshold: Field required" in r.stderr, (
+        r.stderr
+    )
+    r = cli(p, "promote", "--from", "dev", "--to", "prod")  # the target's config is checked too
+    assert r.returncode == 2 and "model_metric.threshold" in r.stderr, r.stderr
+
+    # Nothing was written by the refused commands (the test's own edits aside).
+    assert (p.dir / "Pulumi.dev.yaml").read_text() == before[p.dir / "Pulumi.dev.yaml"]
