@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlinfra.gitops import plan
 from mlinfra.gitops.config import ConfigError, policy_pack_config
-from mlinfra.gitops.stacks import POLICY_PACK, GitOpsError, Project, load_records, preview, promote
+from mlinfra.gitops.stacks import POLICY_PACK, GitOpsError, Project, load_records, preview, promote, up
 
 
 def _project(args: argparse.Namespace) -> Project:
@@ -33,7 +33,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         stack = args.stack or _only_stack(project)
         _stderr(f"previewing {project.name}/{stack} …")
         summary = preview(project, stack, Path(args.events) if args.events else None, _stderr)
-    md = plan.render_markdown(summary)
+    md = plan.render_for_comment(summary)
     if args.markdown:
         Path(args.markdown).write_text(md)
     if args.json:
@@ -47,6 +47,13 @@ def _only_stack(project: Project) -> str:
     if len(files) != 1:
         raise GitOpsError(f"--stack is required: {project.dir} has stacks {', '.join(files) or '(none)'}")
     return files[0]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    project = _project(args)
+    res = up(project, args.stack, say=print)
+    print(f"{project.name}/{args.stack}: {res.summary.result}, {dict(res.summary.resource_changes or {})}")
+    return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -101,6 +108,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-events", metavar="FILE", help="render a saved --events FILE instead of previewing")
     p.add_argument("--project", default="mlinfra-platform", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser(
+        "up",
+        help="apply a stack: preview first, refuse what its policy pack blocks, then `pulumi up` with the pack",
+    )
+    p.add_argument("--stack", required=True)
+    p.add_argument("--dir", help="the project folder (default: . if it has Pulumi.yaml, else stacks/)")
+    p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(
         "promote",

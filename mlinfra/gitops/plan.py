@@ -432,7 +432,30 @@ def _esc(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(s: Summary) -> str:
+COMMENT_LIMIT = 60_000
+"""Characters a pull-request comment may hold (GitHub's limit is 65,536), with room for a CI's own header."""
+
+
+def render_for_comment(s: Summary, limit: int = COMMENT_LIMIT) -> str:
+    """The markdown, with long tables cut (most important rows first: breaking, then changed) until it fits."""
+    for rows in (None, 100, 40, 15, 5, 1):
+        md = render_markdown(s, rows)
+        if len(md) <= limit:
+            return md
+    return md[: limit - 200] + "\n\n… cut to fit a comment: see the JSON summary (`--json`)\n"
+
+
+def _cut(items: list[Any], max_rows: int | None) -> tuple[list[Any], int]:
+    if max_rows is None or len(items) <= max_rows:
+        return items, 0
+    return items[:max_rows], len(items) - max_rows
+
+
+def _more(n: int, what: str, cols: int) -> list[str]:
+    return [f"| … {n} more {what}: see the JSON summary (`--json`) |" + " |" * (cols - 1)] if n else []
+
+
+def render_markdown(s: Summary, max_rows: int | None = None) -> str:
     out = [f"### mlinfra preview: `{s.project}` / `{s.stack}`", ""]
     moving = [f"{n} {OP_WORDS.get(op, op)}" for op, n in s.counts.items() if op != "same" and n]
     head = ", ".join(moving) if moving else "**No changes**"
@@ -451,6 +474,8 @@ def render_markdown(s: Summary) -> str:
     models = [m for m in s.models if m.op != "same" or m.signature]
     if models:
         out += ["#### Models", "", "| model | version | sha256 | signature |", "|---|---|---|---|"]
+        models.sort(key=lambda m: (not m.breaking, m.op == "same"))
+        models, more = _cut(models, max_rows)
         for m in models:
             sig = "<br>".join(_esc(c) for c in m.signature) if m.signature else "unchanged"
             if m.breaking:
@@ -460,20 +485,22 @@ def render_markdown(s: Summary) -> str:
                 f"| {m.name}{pin} | {_arrow(_version(m.version_before), _version(m.version_after))} | "
                 f"{_arrow(_sha(m.sha_before), _sha(m.sha_after))} | {sig} |"
             )
-        out.append("")
+        out += [*_more(more, "models", 4), ""]
     images = [i for i in s.images if i.op != "same"]
     if images:
         out += ["#### Images", "", "| image | digest | models |", "|---|---|---|"]
+        images, more_images = _cut(images, max_rows)
         for i in images:
             mb, ma = ", ".join(i.models_before) or "—", ", ".join(i.models_after) or "—"
             out.append(
                 f"| {i.name}{' (pinned)' if i.pinned else ''} | "
                 f"{_arrow(_short(i.digest_before), _short(i.digest_after))} | {_arrow(mb, ma)} |"
             )
-        out.append("")
+        out += [*_more(more_images, "images", 3), ""]
     endpoints = [e for e in s.endpoints if e.op != "same"]
     if endpoints:
         out += ["#### Endpoints", ""]
+        endpoints, more_endpoints = _cut(endpoints, max_rows)
         for e in endpoints:
             dc = "off" if e.data_collection is None else f"{e.data_collection * 100:g} % sampled"
             out.append(f"**{e.name}** (`{e.endpoint_name}`, {e.op}; auth {e.auth}, data collection {dc})")
@@ -488,10 +515,13 @@ def render_markdown(s: Summary) -> str:
                 out += ["Rollout planned:", ""]
                 out += [f"{n}. {_esc(step)}" for n, step in enumerate(e.rollout, 1)]
                 out.append("")
+        if more_endpoints:
+            out += [f"… {more_endpoints} more endpoints change: see the JSON summary (`--json`)", ""]
     edge = [e for e in s.edge if e.op != "same"]
     if edge:
         out += ["#### Edge deployments", "", "| deployment | target condition | devices | models | gate |"]
         out.append("|---|---|---|---|---|")
+        edge, more_edge = _cut(edge, max_rows)
         for g in edge:
             cond = _arrow(f"`{g.condition_before}`" if g.condition_before else "—", f"`{g.condition_after}`")
             devices = (
@@ -507,7 +537,7 @@ def render_markdown(s: Summary) -> str:
             )
             mb, ma = ", ".join(g.models_before) or "—", ", ".join(g.models_after) or "—"
             out.append(f"| {g.name} | {cond} | {devices} | {_arrow(mb, ma)} | {gate} |")
-        out.append("")
+        out += [*_more(more_edge, "edge deployments", 5), ""]
     if s.violations:
         out += [
             "#### Policy violations",
@@ -515,9 +545,10 @@ def render_markdown(s: Summary) -> str:
             "| policy | level | resource | violation |",
             "|---|---|---|---|",
         ]
-        for v in s.violations:
+        violations, more_violations = _cut(s.violations, max_rows)
+        for v in violations:
             out.append(f"| {v.policy} | {v.level} | {v.resource} | {_esc(v.message)} |")
-        out.append("")
+        out += [*_more(more_violations, "violations", 4), ""]
     if s.errors:
         out += ["#### Errors", ""]
         out += [f"- {_esc(e)}" for e in s.errors]

@@ -140,16 +140,7 @@ def preview(
 
     kwargs: dict[str, Any] = {"on_event": on_event, "diff": False}
     with tempfile.TemporaryDirectory(prefix="mlinfra-policy-") as tmp:
-        if cfg.policy is not None:
-            if not policy_python().exists():
-                raise GitOpsError(
-                    f"stack {stack_name} enables the policy pack, but its virtualenv {policy_python().parent.parent} "
-                    "is missing: run `make setup`"
-                )
-            pack_cfg = Path(tmp) / "policy.json"
-            pack_cfg.write_text(json.dumps(policy_pack_config(cfg.policy)))
-            kwargs["policy_packs"] = [str(POLICY_PACK)]
-            kwargs["policy_pack_configs"] = [str(pack_cfg)]
+        kwargs.update(_policy_args(cfg, stack_name, Path(tmp)))
         failure = None
         try:
             stack.preview(**kwargs)
@@ -161,6 +152,40 @@ def preview(
     if failure is not None and not summary.errors and not summary.blocking:
         summary.errors.append(_failure_text(failure))
     return summary
+
+
+def _policy_args(cfg: PlatformConfig, stack_name: str, tmp: Path) -> dict[str, Any]:
+    """The Automation API arguments that enable the policy pack as the stack's config says (none when off)."""
+    if cfg.policy is None:
+        return {}
+    if not policy_python().exists():
+        raise GitOpsError(
+            f"stack {stack_name} enables the policy pack, but its virtualenv {policy_python().parent.parent} is "
+            "missing: run `make setup`"
+        )
+    pack_cfg = tmp / "policy.json"
+    pack_cfg.write_text(json.dumps(policy_pack_config(cfg.policy)))
+    return {"policy_packs": [str(POLICY_PACK)], "policy_pack_configs": [str(pack_cfg)]}
+
+
+def up(project: Project, stack_name: str, say: Callable[[str], None] = print) -> auto.UpResult:
+    """`pulumi up` of STACK, engine output streamed to SAY, with the stack's policy pack enforced. The engine's
+    `up` does not preview first (Automation API), so this previews first and refuses a plan the policies block."""
+    summary = preview(project, stack_name)
+    if summary.blocking or summary.errors:
+        raise GitOpsError(
+            f"not applying {stack_name}: "
+            + "; ".join([f"{v.policy}: {v.message}" for v in summary.blocking] + summary.errors)
+        )
+    cfg = project.config(stack_name)
+    stack = project.stack(stack_name)
+    with tempfile.TemporaryDirectory(prefix="mlinfra-policy-") as tmp:
+        try:
+            return stack.up(
+                on_output=lambda line: say(line.rstrip("\n")), **_policy_args(cfg, stack_name, Path(tmp))
+            )
+        except auto.CommandError as e:
+            raise GitOpsError(f"`pulumi up` of {stack_name} failed: {_failure_text(e)}") from None
 
 
 def _failure_text(e: auto.CommandError) -> str:

@@ -168,7 +168,9 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         # --- canary to v2 under continuous load: zero failed requests ----------------------------------------
         st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"])))
         pv = st.preview(diff=True, on_output=lambda _l: None)
-        assert pv.change_summary.get("update") == 1, pv.change_summary
+        assert pv.change_summary.get("update") == 2, (
+            pv.change_summary
+        )  # the component's inputs and its router
         assert "step 1/3: blue@" in pv.stdout and "bake 1.5 s, then gates on blue@" in pv.stdout, pv.stdout[
             -3000:
         ]
@@ -215,7 +217,10 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"])))
         st.remove_config("gates")
         res = st.up(on_output=lambda _l: None)
-        assert res.summary.resource_changes == {"same": 4}, res.summary.resource_changes
+        # The router and keys are unchanged; only the component's recorded inputs (state, no provider) go back
+        # from the failed attempt's to the last good ones.
+        assert res.summary.resource_changes == {"same": 3, "update": 1}, res.summary.resource_changes
+        assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
 
         # --- mirror: a shadow sees a copy of live traffic; answers unchanged ----------------------------------
         st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"], green=images["v1"])))
@@ -360,9 +365,8 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
         st.set_config("green_image", auto.ConfigValue(K8S_IMAGE.replace("ab", "cd")))
         res = st.up(on_output=lambda _l: None)
         changes = res.summary.resource_changes
-        assert changes.get("update") == 3, (
-            changes
-        )  # green's Deployment, Service and PDB labels (image digest)
+        # green's Deployment, Service and PDB labels (image digest), and the component's inputs
+        assert changes.get("update") == 4, changes
     finally:
         st.destroy(on_output=lambda _l: None)
     left = kube_cluster.kubectl("get", "deploy", "-n", "ep-k8s", "-o", "name", check=False).stdout

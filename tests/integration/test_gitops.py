@@ -127,7 +127,9 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
         md
     )  # traffic shift of the new revision
 
-    staging2 = up(p, "staging")
+    r = cli(p, "up", "--stack", "staging")  # preview + policy pack, then the engine's up
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    staging2 = p.stack("staging").outputs()["mlinfra"].value
     assert staging2["models"]["churn"] == {**dev2["models"]["churn"]}
     assert staging2["images"]["churn-scorer"]["digest"] == digest
     r = cli(p, "preview", "--stack", "staging")
@@ -143,6 +145,10 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     assert "#### Policy violations" in md
     assert "| mlinfra-model-metric | mandatory | churn | model churn:2 has no property 'accuracy'" in md, md
     assert "⛔ blocked" in md
+    r = cli(p, "up", "--stack", "prod")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr
+    assert "not applying prod: mlinfra-model-metric: model churn:2 has no property 'accuracy'" in r.stderr
+    assert p.stack("prod").history() == []  # nothing was applied
 
     # The same pack in a plain `pulumi preview` (what a team without mlinfra's CLI runs in CI).
     r = cli(p, "policy", "config", "--stack", "prod")

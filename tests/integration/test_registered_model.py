@@ -60,7 +60,9 @@ def test_lifecycle_on_the_real_engine(tmp_path: Path, backend: Path, registry, p
     # Changed content: version 2, version 1 still downloadable.
     write_mlp(model, seed=1)
     changed = stack.up()
-    assert changed.summary.resource_changes.get("update") == 1
+    assert (
+        changed.summary.resource_changes.get("update") == 2
+    )  # the version, and the component's inputs (sha256)
     assert changed.outputs["version"].value == 2
     reg = ModelRegistry(*registry)
     v1 = reg.download("mlp:1", tmp_path / "v1.onnx")
@@ -70,7 +72,7 @@ def test_lifecycle_on_the_real_engine(tmp_path: Path, backend: Path, registry, p
     # Tags only: metadata in place, no new version.
     stack.set_config("tags", auto.ConfigValue(value=json.dumps({"stage": "prod"})))
     retag = stack.up()
-    assert retag.summary.resource_changes.get("update") == 1
+    assert retag.summary.resource_changes.get("update") == 2  # metadata in place, and the component's inputs
     assert retag.outputs["version"].value == 2
     assert reg.versions("mlp") == [1, 2]
     assert reg.resolve("mlp:2").tags == {"stage": "prod"}

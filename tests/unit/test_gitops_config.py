@@ -135,3 +135,14 @@ def test_promotion_edits_only_the_pinned_lines() -> None:
     doc = yaml.safe_load(again)["config"]["mlinfra-platform:platform"]
     assert doc["models"][0] == {"name": "churn", "version": 3, "sha256": "cd" * 32}
     assert doc["images"][0]["pinned"] == ref
+
+
+def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
+    wf = yaml.safe_load((Path(__file__).parents[2] / "examples" / "gitops" / "github-actions.yml").read_text())
+    jobs = wf["jobs"]
+    preview = " ".join(str(step.get("run", "")) for step in jobs["preview"]["steps"])
+    apply = " ".join(str(step.get("run", "")) for step in jobs["apply"]["steps"])
+    assert "mlinfra preview --stack ${{ matrix.stack }} --markdown preview.md" in preview
+    assert jobs["preview"]["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
+    assert any("comment" in str(step.get("uses", "")) for step in jobs["preview"]["steps"])
+    assert "mlinfra up --stack" in apply and jobs["apply"]["if"] == "github.event_name == 'push'"

@@ -120,3 +120,30 @@ def test_markdown_escapes_table_breaking_text() -> None:
     md = plan.render_markdown(s)
     assert "| x | advisory | r | image a\\|b by tag |" in md, md  # the description is dropped, | escaped
     assert s.exit_code() == 0  # advisory violations do not block
+
+
+def test_a_big_plan_still_fits_a_pull_request_comment() -> None:
+    def model(i: int, breaking: bool) -> dict:
+        sig = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], "outputs": []}
+        new = {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 8 if breaking else 4]}],
+            "outputs": [],
+        }
+        return {
+            "kind": "step",
+            "op": "update",
+            "urn": f"urn:pulumi:s::p::{plan.MODEL}::model-{i:04d}",
+            "type": plan.MODEL,
+            "old": {"inputs": {"signature": sig, "sha256": f"{i:064x}"}, "outputs": {"version": 1}},
+            "new": {"inputs": {"signature": new, "sha256": f"{i + 1:064x}"}, "outputs": {}},
+        }
+
+    records = [model(i, breaking=i == 1999) for i in range(2000)]
+    s = plan.summarize(records, "s", "p")
+    full = plan.render_markdown(s)
+    assert len(full) > plan.COMMENT_LIMIT
+    md = plan.render_for_comment(s)
+    assert len(md) <= plan.COMMENT_LIMIT
+    assert "model-1999" in md  # the breaking one is listed first, so a cut never hides it
+    assert "more models: see the JSON summary" in md
+    assert md.rstrip().endswith("merge deliberately_")
