@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from mlinfra import services  # noqa: E402
 from mlinfra.engine import engine_bin_dir, engine_env  # noqa: E402
-from mlinfra.gitops.config import policy_pack_config, load  # noqa: E402
+from mlinfra.gitops.config import load, policy_pack_config  # noqa: E402
 from mlinfra.gitops.stacks import POLICY_PACK  # noqa: E402
 from mlinfra.samples import write_mlp  # noqa: E402
 
@@ -47,7 +47,9 @@ def write_stack(work: Path, n: int, policy: bool) -> None:
         path = work / "models" / "bench" / f"m{i:03d}.onnx"
         if not path.exists():
             write_mlp(path, inputs=8, hidden=8, outputs=2, seed=i)
-        models.append({"name": f"m{i:03d}", "path": f"models/bench/m{i:03d}.onnx", "properties": {"accuracy": "0.95"}})
+        models.append(
+            {"name": f"m{i:03d}", "path": f"models/bench/m{i:03d}.onnx", "properties": {"accuracy": "0.95"}}
+        )
     platform_cfg = {
         "registry": ".mlinfra/registries/bench",
         "image_prefix": "bench",
@@ -86,12 +88,16 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 25, 50, 100])
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
-    services.ensure(["docker", "registry", "mosquitto", "python-base", "router-base"], progress=lambda _m: None)
+    services.ensure(
+        ["docker", "registry", "mosquitto", "python-base", "router-base"], progress=lambda _m: None
+    )
     pulumi = str(engine_bin_dir() / "pulumi")
     mlinfra = str(Path(sys.executable).parent / "mlinfra")
     tmp = Path(tempfile.mkdtemp(prefix="mlinfra-bench-preview-"))
     work = tmp / "stacks"
-    shutil.copytree(REPO / "stacks", work, ignore=shutil.ignore_patterns(".mlinfra", "__pycache__", "Pulumi.*.yaml"))
+    shutil.copytree(
+        REPO / "stacks", work, ignore=shutil.ignore_patterns(".mlinfra", "__pycache__", "Pulumi.*.yaml")
+    )
     meta = work / "Pulumi.yaml"
     meta.write_text(meta.read_text().replace("../.venv", str(REPO / ".venv")))
     env = engine_env(tmp / "state")
@@ -116,7 +122,9 @@ def main() -> int:
                 for name, cmd in (("pulumi", plain_cmd), ("mlinfra", ml_cmd))[:: 1 if rep % 2 == 0 else -1]:
                     dt, r = timed(cmd, work, env)
                     if r.returncode not in (0, 1):
-                        raise SystemExit(f"{name} preview failed at N={n}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+                        raise SystemExit(
+                            f"{name} preview failed at N={n}:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+                        )
                     times[name].append(dt)
                     print(f"N={n:3d} policy={policy!s:5s} {name:8s} {dt:6.2f} s", flush=True)
             summary = json.loads((tmp / "out.json").read_text())
