@@ -259,12 +259,20 @@ def summarize(records: list[dict[str, Any]], stack: str, project: str) -> Summar
                 )
             )
         elif r.get("kind") == "error":
-            summary.errors.append(r["message"])
+            summary.errors.append(_error_text(r["message"]))
     if summary.blocking:  # the engine's own "preview failed" only repeats that the policies blocked it
         summary.errors = [
             e for e in summary.errors if e.strip().rstrip(".") not in ("preview failed", "update failed")
         ]
     return summary
+
+
+def _error_text(message: str) -> str:
+    """An engine error, short: for a program's traceback, the exception line (the rest is in the CI log)."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    if any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1]
+    return " ".join(lines)
 
 
 def _children(steps: dict[str, dict[str, Any]], urn: str) -> list[dict[str, Any]]:

@@ -271,11 +271,17 @@ def promote(
     # An image moves with its models: pin every image that packages a promoted model (and all of its models).
     images = [i for i in tcfg.images if wanted & set(i.models)]
     for i in images:
-        wanted |= set(i.models)
         if i.name not in src_images:
             raise GitOpsError(
                 f"image {i.name!r} is in {target}'s config but stack {source!r} does not build it"
             )
+        missing = sorted(set(i.models) - set(src_models))
+        if missing:
+            raise GitOpsError(
+                f"image {i.name!r} packages {', '.join(missing)} in {target}'s config, which stack {source!r} does "
+                "not run: the image and its models move together"
+            )
+        wanted |= set(i.models)
     if not wanted:
         raise GitOpsError(f"stacks {source!r} and {target!r} share no model: nothing to promote")
 

@@ -224,6 +224,9 @@ def test_bad_input_is_named_and_changes_nothing(platform: Project) -> None:
         p.stack("dev").up(on_output=lambda _l: None)
     r = cli(p, "promote", "--from", "dev", "--to", "staging")
     assert r.returncode == 2 and "ended 'failed': fix dev" in r.stderr, r.stderr
+    r = cli(p, "preview", "--stack", "dev")  # the program's error reaches the pull request, exit 2
+    assert r.returncode == 2 and "pinned churn:9 is not in the registry" in r.stdout, r.stdout
+    assert "❌ the preview failed" in r.stdout
     (p.dir / "Pulumi.dev.yaml").write_text(before[p.dir / "Pulumi.dev.yaml"])
 
     # Misspelt config keys and a missing policy threshold fail before the engine runs, naming the key.

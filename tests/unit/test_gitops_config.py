@@ -138,7 +138,9 @@ def test_promotion_edits_only_the_pinned_lines() -> None:
 
 
 def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
-    wf = yaml.safe_load((Path(__file__).parents[2] / "examples" / "gitops" / "github-actions.yml").read_text())
+    wf = yaml.safe_load(
+        (Path(__file__).parents[2] / "examples" / "gitops" / "github-actions.yml").read_text()
+    )
     jobs = wf["jobs"]
     preview = " ".join(str(step.get("run", "")) for step in jobs["preview"]["steps"])
     apply = " ".join(str(step.get("run", "")) for step in jobs["apply"]["steps"])

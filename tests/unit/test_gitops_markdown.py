@@ -147,3 +147,15 @@ def test_a_big_plan_still_fits_a_pull_request_comment() -> None:
     assert "model-1999" in md  # the breaking one is listed first, so a cut never hides it
     assert "more models: see the JSON summary" in md
     assert md.rstrip().endswith("merge deliberately_")
+
+
+def test_a_program_error_is_shown_short_and_fails_the_check() -> None:
+    tb = (
+        'Program failed with an unhandled exception:\nTraceback (most recent call last):\n  File "__main__.py", '
+        "line 20, in <module>\nmlinfra.registry.registry.ModelError: RegisteredModel churn: pinned churn:9 is not in "
+        "the registry file:///r"
+    )
+    s = plan.summarize([{"kind": "error", "urn": "", "message": tb}], "dev", "p")
+    assert s.errors == [tb.splitlines()[-1]]
+    assert s.exit_code() == 2
+    assert "pinned churn:9 is not in the registry" in plan.render_markdown(s)
