@@ -20,6 +20,8 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
+from components.edge.manifest import twin_topic
+from mlinfra.edge import Broker, publish
 from mlinfra.engine import REPO_ROOT, engine_bin_dir
 from mlinfra.gitops.stacks import POLICY_PACK, Project
 from mlinfra.samples import write_mlp
@@ -174,24 +176,36 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
         assert key.value not in text
 
     # dev again, preview only: a retrained model with another input width (breaking), a 90/10 traffic split onto
-    # the staging-pinned image, and a wider edge target.
+    # the staging-pinned image, and an edge target that now reaches two of three devices (their twins are on the
+    # shared local broker under a tag of this test's own, removed again at the end).
     write_mlp(p.dir / "models" / "churn-wide.onnx", inputs=32, seed=3)
+    condition = "tags.team = 'gitops-test' AND tags.ring IN ('canary', 'ga')"
 
     def change(c: dict) -> None:
         c["models"][0]["path"] = "models/churn-wide.onnx"
         c["endpoints"][0]["deployments"]["green"] = {"image": staging2["images"]["churn-scorer"]["image_ref"]}
         c["endpoints"][0]["traffic"] = {"blue": 90, "green": 10}
-        c["edge"][0]["target_condition"] = "tags.ring IN ('canary', 'ga')"
+        c["edge"][0]["target_condition"] = condition
 
     edit(p, "dev", change)
-    md_file = tmp_path / "dev.md"
-    r = cli(p, "preview", "--stack", "dev", "--markdown", str(md_file), record="breaking-traffic-edge")
+    devices = {"gitops-test-a": "canary", "gitops-test-b": "ga", "gitops-test-c": "lab"}
+    broker = Broker.local()
+    try:
+        for d, ring in devices.items():
+            twin = {"device_id": d, "status": "online", "tags": {"team": "gitops-test", "ring": ring}}
+            publish(broker, twin_topic(d), json.dumps(twin).encode())
+        md_file = tmp_path / "dev.md"
+        r = cli(p, "preview", "--stack", "dev", "--markdown", str(md_file), record="breaking-traffic-edge")
+    finally:
+        for d in devices:
+            publish(broker, twin_topic(d), b"")  # an empty retained message removes the twin
     assert r.returncode == 1, r.stdout + r.stderr  # breaking change
     md = md_file.read_text()
     assert "⚠️ **breaking**: input `input` FP32[?,64] → FP32[?,32]" in md, md
     assert "| blue | `churn-scorer@sha256:" in md and "| 100 % → **90 %** |" in md, md
     assert "| green | — → **`churn-scorer@sha256:" in md and "| — → **10 %** |" in md, md
-    assert "`tags.ring = 'canary'` → **`tags.ring IN ('canary', 'ga')`**" in md, md
+    assert f"`tags.ring = 'canary'` → **`{condition}`**" in md, md
+    assert re.search(r"\| 2 of \d+ targeted \|", md), md
 
 
 def test_bad_input_is_named_and_changes_nothing(platform: Project) -> None:
