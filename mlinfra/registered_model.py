@@ -143,17 +143,17 @@ class RegisteredModel(pulumi.ComponentResource):
         mv: Any = self.model_version
         # Numbers cross the engine as float64: give users the ints they expect.
         self._finish(
-            mv.version.apply(as_int),
-            mv.sha256,
-            mv.uri,
-            mv.size_bytes.apply(as_int),
-            mv.framework,
-            mv.signature,
-            mv.tags,
-            mv.model_name,
-            mv.registry,
-            credential,
-            mv.properties,
+            version=mv.version.apply(as_int),
+            sha256=mv.sha256,
+            uri=mv.uri,
+            size_bytes=mv.size_bytes.apply(as_int),
+            framework=mv.framework,
+            signature=mv.signature,
+            tags=mv.tags,
+            model_name=mv.model_name,
+            registry=mv.registry,
+            credential=credential,
+            properties=mv.properties,
         )
 
     def _init_pinned(
@@ -182,7 +182,7 @@ class RegisteredModel(pulumi.ComponentResource):
         if credential is not None:
             raise ModelError(
                 f"RegisteredModel {name}: pinning versions of a registry that needs a credential is not supported "
-                "yet; pin in a file or Azurite registry reached without one"
+                "yet; pin in a folder registry (file://), which needs none"
             )
         found = ModelRegistry(registry).get(model_name, version)
         if found is None or found.sha256 != sha:
@@ -202,21 +202,22 @@ class RegisteredModel(pulumi.ComponentResource):
         self.path = None
         out = pulumi.Output.from_input
         self._finish(
-            out(version),
-            out(sha),
-            out(found.uri),
-            out(found.size_bytes),
-            out(found.framework),
-            out(found.signature),
-            out(found.tags),
-            out(model_name),
-            out(registry),
-            None,
-            out(found.properties),
+            version=out(version),
+            sha256=out(sha),
+            uri=out(found.uri),
+            size_bytes=out(found.size_bytes),
+            framework=out(found.framework),
+            signature=out(found.signature),
+            tags=out(found.tags),
+            model_name=out(model_name),
+            registry=out(registry),
+            credential=None,
+            properties=out(found.properties),
         )
 
-    def _finish(self, version, sha256, uri, size_bytes, framework, signature, tags, model_name, registry,
+    def _finish(self, *, version, sha256, uri, size_bytes, framework, signature, tags, model_name, registry,
                 credential, properties) -> None:  # fmt: skip
+        """The outputs, the same for a registered and a pinned version."""
         self.version = version
         self.sha256 = sha256
         self.uri = uri

@@ -85,7 +85,7 @@ class ScoringImage(pulumi.ComponentResource):
         }
         super().__init__("mlinfra:images:ScoringImage", name, props, opts)
         if args.pinned is not None:
-            self._init_pinned(name, args)
+            self._init_pinned(name, args, _model_refs(name, args))
             return
         script = Path(args.script).resolve() if args.script else None
         if script is not None:
@@ -104,22 +104,7 @@ class ScoringImage(pulumi.ComponentResource):
         context = (
             Path(args.context).resolve() if args.context else (dockerfile.parent if dockerfile else None)
         )
-        cfg = pulumi.Config("mlinfra")
-        models: list[Any] = []
-        for m in args.models:
-            if hasattr(m, "model_ref"):
-                models.append(m.model_ref)
-            else:
-                if ":" not in m:
-                    raise ImageBuildError(f"ScoringImage {name}: model ref {m!r} must be name:version")
-                mname, _version = m.rsplit(":", 1)
-                validate_name(mname)
-                uri = args.model_registry or cfg.get("registry") or default_registry_uri()
-                cred = args.model_registry_credential or cfg.get_secret("registryCredential")
-                if cred is None:
-                    models.append(_resolve_ref(m, uri, None))
-                else:
-                    models.append(pulumi.Output.secret(cred).apply(functools.partial(_resolve_ref, m, uri)))
+        models = _model_refs(name, args)
         self.image: ScoringImageResource | None = ScoringImageResource(
             f"{name}-image",
             {
@@ -163,7 +148,7 @@ class ScoringImage(pulumi.ComponentResource):
             {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
         )
 
-    def _init_pinned(self, name: str, args: ScoringImageArgs) -> None:
+    def _init_pinned(self, name: str, args: ScoringImageArgs, refs: list[Any]) -> None:
         ref = args.pinned
         if not isinstance(ref, str) or not DIGEST_REF.match(ref):
             raise ImageBuildError(
@@ -191,7 +176,6 @@ class ScoringImage(pulumi.ComponentResource):
                 )
             return refs
 
-        refs = [m.model_ref if hasattr(m, "model_ref") else pulumi.Output.from_input(m) for m in args.models]
         self.image = None
         self.image_ref = pulumi.Output.from_input(ref)
         self.digest = pulumi.Output.from_input(found["digest"])
@@ -203,6 +187,27 @@ class ScoringImage(pulumi.ComponentResource):
         self.register_outputs(
             {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
         )
+
+
+def _model_refs(name: str, args: ScoringImageArgs) -> list[Any]:
+    """What to fetch for each model: a RegisteredModel's model_ref, or a "name:version" resolved in the registry."""
+    cfg = pulumi.Config("mlinfra")
+    models: list[Any] = []
+    for m in args.models:
+        if hasattr(m, "model_ref"):
+            models.append(m.model_ref)
+        else:
+            if ":" not in m:
+                raise ImageBuildError(f"ScoringImage {name}: model ref {m!r} must be name:version")
+            mname, _version = m.rsplit(":", 1)
+            validate_name(mname)
+            uri = args.model_registry or cfg.get("registry") or default_registry_uri()
+            cred = args.model_registry_credential or cfg.get_secret("registryCredential")
+            if cred is None:
+                models.append(_resolve_ref(m, uri, None))
+            else:
+                models.append(pulumi.Output.secret(cred).apply(functools.partial(_resolve_ref, m, uri)))
+    return models
 
 
 def _sha_dir(root: Path, dockerfile: Path | None) -> str:

@@ -351,16 +351,9 @@ def _image(s: dict[str, Any], children: list[dict[str, Any]]) -> ImageChange:
 def _model_label(m: Any) -> str:
     """A packaged model: {"name", "version"} (the version is unknown until `up` registers it) or "name:version"."""
     if isinstance(m, dict):
-        v = _int(m.get("version")) if not isinstance(m.get("version"), str) else _int(_num(m["version"]))
+        v = _int(m.get("version"))
         return f"{m.get('name')}:{'next' if v is None else v}"
     return str(_known(m) or "?")
-
-
-def _num(v: str) -> float | None:
-    try:
-        return float(v)
-    except ValueError:
-        return None
 
 
 def _endpoint(s: dict[str, Any], children: list[dict[str, Any]]) -> EndpointChange:
@@ -577,12 +570,9 @@ def _image_ref(ref: str) -> str:
     if "@sha256:" in ref:
         repo, digest = ref.split("@", 1)
         return f"`{repo.rsplit('/', 1)[-1]}@{digest[:19]}…`"
-    return f"`{ref}`" if ref not in ("—", "built at up") else f"_{ref}_" if ref != "—" else ref
-
-
-def render_text(s: Summary) -> str:
-    """The same content for a terminal (the markdown is readable as text)."""
-    return render_markdown(s)
+    if ref == "—":
+        return ref
+    return f"_{ref}_" if ref == "built at up" else f"`{ref}`"
 
 
 def dumps(summary: Summary) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,8 +19,8 @@ import yaml
 from pulumi import automation as auto
 
 from mlinfra import services
-from mlinfra.automation import pulumi_command
-from mlinfra.engine import REPO_ROOT, engine_env
+from mlinfra.automation import local_stack, pulumi_command
+from mlinfra.engine import engine_env
 from mlinfra.gitops import plan
 from mlinfra.gitops.config import (
     ConfigError,
@@ -48,8 +47,10 @@ class GitOpsError(Exception):
 
 
 def policy_python() -> Path:
-    """The policy pack's interpreter (its own virtualenv: pulumi-policy pins protobuf 5, onnx needs 6)."""
-    return REPO_ROOT / ".venv-policy" / "bin" / "python"
+    """The policy pack's interpreter: the virtualenv its PulumiPolicy.yaml names (its own: pulumi-policy pins
+    protobuf 5, onnx needs 6)."""
+    meta = _yaml((POLICY_PACK / "PulumiPolicy.yaml").read_text())
+    return (POLICY_PACK / meta["runtime"]["options"]["virtualenv"]).resolve() / "bin" / "python"
 
 
 class Project:
@@ -95,16 +96,7 @@ class Project:
 
     def stack(self, stack: str) -> auto.Stack:
         self.check_stack(stack)
-        return auto.create_or_select_stack(
-            stack_name=stack,
-            work_dir=str(self.dir),
-            opts=auto.LocalWorkspaceOptions(
-                work_dir=str(self.dir),
-                env_vars=self.env,
-                pulumi_home=self.env["PULUMI_HOME"],
-                pulumi_command=pulumi_command(),
-            ),
-        )
+        return local_stack(self.dir, stack, self.backend_dir)
 
     def raw_config(self, stack: str) -> dict[str, Any]:
         self.check_stack(stack)
@@ -140,8 +132,16 @@ def preview(
 ) -> plan.Summary:
     """`pulumi preview` of STACK through the Automation API, with the policy pack when the stack's config has a
     `policy` section, summarized in model terms."""
-    cfg = project.config(stack_name)  # validates before the engine runs
-    stack = project.stack(stack_name)
+    project.config(stack_name)  # validates before the engine runs
+    return _preview(project, project.stack(stack_name), events_file, progress)
+
+
+def _preview(
+    project: Project,
+    stack: auto.Stack,
+    events_file: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> plan.Summary:
     records: list[dict[str, Any]] = []
 
     def on_event(event: auto.EngineEvent) -> None:
@@ -154,7 +154,7 @@ def preview(
 
     kwargs: dict[str, Any] = {"on_event": on_event, "diff": False}
     with tempfile.TemporaryDirectory(prefix="mlinfra-policy-") as tmp:
-        kwargs.update(_policy_args(cfg, stack_name, Path(tmp)))
+        kwargs.update(_policy_args(project.config(stack.name), stack.name, Path(tmp)))
         failure = None
         try:
             stack.preview(**kwargs)
@@ -162,7 +162,7 @@ def preview(
             failure = e
     if events_file is not None:
         events_file.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    summary = plan.summarize(records, stack_name, project.name)
+    summary = plan.summarize(records, stack.name, project.name)
     if failure is not None and not summary.errors and not summary.blocking:
         summary.errors.append(_failure_text(failure))
     return summary
@@ -185,14 +185,14 @@ def _policy_args(cfg: PlatformConfig, stack_name: str, tmp: Path) -> dict[str, A
 def up(project: Project, stack_name: str, say: Callable[[str], None] = print) -> auto.UpResult:
     """`pulumi up` of STACK, engine output streamed to SAY, with the stack's policy pack enforced. The engine's
     `up` does not preview first (Automation API), so this previews first and refuses a plan the policies block."""
-    summary = preview(project, stack_name)
+    cfg = project.config(stack_name)
+    stack = project.stack(stack_name)
+    summary = _preview(project, stack)
     if summary.blocking or summary.errors:
         raise GitOpsError(
             f"not applying {stack_name}: "
             + "; ".join([f"{v.policy}: {v.message}" for v in summary.blocking] + summary.errors)
         )
-    cfg = project.config(stack_name)
-    stack = project.stack(stack_name)
     with tempfile.TemporaryDirectory(prefix="mlinfra-policy-") as tmp:
         try:
             return stack.up(
@@ -421,7 +421,3 @@ def _edit_item(
 
 def _scalar(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
