@@ -50,8 +50,9 @@ services-down:
 doctor: venv
 	@$(BIN)/mlinfra doctor
 
-## test: everything — unit tests, then the real engine against the real local services
+## test: everything — the house's import contracts, unit tests, then the real engine against the real local services
 test: setup services
+	@$(BIN)/lint-imports --no-cache
 	@$(BIN)/pytest -q -rs --durations=15 tests
 
 test-unit: venv
@@ -60,10 +61,12 @@ test-unit: venv
 check: venv lint
 	@$(MAKE) --no-print-directory test
 
+## lint: ruff, mypy and the import contracts (import-linter: runtime ↛ pulumi/mlinfra, library ↛ lab, no cycles)
 lint: venv
 	@$(BIN)/ruff check mlinfra components tests examples stacks benchmarks
 	@$(BIN)/ruff format --check mlinfra components tests examples stacks benchmarks
 	@$(BIN)/mypy
+	@$(BIN)/lint-imports --no-cache
 
 ## demo: set up, start services, `pulumi up` the quickstart with local defaults and print its outputs
 demo: setup services

@@ -1,10 +1,17 @@
 """mlinfra: the ML model lifecycle as Pulumi component resources.
 
-Register (:class:`RegisteredModel`, :class:`ModelAlias`), package, deploy, monitor and update models
-declaratively; see README.md for the tour.
+One package per lifecycle step, named like its type tokens: :mod:`mlinfra.registry` (register),
+:mod:`mlinfra.images` (package), :mod:`mlinfra.endpoints` (deploy and update), :mod:`mlinfra.edge` (deploy to
+devices), :mod:`mlinfra.monitoring` (monitor); around them :mod:`mlinfra.gitops` and :mod:`mlinfra.policy`.
+The components are re-exported here; see README.md for the tour and docs/architecture.md for the house.
 """
 
-from mlinfra.cloud_endpoint import (
+from mlinfra import _legacy
+
+_legacy.install()  # old module names keep resolving: stacks created before the move keep working
+
+from mlinfra.edge.edge_deployment import EdgeDeployment, EdgeDeploymentArgs, EdgeGate  # noqa: E402
+from mlinfra.endpoints.cloud_endpoint import (  # noqa: E402
     Autoscale,
     CloudEndpoint,
     CloudEndpointArgs,
@@ -15,11 +22,16 @@ from mlinfra.cloud_endpoint import (
     RolloutPolicy,
     TlsAuth,
 )
-from mlinfra.data_collection import DataCollection, DataCollectionArgs
-from mlinfra.edge_deployment import EdgeDeployment, EdgeDeploymentArgs, EdgeGate
-from mlinfra.fpga_endpoint import Accelerator, FpgaEndpoint, FpgaEndpointArgs, Quantization
-from mlinfra.registered_model import ModelAlias, ModelAliasArgs, RegisteredModel, RegisteredModelArgs
-from mlinfra.scoring_image import ScoringImage, ScoringImageArgs
+from mlinfra.endpoints.fpga_endpoint import Accelerator, FpgaEndpoint, FpgaEndpointArgs, Quantization  # noqa: E402
+from mlinfra.errors import MlinfraError, UserError  # noqa: E402
+from mlinfra.images.scoring_image import ScoringImage, ScoringImageArgs  # noqa: E402
+from mlinfra.monitoring.data_collection import DataCollection, DataCollectionArgs  # noqa: E402
+from mlinfra.registry.registered_model import (  # noqa: E402
+    ModelAlias,
+    ModelAliasArgs,
+    RegisteredModel,
+    RegisteredModelArgs,
+)
 
 __version__ = "0.1.0"
 
@@ -39,6 +51,7 @@ __all__ = [
     "Gates",
     "Kubernetes",
     "LocalDocker",
+    "MlinfraError",
     "ModelAlias",
     "ModelAliasArgs",
     "Quantization",
@@ -48,4 +61,5 @@ __all__ = [
     "ScoringImage",
     "ScoringImageArgs",
     "TlsAuth",
+    "UserError",
 ]

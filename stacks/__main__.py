@@ -12,7 +12,7 @@ from pathlib import Path
 import pulumi
 
 import mlinfra
-from mlinfra import services
+from mlinfra import defaults
 from mlinfra.gitops.config import image_repository, load, registry_uri
 
 HERE = Path(__file__).parent
@@ -39,7 +39,7 @@ images = {
         mlinfra.ScoringImageArgs(
             models=[models[n] for n in i.models],
             script=str(HERE / i.script) if i.script else None,
-            repository=image_repository(cfg, i.name, services.registry_host()),
+            repository=image_repository(cfg, i.name, defaults.registry_host()),
             pinned=i.pinned,
         ),
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlinfra import services
+from mlinfra.lab import services
 
 # Tests never reach a package index: image builds install from the wheelhouse `make setup` filled.
 os.environ["MLINFRA_PIP_OFFLINE"] = "1"
@@ -53,7 +53,7 @@ def program(tmp_path: Path) -> Callable[[str], Path]:
 def broker(tmp_path_factory):
     """A Mosquitto of the module's own (fresh retained state), started by the same code as `make services`.
     While it runs, MLINFRA_CACHE and MLINFRA_MQTT_PORT point at it (programs inherit them)."""
-    from mlinfra.edge import Broker
+    from mlinfra.edge.fleet import Broker
     from tests.scoring_helpers import free_port
 
     cache = tmp_path_factory.mktemp("broker-cache")
@@ -76,7 +76,7 @@ def broker(tmp_path_factory):
 def kube_cluster(tmp_path_factory):
     """A local Kubernetes control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok nodes) on
     loopback, built by `make kube`; fails the test with the reason when it cannot start."""
-    from mlinfra.kube import KubeError, LocalCluster
+    from mlinfra.lab.cluster import KubeError, LocalCluster
 
     try:
         cluster = LocalCluster.start(f"test-{os.getpid()}", tmp_path_factory.mktemp("kwok"))

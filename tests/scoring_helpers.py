@@ -70,7 +70,7 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None, wait_
     log = tmp / f"server-{port}.log"
     out = open(log, "wb")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "components.scoring", "--port", str(port), *args],
+        [sys.executable, "-m", "mlinfra_scoring", "--port", str(port), *args],
         stdout=out,
         stderr=subprocess.STDOUT,
         cwd=REPO,

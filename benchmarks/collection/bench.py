@@ -24,16 +24,16 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.wrk import run as wrk_run  # noqa: E402
-from mlinfra import services  # noqa: E402
-from mlinfra.data_collection import provision  # noqa: E402
-from mlinfra.endpoint.local import free_port  # noqa: E402
-from mlinfra.samples import write_mlp  # noqa: E402
+from mlinfra.endpoints.local import free_port  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
+from mlinfra.lab.samples import write_mlp  # noqa: E402
+from mlinfra.monitoring.data_collection import provision  # noqa: E402
 
 
 def start(model: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "components.scoring", "--model", str(model), "--name", "mlp",
+        ["taskset", "-c", "0", sys.executable, "-m", "mlinfra_scoring", "--model", str(model), "--name", "mlp",
          "--port", str(port), "--no-access-log"],
         cwd=REPO, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
     )  # fmt: skip

@@ -24,11 +24,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 
-from components.edge.manifest import PREFIX, deployment_topic  # noqa: E402
-from mlinfra import services  # noqa: E402
-from mlinfra.edge import Broker, artifact_urls, manifest, provision_devices, publish  # noqa: E402
+from mlinfra.edge.fleet import Broker, artifact_urls, manifest, publish  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
+from mlinfra.lab.broker import provision_devices  # noqa: E402
+from mlinfra.lab.samples import write_mlp  # noqa: E402
 from mlinfra.registry import ModelRegistry  # noqa: E402
-from mlinfra.samples import write_mlp  # noqa: E402
+from mlinfra_edge.manifest import PREFIX, deployment_topic  # noqa: E402
 
 
 def raw_rate(broker: Broker, n: int = 20000) -> float:

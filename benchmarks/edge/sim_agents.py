@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from components.edge.agent import AgentConfig, EdgeAgent
+from mlinfra_edge.agent import AgentConfig, EdgeAgent
 
 
 def main() -> None:

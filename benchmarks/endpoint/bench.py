@@ -23,11 +23,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from benchmarks.wrk import run as wrk_run  # noqa: E402
-from mlinfra import services  # noqa: E402
+from mlinfra.endpoints.provider import EndpointKeysProvider, LocalEndpointProvider  # noqa: E402
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push  # noqa: E402
-from mlinfra.providers.cloud_endpoint import EndpointKeysProvider, LocalEndpointProvider  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
+from mlinfra.lab.samples import write_mlp  # noqa: E402
 from mlinfra.registry import ModelRegistry  # noqa: E402
-from mlinfra.samples import write_mlp  # noqa: E402
 
 
 def wrk(url: str, body: Path, key: str | None, conns: int, seconds: int) -> dict:

@@ -23,8 +23,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from mlinfra import quantize as q  # noqa: E402
-from mlinfra.samples import write_mlp, write_sklearn_classifier  # noqa: E402
+from mlinfra.endpoints import quantize as q  # noqa: E402
+from mlinfra.lab.samples import write_mlp, write_sklearn_classifier  # noqa: E402
 
 
 def wide_mlp(path: Path) -> Path:

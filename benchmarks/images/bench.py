@@ -27,11 +27,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from mlinfra import services  # noqa: E402
 from mlinfra.images.builder import DOCKER, ImageSpec, ModelInput, build_and_push, docker_context  # noqa: E402
-from mlinfra.oci import RegistryClient  # noqa: E402
+from mlinfra.images.oci import RegistryClient  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
+from mlinfra.lab.samples import write_mlp  # noqa: E402
 from mlinfra.registry import ModelRegistry  # noqa: E402
-from mlinfra.samples import write_mlp  # noqa: E402
 
 DOCKERFILE = """ARG MLINFRA_BASE
 FROM ${MLINFRA_BASE}
@@ -41,7 +41,7 @@ COPY mlinfra/models/ /models/
 ENV PYTHONPATH=/opt/mlinfra/site-packages:/opt/mlinfra/app MLINFRA_SERVE_MODEL=/models/mlp/model.onnx \\
     MLINFRA_SERVE_NAME=mlp MLINFRA_SERVE_HOST=0.0.0.0
 USER 10001
-ENTRYPOINT ["python3", "-m", "components.scoring"]
+ENTRYPOINT ["python3", "-m", "mlinfra_scoring"]
 """
 
 

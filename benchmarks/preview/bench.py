@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
-from mlinfra import services  # noqa: E402
 from mlinfra.engine import engine_bin_dir, engine_env  # noqa: E402
 from mlinfra.gitops.config import load, policy_pack_config  # noqa: E402
 from mlinfra.gitops.stacks import POLICY_PACK  # noqa: E402
-from mlinfra.samples import write_mlp  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
+from mlinfra.lab.samples import write_mlp  # noqa: E402
 
 PROJECT = "mlinfra-platform"
 

@@ -30,13 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from mlinfra import services  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
 
 CHILD_MLINFRA = r"""
 import os, resource, sys, time, json
 sys.path.insert(0, {repo!r})
 from mlinfra.registry import ModelRegistry
-from mlinfra import services  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 reg = ModelRegistry("azblob://devstoreaccount1/{container}?endpoint=" + services.azurite_blob_url(), services.AZURITE_KEY)
 reg.store.check()
@@ -51,7 +51,7 @@ CHILD_RAW = r"""
 import hashlib, os, resource, sys, time, json
 sys.path.insert(0, {repo!r})
 from azure.storage.blob import BlobServiceClient
-from mlinfra import services  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
 svc = BlobServiceClient.from_connection_string(services.azurite_connection_string())
 cc = svc.get_container_client("{container}")
 try:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.engine import cache_dir  # noqa: E402
-from mlinfra.samples import write_mlp  # noqa: E402
+from mlinfra.lab.samples import write_mlp  # noqa: E402
 
 VENVS = cache_dir() / "bench-venvs"
 PEER_ENV = {
@@ -74,7 +74,7 @@ def servers(model: Path, port: int, work: Path) -> dict[str, dict]:
     mlinfra_cmd = [
         py,
         "-m",
-        "components.scoring",
+        "mlinfra_scoring",
         "--model",
         str(model),
         "--name",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pulumi
 
 import mlinfra
-from mlinfra.samples import write_mlp
+from mlinfra.lab.samples import write_mlp
 
 config = pulumi.Config()
 model_file = Path(".mlinfra/model.onnx")

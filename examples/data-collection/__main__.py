@@ -15,8 +15,8 @@ import numpy as np
 import pulumi
 
 import mlinfra
-from mlinfra import services
-from mlinfra.samples import write_mlp
+from mlinfra import defaults
+from mlinfra.lab.samples import write_mlp
 
 config = pulumi.Config()
 model_file = Path(".mlinfra/model.onnx")
@@ -30,8 +30,8 @@ collection = mlinfra.DataCollection(
     "credit-risk-capture",
     mlinfra.DataCollectionArgs(
         storage=config.get("storage")
-        or f"azblob://{services.AZURITE_ACCOUNT}/inference-data?endpoint={services.azurite_blob_url()}",
-        storage_credential=config.get_secret("storageKey") or services.AZURITE_KEY,
+        or f"azblob://{defaults.AZURITE_ACCOUNT}/inference-data?endpoint={defaults.azurite_blob_url()}",
+        storage_credential=config.get_secret("storageKey") or defaults.AZURITE_KEY,
         sample_rate=1.0,
         headers=["x-client-id"],
         retention_days=90,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pulumi
 
 import mlinfra
-from mlinfra.samples import write_sklearn_classifier
+from mlinfra.lab.samples import write_sklearn_classifier
 
 data = Path(".mlinfra")
 if not (data / "model.onnx").exists():  # the offline step, if train.py was not run

@@ -6,7 +6,7 @@ with skl2onnx; also write calibration rows, held-out validation rows and their l
 
 from pathlib import Path
 
-from mlinfra.samples import write_sklearn_classifier
+from mlinfra.lab.samples import write_sklearn_classifier
 
 if __name__ == "__main__":
     for kind, path in write_sklearn_classifier(Path(__file__).parent / ".mlinfra").items():

@@ -14,8 +14,8 @@ from pathlib import Path
 import pulumi
 
 import mlinfra
-from mlinfra import services
-from mlinfra.samples import write_mlp
+from mlinfra import defaults
+from mlinfra.lab.samples import write_mlp
 
 model_file = Path(".mlinfra/model.onnx")
 if not model_file.exists():
@@ -34,7 +34,7 @@ image = mlinfra.ScoringImage("quickstart-scorer", mlinfra.ScoringImageArgs(model
 collection = mlinfra.DataCollection(
     "quickstart-capture",
     mlinfra.DataCollectionArgs(
-        storage=f"azblob://{services.AZURITE_ACCOUNT}/quickstart-data?endpoint={services.azurite_blob_url()}",
+        storage=f"azblob://{defaults.AZURITE_ACCOUNT}/quickstart-data?endpoint={defaults.azurite_blob_url()}",
         storage_credential=pulumi.Config("mlinfra").get_secret("registryCredential"),
         sample_rate=1.0,
     ),
@@ -57,4 +57,4 @@ pulumi.export("model", pulumi.Output.concat(model.model_name, ":", model.version
 pulumi.export("image_ref", image.image_ref)
 pulumi.export("model_sha256", model.sha256)
 pulumi.export("registry", model.registry)
-pulumi.export("oci_registry", services.registry_url())
+pulumi.export("oci_registry", defaults.registry_url())

@@ -10,8 +10,8 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from pulumi import automation as auto  # noqa: E402
 
-from mlinfra import services  # noqa: E402
 from mlinfra.automation import local_stack  # noqa: E402
+from mlinfra.lab import services  # noqa: E402
 
 
 def main() -> int:

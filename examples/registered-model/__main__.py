@@ -13,7 +13,7 @@ from pathlib import Path
 import pulumi
 
 import mlinfra
-from mlinfra.samples import write_mlp
+from mlinfra.lab.samples import write_mlp
 
 model_file = Path(".mlinfra/model.onnx")
 if not model_file.exists():

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mlinfra.errors import StackConfigError
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -133,10 +135,6 @@ class PlatformConfig(Strict):
     policy: PolicyConfig | None = None
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def _unwrap(annotation: Any) -> Any:
     """The BaseModel inside Optional[...], list[...] or dict[str, ...], else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -177,14 +175,14 @@ def load(raw: Any) -> PlatformConfig:
             else:
                 msg = err["msg"].removeprefix("Value error, ")
                 msgs.append(f"platform{'.' + path if path else ''}: {msg}")
-        raise ConfigError("invalid stack config:\n  " + "\n  ".join(msgs)) from None
+        raise StackConfigError("invalid stack config:\n  " + "\n  ".join(msgs)) from None
     names = {m.name for m in cfg.models}
     images = {i.name for i in cfg.images}
     for group in (cfg.images, cfg.edge):
         for item in group:
             for m in item.models:
                 if m not in names:
-                    raise ConfigError(
+                    raise StackConfigError(
                         f"platform: {item.name} uses model {m!r}, which is not in platform.models "
                         f"({', '.join(sorted(names))})"
                     )
@@ -192,7 +190,7 @@ def load(raw: Any) -> PlatformConfig:
         for d, dep in ep.deployments.items():
             if "/" not in dep.image and dep.image not in images:
                 near = difflib.get_close_matches(dep.image, sorted(images), n=1)
-                raise ConfigError(
+                raise StackConfigError(
                     f"platform.endpoints.{ep.name}.deployments.{d}.image: {dep.image!r} is neither an image in "
                     "platform.images nor an image reference"
                     + (f"; did you mean {near[0]!r}?" if near else f" (images: {', '.join(sorted(images))})")

@@ -18,13 +18,14 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
-from mlinfra import services
+from mlinfra import defaults
 from mlinfra.automation import local_stack, pulumi_command
 from mlinfra.engine import engine_env
+from mlinfra.errors import GitOpsError
 from mlinfra.gitops import plan
 from mlinfra.gitops.config import (
-    ConfigError,
     PlatformConfig,
+    StackConfigError,
     image_repository,
     load,
     policy_pack_config,
@@ -40,10 +41,6 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: far faster o
 
 def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a safe loader (C or pure Python)
-
-
-class GitOpsError(Exception):
-    """A mistake the user can fix (unknown stack, bad config, refused promotion); the message says how."""
 
 
 def policy_python() -> Path:
@@ -117,7 +114,7 @@ class Project:
             raise GitOpsError(f"Pulumi.{stack}.yaml has no config key {key!r}: add the platform object there")
         try:
             return load(raw)
-        except ConfigError as e:
+        except StackConfigError as e:
             raise GitOpsError(f"Pulumi.{stack}.yaml: {e}") from None
 
 
@@ -312,7 +309,7 @@ def promote(
     image_pins: dict[str, str] = {}
     for i in images:
         ref = str(src_images[i.name]["image_ref"])
-        repo = image_repository(tcfg, i.name, services.registry_host())
+        repo = image_repository(tcfg, i.name, defaults.registry_host())
         digest = ref.split("@", 1)[1]
         dst_ref = f"{repo}@{digest}"
         if inspect_image(dst_ref) is None:

@@ -17,16 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import components
+import mlinfra_scoring
 from mlinfra.engine import cache_dir
+from mlinfra.errors import ImageBuildError
+from mlinfra.files import sha256_file
 from mlinfra.images.layers import Entry, Layer, build_layer, layer_from_dir
-from mlinfra.oci import (
+from mlinfra.images.oci import (
     ACCEPT,
     CONFIG_V1,
     LAYER_GZIP,
     MANIFEST_V2,
+    OciRegistryError,
     RegistryClient,
-    RegistryError,
     image_config,
 )
 from mlinfra.registry import ModelRegistry
@@ -56,10 +58,6 @@ APP = "/opt/mlinfra/app"
 USER_DIR = "/opt/mlinfra/user"
 
 Progress = Callable[[str], None]
-
-
-class ImageBuildError(RuntimeError):
-    """A build input is unusable; the message names it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +299,7 @@ def _layer_meta(path: Path) -> Layer:
         return Layer(path, m["digest"], m["diff_id"], m["size"])
     import gzip
 
-    blob = hashlib.sha256(path.read_bytes()).hexdigest()
+    blob = sha256_file(path)
     with gzip.open(path, "rb") as f:
         h = hashlib.sha256()
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -323,11 +321,18 @@ def _cached(build: Callable[[Path], Layer], key: str, kind: str) -> Layer:
 
 
 def server_files() -> list[tuple[str, Path]]:
-    """The scoring server package as (path relative to the `components` parent, local file): what an image runs."""
-    src = Path(components.__file__).parent
-    return [("components/__init__.py", src / "__init__.py")] + [
-        (f"components/scoring/{p.name}", p) for p in sorted((src / "scoring").glob("*.py"))
-    ]
+    """The scoring server package (mlinfra_scoring) as (path relative to the image's app folder, local file)."""
+    src = Path(mlinfra_scoring.__file__).parent
+    return [(f"mlinfra_scoring/{p.name}", p) for p in sorted(src.glob("*.py"))]
+
+
+# Dockerfiles written before the runtime became `mlinfra_scoring` COPY `mlinfra/components/` and run
+# `python3 -m components.scoring`: the staged context keeps that working with this shim around the same files.
+_COMPAT_SHIM = {
+    "components/__init__.py": "import os, sys\n\nsys.path.insert(0, os.path.dirname(__file__))  # mlinfra_scoring\n",
+    "components/scoring/__init__.py": "from mlinfra_scoring import *  # noqa: F403\n",
+    "components/scoring/__main__.py": "import runpy\n\nrunpy.run_module('mlinfra_scoring', run_name='__main__')\n",
+}
 
 
 def image_requirements(extra: list[str]) -> list[str]:
@@ -458,7 +463,7 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
     config = image_config(
         diff_ids=[*base_config["rootfs"]["diff_ids"], *[layer.diff_id for layer in layers]],
         env=sorted(env),
-        entrypoint=["python3", "-m", "components.scoring"],
+        entrypoint=["python3", "-m", "mlinfra_scoring"],
         user="10001:10001",
         workdir="/opt/mlinfra",
         labels=labels,
@@ -523,7 +528,7 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         for tag in filter(None, [digest.replace(":", "-"), spec.tag]):
             if target.manifest_digest(repo, tag) != digest:
                 target.put_manifest(repo, tag, manifest)
-    except RegistryError as e:
+    except OciRegistryError as e:
         raise ImageBuildError(str(e)) from None
     return BuildResult(
         image_ref=f"{host}/{repo}@{digest}",
@@ -545,7 +550,7 @@ def list_images(registry_url: str, model: str | None = None) -> list[dict[str, A
     client = RegistryClient(registry_url)
     status, _, data = client.request("GET", "/v2/_catalog?n=1000")
     if status != 200:
-        raise RegistryError(f"registry {registry_url} refused the catalog: HTTP {status}")
+        raise OciRegistryError(f"registry {registry_url} refused the catalog: HTTP {status}")
     out = []
     for repo in json.loads(data).get("repositories", []):
         st, _, td = client.request("GET", f"/v2/{repo}/tags/list")
@@ -586,13 +591,17 @@ DOCKER = "/usr/bin/docker"  # Debian's CLI (with BuildKit), not a newer one earl
 
 def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progress = lambda _m: None) -> None:
     """Stage a build context: the user's context plus what a scoring Dockerfile COPYs —
-    `mlinfra/components/` (the scoring server) and `mlinfra/models/<name>/<version>/` (verified model files)."""
+    `mlinfra/app/` (the scoring server package mlinfra_scoring; also as `mlinfra/components/` for older Dockerfiles) and `mlinfra/models/<name>/<version>/` (verified model files)."""
     import shutil
 
     shutil.copytree(context, dest, dirs_exist_ok=True)
     for rel, p in server_files():
+        for layout in ("app", "components"):  # app/: today's layout; components/: Dockerfiles from before
+            (dest / "mlinfra" / layout / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, dest / "mlinfra" / layout / rel)
+    for rel, text in _COMPAT_SHIM.items():
         (dest / "mlinfra" / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, dest / "mlinfra" / rel)
+        (dest / "mlinfra" / rel).write_text(text)
     reqs = image_requirements(spec.requirements)
     (dest / "mlinfra" / "requirements.txt").write_text("\n".join(reqs) + "\n")
     pip_target(reqs, dest / "mlinfra" / "site-packages")
@@ -731,9 +740,9 @@ def copy_image(ref: str, repository: str) -> str:
     src, dst = _client(host), _client(dhost)
     status, headers, raw = src.request("GET", f"/v2/{repo}/manifests/{digest}", headers={"Accept": ACCEPT})
     if status != 200:
-        raise RegistryError(f"registry {host} has no image {repo}@{digest} (HTTP {status})")
+        raise OciRegistryError(f"registry {host} has no image {repo}@{digest} (HTTP {status})")
     if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
-        raise RegistryError(f"registry {host} returned a manifest for {repo}@{digest} with another digest")
+        raise OciRegistryError(f"registry {host} returned a manifest for {repo}@{digest} with another digest")
     manifest = json.loads(raw)
     for blob in [manifest["config"], *manifest.get("layers", [])]:
         d = blob["digest"]
@@ -741,10 +750,10 @@ def copy_image(ref: str, repository: str) -> str:
             continue
         data = src.get_blob(repo, d)
         if "sha256:" + hashlib.sha256(data).hexdigest() != d:
-            raise RegistryError(f"blob {d} of {ref} does not match its digest: not copied")
+            raise OciRegistryError(f"blob {d} of {ref} does not match its digest: not copied")
         dst.push_blob(drepo, d, data)
     media = headers.get("content-type") or manifest.get("mediaType") or MANIFEST_V2
     got = dst.put_manifest(drepo, digest, raw, media)
     if got != digest:
-        raise RegistryError(f"copied manifest of {ref} came out as {got} in {dhost}/{drepo}")
+        raise OciRegistryError(f"copied manifest of {ref} came out as {got} in {dhost}/{drepo}")
     return f"{dhost}/{drepo}@{digest}"

@@ -8,10 +8,13 @@ import hashlib
 import io
 import os
 import tarfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from mlinfra.errors import LayerContentError
 
 EPOCH = 0  # mtime of every entry
 
@@ -78,10 +81,6 @@ class _IterReader(io.RawIOBase):
         return out
 
 
-class LayerContentError(ValueError):
-    """Bytes streamed into a layer did not match the expected sha256."""
-
-
 def _chunks(f: IO[bytes]) -> Iterator[bytes]:
     while chunk := f.read(1 << 20):
         yield chunk
@@ -99,7 +98,19 @@ def _dirs_of(paths: Iterable[str]) -> list[str]:
 def build_layer(entries: list[Entry], out: Path) -> Layer:
     """Write a reproducible tar.gz of ENTRIES (parent directories added) to OUT."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    # Unique per writer, not per process: the engine's provider process builds several images at once in threads,
+    # and two of them may build the same cached layer (same bytes: whichever rename lands last is as good).
+    tmp = out.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        layer = _write_layer(entries, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return Layer(out, layer.digest, layer.diff_id, layer.size)
+
+
+def _write_layer(entries: list[Entry], tmp: Path) -> Layer:
     with open(tmp, "wb") as raw:
         blob = _HashWriter(raw)
         with gzip.GzipFile(filename="", fileobj=blob, mode="wb", mtime=EPOCH, compresslevel=6) as gz:
@@ -131,8 +142,7 @@ def build_layer(entries: list[Entry], out: Path) -> Layer:
                         raise LayerContentError(
                             f"{e.path}: content sha256 {got[:12]}… does not match the expected {e.sha256[:12]}…"
                         )
-    os.replace(tmp, out)
-    return Layer(out, "sha256:" + blob.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), blob.n)
+    return Layer(tmp, "sha256:" + blob.sha.hexdigest(), "sha256:" + plain.sha.hexdigest(), blob.n)
 
 
 def layer_from_dir(root: Path, prefix: str, out: Path, mode_exec: bool = False) -> Layer:

@@ -1,17 +1,22 @@
-"""Model registry: content-addressed, immutable versions on a local folder or Azure Blob Storage."""
+"""Step 1, register (``mlinfra:registry:*``): content-addressed, immutable model versions on a folder or Azure Blob.
 
+- ``registered_model.py`` — the components RegisteredModel and ModelAlias
+- ``provider.py`` — their dynamic providers (a version, an alias)
+- ``registry.py`` — ModelRegistry: versions, tags, aliases, users, search; ``store.py`` — folder / Azure Blob storage
+- ``signature.py`` — an ONNX model's inputs/outputs; ``refs.py`` — what identifies a model a resource uses
+"""
+
+from mlinfra.errors import ContentMismatch, InvalidModel, ModelError, ModelRegistryError
 from mlinfra.registry.registry import (
     Content,
-    ModelError,
     ModelRegistry,
     ModelVersion,
-    default_registry_uri,
     scan_content,
     validate_name,
     validate_tags,
 )
-from mlinfra.registry.signature import InvalidModel, onnx_signature
-from mlinfra.registry.store import ContentMismatch, RegistryError, open_store
+from mlinfra.registry.signature import onnx_signature
+from mlinfra.registry.store import open_store
 
 __all__ = [
     "Content",
@@ -19,9 +24,8 @@ __all__ = [
     "InvalidModel",
     "ModelError",
     "ModelRegistry",
+    "ModelRegistryError",
     "ModelVersion",
-    "RegistryError",
-    "default_registry_uri",
     "onnx_signature",
     "open_store",
     "scan_content",

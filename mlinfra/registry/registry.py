@@ -33,9 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlinfra.engine import cache_dir
+from mlinfra.errors import ModelError
+from mlinfra.files import sha256_file
 from mlinfra.registry.signature import onnx_signature
-from mlinfra.registry.store import ContentMismatch, Progress, RegistryError, Store, open_store
+from mlinfra.registry.store import ContentMismatch, ModelRegistryError, Progress, Store, open_store
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 +\-./:=_]*$")
@@ -45,10 +46,6 @@ MAX_TAG_VALUE = 256
 MAX_TAGS = 50
 FRAMEWORKS = ("onnx", "custom")
 STALE_CLAIM_S = 600.0
-
-
-class ModelError(ValueError):
-    """Bad input to the registry; the message names the value, the rule and the fix."""
 
 
 def validate_name(name: object, what: str = "model name") -> str:
@@ -108,40 +105,6 @@ class Content:
     is_dir: bool
 
 
-def _hash_cache_path(path: Path) -> Path:
-    return cache_dir() / "hashes" / (hashlib.sha1(str(path.resolve()).encode()).hexdigest() + ".json")
-
-
-def sha256_of_file(path: Path, progress: Progress | None = None) -> str:
-    """sha256 of a file, streamed; cached by (path, size, mtime, inode) so an unchanged big model is hashed once."""
-    st = path.stat()
-    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
-    cache = _hash_cache_path(path)
-    try:
-        cached = json.loads(cache.read_text())
-        if {k: cached.get(k) for k in key} == key:
-            return str(cached["sha256"])
-    except (OSError, ValueError, KeyError):
-        pass
-    h = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, st.st_size)
-    digest = h.hexdigest()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**key, "sha256": digest}))
-        os.replace(tmp, cache)
-    except OSError:
-        pass
-    return digest
-
-
 def scan_content(path: Path, progress: Progress | None = None) -> Content:
     """Hash a model file or folder. A file's sha256 is its bytes'; a folder's is the sha256 of its sorted file
     list (path, sha256, size) as canonical JSON."""
@@ -150,15 +113,14 @@ def scan_content(path: Path, progress: Progress | None = None) -> Content:
     if path.is_file():
         if path.stat().st_size == 0:
             raise ModelError(f"model file {str(path)!r} is empty (0 bytes): point path at the exported model")
-        digest = sha256_of_file(path, progress)
+        digest = sha256_file(path, progress)
         entry = FileEntry(path.name, digest, path.stat().st_size)
         return Content(digest, entry.size, (entry,), False)
     files = sorted(p for p in path.rglob("*") if p.is_file())
     if not files:
         raise ModelError(f"model folder {str(path)!r} has no files")
     entries = tuple(
-        FileEntry(p.relative_to(path).as_posix(), sha256_of_file(p, progress), p.stat().st_size)
-        for p in files
+        FileEntry(p.relative_to(path).as_posix(), sha256_file(p, progress), p.stat().st_size) for p in files
     )
     manifest = json.dumps([[e.path, e.sha256, e.size] for e in entries], separators=(",", ":"))
     return Content(hashlib.sha256(manifest.encode()).hexdigest(), sum(e.size for e in entries), entries, True)
@@ -476,7 +438,7 @@ class ModelRegistry:
                 assert got is not None
                 return got[1], True
             time.sleep(0.05)
-        raise RegistryError(f"registry {self.uri}: timed out waiting for another writer of {key}")
+        raise ModelRegistryError(f"registry {self.uri}: timed out waiting for another writer of {key}")
 
     def set_metadata(
         self,
@@ -664,8 +626,3 @@ class ModelRegistry:
             finally:
                 tmp.unlink(missing_ok=True)
         return root if mv.is_dir else targets[0][1]
-
-
-def default_registry_uri() -> str:
-    """$MLINFRA_REGISTRY, else a folder registry in ./.mlinfra/registry."""
-    return os.environ.get("MLINFRA_REGISTRY") or f"file://{Path.cwd().resolve() / '.mlinfra' / 'registry'}"

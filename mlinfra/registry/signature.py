@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlinfra.errors import InvalidModel
+
 # ONNX TensorProto element types -> Open Inference Protocol datatypes.
 ONNX_TO_OIP = {
     1: "FP32",
@@ -22,10 +24,6 @@ ONNX_TO_OIP = {
     13: "UINT64",
     16: "BF16",
 }
-
-
-class InvalidModel(ValueError):
-    """The file is not a model of the declared framework; the message says what was found and the fix."""
 
 
 def onnx_file(path: Path) -> Path:

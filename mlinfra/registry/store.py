@@ -21,16 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from mlinfra.errors import ContentMismatch, ModelRegistryError
+
 Progress = Callable[[int, int], None]  # (bytes done, total)
 BLOCK = 4 * 1024 * 1024
-
-
-class RegistryError(RuntimeError):
-    """The registry could not be reached or refused; the message names the registry, never a credential."""
-
-
-class ContentMismatch(RegistryError):
-    """Bytes read did not hash to the expected sha256."""
 
 
 class Store(Protocol):
@@ -87,7 +81,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         p = (self.root / key).resolve()
         if self.root.resolve() not in p.parents:
-            raise RegistryError(f"key {key!r} escapes the registry root {self.root}")
+            raise ModelRegistryError(f"key {key!r} escapes the registry root {self.root}")
         return p
 
     def check(self) -> None:
@@ -97,7 +91,7 @@ class LocalStore:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise RegistryError(f"registry {self.uri} is not writable: {e.strerror}") from None
+            raise ModelRegistryError(f"registry {self.uri} is not writable: {e.strerror}") from None
 
     def get(self, key: str) -> tuple[bytes, str] | None:
         try:
@@ -187,7 +181,7 @@ class LocalStore:
         try:
             f = open(self._path(key), "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:
-            raise RegistryError(f"registry {self.uri} has no object {key}") from None
+            raise ModelRegistryError(f"registry {self.uri} has no object {key}") from None
         with f:
             while chunk := f.read(BLOCK):
                 yield chunk
@@ -254,28 +248,28 @@ class AzureBlobStore:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _err(self, e: Exception, what: str) -> RegistryError:
+    def _err(self, e: Exception, what: str) -> ModelRegistryError:
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
         if isinstance(e, ClientAuthenticationError) or (
             isinstance(e, HttpResponseError) and e.status_code == 403
         ):
             if not self.credential:
-                return RegistryError(
+                return ModelRegistryError(
                     f"registry {self.uri} needs a credential (HTTP 403 while {what}): give its account key, SAS "
                     "token or connection string (registry_credential, or $MLINFRA_REGISTRY_CREDENTIAL)"
                 )
-            return RegistryError(
+            return ModelRegistryError(
                 f"registry {self.uri} refused the credential while {what} (HTTP 403): check the account key, "
                 "SAS token or connection string given for it"
             )
         if isinstance(e, ServiceRequestError):
-            return RegistryError(f"registry {self.uri} is unreachable at {self.endpoint} while {what}")
+            return ModelRegistryError(f"registry {self.uri} is unreachable at {self.endpoint} while {what}")
         if isinstance(e, HttpResponseError):
-            return RegistryError(
+            return ModelRegistryError(
                 f"registry {self.uri} refused {what}: HTTP {e.status_code} {getattr(e, 'error_code', '')}"
             )
-        return RegistryError(f"registry {self.uri}: {what} failed: {type(e).__name__}")
+        return ModelRegistryError(f"registry {self.uri}: {what} failed: {type(e).__name__}")
 
     def check(self) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -380,7 +374,7 @@ class AzureBlobStore:
         try:
             stream = self._container().download_blob(self._key(key), max_concurrency=1)
         except ResourceNotFoundError:
-            raise RegistryError(f"registry {self.uri} has no object {key}") from None
+            raise ModelRegistryError(f"registry {self.uri} has no object {key}") from None
         except Exception as e:
             raise self._err(e, f"downloading {key}") from None
         yield from stream.chunks()
@@ -397,7 +391,7 @@ def open_store(uri: str, credential: str | None = None) -> Store:
     u = urllib.parse.urlsplit(uri)
     if u.scheme == "file":
         if not u.path.startswith("/"):
-            raise RegistryError(
+            raise ModelRegistryError(
                 f"registry URI {uri!r}: a file registry needs an absolute path, file:///abs/path"
             )
         return LocalStore(Path(urllib.parse.unquote(u.path)))
@@ -405,12 +399,12 @@ def open_store(uri: str, credential: str | None = None) -> Store:
         account = u.hostname or ""
         parts = [p for p in u.path.split("/") if p]
         if not account or not parts:
-            raise RegistryError(
+            raise ModelRegistryError(
                 f"registry URI {uri!r}: expected azblob://ACCOUNT/CONTAINER[/PREFIX][?endpoint=URL]"
             )
         container, prefix = parts[0], "/".join(parts[1:])
         if not 3 <= len(container) <= 63:
-            raise RegistryError(
+            raise ModelRegistryError(
                 f"registry URI {uri!r}: container name {container!r} must have 3..63 characters"
             )
         endpoint = (
@@ -418,4 +412,6 @@ def open_store(uri: str, credential: str | None = None) -> Store:
             or f"https://{account}.blob.core.windows.net"
         )
         return AzureBlobStore(account, container, prefix, endpoint.rstrip("/"), credential)
-    raise RegistryError(f"registry URI {uri!r}: use file:///abs/path or azblob://ACCOUNT/CONTAINER[/PREFIX]")
+    raise ModelRegistryError(
+        f"registry URI {uri!r}: use file:///abs/path or azblob://ACCOUNT/CONTAINER[/PREFIX]"
+    )

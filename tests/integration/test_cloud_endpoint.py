@@ -15,10 +15,10 @@ import pytest
 from pulumi import automation as auto
 
 from mlinfra.automation import local_stack
-from mlinfra.endpoint.local import find_containers, port_taken
+from mlinfra.endpoints.local import find_containers, port_taken
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
-from mlinfra.samples import write_mlp
 from tests.endpoint_helpers import ROW, Load, score
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlinfra import services
-from mlinfra.data_collection import CollectionError, provision
 from mlinfra.engine import cache_dir, pinned_versions
-from mlinfra.samples import write_mlp
+from mlinfra.lab import services
+from mlinfra.lab.samples import write_mlp
+from mlinfra.monitoring.data_collection import CollectionError, provision
 from tests.scoring_helpers import free_port, start_server
 
 pytestmark = pytest.mark.integration
@@ -225,7 +225,7 @@ def test_bad_collection_input(tmp_path, azurite) -> None:
         provision(f"azblob://{services.AZURITE_ACCOUNT}/x?endpoint={azurite.url}", "k", 1)
     # A server with a malformed collector config refuses to start and says why.
     r = subprocess.run(
-        [os.sys.executable, "-m", "components.scoring", "--model", str(write_mlp(tmp_path / "m.onnx"))],
+        [os.sys.executable, "-m", "mlinfra_scoring", "--model", str(write_mlp(tmp_path / "m.onnx"))],
         env={**os.environ, "MLINFRA_SERVE_COLLECT": json.dumps({"sink": "file:///tmp/x", "sample_rate": 2})},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -238,7 +238,7 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
     from pulumi import automation as auto
 
     from mlinfra.automation import local_stack
-    from mlinfra.endpoint.local import find_containers
+    from mlinfra.endpoints.local import find_containers
     from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
     from mlinfra.registry import ModelRegistry
     from tests.endpoint_helpers import score

@@ -15,12 +15,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pulumi import automation as auto
 
-from components.edge.manifest import deployment_topic, twin_topic
-from mlinfra import services
 from mlinfra.automation import local_stack
-from mlinfra.edge import Broker, provision_devices, publish, read_fleet
+from mlinfra.edge.fleet import Broker, publish, read_fleet
+from mlinfra.lab import services
+from mlinfra.lab.broker import provision_devices
+from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
-from mlinfra.samples import write_mlp
+from mlinfra_edge.manifest import deployment_topic, twin_topic
 from tests.scoring_helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ class Agents:
             [
                 sys.executable,
                 "-m",
-                "components.edge",
+                "mlinfra_edge",
                 "--device-id",
                 device,
                 "--broker",
@@ -303,8 +304,8 @@ def test_bad_conditions_fail_preview_and_untargeted_warn(
 
 def test_signed_urls_from_an_azure_registry_download_and_expire(tmp_path: Path, local_services) -> None:
     """Devices fetch Azure-registry models through short-lived read-only SAS URLs, verified by sha256."""
-    from components.edge.agent import DownloadError, _download
-    from mlinfra.edge import artifact_urls
+    from mlinfra.edge.fleet import artifact_urls
+    from mlinfra_edge.agent import DownloadError, _download
 
     local_services("azurite")
     uri = f"azblob://{services.AZURITE_ACCOUNT}/edgesas{os.getpid()}/models?endpoint={services.azurite_blob_url()}"
@@ -403,7 +404,7 @@ def test_agent_over_tls(tmp_path: Path, broker: Broker, agents: Agents) -> None:
             [
                 sys.executable,
                 "-m",
-                "components.edge",
+                "mlinfra_edge",
                 "--device-id",
                 "tls-1",
                 "--broker",

@@ -13,9 +13,9 @@ import pytest
 from pulumi import automation as auto
 
 from mlinfra.automation import local_stack
-from mlinfra.endpoint.local import find_containers
+from mlinfra.endpoints.local import find_containers
+from mlinfra.lab.samples import write_mlp, write_sklearn_classifier
 from mlinfra.registry import ModelRegistry
-from mlinfra.samples import write_mlp, write_sklearn_classifier
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
-from components.edge.manifest import twin_topic
-from mlinfra.edge import Broker, publish
+from mlinfra.edge.fleet import Broker, publish
 from mlinfra.engine import REPO_ROOT, engine_bin_dir
 from mlinfra.gitops.stacks import POLICY_PACK, Project
-from mlinfra.samples import write_mlp
+from mlinfra.lab.samples import write_mlp
+from mlinfra_edge.manifest import twin_topic
 
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
 

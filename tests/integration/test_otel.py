@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from mlinfra.samples import write_mlp
+from mlinfra.lab.samples import write_mlp
 from tests.scoring_helpers import free_port, start_server
 
 pytestmark = pytest.mark.integration

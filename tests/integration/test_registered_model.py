@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from mlinfra import services
 from mlinfra.automation import local_stack
+from mlinfra.lab import services
+from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
-from mlinfra.samples import write_mlp
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 from pulumi import automation as auto
 
-from mlinfra import services
 from mlinfra.automation import local_stack
 from mlinfra.images.builder import ImageBuildError, ImageSpec, ModelInput, build_and_push
+from mlinfra.lab import services
+from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelError, ModelRegistry
-from mlinfra.samples import write_mlp
 from tests.scoring_helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def test_build_run_score_and_reproduce(tmp_path: Path, backend: Path, program, s
     import gzip
     import sys
 
-    from mlinfra.oci import RegistryClient
+    from mlinfra.images.oci import RegistryClient
 
     host, rest = ref.split("/", 1)
     client = RegistryClient(f"http://{host}")
@@ -168,7 +168,7 @@ def _copy(program, dest: Path) -> Path:
 
 
 def _layers(ref: str) -> list[str]:
-    from mlinfra.oci import RegistryClient
+    from mlinfra.images.oci import RegistryClient
 
     host, rest = ref.split("/", 1)
     repo, digest = rest.split("@")
@@ -222,7 +222,7 @@ def test_bad_inputs_are_named(tmp_path: Path, services_up, monkeypatch) -> None:
 
     # A base image without python3.
     from mlinfra.images.layers import Entry, build_layer
-    from mlinfra.oci import RegistryClient, image_config, push_image
+    from mlinfra.images.oci import RegistryClient, image_config, push_image
 
     layer = build_layer([Entry("/etc/os-release", 5, b"none\n")], tmp_path / "nopy.tar.gz")
     client = RegistryClient(services.registry_url())

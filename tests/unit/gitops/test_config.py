@@ -1,0 +1,152 @@
+"""The platform project's typed config, the policy rules and promotion's YAML edit — no engine needed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlinfra.gitops.config import StackConfigError, load, policy_pack_config
+from mlinfra.gitops.stacks import _edit_yaml
+
+STACKS = Path(__file__).parents[3] / "stacks"
+sys.path.insert(0, str(Path(__file__).parents[3] / "mlinfra" / "policy"))
+import rules  # noqa: E402  (the pack's rules: stdlib only, as in the pack's own virtualenv)
+
+
+def raw(env: str) -> dict:
+    return yaml.safe_load((STACKS / f"Pulumi.{env}.yaml").read_text())["config"]["mlinfra-platform:platform"]
+
+
+@pytest.mark.parametrize("env", ["dev", "staging", "prod"])
+def test_every_environment_is_valid(env: str) -> None:
+    cfg = load(raw(env))
+    assert cfg.models and cfg.endpoints and cfg.edge
+
+
+def test_environments_differ_only_in_config() -> None:
+    program = (STACKS / "__main__.py").read_text()
+    for env in ("dev", "staging", "prod"):
+        assert f'"{env}"' not in program and f"'{env}'" not in program
+
+
+def test_misspelt_keys_name_the_nearest_valid_one() -> None:
+    with pytest.raises(
+        StackConfigError, match=r"platform\.models\.0\.tgas: unknown key; did you mean 'tags'\?"
+    ):
+        load({"models": [{"name": "m", "path": "m.onnx", "tgas": {}}]})
+    with pytest.raises(StackConfigError, match=r"platform\.registy: unknown key; did you mean 'registry'\?"):
+        load({"registy": "file:///x", "models": []})
+    bad = raw("prod")
+    bad["endpoints"][0]["rollout"]["bake"] = 3
+    bad["endpoints"][0]["deployments"]["blue"]["replica"] = 3
+    bad["policy"]["max_canary_pct"] = 5
+    with pytest.raises(StackConfigError) as e:
+        load(bad)
+    msg = str(e.value)
+    assert "platform.endpoints.0.rollout.bake: unknown key; did you mean 'bake_s'?" in msg
+    assert "platform.endpoints.0.deployments.blue.replica: unknown key; did you mean 'replicas'?" in msg
+    assert "platform.policy.max_canary_pct: unknown key; did you mean 'max_canary_percent'?" in msg
+    with pytest.raises(StackConfigError, match=r"platform\.models: Field required"):
+        load({})
+    with pytest.raises(StackConfigError, match=r"uses model 'ghost', which is not in platform\.models"):
+        load({"models": [{"name": "m", "path": "m.onnx"}], "images": [{"name": "i", "models": ["ghost"]}]})
+    ep = raw("dev")
+    ep["endpoints"][0]["deployments"]["blue"]["image"] = "churn-scorr"
+    with pytest.raises(
+        StackConfigError, match=r"'churn-scorr' is neither an image.*did you mean 'churn-scorer'\?"
+    ):
+        load(ep)
+
+
+def test_a_missing_policy_threshold_names_the_key() -> None:
+    cfg = raw("prod")
+    del cfg["policy"]["model_metric"]["threshold"]
+    with pytest.raises(StackConfigError, match=r"platform\.policy\.model_metric\.threshold: Field required"):
+        load(cfg)
+
+
+def test_pins_are_whole() -> None:
+    with pytest.raises(StackConfigError, match=r"either path .* or version and sha256"):
+        load({"models": [{"name": "m", "path": "m.onnx", "version": 2}]})
+    with pytest.raises(StackConfigError, match="a pin needs both version and sha256"):
+        load({"models": [{"name": "m", "version": 2}]})
+    with pytest.raises(StackConfigError, match="keeps the tags and properties"):
+        load({"models": [{"name": "m", "version": 2, "sha256": "a" * 64, "properties": {"accuracy": "1"}}]})
+
+
+def test_policy_pack_config_follows_the_stack() -> None:
+    prod = policy_pack_config(load(raw("prod")).policy)
+    assert prod["mlinfra-model-metric"] == {
+        "enforcementLevel": "mandatory",
+        "metric": "accuracy",
+        "threshold": 0.9,
+    }
+    assert prod["mlinfra-canary-step"]["maxPercent"] == 10 and prod["mlinfra-endpoint-auth"] == "mandatory"
+    staging = policy_pack_config(load(raw("staging")).policy)
+    assert (
+        staging["mlinfra-model-metric"] == "disabled"
+        and staging["mlinfra-endpoint-data-collection"] == "disabled"
+    )
+
+
+def test_policy_rules() -> None:
+    ep = {"auth": "none", "data_collection": None, "rollout": {"steps": [50, 100]},
+          "deployments": {"blue": {"image": "127.0.0.1:5000/x:latest"}, "green": {"image": None}}}  # fmt: skip
+    assert "auth 'none'" in rules.endpoint_auth(rules.ENDPOINT, "e", ep, {})[0]
+    assert "no data collection" in rules.endpoint_data_collection(rules.ENDPOINT, "e", ep, {})[0]
+    assert (
+        "50 % of traffic in its first rollout step (limit 10 %)"
+        in rules.canary_step(rules.ENDPOINT, "e", ep, {"maxPercent": 10})[0]
+    )
+    assert rules.canary_step(rules.ENDPOINT, "e", ep, {"maxPercent": 50}) == []
+    (tag,) = rules.image_digest(rules.ENDPOINT, "e", ep, {})  # green's image is unknown at preview: skipped
+    assert "blue runs image '127.0.0.1:5000/x:latest' by tag" in tag
+    ok = {**ep, "auth": "key", "data_collection": {"sample_rate": 1.0}}
+    assert rules.endpoint_auth(rules.ENDPOINT, "e", ok, {}) == []
+    assert rules.endpoint_data_collection(rules.ENDPOINT, "e", ok, {}) == []
+    metric = {"metric": "accuracy", "threshold": 0.9}
+    model = {"model_name": "churn", "version": 2.0, "properties": {}}
+    assert "churn:2 has no property 'accuracy'" in rules.model_metric(rules.MODEL, "churn", model, metric)[0]
+    low = {**model, "properties": {"accuracy": "0.85"}}
+    assert (
+        "accuracy = 0.85, below the threshold 0.9" in rules.model_metric(rules.MODEL, "churn", low, metric)[0]
+    )
+    nan = {**model, "properties": {"accuracy": "high"}}
+    assert "is not a number" in rules.model_metric(rules.MODEL, "churn", nan, metric)[0]
+    assert rules.model_metric(rules.MODEL, "c", {**model, "properties": {"accuracy": "0.95"}}, metric) == []
+    assert "needs config 'metric'" in rules.model_metric(rules.MODEL, "c", model, {})[0]
+    assert "no failure gate" in rules.edge_gate(rules.EDGE, "d", {"gate": {"min_success_fraction": 0}}, {})[0]
+    assert rules.edge_gate(rules.EDGE, "d", {"gate": {"min_success_fraction": 0.9}}, {}) == []
+    assert rules.endpoint_auth(rules.MODEL, "m", ep, {}) == []  # rules look at their own types only
+
+
+def test_promotion_edits_only_the_pinned_lines() -> None:
+    text = (STACKS / "Pulumi.staging.yaml").read_text()
+    sha, ref = "ab" * 32, "127.0.0.1:5000/platform/staging/churn-scorer@sha256:" + "c" * 64
+    after = _edit_yaml(text, {"churn": {"version": 2, "sha256": sha}}, {"churn-scorer": ref})
+    removed = [ln for ln in text.splitlines() if ln not in after.splitlines()]
+    added = [ln for ln in after.splitlines() if ln not in text.splitlines()]
+    assert [ln.strip().split(":")[0] for ln in removed] == ["path", "tags", "properties"]
+    assert [ln.strip() for ln in added] == ["version: 2", f"sha256: {sha}", f"pinned: {ref}"]
+    assert text.splitlines()[0].startswith("#") and after.splitlines()[0] == text.splitlines()[0]
+    again = _edit_yaml(after, {"churn": {"version": 3, "sha256": "cd" * 32}}, {})
+    assert len([ln for ln in again.splitlines() if ln not in after.splitlines()]) == 2
+    doc = yaml.safe_load(again)["config"]["mlinfra-platform:platform"]
+    assert doc["models"][0] == {"name": "churn", "version": 3, "sha256": "cd" * 32}
+    assert doc["images"][0]["pinned"] == ref
+
+
+def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
+    wf = yaml.safe_load(
+        (Path(__file__).parents[3] / "examples" / "gitops" / "github-actions.yml").read_text()
+    )
+    jobs = wf["jobs"]
+    preview = " ".join(str(step.get("run", "")) for step in jobs["preview"]["steps"])
+    apply = " ".join(str(step.get("run", "")) for step in jobs["apply"]["steps"])
+    assert "mlinfra preview --stack ${{ matrix.stack }} --markdown preview.md" in preview
+    assert jobs["preview"]["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
+    assert any("comment" in str(step.get("uses", "")) for step in jobs["preview"]["steps"])
+    assert "mlinfra up --stack" in apply and jobs["apply"]["if"] == "github.event_name == 'push'"

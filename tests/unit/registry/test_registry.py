@@ -1,0 +1,152 @@
+"""The registry's rules on a local folder registry (fast, no services)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlinfra.lab.samples import write_mlp
+from mlinfra.registry import (
+    ContentMismatch,
+    InvalidModel,
+    ModelError,
+    ModelRegistry,
+    validate_name,
+    validate_tags,
+)
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(f"file://{tmp_path / 'registry'}")
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return write_mlp(tmp_path / "m" / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("a/b", "'/'"),
+        ("../etc", "'/'"),
+        ("a..b", "'..'"),
+        ("has space", "' '"),
+        ("ctl\x07", "'\\x07'"),
+        ("x" * 256, "256 characters; the limit is 255"),
+        ("", "non-empty"),
+        ("-lead", "starting with a letter or digit"),
+    ],
+)
+def test_bad_names_are_named_in_the_error(name: str, fragment: str) -> None:
+    with pytest.raises(ModelError) as e:
+        validate_name(name)
+    assert fragment in str(e.value)
+
+
+def test_tag_limits() -> None:
+    assert validate_tags({"b": "2", "a": "1"}) == {"a": "1", "b": "2"}
+    with pytest.raises(ModelError, match=r"keys are 1\.\.128"):
+        validate_tags({"k" * 129: "v"})
+    with pytest.raises(ModelError, match="257 characters; the limit is 256"):
+        validate_tags({"k": "v" * 257})
+    with pytest.raises(ModelError, match="must be a string"):
+        validate_tags({"k": 3})
+    with pytest.raises(ModelError, match="51 entries"):
+        validate_tags({f"k{i}": "v" for i in range(51)})
+
+
+def test_versions_are_content_addressed(reg: ModelRegistry, model: Path, tmp_path: Path) -> None:
+    v1, created = reg.register("mlp", model, tags={"stage": "dev"})
+    assert (v1.version, created) == (1, True)
+    assert v1.signature["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    same, created = reg.register("mlp", model, tags={"stage": "dev"})
+    assert (same.version, created) == (1, False)
+    retagged, created = reg.register("mlp", model, tags={"stage": "prod"})
+    assert (retagged.version, created, retagged.tags) == (1, False, {"stage": "prod"})
+    v2, created = reg.register("mlp", write_mlp(tmp_path / "m2.onnx", seed=7))
+    assert (v2.version, created) == (2, True)
+    assert reg.versions("mlp") == [1, 2]
+    out = reg.download("mlp:1", tmp_path / "dl.onnx")
+    assert out.read_bytes() == model.read_bytes()
+    assert reg.resolve("mlp").version == 2
+
+
+def test_download_refuses_corrupt_bytes(reg: ModelRegistry, model: Path, tmp_path: Path) -> None:
+    mv, _ = reg.register("mlp", model)
+    blob = tmp_path / "registry" / "blobs" / "sha256" / mv.sha256
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ContentMismatch, match="does not match its sha256"):
+        reg.download("mlp:1", tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists(), "a corrupt download must leave nothing behind"
+
+
+def test_in_use_versions_cannot_be_deleted(reg: ModelRegistry, model: Path) -> None:
+    reg.register("mlp", model)
+    reg.add_user("mlp", 1, "image:127.0.0.1:5000/scoring@sha256:abc")
+    with pytest.raises(ModelError, match=r"in use by image:127\.0\.0\.1:5000/scoring@sha256:abc"):
+        reg.delete_version("mlp", 1)
+    reg.remove_user("mlp", 1, "image:127.0.0.1:5000/scoring@sha256:abc")
+    reg.delete_version("mlp", 1)
+    assert reg.versions("mlp") == []
+
+
+def test_aliases_and_search(reg: ModelRegistry, model: Path, tmp_path: Path) -> None:
+    reg.register("mlp", model, tags={"team": "a"}, properties={"accuracy": "0.91"})
+    reg.register("mlp", write_mlp(tmp_path / "m2.onnx", seed=3), tags={"team": "b"})
+    reg.set_alias("mlp", "champion", 1)
+    assert reg.resolve("mlp@champion").version == 1
+    with pytest.raises(ModelError, match="has no version 9"):
+        reg.set_alias("mlp", "champion", 9)
+    assert [m.version for m in reg.search(tags={"team": "b"})] == [2]
+    assert [m.version for m in reg.search(properties={"accuracy": "0.91"})] == [1]
+
+
+def test_folder_models_and_custom_framework(reg: ModelRegistry, tmp_path: Path) -> None:
+    folder = tmp_path / "tok"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "vocab.txt").write_text("a\nb\n")
+    (folder / "sub" / "weights.bin").write_bytes(b"\x01" * 1000)
+    mv, _ = reg.register("tokenizer", folder, framework="custom")
+    assert [f["path"] for f in mv.files] == ["sub/weights.bin", "vocab.txt"]
+    out = reg.download("tokenizer:1", tmp_path / "out")
+    assert (out / "sub" / "weights.bin").read_bytes() == b"\x01" * 1000
+
+
+def test_bad_model_files(reg: ModelRegistry, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelError, match="is empty"):
+        reg.register("m", empty)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf at all \xff\xfe")
+    with pytest.raises(InvalidModel, match="is not a valid ONNX model"):
+        reg.register("m", junk)
+    with pytest.raises(ModelError, match="does not exist"):
+        reg.register("m", tmp_path / "missing.onnx")
+    assert reg.names() == [], "nothing may be written for bad input"
+
+
+def test_a_dead_writers_committed_version_is_recovered_not_duplicated(
+    reg: ModelRegistry, model: Path, tmp_path: Path
+) -> None:
+    """A writer killed after committing version 1 but before pointing the content index at it leaves a stale
+    claim; the next writer of that content takes the claim over and finds version 1 instead of making version 2."""
+    import json
+    import socket
+    import subprocess
+    import time
+
+    mv, _ = reg.register("mlp", model)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    index = tmp_path / "registry" / "models" / "mlp" / "sha256" / f"{mv.sha256}.json"
+    index.write_text(
+        json.dumps({"claim": "x", "host": socket.gethostname(), "pid": dead.pid, "at": time.time()})
+    )
+    again, created = reg.register("mlp", model)
+    assert (again.version, created) == (1, False)
+    assert reg.versions("mlp") == [1]
+    assert json.loads(index.read_text()) == {"version": 1}
