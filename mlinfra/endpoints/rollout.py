@@ -203,8 +203,9 @@ def converge(
         raise
     target.settle(out, new_weights)
     keep = {r["name"] for u in out.values() for r in u.replicas}
-    leaving += [r for u in live.values() for r in u.replicas if r["name"] not in keep]
-    target.retire([r for r in leaving if r["name"] not in keep], grace_s=30)
+    leaving += [r for u in live.values() for r in u.replicas]
+    gone = {r["name"]: r for r in leaving if r["name"] not in keep}  # each replica once
+    target.retire(list(gone.values()), grace_s=30)
     return Result(out, record)
 
 

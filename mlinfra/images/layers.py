@@ -23,7 +23,7 @@ EPOCH = 0  # mtime of every entry
 class Entry:
     """A file in a layer: its path in the image, and where the bytes come from."""
 
-    path: str  # absolute path in the image, e.g. /opt/mlinfra/app/components/scoring/server.py
+    path: str  # absolute path in the image, e.g. /opt/mlinfra/app/mlinfra_scoring/server.py
     size: int
     source: Path | bytes | Callable[[], Iterator[bytes]]
     mode: int = 0o644

@@ -1,6 +1,6 @@
 """DataCollection: step 4 of the lifecycle — capture the inputs and outputs an endpoint scores into blob storage
 (Azure Blob, or a local folder), sampled, partitioned, never lost or duplicated when storage is down; the scoring
-server's collector does the writing (components/scoring/collector.py). See docs/data-collection.md.
+server's collector does the writing (mlinfra_scoring.collector). See docs/data-collection.md.
 
 This module provisions the storage side: the container (created if absent) and a scoped, expiring credential — a
 container SAS allowing create/write only — handed to the scoring servers as a Pulumi secret.

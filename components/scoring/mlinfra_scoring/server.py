@@ -188,6 +188,11 @@ class ScoringServer:
         except (ValueError, TypeError) as e:
             raise RequestError(f"request body is not valid JSON: {str(e)[:200]}") from None
 
+    def _require_ready(self) -> None:
+        """503 before the body is read while models load (the data plane checks again: it is the authority)."""
+        if not self.dataplane.ready:
+            raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
+
     def _model(self, request: web.Request) -> LoadedModel:
         m = self.repository.get(request.match_info["name"], request.match_info.get("version"))
         request["version"] = m.version
@@ -263,23 +268,19 @@ class ScoringServer:
 
     async def infer(self, request: web.Request) -> web.Response:
         m = self._model(request)
-        if not self.dataplane.ready:
-            raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
+        self._require_ready()
         body = await self._body(request)
         resp = await self.dataplane.infer(m, body, request["rid"], request.headers)
         return web.Response(body=dumps(resp), content_type=JSON)
 
     async def score(self, request: web.Request) -> web.Response:
         """Azure ML-style /score: the user script's run(raw_data), else the first model's first output."""
+        self._require_ready()
         if self.dataplane.script is not None:
-            if not self.dataplane.ready:
-                raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
             result = await self.dataplane.score_script(await self._raw_body(request))
             if isinstance(result, bytes | str):
                 return web.Response(body=result, content_type=JSON)
             return web.Response(body=dumps(result), content_type=JSON)
-        if not self.dataplane.ready:
-            raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
         body = await self._body(request)
         m = self.repository.first()
         request["model"], request["version"] = m.name, m.version

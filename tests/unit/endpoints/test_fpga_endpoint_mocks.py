@@ -31,6 +31,15 @@ COMPUTED = {
 }
 
 
+def _model(tmp_path: Path) -> mlinfra.RegisteredModel:
+    return mlinfra.RegisteredModel(
+        "clf",
+        mlinfra.RegisteredModelArgs(
+            path=str(write_mlp(tmp_path / "m.onnx")), registry=f"file://{tmp_path}/r"
+        ),
+    )
+
+
 def _calibration(tmp_path: Path) -> Path:
     p = tmp_path / "calibration.npy"
     np.save(p, np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32))
@@ -42,12 +51,7 @@ def test_quantized_model_image_and_accelerator_pods(tmp_path: Path) -> None:
     calibration = _calibration(tmp_path)
 
     def build() -> dict:
-        model = mlinfra.RegisteredModel(
-            "clf",
-            mlinfra.RegisteredModelArgs(
-                path=str(write_mlp(tmp_path / "m.onnx")), registry=f"file://{tmp_path}/r"
-            ),
-        )
+        model = _model(tmp_path)
         ep = mlinfra.FpgaEndpoint(
             "fpga",
             mlinfra.FpgaEndpointArgs(
@@ -88,12 +92,7 @@ def test_bad_input_names_the_value(tmp_path: Path, kw: dict, message: str) -> No
     calibration = _calibration(tmp_path)
 
     def build() -> dict:
-        model = mlinfra.RegisteredModel(
-            "clf",
-            mlinfra.RegisteredModelArgs(
-                path=str(write_mlp(tmp_path / "m.onnx")), registry=f"file://{tmp_path}/r"
-            ),
-        )
+        model = _model(tmp_path)
         args = {"model": model, "calibration_data": str(calibration), **kw}
         return {"v": mlinfra.FpgaEndpoint("fpga", mlinfra.FpgaEndpointArgs(**args)).quantized_model_version}
 

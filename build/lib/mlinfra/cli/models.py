@@ -1,0 +1,164 @@
+"""`mlinfra models ...`: register, list, show, download and search models in a registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlinfra import defaults
+from mlinfra.progress import Progress
+from mlinfra.registry import (
+    ModelError,
+    ModelRegistry,
+    ModelVersion,
+)
+
+
+def _kv(items: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ModelError(f"{what} {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    uri = defaults.model_registry_uri(args.registry)
+    credential = os.environ.get("MLINFRA_REGISTRY_CREDENTIAL") or os.environ.get(
+        "AZURE_STORAGE_CONNECTION_STRING"
+    )
+    return ModelRegistry(uri, credential)
+
+
+def _row(mv: ModelVersion) -> str:
+    tags = ",".join(f"{k}={v}" for k, v in mv.tags.items())
+    return (
+        f"{mv.name:24s} {mv.version:>4d}  {mv.sha256[:12]}  {mv.size_bytes:>12,d}  {mv.framework:7s} {tags}"
+    )
+
+
+def _print(mvs: list[ModelVersion], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([m.to_json() for m in mvs], indent=1))
+        return
+    print(f"{'NAME':24s} {'VER':>4s}  {'SHA256':12s}  {'SIZE':>12s}  {'FRAMEW.':7s} TAGS")
+    for m in mvs:
+        print(_row(m))
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    mv, created = reg.register(
+        args.name,
+        Path(args.path),
+        framework=args.framework,
+        description=args.description,
+        tags=_kv(args.tag, "--tag") if args.tag else None,
+        properties=_kv(args.property, "--property") if args.property else None,
+        progress=Progress(Path(args.path).name),
+    )
+    if args.json:
+        print(json.dumps({**mv.to_json(), "created": created}, indent=1))
+    else:
+        verb = "registered" if created else "unchanged, already"
+        print(f"{verb} {mv.name}:{mv.version} sha256:{mv.sha256} ({mv.size_bytes:,d} bytes) in {reg.uri}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    tags = _kv(args.tag, "--tag")
+    mvs = reg.search(tags=tags, name=args.name) if (tags or args.name) else reg.search()
+    if not args.all:
+        latest: dict[str, ModelVersion] = {}
+        for m in mvs:
+            latest[m.name] = m
+        mvs = list(latest.values())
+    _print(mvs, args.json)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    mv = _registry(args).resolve(args.ref)
+    if args.json:
+        print(json.dumps(mv.to_json(), indent=1))
+    else:
+        doc: dict[str, Any] = mv.to_json()
+        for k, v in doc.items():
+            print(f"{k:12s} {json.dumps(v) if isinstance(v, dict | list) else v}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    mv = reg.resolve(args.ref)
+    bar = Progress(f"{mv.name}:{mv.version}")
+    out = reg.download(f"{mv.name}:{mv.version}", Path(args.dest), lambda d, t: bar("downloading", d, t))
+    if args.json:
+        print(json.dumps({"path": str(out), "sha256": mv.sha256, "version": mv.version}))
+    else:
+        print(f"downloaded {mv.name}:{mv.version} to {out} (sha256 verified)")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    mvs = _registry(args).search(tags=_kv(args.tag, "--tag"), properties=_kv(args.property, "--property"))
+    _print(mvs, args.json)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="register, list, show, download and search models")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--registry",
+            help="registry URI (default: $MLINFRA_REGISTRY, else ./.mlinfra/registry); "
+            "credential from $MLINFRA_REGISTRY_CREDENTIAL",
+        )
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = msub.add_parser("register", help="register PATH as the next version of NAME (no-op if unchanged)")
+    p.add_argument("name")
+    p.add_argument("path")
+    p.add_argument("--framework", default="onnx", choices=["onnx", "custom"])
+    p.add_argument("--description")
+    p.add_argument("--tag", action="append", metavar="K=V")
+    p.add_argument("--property", action="append", metavar="K=V")
+    common(p)
+    p.set_defaults(func=cmd_register)
+
+    p = msub.add_parser("list", help="latest version of each model (--all: every version)")
+    p.add_argument("--name")
+    p.add_argument("--tag", action="append", metavar="K=V")
+    p.add_argument("--all", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_list)
+
+    p = msub.add_parser("show", help="one version: NAME (latest), NAME:VERSION or NAME@ALIAS")
+    p.add_argument("ref")
+    common(p)
+    p.set_defaults(func=cmd_show)
+
+    p = msub.add_parser("download", help="download NAME[:VERSION|@ALIAS] to DEST, verifying sha256")
+    p.add_argument("ref")
+    p.add_argument("dest")
+    common(p)
+    p.set_defaults(func=cmd_download)
+
+    p = msub.add_parser("search", help="versions whose tags and properties match all of the given ones")
+    p.add_argument("--tag", action="append", metavar="K=V")
+    p.add_argument("--property", action="append", metavar="K=V")
+    common(p)
+    p.set_defaults(func=cmd_search)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(1)

@@ -1,0 +1,142 @@
+"""`mlinfra version`, `mlinfra doctor` and `mlinfra services up|down|status`: the engine and the local lab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import metadata
+
+from mlinfra import engine
+from mlinfra.errors import ServiceError
+from mlinfra.lab import services
+
+
+def _version(args: argparse.Namespace) -> int:
+    status = engine.engine_status()
+    info = {
+        "mlinfra": metadata.version("mlinfra"),
+        "pulumi_sdk": metadata.version("pulumi"),
+        "engine": status.version or "missing",
+        "engine_dir": str(status.bin_dir) if status.bin_dir else None,
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"mlinfra {info['mlinfra']} (pulumi SDK {info['pulumi_sdk']}, engine {info['engine']})")
+    return 0
+
+
+def doctor_checks() -> list[tuple[str, bool, str, str]]:
+    """(name, ok, detail, fix) for the engine, each plugin and each service."""
+    checks: list[tuple[str, bool, str, str]] = []
+    pins = engine.pinned_versions()
+    st = engine.engine_status()
+    checks.append(
+        (
+            "pulumi CLI",
+            st.ok,
+            f"{st.version} at {st.bin_dir}" if st.version else "no pulumi found (.mlinfra/engine or PATH)",
+            f"make setup (builds pulumi v{st.expected} from Go modules)",
+        )
+    )
+    bin_dir = st.bin_dir
+    for name, what in [
+        ("pulumi-language-python", "Python language host"),
+        ("pulumi-language-python-exec", "the language host's executor script"),
+        ("pulumi-resource-pulumi-python", "Python dynamic provider launcher"),
+    ]:
+        present = bin_dir is not None and (bin_dir / name).exists()
+        checks.append((name, present, what + (f" in {bin_dir}" if present else " is missing"), "make setup"))
+    kv = pins.get("PULUMI_KUBERNETES_VERSION", "?")
+    plugin = engine.pulumi_home() / "plugins" / f"resource-kubernetes-v{kv}" / "pulumi-resource-kubernetes"
+    checks.append(
+        (
+            "kubernetes plugin",
+            plugin.exists(),
+            f"v{kv} in {plugin.parent}"
+            if plugin.exists()
+            else f"v{kv} is not installed in {engine.pulumi_home()}",
+            "make setup",
+        )
+    )
+    from mlinfra.lab.cluster import BINARIES, kube_bin_dir
+
+    kube_missing = [b for b in BINARIES if not (kube_bin_dir() / b).exists()]
+    checks.append(
+        (
+            "kubernetes control plane",
+            not kube_missing,
+            f"kube-apiserver, etcd, kwok, ... in {kube_bin_dir()}"
+            if not kube_missing
+            else f"{', '.join(kube_missing)} not built",
+            "make kube (builds them from Go modules; part of make setup)",
+        )
+    )
+    for name, svc in services.SERVICES.items():
+        try:
+            ok = svc.check()
+            address = svc.address()
+        except ServiceError as e:
+            ok, address = False, str(e)
+        pid = services._read_pid(name)
+        if ok:
+            detail = f"{svc.description} at {address}"
+        elif services._pid_file(name).exists() and pid is None:
+            detail = f"{svc.description} is not answering at {address}: the process mlinfra started has died"
+        else:
+            detail = f"{svc.description} is not answering at {address}"
+        checks.append((name, ok, detail, svc.fix))
+    return checks
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    checks = doctor_checks()
+    if args.json:
+        print(json.dumps([{"name": n, "ok": ok, "detail": d, "fix": f} for n, ok, d, f in checks]))
+    else:
+        width = max(len(n) for n, *_ in checks)
+        for name, ok, detail, fix in checks:
+            mark = "ok " if ok else "MISSING"
+            line = f"{mark:7s} {name:{width}s}  {detail}"
+            if not ok:
+                line += f"\n        {'':{width}s}  fix: {fix}"
+            print(line)
+        bad = [n for n, ok, *_ in checks if not ok]
+        print("all good" if not bad else f"{len(bad)} problem(s): {', '.join(bad)}")
+    return 0 if all(ok for _, ok, *_ in checks) else 1
+
+
+def _services(args: argparse.Namespace) -> int:
+    names = args.names or None
+    try:
+        if args.action == "up":
+            services.ensure(names)
+        elif args.action == "down":
+            services.down(names)
+        else:
+            for name, ok in services.status().items():
+                print(f"{name:12s} {'up' if ok else 'down'}")
+    except ServiceError:
+        raise
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("version", help="print mlinfra, SDK and engine versions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_version)
+
+    p = sub.add_parser(
+        "doctor", help="check the engine, plugins and local services; say how to fix what is missing"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser(
+        "services", help="start, stop or list the local services (docker, registry, azurite, ...)"
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "names", nargs="*", metavar="SERVICE", help=f"default: all of {', '.join(services.SERVICES)}"
+    )
+    p.set_defaults(func=_services)

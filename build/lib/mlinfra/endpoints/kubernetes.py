@@ -1,0 +1,337 @@
+"""CloudEndpoint's Kubernetes target, through pulumi-kubernetes: a Namespace; per deployment a Deployment (probes
+on the OIP health routes, non-root, read-only root), a Service, a PodDisruptionBudget and — with autoscaling — a
+HorizontalPodAutoscaler that owns the replica count (the Deployment leaves ``spec.replicas`` out and ignores it, so
+an `up` never resets what the autoscaler chose); the router (the same nginx configuration as on Local Docker, kept
+in a Secret because it holds the keys) as a Deployment + Service; the keys in a Secret. Everything carries
+``mlinfra.io/endpoint``, ``mlinfra.io/model``, ``mlinfra.io/model-version`` and ``mlinfra.io/image-digest``.
+
+With ``render_yaml_to`` the provider writes the same objects as manifests (for Argo CD / Flux) instead of applying
+them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from mlinfra import defaults
+from mlinfra.endpoints import nginx
+from mlinfra.endpoints.local import model_labels
+from mlinfra.endpoints.plan import revision
+from mlinfra.images.scoring_image import ScoringImage
+
+ROUTER_PORT = 8080
+
+
+def _labels(base: dict[str, str], a: list[Any]) -> dict[str, str]:
+    image, models = a[0], a[1] or []
+    return {**base, **model_labels(models, image.split("@", 1)[1] if "@sha256:" in image else None)}
+
+
+def _deployment_out(spec: dict[str, Any], a: list[Any]) -> dict[str, Any]:
+    image, models = a[0], a[1] or []
+    return {
+        "image": image,
+        "digest": ("sha256:" + image.split("@sha256:", 1)[1]) if "@sha256:" in image else None,
+        "models": [{k: m[k] for k in ("name", "version", "sha256")} for m in models],
+        "revision": revision({**spec, "image": image}),
+        "replicas": None if spec["autoscale"] else spec["replicas"],
+    }
+
+
+def build_kubernetes(
+    parent: pulumi.ComponentResource,
+    name: str,
+    endpoint: str,
+    target: Any,
+    specs: dict[str, dict[str, Any]],
+    traffic: dict[str, int],
+    mirror: dict[str, int],
+    args: Any,
+    keys: list[Any],
+    deployments: dict[str, Any],
+) -> dict[str, Any]:
+    from mlinfra.endpoints.cloud_endpoint import check_kubeconfig
+
+    ns_name = target.namespace or endpoint
+    if target.render_yaml_to:
+        provider = k8s.Provider(
+            f"{name}-render",
+            render_yaml_to_directory=target.render_yaml_to,
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+    elif target.provider is not None:
+        provider = target.provider
+    else:
+        if target.kubeconfig:
+            check_kubeconfig(target.kubeconfig, target.context, f"CloudEndpoint {name}")
+        provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=target.kubeconfig,
+            context=target.context,
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+    opts = pulumi.ResourceOptions(parent=parent, provider=provider)
+    base = {
+        "app.kubernetes.io/managed-by": "mlinfra",
+        "app.kubernetes.io/part-of": endpoint,
+        "mlinfra.io/endpoint": endpoint,
+    }
+    depends: list[pulumi.Resource] = []
+    if target.create_namespace:
+        ns = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": ns_name, "labels": base}, opts=opts)
+        depends.append(ns)
+    nsopts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=depends))
+    collect_env: list[dict[str, Any]] = []
+    dc = args.data_collection
+    if dc is not None:
+        # The write-only SAS reaches the pods through a Secret, never as a plain env value in the manifest.
+        k8s.core.v1.Secret(
+            f"{name}-collect",
+            metadata={"name": f"{endpoint}-collect", "namespace": ns_name, "labels": base},
+            string_data={"sas": dc.sas.apply(lambda v: v or "")},
+            opts=nsopts,
+        )
+        collect_env = [
+            {
+                "name": "MLINFRA_SERVE_COLLECT_CREDENTIAL",
+                "valueFrom": {"secretKeyRef": {"name": f"{endpoint}-collect", "key": "sas"}},
+            }
+        ]
+    services_out: dict[str, str] = {}
+    deployments_out: dict[str, Any] = {}
+    for d, spec in specs.items():
+        dep = deployments[d]
+        models = dep.image.models if isinstance(dep.image, ScoringImage) else None
+        labels = pulumi.Output.all(pulumi.Output.from_input(spec["image"]), models).apply(
+            functools.partial(_labels, {**base, "mlinfra.io/deployment": d})
+        )
+        selector = {"mlinfra.io/endpoint": endpoint, "mlinfra.io/deployment": d}
+        obj = f"{endpoint}-{d}"
+        devices = {k: str(v) for k, v in (spec.get("accelerators") or {}).items()}
+        resources = {
+            "requests": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi", **devices},
+            "limits": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi", **devices},
+        }
+        probe = {
+            "httpGet": {"path": "/v2/health/ready", "port": 8080},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        }
+        deployment_spec: dict[str, Any] = {
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "tolerations": [*target.tolerations, *(spec.get("tolerations") or [])],
+                    **({"nodeSelector": spec["node_selector"]} if spec.get("node_selector") else {}),
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [
+                        {
+                            "name": "scorer",
+                            "image": spec["image"],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()] + collect_env,
+                            "resources": resources,
+                            "readinessProbe": probe,
+                            "livenessProbe": {
+                                **probe,
+                                "httpGet": {"path": "/v2/health/live", "port": 8080},
+                                "initialDelaySeconds": 10,
+                            },
+                            "securityContext": {
+                                "readOnlyRootFilesystem": True,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                # data collection's spool: survives container restarts (kill -9) within the pod
+                                {"name": "spool", "mountPath": "/var/lib/mlinfra/spool"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "spool", "emptyDir": {"sizeLimit": "1Gi"}},
+                    ],
+                },
+            },
+        }
+        dopts = nsopts
+        autoscale = spec["autoscale"]
+        if autoscale is None:
+            deployment_spec["replicas"] = spec["replicas"]
+        else:
+            # The HPA owns spec.replicas: leave it out and ignore it, so `up` never resets the autoscaler's choice.
+            dopts = pulumi.ResourceOptions.merge(
+                nsopts, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])
+            )
+        kd = k8s.apps.v1.Deployment(
+            obj,
+            metadata={"name": obj, "namespace": ns_name, "labels": labels},
+            spec=deployment_spec,
+            opts=dopts,
+        )
+        svc = k8s.core.v1.Service(
+            obj,
+            metadata={"name": obj, "namespace": ns_name, "labels": labels},
+            spec={"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            opts=nsopts,
+        )
+        depends.append(svc)
+        k8s.policy.v1.PodDisruptionBudget(
+            obj,
+            metadata={"name": obj, "namespace": ns_name, "labels": labels},
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+            opts=nsopts,
+        )
+        if autoscale is not None:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                obj,
+                metadata={"name": obj, "namespace": ns_name, "labels": labels},
+                spec={
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": obj},
+                    "minReplicas": autoscale["min_replicas"],
+                    "maxReplicas": autoscale["max_replicas"],
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {
+                                    "type": "Utilization",
+                                    "averageUtilization": autoscale["cpu_target_percent"],
+                                },
+                            },
+                        }
+                    ],
+                },
+                opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=[kd])),
+            )
+        services_out[d] = f"{obj}.{ns_name}.svc.cluster.local:80"
+        deployments_out[d] = pulumi.Output.all(spec["image"], models).apply(
+            functools.partial(_deployment_out, spec)
+        )
+    # The router: nginx.conf in a ConfigMap (it holds no secret), the traffic map as route files in a ConfigMap and
+    # the keys as file names in a Secret. The kubelet refreshes mounted ConfigMaps and Secrets in place, and nginx
+    # checks the files on every request: traffic changes and key rotations reach running routers without a restart.
+    unames = {d: nginx.upstream_name(d, "svc") for d in services_out}
+    conf = nginx.render(
+        nginx.RouterConfig(
+            listen=f"0.0.0.0:{ROUTER_PORT}",
+            generation="k8s",
+            upstreams={unames[d]: (d, [a]) for d, a in services_out.items()},
+            state_dir="/etc/mlinfra",
+            mirror={unames[d]: float(p) for d, p in mirror.items() if p},
+            key_auth=args.auth == "key",
+            max_body_mb=args.max_body_mb,
+        )
+    ).replace("pid /tmp/nginx.pid;", "pid /tmp/nginx.pid;  # conf: /etc/mlinfra/conf/nginx.conf")
+    routes = nginx.bucket_routes({unames[d]: float(w) for d, w in traffic.items() if w}, unames)
+    conf_map = k8s.core.v1.ConfigMap(
+        f"{name}-router",
+        metadata={"name": f"{endpoint}-router", "namespace": ns_name, "labels": base},
+        data={"nginx.conf": conf},
+        opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=depends)),
+    )
+    routes_map = k8s.core.v1.ConfigMap(
+        f"{name}-routes",
+        metadata={"name": f"{endpoint}-routes", "namespace": ns_name, "labels": base},
+        data=dict.fromkeys(sorted(routes), ""),
+        opts=nsopts,
+    )
+    keys_secret = k8s.core.v1.Secret(
+        f"{name}-keys",
+        metadata={"name": f"{endpoint}-keys", "namespace": ns_name, "labels": base},
+        string_data=pulumi.Output.all(*keys).apply(lambda ks: {f"k.{k}": "" for k in ks})
+        if keys
+        else {"none": ""},
+        opts=nsopts,
+    )
+    checksum = hashlib.sha256(conf.encode()).hexdigest()[:16]
+    router_labels = {**base, "mlinfra.io/role": "router"}
+    router_selector = {"mlinfra.io/endpoint": endpoint, "mlinfra.io/role": "router"}
+    router = k8s.apps.v1.Deployment(
+        f"{name}-router",
+        metadata={"name": f"{endpoint}-router", "namespace": ns_name, "labels": router_labels},
+        spec={
+            "replicas": 2,
+            "selector": {"matchLabels": router_selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": router_labels,
+                    # A new configuration rolls the router pods (nginx reads it at start).
+                    "annotations": {"mlinfra.io/config-checksum": checksum},
+                },
+                "spec": {
+                    "tolerations": target.tolerations,
+                    "containers": [
+                        {
+                            "name": "router",
+                            "image": target.router_image or defaults.router_image_ref(),
+                            "command": ["nginx", "-c", "/etc/mlinfra/conf/nginx.conf", "-g", "daemon off;"],
+                            "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/_mlinfra/generation", "port": ROUTER_PORT},
+                                "periodSeconds": 5,
+                            },
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "64Mi"},
+                                "limits": {"cpu": "1", "memory": "256Mi"},
+                            },
+                            "volumeMounts": [
+                                {"name": "conf", "mountPath": "/etc/mlinfra/conf", "readOnly": True},
+                                {"name": "routes", "mountPath": "/etc/mlinfra/routes", "readOnly": True},
+                                {"name": "keys", "mountPath": "/etc/mlinfra/keys", "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "varlib", "mountPath": "/var/lib/nginx"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "conf", "configMap": {"name": f"{endpoint}-router"}},
+                        {"name": "routes", "configMap": {"name": f"{endpoint}-routes"}},
+                        {"name": "keys", "secret": {"secretName": f"{endpoint}-keys", "defaultMode": 0o444}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "varlib", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+        opts=pulumi.ResourceOptions.merge(
+            nsopts, pulumi.ResourceOptions(depends_on=[conf_map, routes_map, keys_secret])
+        ),
+    )
+    k8s.core.v1.Service(
+        f"{name}-router",
+        metadata={"name": endpoint, "namespace": ns_name, "labels": router_labels},
+        spec={
+            "type": target.service_type,
+            "selector": router_selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": ROUTER_PORT}],
+        },
+        opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=[router])),
+    )
+    uri = f"http://{endpoint}.{ns_name}.svc.cluster.local"
+    return {
+        "scoring_uri": pulumi.Output.from_input(f"{uri}/score"),
+        "openapi_uri": pulumi.Output.from_input(f"{uri}/openapi.json"),
+        "deployments": pulumi.Output.all(**deployments_out)
+        if deployments_out
+        else pulumi.Output.from_input({}),
+        "rollout_plan": pulumi.Output.from_input(
+            [
+                f"traffic {', '.join(f'{d} {w}%' for d, w in traffic.items() if w)} (on Kubernetes the map is applied "
+                "at once; each Deployment rolls its pods with maxUnavailable 0)"
+            ]
+        ),
+        "last_rollout": pulumi.Output.from_input([]),
+    }

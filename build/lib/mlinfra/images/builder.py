@@ -1,0 +1,759 @@
+"""Build a scoring image without a Docker daemon: base image + dependency layer + app layer + one layer per model,
+pushed through the registry's HTTP API. Reproducible: the digest depends only on the inputs' content."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlinfra_scoring
+from mlinfra.engine import cache_dir
+from mlinfra.errors import ImageBuildError
+from mlinfra.files import sha256_file
+from mlinfra.images.layers import Entry, Layer, build_layer, layer_from_dir
+from mlinfra.images.oci import (
+    ACCEPT,
+    CONFIG_V1,
+    LAYER_GZIP,
+    MANIFEST_V2,
+    OciRegistryError,
+    RegistryClient,
+    image_config,
+)
+from mlinfra.registry import ModelRegistry
+
+# What the scoring server needs inside the image (kept equal to pyproject's pins; a unit test checks).
+SERVER_REQUIREMENTS = [
+    "aiohttp==3.14.5",
+    "numpy==2.4.6",
+    "onnxruntime==1.32.0",
+    "orjson==3.13.0",
+    "uvloop==0.23.0",
+]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+]
+FORMAT = "mlinfra-image-1"  # bump when the layout changes: every digest changes with it
+# Layer caches are keyed by the inputs and by the code that builds layers, so a code change never serves a stale one.
+_CODE = hashlib.sha256(
+    Path(__file__).read_bytes() + (Path(__file__).parent / "layers.py").read_bytes()
+).hexdigest()[:12]
+PORT = 8080
+SITE = "/opt/mlinfra/site-packages"
+APP = "/opt/mlinfra/app"
+USER_DIR = "/opt/mlinfra/user"
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    version: int
+    sha256: str
+    registry: str
+    credential: str | None = None
+
+
+@dataclass
+class ImageSpec:
+    repository: str  # host[:port]/path, e.g. 127.0.0.1:5000/mlinfra/churn
+    models: list[ModelInput]
+    base: str  # host[:port]/repo[:tag|@digest]
+    requirements: list[str] = field(default_factory=list)
+    script: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # path in /opt/mlinfra/user -> local file
+    labels: dict[str, str] = field(default_factory=dict)
+    tag: str | None = None
+    username: str | None = None
+    password: str | None = None
+    insecure: bool = True  # plain HTTP (local registries)
+
+
+@dataclass
+class BuildResult:
+    image_ref: str
+    digest: str
+    labels: dict[str, str]
+    layers: list[str]
+    bytes_pushed: int
+    models: list[dict[str, Any]]
+
+
+def split_ref(ref: str) -> tuple[str, str, str]:
+    """host/repo[:tag|@digest] -> (host, repo, reference)."""
+    if "/" not in ref:
+        raise ImageBuildError(f"image reference {ref!r} needs a registry host, e.g. 127.0.0.1:5000/{ref}")
+    host, rest = ref.split("/", 1)
+    if "@" in rest:
+        repo, reference = rest.split("@", 1)
+    elif ":" in rest.rsplit("/", 1)[-1]:
+        repo, reference = rest.rsplit(":", 1)
+    else:
+        repo, reference = rest, "latest"
+    return host, repo, reference
+
+
+def _client(host: str, spec: ImageSpec | None = None) -> RegistryClient:
+    scheme = "http" if (spec is None or spec.insecure) else "https"
+    if spec is not None and host == split_ref(spec.repository + ":x")[0]:
+        return RegistryClient(f"{scheme}://{host}", spec.username, spec.password)
+    return RegistryClient(f"{scheme}://{host}")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_script(path: Path) -> None:
+    """A scoring script must compile: report file and line at preview, not at run time."""
+    try:
+        compile(path.read_text(), str(path), "exec")
+    except SyntaxError as e:
+        raise ImageBuildError(f"scoring script {path}:{e.lineno}: {e.msg}") from None
+    except OSError as e:
+        raise ImageBuildError(f"scoring script {path} cannot be read: {e.strerror}") from None
+
+
+# -- base image ---------------------------------------------------------------------------------------------------
+
+
+def resolve_base(base: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(manifest digest, manifest, config) of the base image (linux/amd64 from an index)."""
+    host, repo, ref = split_ref(base)
+    client = _client(host)
+    got = client.get_manifest(repo, ref)
+    if got is None:
+        raise ImageBuildError(
+            f"base image {base} not found in registry {client.url}: run `make services` or push it first"
+        )
+    digest, manifest = got
+    if "manifests" in manifest:  # an index: pick linux/amd64
+        pick = next(
+            (m for m in manifest["manifests"] if m.get("platform", {}).get("architecture") == "amd64"), None
+        )
+        if pick is None:
+            raise ImageBuildError(f"base image {base} has no linux/amd64 image")
+        got = client.get_manifest(repo, pick["digest"])
+        assert got is not None
+        digest, manifest = got
+    config = json.loads(client.get_blob(repo, manifest["config"]["digest"]))
+    return digest, manifest, config
+
+
+def check_base_has_python(base: str, manifest: dict[str, Any], digest: str) -> None:
+    """Refuse a base without /usr/bin/python3 (cached per base digest)."""
+    marker = cache_dir() / "base-checks" / digest.replace(":", "_")
+    if marker.exists():
+        return
+    host, repo, _ = split_ref(base)
+    client = _client(host)
+    found = False
+    for layer in manifest["layers"]:
+        blob = client.get_blob(repo, layer["digest"])
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
+            names = {m.name.lstrip("./") for m in tar.getmembers()}
+        if {"usr/bin/python3", "bin/python3", "usr/local/bin/python3"} & names:
+            found = True
+            break
+    if not found:
+        raise ImageBuildError(
+            f"base image {base} has no python3 (looked for /usr/bin/python3, "
+            "/usr/local/bin/python3): use a Python base image, e.g. the default python-base"
+        )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text("python3")
+
+
+# -- layers ---------------------------------------------------------------------------------------------------
+
+
+def deps_layer(requirements: list[str], progress: Progress) -> tuple[Layer, list[str]]:
+    """The server's and the user's requirements as wheels for the base's Python (cp311, manylinux x86_64),
+    installed into /opt/mlinfra/site-packages; cached by the requirement set."""
+    reqs = image_requirements(requirements)
+    key = _sha(json.dumps([FORMAT, _CODE, reqs, PLATFORMS]).encode())[:24]
+    out = cache_dir() / "layers" / f"deps-{key}.tar.gz"
+    resolved_file = out.with_suffix(".resolved.json")
+    if out.exists() and resolved_file.exists():
+        return _layer_meta(out), json.loads(resolved_file.read_text())
+    progress(f"dependencies: resolving {len(reqs)} requirements for cp311/manylinux x86_64")
+    with tempfile.TemporaryDirectory(prefix="mlinfra-deps-") as tmp:
+        target = Path(tmp) / "site"
+        pip_target(reqs, target)
+        resolved = sorted(p.name.removesuffix(".dist-info") for p in target.glob("*.dist-info"))
+        layer = layer_from_dir(target, SITE, out, mode_exec=True)
+    resolved_file.write_text(json.dumps(resolved))
+    return layer, resolved
+
+
+def wheelhouse() -> Path:
+    """Wheels of the server's requirements for the image platform, filled by `make setup`
+    (python -m mlinfra.images.builder --wheelhouse), so image builds need no package index."""
+    import os
+
+    explicit = os.environ.get("MLINFRA_WHEELHOUSE")
+    if explicit:
+        return Path(explicit)
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return xdg / "mlinfra" / "wheelhouse-cp311-manylinux-x86_64"
+
+
+def _pip_platform_args() -> list[str]:
+    args = [
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
+    for p in PLATFORMS:
+        args += ["--platform", p]
+    return args
+
+
+def fill_wheelhouse(reqs: list[str] | None = None) -> Path:
+    wh = wheelhouse()
+    wh.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--dest",
+        str(wh),
+        *_pip_platform_args(),
+        *(reqs or SERVER_REQUIREMENTS),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ImageBuildError(f"pip could not download {reqs or SERVER_REQUIREMENTS}:\n{res.stderr[-1500:]}")
+    return wh
+
+
+def pip_target(reqs: list[str], target: Path) -> None:
+    """Install REQS for the image platform into TARGET: from the wheelhouse alone when it has everything (or when
+    MLINFRA_PIP_OFFLINE=1), else from the package index too. pip's own message is shown on failure."""
+    import os
+
+    base = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-compile",
+        "--target",
+        str(target),
+        *_pip_platform_args(),
+        "--find-links",
+        str(wheelhouse()),
+    ]
+    res = subprocess.run([*base, "--no-index", *reqs], capture_output=True, text=True)
+    if res.returncode != 0 and os.environ.get("MLINFRA_PIP_OFFLINE") != "1":
+        res = subprocess.run([*base, *reqs], capture_output=True, text=True)
+    if res.returncode != 0:
+        msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+        raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
+    _strip_scripts(target)
+
+
+def _strip_scripts(target: Path) -> None:
+    """Console scripts carry the building interpreter's path in their shebang (different per checkout and machine):
+    the server needs none of them, so drop them and their RECORD lines to keep the layer reproducible."""
+    import shutil
+
+    shutil.rmtree(target / "bin", ignore_errors=True)
+    for record in target.glob("*.dist-info/RECORD"):
+        lines = record.read_text().splitlines(keepends=True)
+        record.write_text("".join(line for line in lines if not line.startswith("../../bin/")))
+
+
+def _layer_meta(path: Path) -> Layer:
+    meta = path.with_suffix(".meta.json")
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        return Layer(path, m["digest"], m["diff_id"], m["size"])
+    import gzip
+
+    blob = sha256_file(path)
+    with gzip.open(path, "rb") as f:
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    layer = Layer(path, "sha256:" + blob, "sha256:" + h.hexdigest(), path.stat().st_size)
+    meta.write_text(json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size}))
+    return layer
+
+
+def _cached(build: Callable[[Path], Layer], key: str, kind: str) -> Layer:
+    out = cache_dir() / "layers" / f"{kind}-{key}.tar.gz"
+    if out.exists():
+        return _layer_meta(out)
+    layer = build(out)
+    out.with_suffix(".meta.json").write_text(
+        json.dumps({"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size})
+    )
+    return layer
+
+
+def server_files() -> list[tuple[str, Path]]:
+    """The scoring server package (mlinfra_scoring) as (path relative to the image's app folder, local file)."""
+    src = Path(mlinfra_scoring.__file__).parent
+    return [(f"mlinfra_scoring/{p.name}", p) for p in sorted(src.glob("*.py"))]
+
+
+# Dockerfiles written before the runtime became `mlinfra_scoring` COPY `mlinfra/components/` and run
+# `python3 -m components.scoring`: the staged context keeps that working with this shim around the same files.
+_COMPAT_SHIM = {
+    "components/__init__.py": "import os, sys\n\nsys.path.insert(0, os.path.dirname(__file__))  # mlinfra_scoring\n",
+    "components/scoring/__init__.py": "from mlinfra_scoring import *  # noqa: F403\n",
+    "components/scoring/__main__.py": "import runpy\n\nrunpy.run_module('mlinfra_scoring', run_name='__main__')\n",
+}
+
+
+def image_requirements(extra: list[str]) -> list[str]:
+    """The server's requirements plus the user's, deduplicated and sorted."""
+    return sorted(set(SERVER_REQUIREMENTS) | {r.strip() for r in extra if r.strip()})
+
+
+def app_layer(spec: ImageSpec) -> Layer:
+    """The scoring server package, the user's script and extra files."""
+    entries = []
+    for rel, p in server_files():
+        data = p.read_bytes()
+        entries.append(Entry(f"{APP}/{rel}", len(data), data))
+    if spec.script:
+        data = spec.script.read_bytes()
+        entries.append(Entry(f"{USER_DIR}/{spec.script.name}", len(data), data))
+    for dest, path in sorted(spec.files.items()):
+        data = path.read_bytes()
+        entries.append(Entry(f"{USER_DIR}/{dest.lstrip('/')}", len(data), data))
+    key = _sha(
+        json.dumps(
+            [
+                FORMAT,
+                _CODE,
+                [(e.path, _sha(e.source)) for e in entries if isinstance(e.source, bytes)],
+            ]
+        ).encode()
+    )[:24]
+    return _cached(functools.partial(_build_entries, entries), key, "app")
+
+
+def _build_entries(entries: list[Entry], out: Path) -> Layer:
+    return build_layer(entries, out)
+
+
+def _file_chunks(reg: ModelRegistry, entry: dict[str, Any]) -> Callable[[], Iterator[bytes]]:
+    return lambda: reg.iter_file(entry)
+
+
+def _resolve_model(m: ModelInput) -> tuple[ModelRegistry, Any]:
+    """The registry and record of a model input, refusing a record whose sha256 moved."""
+    reg = ModelRegistry(m.registry, m.credential)
+    mv = reg.resolve(f"{m.name}:{m.version}")
+    if mv.sha256 != m.sha256:
+        raise ImageBuildError(
+            f"model {m.name}:{m.version} in {reg.uri} has sha256 {mv.sha256[:12]}…, expected "
+            f"{m.sha256[:12]}…: the registry record changed; re-register the model"
+        )
+    return reg, mv
+
+
+def model_layer(m: ModelInput, progress: Progress) -> tuple[Layer, str]:
+    """One model version's files at /models/<name>/<version>/, streamed from its registry and verified."""
+    reg, mv = _resolve_model(m)
+    base = f"/models/{m.name}/{m.version}"
+    entries = [
+        Entry(f"{base}/{f['path']}", int(f["size"]), _file_chunks(reg, f), 0o644, f["sha256"])
+        for f in mv.files
+    ]
+    serve_path = base if mv.is_dir else f"{base}/{mv.files[0]['path']}"
+    # The files' names are part of the layer: the same bytes registered as another file name are another layer.
+    files = [[f["path"], f["sha256"]] for f in mv.files]
+    key = _sha(json.dumps([FORMAT, _CODE, m.name, m.version, m.sha256, files]).encode())[:24]
+
+    def build(out: Path) -> Layer:
+        progress(
+            f"model {m.name}:{m.version}: streaming {mv.size_bytes:,d} bytes from {reg.uri} (sha256 verified)"
+        )
+        try:
+            return build_layer(entries, out)
+        except ValueError as e:
+            raise ImageBuildError(
+                f"model {m.name}:{m.version} in {reg.uri}: stored content does not match its "
+                f"sha256 ({e}): the registry copy is corrupt; re-register the model"
+            ) from None
+
+    return _cached(build, key, "model"), serve_path
+
+
+# -- build --------------------------------------------------------------------------------------------------------
+
+
+def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> BuildResult:
+    if not spec.models:
+        raise ImageBuildError("a scoring image needs at least one model")
+    names = [m.name for m in spec.models]
+    if len(set(names)) != len(names):
+        raise ImageBuildError(f"model names in one image must be unique, got {names}")
+    if spec.script:
+        check_script(spec.script)
+    base_digest, base_manifest, base_config = resolve_base(spec.base)
+    check_base_has_python(spec.base, base_manifest, base_digest)
+    deps, resolved = deps_layer(spec.requirements, progress)
+    app = app_layer(spec)
+    models = sorted(spec.models, key=lambda m: m.name)
+    model_layers = [model_layer(m, progress) for m in models]
+
+    labels = {
+        "org.opencontainers.image.base.digest": base_digest,
+        "mlinfra.image.format": FORMAT,
+        "mlinfra.image.requirements": ",".join(resolved),
+        **{
+            k: v
+            for i, m in enumerate(models)
+            for k, v in {
+                f"mlinfra.model.{i}.name": m.name,
+                f"mlinfra.model.{i}.version": str(m.version),
+                f"mlinfra.model.{i}.sha256": m.sha256,
+            }.items()
+        },
+        **spec.labels,
+    }
+    base_env = [e for e in base_config.get("config", {}).get("Env", []) if not e.startswith("PYTHONPATH=")]
+    env = [
+        *base_env,
+        f"PYTHONPATH={SITE}:{APP}:{USER_DIR}",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONUNBUFFERED=1",
+        f"MLINFRA_SERVE_MODEL={':'.join(p for _, p in model_layers)}",
+        f"MLINFRA_SERVE_NAME={','.join(m.name for m in models)}",
+        f"MLINFRA_SERVE_VERSION={','.join(str(m.version) for m in models)}",
+        "MLINFRA_SERVE_HOST=0.0.0.0",
+        f"MLINFRA_SERVE_PORT={PORT}",
+    ]
+    if spec.script:
+        env.append(f"MLINFRA_SERVE_SCRIPT={USER_DIR}/{spec.script.name}")
+    layers = [deps, app, *[layer for layer, _ in model_layers]]
+    config = image_config(
+        diff_ids=[*base_config["rootfs"]["diff_ids"], *[layer.diff_id for layer in layers]],
+        env=sorted(env),
+        entrypoint=["python3", "-m", "mlinfra_scoring"],
+        user="10001:10001",
+        workdir="/opt/mlinfra",
+        labels=labels,
+        exposed_ports=[PORT],
+        healthcheck=[
+            "CMD",
+            "python3",
+            "-c",
+            f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{PORT}/v2/health/ready', "
+            "timeout=2)",
+        ],
+    )
+
+    host, repo, _ = split_ref(spec.repository + ":latest")
+    target = _client(host, spec)
+    base_host, base_repo, _ = split_ref(spec.base)
+    pushed = 0
+    try:
+        for layer in base_manifest["layers"]:
+            if target.blob_exists(repo, layer["digest"]):
+                continue
+            if base_host == host and _mount(target, repo, base_repo, layer["digest"]):
+                continue
+            data = _client(base_host).get_blob(base_repo, layer["digest"])
+            target.push_blob(repo, layer["digest"], data)
+            pushed += len(data)
+        for layer in layers:
+            if target.push_blob(repo, layer.digest, layer.path):
+                pushed += layer.size
+        config_digest = "sha256:" + _sha(config)
+        if target.push_blob(repo, config_digest, config):
+            pushed += len(config)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_V2,
+                "config": {"mediaType": CONFIG_V1, "digest": config_digest, "size": len(config)},
+                "layers": [
+                    *[
+                        {
+                            "mediaType": bl.get("mediaType", LAYER_GZIP),
+                            "digest": bl["digest"],
+                            "size": bl["size"],
+                        }
+                        for bl in base_manifest["layers"]
+                    ],
+                    *[
+                        {"mediaType": LAYER_GZIP, "digest": layer.digest, "size": layer.size}
+                        for layer in layers
+                    ],
+                ],
+                "annotations": {"org.opencontainers.image.base.digest": base_digest},
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        digest = "sha256:" + _sha(manifest)
+        if target.manifest_digest(repo, digest) is None:
+            target.put_manifest(repo, digest, manifest)
+            pushed += len(manifest)
+        # A digest tag (sha256-<hex>, as cosign does) keeps every build listable; the user's tag may move.
+        for tag in filter(None, [digest.replace(":", "-"), spec.tag]):
+            if target.manifest_digest(repo, tag) != digest:
+                target.put_manifest(repo, tag, manifest)
+    except OciRegistryError as e:
+        raise ImageBuildError(str(e)) from None
+    return BuildResult(
+        image_ref=f"{host}/{repo}@{digest}",
+        digest=digest,
+        labels=labels,
+        layers=[bl["digest"] for bl in base_manifest["layers"]] + [layer.digest for layer in layers],
+        bytes_pushed=pushed,
+        models=[{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
+    )
+
+
+def _mount(client: RegistryClient, repo: str, from_repo: str, digest: str) -> bool:
+    status, _, _ = client.request("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}")
+    return status == 201
+
+
+def list_images(registry_url: str, model: str | None = None) -> list[dict[str, Any]]:
+    """Images in a registry built by mlinfra (label mlinfra.image.format), optionally using MODEL."""
+    client = RegistryClient(registry_url)
+    status, _, data = client.request("GET", "/v2/_catalog?n=1000")
+    if status != 200:
+        raise OciRegistryError(f"registry {registry_url} refused the catalog: HTTP {status}")
+    out = []
+    for repo in json.loads(data).get("repositories", []):
+        st, _, td = client.request("GET", f"/v2/{repo}/tags/list")
+        tags = (json.loads(td).get("tags") or []) if st == 200 else []
+        manifests = {tag: client.get_manifest(repo, tag) for tag in tags}
+        tags_of: dict[str, list[str]] = {}
+        for tag, m in manifests.items():
+            if m is not None:
+                tags_of.setdefault(m[0], []).append(tag)
+        seen: set[str] = set()
+        for got in manifests.values():
+            if got is None or "config" not in got[1] or got[0] in seen:
+                continue
+            seen.add(got[0])
+            cfg = json.loads(client.get_blob(repo, got[1]["config"]["digest"]))
+            labels = cfg.get("config", {}).get("Labels") or {}
+            if "mlinfra.image.format" not in labels:
+                continue
+            models = models_of(labels)
+            if model and model not in {m["name"] for m in models}:
+                continue
+            host = registry_url.split("://", 1)[-1]
+            out.append(
+                {
+                    "image_ref": f"{host}/{repo}@{got[0]}",
+                    "repository": repo,
+                    "tags": tags_of[got[0]],
+                    "models": models,
+                }
+            )
+    return out
+
+
+# -- a user's Dockerfile, built by the Docker engine ---------------------------------------------------------------
+
+DOCKER = "/usr/bin/docker"  # Debian's CLI (with BuildKit), not a newer one earlier on PATH
+
+
+def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progress = lambda _m: None) -> None:
+    """Stage a build context: the user's context plus what a scoring Dockerfile COPYs —
+    `mlinfra/app/` (the scoring server package mlinfra_scoring; also as `mlinfra/components/` for older Dockerfiles) and `mlinfra/models/<name>/<version>/` (verified model files)."""
+    import shutil
+
+    shutil.copytree(context, dest, dirs_exist_ok=True)
+    for rel, p in server_files():
+        for layout in ("app", "components"):  # app/: today's layout; components/: Dockerfiles from before
+            (dest / "mlinfra" / layout / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, dest / "mlinfra" / layout / rel)
+    for rel, text in _COMPAT_SHIM.items():
+        (dest / "mlinfra" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / "mlinfra" / rel).write_text(text)
+    reqs = image_requirements(spec.requirements)
+    (dest / "mlinfra" / "requirements.txt").write_text("\n".join(reqs) + "\n")
+    pip_target(reqs, dest / "mlinfra" / "site-packages")
+    for m in spec.models:
+        reg, mv = _resolve_model(m)
+        progress(f"model {m.name}:{m.version}: staging {mv.size_bytes:,d} bytes for the Docker build")
+        folder = dest / "mlinfra" / "models" / m.name / str(m.version)
+        folder.mkdir(parents=True, exist_ok=True)  # a single-file model lands inside it under its own name
+        try:
+            reg.download(f"{m.name}:{m.version}", folder)
+        except Exception as e:
+            raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
+
+
+def docker_build_and_push(
+    spec: ImageSpec, dockerfile: Path, context: Path | None = None, progress: Progress = lambda _m: None
+) -> BuildResult:
+    """Build a user's Dockerfile with the Docker engine (BuildKit) and push it; returns the pushed digest.
+
+    The Docker engine's images are not byte-reproducible (layer timestamps): callers decide when to rebuild from
+    the inputs' content, as the ScoringImage provider does."""
+    import os
+
+    if not dockerfile.is_file():
+        raise ImageBuildError(f"Dockerfile {dockerfile} does not exist")
+    context = context or dockerfile.parent
+    host, repo, _ = split_ref(spec.repository + ":latest")
+    inputs = _sha(
+        json.dumps(
+            [
+                FORMAT,
+                spec.repository,
+                [(m.name, m.version, m.sha256) for m in spec.models],
+                dockerfile.read_text(),
+                spec.requirements,
+            ]
+        ).encode()
+    )[:16]
+    tag = f"{host}/{repo}:build-{inputs}"
+    with tempfile.TemporaryDirectory(prefix="mlinfra-docker-ctx-") as tmp:
+        ctx = Path(tmp) / "ctx"
+        docker_context(spec, context, ctx, progress)
+        labels = [
+            arg
+            for i, m in enumerate(sorted(spec.models, key=lambda m: m.name))
+            for arg in (
+                "--label",
+                f"mlinfra.model.{i}.name={m.name}",
+                "--label",
+                f"mlinfra.model.{i}.version={m.version}",
+                "--label",
+                f"mlinfra.model.{i}.sha256={m.sha256}",
+            )
+        ]
+        labels += ["--label", f"mlinfra.image.format={FORMAT}-dockerfile"]
+        for k, v in sorted(spec.labels.items()):
+            labels += ["--label", f"{k}={v}"]
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        progress(f"docker build -f {dockerfile.name} ({tag})")
+        res = subprocess.run(
+            [
+                DOCKER,
+                "build",
+                "-q",
+                "-f",
+                str(dockerfile),
+                "-t",
+                tag,
+                *labels,
+                "--build-arg",
+                f"MLINFRA_BASE={spec.base}",
+                str(ctx),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if res.returncode != 0:
+            raise ImageBuildError(f"docker build of {dockerfile} failed:\n{res.stderr.strip()[-2000:]}")
+    res = subprocess.run([DOCKER, "push", tag], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ImageBuildError(f"docker push to {host} failed: {res.stderr.strip()[-800:]}")
+    m = re.search(r"digest: (sha256:[0-9a-f]{64})", res.stdout)
+    if not m:
+        raise ImageBuildError(f"docker push to {host} printed no digest: {res.stdout[-400:]}")
+    digest = m.group(1)
+    return BuildResult(
+        image_ref=f"{host}/{repo}@{digest}",
+        digest=digest,
+        labels={"mlinfra.image.format": f"{FORMAT}-dockerfile"},
+        layers=[],
+        bytes_pushed=-1,
+        models=[{"name": x.name, "version": x.version, "sha256": x.sha256} for x in spec.models],
+    )
+
+
+def models_of(labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The models an mlinfra image packages, from its labels (name, version, sha256 each)."""
+    models = []
+    i = 0
+    while f"mlinfra.model.{i}.name" in labels:
+        models.append(
+            {
+                "name": labels[f"mlinfra.model.{i}.name"],
+                "version": int(labels[f"mlinfra.model.{i}.version"]),
+                "sha256": labels[f"mlinfra.model.{i}.sha256"],
+            }
+        )
+        i += 1
+    return models
+
+
+DIGEST_REF = re.compile(r"^[^\s@]+/[^\s@]+@sha256:[0-9a-f]{64}$")
+
+
+def inspect_image(ref: str) -> dict[str, Any] | None:
+    """host/repo@sha256:… → {digest, labels, models} from the registry, or None when it does not hold it."""
+    host, repo, reference = split_ref(ref)
+    client = _client(host)
+    got = client.get_manifest(repo, reference)
+    if got is None:
+        return None
+    labels: dict[str, str] = {}
+    if "config" in got[1]:
+        cfg = json.loads(client.get_blob(repo, got[1]["config"]["digest"]))
+        labels = cfg.get("config", {}).get("Labels") or {}
+    return {"digest": got[0], "labels": labels, "models": models_of(labels)}
+
+
+def copy_image(ref: str, repository: str) -> str:
+    """Copy image REF (host/repo@sha256:…) into REPOSITORY (host/repo, any registry) by content: blobs are mounted
+    or streamed and checked against their digests, and the manifest's digest must come out identical. Returns
+    the new host/repo@sha256:… reference."""
+    host, repo, digest = split_ref(ref)
+    dhost, drepo, _ = split_ref(repository + ":x")
+    src, dst = _client(host), _client(dhost)
+    status, headers, raw = src.request("GET", f"/v2/{repo}/manifests/{digest}", headers={"Accept": ACCEPT})
+    if status != 200:
+        raise OciRegistryError(f"registry {host} has no image {repo}@{digest} (HTTP {status})")
+    if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+        raise OciRegistryError(f"registry {host} returned a manifest for {repo}@{digest} with another digest")
+    manifest = json.loads(raw)
+    for blob in [manifest["config"], *manifest.get("layers", [])]:
+        d = blob["digest"]
+        if dst.blob_exists(drepo, d) or (dhost == host and _mount(dst, drepo, repo, d)):
+            continue
+        data = src.get_blob(repo, d)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != d:
+            raise OciRegistryError(f"blob {d} of {ref} does not match its digest: not copied")
+        dst.push_blob(drepo, d, data)
+    media = headers.get("content-type") or manifest.get("mediaType") or MANIFEST_V2
+    got = dst.put_manifest(drepo, digest, raw, media)
+    if got != digest:
+        raise OciRegistryError(f"copied manifest of {ref} came out as {got} in {dhost}/{drepo}")
+    return f"{dhost}/{drepo}@{digest}"

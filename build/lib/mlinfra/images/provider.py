@@ -1,0 +1,110 @@
+"""Dynamic provider for ScoringImage: builds and pushes at create/update; records the image as a user of each
+model version in its registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pulumi import ResourceOptions
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push, docker_build_and_push
+from mlinfra.registry import ModelRegistry
+from mlinfra.registry.refs import model_identities
+
+# Inputs that decide the image's content; any change rebuilds (a new digest), the old image stays in the registry.
+BUILD_KEYS = (
+    "repository",
+    "models",
+    "base",
+    "requirements",
+    "script",
+    "script_sha256",
+    "files",
+    "labels",
+    "tag",
+    "registry_username",
+    "dockerfile_sha256",
+    "context_sha256",
+)
+
+
+def _spec(props: dict[str, Any]) -> ImageSpec:
+    return ImageSpec(
+        repository=props["repository"],
+        models=[
+            ModelInput(m["name"], int(m["version"]), m["sha256"], m["registry"], m.get("credential") or None)
+            for m in props["models"]
+        ],
+        base=props["base"],
+        requirements=list(props.get("requirements") or []),
+        script=Path(props["script"]) if props.get("script") else None,
+        files={k: Path(v) for k, v in (props.get("files") or {}).items()},
+        labels=dict(props.get("labels") or {}),
+        tag=props.get("tag") or None,
+        username=props.get("registry_username") or None,
+        password=props.get("registry_password") or None,
+    )
+
+
+def _users(props: dict[str, Any], image_ref: str, add: bool) -> None:
+    for m in props.get("models") or []:
+        reg = ModelRegistry(m["registry"], m.get("credential") or None)
+        if add:
+            reg.add_user(m["name"], int(m["version"]), f"image:{image_ref}")
+        else:
+            reg.remove_user(m["name"], int(m["version"]), f"image:{image_ref}")
+
+
+class ScoringImageProvider(ResourceProvider):
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        def norm(k: str, props: dict[str, Any]) -> Any:
+            if k == "models":
+                return model_identities(props.get(k))
+            if k == "script":
+                return None  # the script's path may differ between machines; its sha256 is what counts
+            return props.get(k)
+
+        changed = [k for k in BUILD_KEYS if norm(k, olds) != norm(k, news)]
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def _build(self, props: dict[str, Any]) -> dict[str, Any]:
+        if props.get("dockerfile"):
+            result = docker_build_and_push(
+                _spec(props),
+                Path(props["dockerfile"]),
+                Path(props["context"]) if props.get("context") else None,
+            )
+        else:
+            result = build_and_push(_spec(props))
+        _users(props, result.image_ref, add=True)
+        return {
+            **props,
+            "image_ref": result.image_ref,
+            "digest": result.digest,
+            "image_labels": result.labels,
+            "layers": result.layers,
+            "bytes_pushed": result.bytes_pushed,
+            "model_versions": result.models,
+        }
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = self._build(props)
+        return CreateResult(id_=outs["image_ref"], outs=outs)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        outs = self._build(news)
+        if olds.get("image_ref") and olds["image_ref"] != outs["image_ref"]:
+            _users(olds, olds["image_ref"], add=False)
+        return UpdateResult(outs=outs)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        # The image stays in the OCI registry (a record, like model versions); the models are no longer used by it.
+        if props.get("image_ref"):
+            _users(props, props["image_ref"], add=False)
+
+
+class ScoringImageResource(Resource):
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(ScoringImageProvider(), name, props, opts)

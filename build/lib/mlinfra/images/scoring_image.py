@@ -1,0 +1,222 @@
+"""ScoringImage: step 2 of the lifecycle — package registered models with the scoring server (and an optional
+Azure ML-style script and dependencies) as a reproducible OCI image, built without a Docker daemon."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from mlinfra import defaults
+from mlinfra.files import sha256_file
+from mlinfra.images.builder import DIGEST_REF, ImageBuildError, check_script, inspect_image, split_ref
+from mlinfra.images.oci import OciRegistryError
+from mlinfra.images.provider import ScoringImageResource
+from mlinfra.registry import ModelRegistry, validate_name
+
+
+@dataclass
+class ScoringImageArgs:
+    models: list[Any]
+    """RegisteredModels (or anything with a `model_ref` output, such as FpgaEndpoint's quantized model), or
+    "name:version" refs resolved in `model_registry`. Required (at least one)."""
+    repository: str | None = None
+    """Target, host[:port]/path. Default: <local registry>/mlinfra/<resource name>."""
+    tag: str | None = None
+    """An extra mutable tag to push. Default: none (images are addressed by digest)."""
+    script: str | None = None
+    """Azure ML-style scoring script with init() and run(raw_data). Default: the server's ONNX call. A syntax
+    error fails the preview with file and line."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Extra files: {path in /opt/mlinfra/user: local path}. Default: none."""
+    requirements: list[str] = field(default_factory=list)
+    """Extra pip requirements (wheels for cp311 manylinux x86_64). Default: only the server's own."""
+    base: str | None = None
+    """Base image with python3. Default: the local python-base image (make services)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Extra OCI labels. Default: none (mlinfra.model.<n>.name/version/sha256 are always set)."""
+    registry_username: str | None = None
+    """Target registry user. Default: anonymous."""
+    registry_password: pulumi.Input[str] | None = None
+    """Target registry password (made a secret). Default: none."""
+    model_registry: str | None = None
+    """Registry of "name:version" refs. Default: mlinfra:registry config, else the local folder registry."""
+    model_registry_credential: pulumi.Input[str] | None = None
+    """Credential of model_registry (made a secret). Default: mlinfra:registryCredential."""
+    dockerfile: str | None = None
+    """Build your own Dockerfile with the Docker engine instead of the daemonless build. Its context also holds
+    mlinfra/app/mlinfra_scoring/ (the scoring server), mlinfra/requirements.txt and mlinfra/models/<name>/<version>/ (the
+    verified model files); build arg MLINFRA_BASE is the base image. Default: daemonless, reproducible build."""
+    context: str | None = None
+    """Docker build context. Default: the Dockerfile's folder."""
+    pinned: str | None = None
+    """Pin: use this already built image (host/repo@sha256:<64 hex>) instead of building — what `mlinfra promote`
+    writes. Preview fails unless the registry holds it and its labels name exactly the versions of ``models``."""
+
+
+class ScoringImage(pulumi.ComponentResource):
+    """Outputs: ``image_ref`` (registry/repo@sha256:…), ``digest``, ``labels``, ``models`` (name, version, sha256)."""
+
+    image_ref: pulumi.Output[str]
+    digest: pulumi.Output[str]
+    labels: pulumi.Output[dict[str, str]]
+    models: pulumi.Output[list[dict[str, Any]]]
+
+    def __init__(self, name: str, args: ScoringImageArgs, opts: pulumi.ResourceOptions | None = None):
+        if not args.models:
+            raise ImageBuildError(f"ScoringImage {name}: models is empty; give at least one RegisteredModel")
+        repository = args.repository or f"{defaults.registry_host()}/mlinfra/{name}"
+        split_ref(repository + ":x")  # validates the form
+        # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read.
+        props = {
+            "repository": repository,
+            "pinned": args.pinned,
+            "models": [
+                m if isinstance(m, str) else {"name": m.model_name, "version": m.version} for m in args.models
+            ],
+        }
+        super().__init__("mlinfra:images:ScoringImage", name, props, opts)
+        if args.pinned is not None:
+            self._init_pinned(name, args, _model_refs(name, args))
+            return
+        script = Path(args.script).resolve() if args.script else None
+        if script is not None:
+            if not script.is_file():
+                raise ImageBuildError(f"ScoringImage {name}: script {args.script!r} does not exist")
+            check_script(script)
+        files = {}
+        for dest, src in args.files.items():
+            p = Path(src).resolve()
+            if not p.is_file():
+                raise ImageBuildError(f"ScoringImage {name}: file {src!r} (for {dest}) does not exist")
+            files[dest] = str(p)
+        dockerfile = Path(args.dockerfile).resolve() if args.dockerfile else None
+        if dockerfile is not None and not dockerfile.is_file():
+            raise ImageBuildError(f"ScoringImage {name}: dockerfile {args.dockerfile!r} does not exist")
+        context = (
+            Path(args.context).resolve() if args.context else (dockerfile.parent if dockerfile else None)
+        )
+        models = _model_refs(name, args)
+        self.image: ScoringImageResource | None = ScoringImageResource(
+            f"{name}-image",
+            {
+                "repository": repository,
+                "models": models,
+                "base": args.base or defaults.base_image_ref(),
+                "requirements": sorted(args.requirements),
+                "script": str(script) if script else None,
+                "script_sha256": sha256_file(script) if script else None,
+                "files": {k: sha256_file(Path(v)) + ":" + v for k, v in sorted(files.items())},
+                "labels": dict(sorted(args.labels.items())),
+                "tag": args.tag,
+                "dockerfile": str(dockerfile) if dockerfile else None,
+                "dockerfile_sha256": sha256_file(dockerfile) if dockerfile else None,
+                "context": str(context) if context else None,
+                "context_sha256": _sha_dir(context, dockerfile) if context else None,
+                "registry_username": args.registry_username,
+                "registry_password": pulumi.Output.secret(args.registry_password)
+                if args.registry_password is not None
+                else None,
+                "image_ref": None,
+                "digest": None,
+                "image_labels": None,
+                "layers": None,
+                "bytes_pushed": None,
+                "model_versions": None,
+            },
+            pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[m for m in args.models if isinstance(m, pulumi.Resource)],
+                additional_secret_outputs=["registry_password", "models"],
+            ),
+        )
+        img: Any = self.image
+        self.image_ref = img.image_ref
+        self.digest = img.digest
+        self.labels = img.image_labels
+        self.models = img.model_versions
+        self.model_refs: pulumi.Output[list[dict[str, Any]]] = img.models
+        self.register_outputs(
+            {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
+        )
+
+    def _init_pinned(self, name: str, args: ScoringImageArgs, refs: list[Any]) -> None:
+        ref = args.pinned
+        if not isinstance(ref, str) or not DIGEST_REF.match(ref):
+            raise ImageBuildError(
+                f"ScoringImage {name}: pinned = {ref!r} must be host/repo@sha256:<64 hex> (a digest, not a tag)"
+            )
+        try:
+            found = inspect_image(ref)
+        except OciRegistryError as e:
+            raise ImageBuildError(f"ScoringImage {name}: cannot check pinned image {ref}: {e}") from e
+        if found is None:
+            raise ImageBuildError(
+                f"ScoringImage {name}: pinned image {ref} is not in its registry: copy it there with "
+                "`mlinfra promote --copy` or fix the pin"
+            )
+        packaged = {(m["name"], m["version"], m["sha256"]) for m in found["models"]}
+
+        def check(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            wanted = {(r["name"], int(r["version"]), r["sha256"]) for r in refs}
+            if wanted != packaged:
+                raise ImageBuildError(
+                    f"ScoringImage {name}: pinned image {ref} packages "
+                    f"{', '.join(f'{n}:{v}' for n, v, _ in sorted(packaged)) or 'no mlinfra model'} but the stack "
+                    f"pins {', '.join(f'{n}:{v}' for n, v, _ in sorted(wanted))}: promote the model and its image "
+                    "together"
+                )
+            return refs
+
+        self.image = None
+        self.image_ref = pulumi.Output.from_input(ref)
+        self.digest = pulumi.Output.from_input(found["digest"])
+        self.labels = pulumi.Output.from_input(found["labels"])
+        self.model_refs = pulumi.Output.all(*refs).apply(check)
+        self.models = self.model_refs.apply(
+            lambda rs: [{"name": r["name"], "version": int(r["version"]), "sha256": r["sha256"]} for r in rs]
+        )
+        self.register_outputs(
+            {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
+        )
+
+
+def _model_refs(name: str, args: ScoringImageArgs) -> list[Any]:
+    """What to fetch for each model: a RegisteredModel's model_ref, or a "name:version" resolved in the registry."""
+    cfg = pulumi.Config("mlinfra")
+    models: list[Any] = []
+    for m in args.models:
+        if hasattr(m, "model_ref"):
+            models.append(m.model_ref)
+        else:
+            if ":" not in m:
+                raise ImageBuildError(f"ScoringImage {name}: model ref {m!r} must be name:version")
+            mname, _version = m.rsplit(":", 1)
+            validate_name(mname)
+            uri = defaults.model_registry_uri(args.model_registry, cfg.get("registry"))
+            cred = args.model_registry_credential or cfg.get_secret("registryCredential")
+            if cred is None:
+                models.append(_resolve_ref(m, uri, None))
+            else:
+                models.append(pulumi.Output.secret(cred).apply(functools.partial(_resolve_ref, m, uri)))
+    return models
+
+
+def _sha_dir(root: Path, dockerfile: Path | None) -> str:
+    """Content hash of a build context (paths and bytes), so an unchanged context is no change."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p != dockerfile and ".mlinfra" not in p.parts and "__pycache__" not in p.parts:
+            h.update(
+                p.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest()
+            )
+    return h.hexdigest()
+
+
+def _resolve_ref(ref: str, uri: str, cred: str | None) -> dict[str, Any]:
+    mv = ModelRegistry(uri, cred).resolve(ref)
+    return {"name": mv.name, "version": mv.version, "sha256": mv.sha256, "registry": uri, "credential": cred}

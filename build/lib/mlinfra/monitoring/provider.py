@@ -1,0 +1,141 @@
+"""DataCollection's storage side: the container (created if absent) and a scoped, expiring credential — a container
+SAS allowing create/write only — for the scoring servers (a Pulumi secret); a folder for local runs."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pulumi import ResourceOptions
+from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+
+from mlinfra.errors import CollectionError
+
+
+def parse_storage(uri: str) -> dict[str, str]:
+    u = urllib.parse.urlparse(uri)
+    if u.scheme == "file":
+        if not u.path.startswith("/"):
+            raise CollectionError(f"storage {uri!r}: a folder must be absolute, file:///abs/path")
+        return {"kind": "file", "path": u.path}
+    if u.scheme == "azblob":
+        parts = u.path.strip("/").split("/", 1)
+        if not u.netloc or not parts[0]:
+            raise CollectionError(f"storage {uri!r}: use azblob://ACCOUNT/CONTAINER[/PREFIX][?endpoint=URL]")
+        endpoint = (
+            dict(urllib.parse.parse_qsl(u.query)).get("endpoint")
+            or f"https://{u.netloc}.blob.core.windows.net"
+        )
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}", parts[0]):
+            raise CollectionError(
+                f"storage {uri!r}: container {parts[0]!r} must be 3-63 lowercase letters, digits and single hyphens"
+            )
+        return {
+            "kind": "azblob",
+            "account": u.netloc,
+            "container": parts[0],
+            "prefix": parts[1] if len(parts) > 1 else "",
+            "endpoint": endpoint,
+        }
+    raise CollectionError(
+        f"storage {uri!r}: use azblob://ACCOUNT/CONTAINER[/PREFIX]?endpoint=URL or file:///folder"
+    )
+
+
+def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, Any]:
+    """Create the container if absent; return {container_uri, sas, expires} (sas "" for folders)."""
+    s = parse_storage(uri)
+    if s["kind"] == "file":
+        Path(s["path"]).mkdir(parents=True, exist_ok=True)
+        # "" rather than None: a None output reads as unknown in previews, which would show the endpoint as changing.
+        return {"container_uri": f"file://{s['path']}", "sas": "", "expires": ""}
+    from azure.core.exceptions import (
+        AzureError,
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceExistsError,
+    )
+    from azure.storage.blob import (
+        BlobServiceClient,
+        ContainerSasPermissions,
+        ExponentialRetry,
+        generate_container_sas,
+    )
+
+    if not account_key:
+        raise CollectionError(
+            f"storage account {s['account']!r} needs its account key (storage_credential, a secret) to create the "
+            "container and issue SAS tokens"
+        )
+    client = BlobServiceClient(
+        s["endpoint"],
+        credential={"account_name": s["account"], "account_key": account_key},
+        retry_policy=ExponentialRetry(
+            initial_backoff=1, increment_base=1, retry_total=2, random_jitter_range=1
+        ),
+    )
+    try:
+        client.get_container_client(s["container"]).create_container()
+    except ResourceExistsError:
+        pass
+    except ClientAuthenticationError:
+        raise CollectionError(
+            f"storage account {s['account']!r} at {s['endpoint']} refused the credential: check storage_credential "
+            "(the account key)"
+        ) from None
+    except HttpResponseError as e:
+        if e.status_code == 403:
+            raise CollectionError(
+                f"storage account {s['account']!r} at {s['endpoint']} refused the credential (403): check "
+                "storage_credential (the account key)"
+            ) from None
+        raise CollectionError(f"storage account {s['account']!r}: {e.reason} ({e.status_code})") from None
+    except (AzureError, ValueError) as e:
+        raise CollectionError(
+            f"storage account {s['account']!r} at {s['endpoint']} is unreachable: {type(e).__name__}"
+        ) from None
+    expires = datetime.now(UTC) + timedelta(hours=ttl_hours)
+    sas = generate_container_sas(
+        s["account"],
+        s["container"],
+        account_key=account_key,
+        permission=ContainerSasPermissions(create=True, write=True, add=True),
+        expiry=expires,
+        start=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    return {
+        "container_uri": f"{s['endpoint'].rstrip('/')}/{s['container']}",
+        "sas": sas,
+        "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+class CollectionStorageProvider(ResourceProvider):
+    KEYS = ("storage", "ttl_hours", "rotation")
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [k for k in self.KEYS if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(changed), replaces=["storage"] if "storage" in changed else [])
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        out = provision(props["storage"], props.get("storage_credential"), float(props["ttl_hours"]))
+        return CreateResult(id_=props["storage"], outs={**props, **out})
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(
+            outs={
+                **news,
+                **provision(news["storage"], news.get("storage_credential"), float(news["ttl_hours"])),
+            }
+        )
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Collected data is a record: the container and its blobs stay."""
+
+
+class CollectionStorage(Resource):
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(CollectionStorageProvider(), name, props, opts)

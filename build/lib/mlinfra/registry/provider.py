@@ -1,0 +1,143 @@
+"""Dynamic providers for model versions and aliases in a ModelRegistry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pulumi import ResourceOptions
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
+
+from mlinfra.registry import ModelError, ModelRegistry, ModelRegistryError
+
+# Inputs whose change means another registry record (a replacement), and ones that are metadata (in place).
+REPLACE_KEYS = ("model_name", "registry")
+METADATA_KEYS = ("tags", "description", "properties")
+
+
+def _registry(props: dict[str, Any]) -> ModelRegistry:
+    return ModelRegistry(props["registry"], props.get("registry_credential") or None)
+
+
+def _outs(props: dict[str, Any], mv: Any) -> dict[str, Any]:
+    return {
+        **props,
+        "version": mv.version,
+        "uri": mv.uri,
+        "created_at": mv.created_at,
+        "files": [f["path"] for f in mv.files],
+    }
+
+
+class ModelVersionProvider(ResourceProvider):
+    """One RegisteredModel's current version. Content change -> update to a new version (old ones stay);
+    tag/description/property change -> metadata update in place; name or registry change -> replace."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        if not news.get("sha256"):
+            failures.append(CheckFailure("sha256", "the model content was not hashed"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        keys = ("sha256", "framework", *REPLACE_KEYS, *METADATA_KEYS, "delete_versions_on_destroy")
+        changed = [k for k in keys if olds.get(k) != news.get(k)]
+        return DiffResult(
+            changes=bool(changed),
+            replaces=[k for k in changed if k in REPLACE_KEYS],
+            stables=["model_name", "registry"],
+            delete_before_replace=False,
+        )
+
+    def _register(self, props: dict[str, Any]) -> Any:
+        reg = _registry(props)
+        path = Path(props["path"])
+        if not path.exists():
+            raise ModelError(f"model path {str(path)!r} does not exist any more: restore it or change path")
+        mv, _created = reg.register(
+            props["model_name"],
+            path,
+            framework=props["framework"],
+            description=props.get("description", ""),
+            tags=props.get("tags") or {},
+            properties=props.get("properties") or {},
+        )
+        if mv.sha256 != props["sha256"]:
+            raise ModelError(
+                f"{path} changed between preview and update (sha256 {props['sha256'][:12]}… became "
+                f"{mv.sha256[:12]}…): run the update again"
+            )
+        return mv
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        mv = self._register(props)
+        return CreateResult(id_=f"{props['model_name']}:{mv.sha256}", outs=_outs(props, mv))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if olds.get("sha256") != news.get("sha256") or olds.get("framework") != news.get("framework"):
+            mv = self._register(news)
+        else:
+            mv = _registry(news).set_metadata(
+                news["model_name"],
+                int(olds["version"]),
+                news.get("tags") or {},
+                news.get("description", ""),
+                news.get("properties") or {},
+            )
+        return UpdateResult(outs=_outs(news, mv))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        if not props.get("delete_versions_on_destroy"):
+            return  # a registry is a record: versions outlive the stack that registered them
+        reg = _registry(props)
+        name = props["model_name"]
+        for v in reg.versions(name):
+            if reg.users(name, v):
+                continue  # in use: kept
+            reg.delete_version(name, v)
+
+
+class ModelAliasProvider(ResourceProvider):
+    """An alias (e.g. `champion`) pointing at a version; moving it is an in-place update."""
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [k for k in ("model_name", "registry", "alias", "version") if olds.get(k) != news.get(k)]
+        return DiffResult(
+            changes=bool(changed), replaces=[k for k in changed if k in ("model_name", "registry", "alias")]
+        )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        try:
+            _registry(props).set_alias(props["model_name"], props["alias"], int(props["version"]))
+        except (ModelError, ModelRegistryError) as e:
+            raise ModelError(str(e)) from None
+        return CreateResult(id_=f"{props['model_name']}@{props['alias']}", outs=dict(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        _registry(news).set_alias(news["model_name"], news["alias"], int(news["version"]))
+        return UpdateResult(outs=dict(news))
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        _registry(props).delete_alias(props["model_name"], props["alias"])
+
+
+class ModelVersionResource(Resource):
+    """The dynamic resource behind RegisteredModel (type pulumi-python:dynamic:ModelVersionResource)."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(ModelVersionProvider(), name, props, opts)
+
+
+class ModelAliasResource(Resource):
+    """The dynamic resource behind ModelAlias."""
+
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(ModelAliasProvider(), name, props, opts)

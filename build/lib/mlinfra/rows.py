@@ -1,0 +1,52 @@
+"""Tables of numbers from files: calibration and validation rows (FpgaEndpoint), baselines (drift reports)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mlinfra.errors import DataFileError
+
+MAX_ROWS = 1_000_000
+
+
+def load_rows(path: str | Path, what: str) -> np.ndarray:
+    """Rows from .npy, .csv (numbers, optional header) or .jsonl (one list per line) as a 2-D+ float32 array."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataFileError(f"{what} file {str(path)!r} does not exist")
+    try:
+        if p.suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif p.suffix == ".csv":
+            with open(p, newline="") as f:
+                rows = list(csv.reader(f))
+            if rows and rows[0] and not _is_number(rows[0][0]):
+                rows = rows[1:]
+            arr = np.asarray(rows, dtype=np.float64)
+        elif p.suffix in (".jsonl", ".json"):
+            arr = np.asarray([json.loads(line) for line in p.read_text().splitlines() if line.strip()])
+        else:
+            raise DataFileError(f"{what} file {p.name!r}: use .npy, .csv or .jsonl")
+    except (ValueError, OSError) as e:
+        if isinstance(e, DataFileError):
+            raise
+        raise DataFileError(f"{what} file {p.name!r} is not a rectangular table of numbers: {e}") from None
+    if arr.size == 0 or arr.shape[0] == 0:
+        raise DataFileError(
+            f"{what} file {p.name!r} has no rows: give at least one (≈ 100-1000 representative rows)"
+        )
+    if arr.shape[0] > MAX_ROWS:
+        raise DataFileError(f"{what} file {p.name!r} has {arr.shape[0]:,d} rows; at most {MAX_ROWS:,d}")
+    return arr
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,5 @@
+import sys
+
+from mlinfra_edge.cli import main
+
+sys.exit(main(prog="python -m mlinfra_edge"))

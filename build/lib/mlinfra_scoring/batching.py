@@ -1,0 +1,105 @@
+"""Dynamic batching: concurrent requests for one model are merged along the first axis, run once, split back.
+
+Requests are grouped by (output names, non-batch shape and dtype of every input) so only compatible tensors are
+concatenated. A group is flushed when it holds `max_batch_size` rows, or when the window closes: `max_delay_s`
+after the first request arrived (0 = at the end of the current event-loop iteration, which merges whatever arrived
+together without adding latency). Results equal unbatched ones row for row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Item = tuple[dict[str, np.ndarray], list[str] | None, asyncio.Future, int]
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: Callable[[dict[str, np.ndarray], list[str] | None], dict[str, np.ndarray]],
+        max_batch_size: int,
+        max_delay_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self._on_batch = on_batch
+        self._groups: dict[Any, list[Item]] = {}
+        self._rows: dict[Any, int] = {}
+        self._timers: dict[Any, asyncio.Handle] = {}
+
+    @staticmethod
+    def _key(feeds: dict[str, np.ndarray], outputs: list[str] | None) -> Any:
+        return (
+            tuple(outputs) if outputs else None,
+            tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(feeds.items())),
+        )
+
+    async def submit(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
+        rows = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
+        if rows >= self.max_batch_size or any(v.ndim == 0 for v in feeds.values()):
+            if self._on_batch:
+                self._on_batch(rows)
+            return self._run(feeds, outputs)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        key = self._key(feeds, outputs)
+        group = self._groups.setdefault(key, [])
+        if self._rows.get(key, 0) + rows > self.max_batch_size:
+            self._flush(key)
+            group = self._groups.setdefault(key, [])
+        group.append((feeds, outputs, fut, rows))
+        self._rows[key] = self._rows.get(key, 0) + rows
+        if self._rows[key] >= self.max_batch_size:
+            self._flush(key)
+        elif key not in self._timers:
+            self._timers[key] = (
+                loop.call_later(self.max_delay_s, self._flush, key)
+                if self.max_delay_s > 0
+                else loop.call_soon(self._flush, key)
+            )
+        return await fut
+
+    def _flush(self, key: Any) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        items = self._groups.pop(key, [])
+        self._rows.pop(key, None)
+        if not items:
+            return
+        items = [it for it in items if not it[2].done()]  # drop requests whose client went away
+        if not items:
+            return
+        outputs = items[0][1]
+        try:
+            if len(items) == 1:
+                feeds = items[0][0]
+            else:
+                feeds = {name: np.concatenate([it[0][name] for it in items], axis=0) for name in items[0][0]}
+            total = sum(it[3] for it in items)
+            if self._on_batch:
+                self._on_batch(total)
+            results = self._run(feeds, outputs)
+            if len(items) > 1 and any(v.ndim == 0 or v.shape[0] != total for v in results.values()):
+                # Outputs without a batch axis cannot be split: run each request on its own.
+                for f_i, o_i, fut_i, _r in items:
+                    if not fut_i.done():
+                        fut_i.set_result(self._run(f_i, o_i))
+                return
+        except Exception as e:  # every waiter gets the failure
+            for it in items:
+                if not it[2].done():
+                    it[2].set_exception(e)
+            return
+        start = 0
+        for _f, _o, fut, rows in items:
+            part = {k: v[start : start + rows] for k, v in results.items()}
+            start += rows
+            if not fut.done():
+                fut.set_result(part)

@@ -1,0 +1,123 @@
+"""Command line and environment configuration of the scoring server (`mlinfra serve`, `python -m
+mlinfra_scoring`). Every flag --foo-bar can also be set as MLINFRA_SERVE_FOO_BAR, which is how images and
+endpoints configure it; repeatable flags take comma-separated lists there (MLINFRA_SERVE_MODEL uses os.pathsep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mlinfra_scoring.server import ModelSpec, ServerConfig, run
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _env(name: str) -> str | None:
+    v = os.environ.get(f"MLINFRA_SERVE_{name}")
+    return v if v not in (None, "") else None
+
+
+def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Serve ONNX models over the Open Inference Protocol v2."
+    )
+    p.add_argument(
+        "--model", action="append", metavar="PATH", help="model file or folder (repeat for several)"
+    )
+    p.add_argument(
+        "--name", action="append", help="name of the model at the same position (default: file stem)"
+    )
+    p.add_argument(
+        "--version", action="append", help="version of the model at the same position (default: 1)"
+    )
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    p.add_argument("--key", action="append", help="accepted bearer key (repeat to rotate); default: no auth")
+    p.add_argument("--script", help="Azure ML-style scoring script with init() and run(raw_data)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="rows per merged batch (default 1: off)")
+    p.add_argument(
+        "--max-batch-delay-ms", type=float, default=None, help="batch window (default 0: same tick)"
+    )
+    p.add_argument("--max-body-mb", type=float, default=None, help="request body limit (default 10)")
+    p.add_argument(
+        "--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated"
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not write JSON access logs to stdout")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    models = args.model or ((_env("MODEL") or "").split(os.pathsep) if _env("MODEL") else [])
+    names = args.name or ((_env("NAME") or "").split(",") if _env("NAME") else [])
+    versions = args.version or ((_env("VERSION") or "").split(",") if _env("VERSION") else [])
+    if not models:
+        raise ConfigError("no model given: pass --model PATH (or set MLINFRA_SERVE_MODEL)")
+    if len(names) > len(models) or len(versions) > len(models):
+        raise ConfigError(
+            f"{len(names)} --name and {len(versions)} --version for {len(models)} --model: "
+            "give at most one of each per model, in the same order"
+        )
+    specs = []
+    for i, path in enumerate(models):
+        if not Path(path).exists():
+            raise ConfigError(f"model path {path!r} does not exist")
+        name = names[i] if i < len(names) else Path(path).stem
+        specs.append(ModelSpec(path=path, name=name, version=versions[i] if i < len(versions) else "1"))
+    if len({s.name for s in specs}) != len(specs):
+        raise ConfigError(f"model names must be unique, got {[s.name for s in specs]}: pass --name for each")
+    keys = args.key or [k for k in (_env("KEYS") or "").split(",") if k]
+
+    def num(value: object, env: str, default: float, cast: type = float, lo: float = 0) -> float:
+        raw = value if value is not None else _env(env)
+        if raw is None:
+            return default
+        try:
+            v = cast(raw)
+        except ValueError:
+            raise ConfigError(f"MLINFRA_SERVE_{env}={raw!r} is not a number") from None
+        if v < lo:
+            raise ConfigError(f"--{env.lower().replace('_', '-')} must be ≥ {lo}, got {v}")
+        return v
+
+    port = int(num(args.port, "PORT", 8080, int, 1))
+    if port > 65535:
+        raise ConfigError(f"--port must be ≤ 65535, got {port}")
+    return ServerConfig(
+        models=specs,
+        host=args.host or _env("HOST") or "127.0.0.1",
+        port=port,
+        keys=keys,
+        script=args.script or _env("SCRIPT"),
+        max_batch_size=int(num(args.max_batch_size, "MAX_BATCH_SIZE", 1, int, 1)),
+        max_batch_delay_ms=num(args.max_batch_delay_ms, "MAX_BATCH_DELAY_MS", 0.0),
+        max_body_mb=num(args.max_body_mb, "MAX_BODY_MB", 10.0, float, 0.001),
+        access_log=not (args.no_access_log or _env("NO_ACCESS_LOG") in ("1", "true")),
+        providers=[
+            p for p in (args.providers or _env("PROVIDERS") or "CPUExecutionProvider").split(",") if p
+        ],
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = "mlinfra serve") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = config_from(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from mlinfra_scoring.collector import CollectorConfigError
+    from mlinfra_scoring.otel import OtlpConfigError
+
+    try:
+        return run(config)
+    except CollectorConfigError as e:
+        print(f"error: data collection: {e}", file=sys.stderr)
+        return 2
+    except OtlpConfigError as e:
+        print(f"error: telemetry: {e}", file=sys.stderr)
+        return 2

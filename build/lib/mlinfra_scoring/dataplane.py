@@ -1,0 +1,253 @@
+"""The data plane: what a request asks of the models, independent of the protocol that carried it.
+
+The HTTP layer (server.py) authenticates, decodes the body and maps errors to status codes; this module validates
+an Open Inference Protocol request against the model's signature, runs it (through the model's batcher when
+dynamic batching is on), encodes the response, answers metadata and readiness, runs a user's Azure ML-style
+``init()/run()`` script for ``/score``, and hands every scored record to the data-collection hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from mlinfra_scoring import __version__
+from mlinfra_scoring.metrics import Metrics
+from mlinfra_scoring.models import LoadedModel, RequestError, decode_input, encode_output, model_dir_env
+from mlinfra_scoring.repository import ModelRepository, ModelSpec
+
+Hook = Callable[[dict[str, Any]], None]
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, metrics: Metrics, log: TextIO):
+        self.repository = repository
+        self.metrics = metrics
+        self.hooks: list[Hook] = []
+        self.script: Any = None
+        self.ready = False
+        self.draining = False
+        self.load_error: str | None = None
+        self._log = log
+        self._script_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="score-script")
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def add_hook(self, hook: Hook) -> None:
+        """Register a data-collection hook: called with each scored record; must not block (enqueue and return)."""
+        self.hooks.append(hook)
+
+    def load(self, models: list[ModelSpec], script: str | None, wanted_providers: list[str]) -> None:
+        """Load every model (and the user script); readiness turns true only when all succeeded."""
+        try:
+            for spec in models:
+                m = self.repository.load(spec)
+                note = (
+                    "no accelerator provider available: running on CPU"
+                    if m.providers == ["CPUExecutionProvider"]
+                    and wanted_providers != ["CPUExecutionProvider"]
+                    else ""
+                )
+                self._event(
+                    {
+                        "event": "model_loaded",
+                        "model": m.name,
+                        "version": m.version,
+                        "execution_providers": m.providers,
+                        "note": note,
+                    }
+                )
+            if script:
+                self.script = load_script(script)
+                if len(self.repository):
+                    os.environ.update(model_dir_env(self.repository.first()))
+                if hasattr(self.script, "init"):
+                    self.script.init()
+            self.set_ready(True)
+        except Exception as e:
+            self.load_error = f"{type(e).__name__}: {e}"
+            self._event({"event": "load_failed", "error": self.load_error})
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        self.metrics.ready.set((), 1 if ready and not self.draining else 0)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        print(json.dumps(event), file=self._log, flush=True)
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
+
+    # -- metadata and health -----------------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.ready and not self.draining
+        body: dict[str, Any] = {"ready": ok}
+        if self.load_error:
+            body["error"] = self.load_error
+        return ok, body
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "mlinfra",
+            "version": __version__,
+            "extensions": ["azureml_score", "dynamic_batching"],
+            "models": [
+                {"name": m.name, "version": m.version, "execution_providers": m.providers}
+                for m in self.repository
+            ],
+        }
+
+    def model_ready(self, m: LoadedModel) -> bool:
+        return m.ready and self.ready and not self.draining
+
+    # -- inference ---------------------------------------------------------------------------------------------
+
+    async def infer(
+        self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """An Open Inference Protocol v2 request (decoded JSON) → its response object."""
+        self._require_ready()
+        if not isinstance(body, dict):
+            raise RequestError("request body must be a JSON object with an 'inputs' list")
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise RequestError("'inputs' must be a non-empty list of tensors")
+        specs = {s.name: s for s in m.inputs}
+        feeds: dict[str, np.ndarray] = {}
+        for t in inputs:
+            name = t.get("name") if isinstance(t, dict) else None
+            if name not in specs:
+                raise RequestError(f"input {name!r} is not an input of {m.name} (inputs: {', '.join(specs)})")
+            if name in feeds:
+                raise RequestError(f"input {name!r} is given twice")
+            feeds[name] = decode_input(specs[name], t)
+        missing = [n for n in specs if n not in feeds]
+        if missing:
+            raise RequestError(f"missing input(s) {', '.join(missing)} for {m.name}")
+        out_names = _requested_outputs(m, body.get("outputs"))
+        batcher = self.repository.batcher(m.name)
+        try:
+            results = await batcher.submit(feeds, out_names) if batcher else m.run(feeds, out_names)
+        except RequestError:
+            raise
+        except Exception as e:
+            raise RequestError(f"model {m.name} failed on this input: {str(e)[:300]}", 400) from None
+        if not batcher:
+            first = next(iter(feeds.values()))
+            self.metrics.batch.observe(first.shape[0] if first.ndim else 1, (m.name, m.version))
+        resp: dict[str, Any] = {
+            "model_name": m.name,
+            "model_version": m.version,
+            "outputs": [encode_output(k, v) for k, v in results.items()],
+        }
+        if "id" in body:
+            resp["id"] = body["id"]
+        if "parameters" in body and isinstance(body["parameters"], dict):
+            resp["parameters"] = body["parameters"]
+        if self.hooks:
+            self.collect(request_id, m, feeds, results, headers)
+        return resp
+
+    async def score_script(self, raw: bytes) -> Any:
+        """Azure ML-style: the user script's run(raw_data) gets the raw body text."""
+        self._require_ready()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._script_pool, self.script.run, raw.decode("utf-8", errors="replace")
+            )
+        except Exception as e:
+            raise RequestError(f"scoring script failed: {type(e).__name__}: {e}", 500) from None
+
+    async def score(self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]) -> Any:
+        """Azure ML-style: {"data": [[...], ...]} → model M's first output (an array)."""
+        self._require_ready()
+        if not isinstance(body, dict) or "data" not in body:
+            raise RequestError('request body must be {"data": [[...], ...]}')
+        spec = m.inputs[0]
+        try:
+            arr = np.asarray(body["data"], dtype=np.float32 if spec.datatype == "FP32" else None)
+        except (ValueError, TypeError):
+            raise RequestError("'data' must be a rectangular list of numbers") from None
+        if arr.ndim == len(spec.shape) - 1:
+            arr = arr[None, ...]
+        if arr.ndim != len(spec.shape) or any(
+            s not in (-1, d) for s, d in zip(spec.shape, arr.shape, strict=True)
+        ):
+            raise RequestError(f"'data' has shape {list(arr.shape)}; the model expects {spec.shape}")
+        feeds = {spec.name: arr}
+        batcher = self.repository.batcher(m.name)
+        results = await batcher.submit(feeds, None) if batcher else m.run(feeds)
+        if self.hooks:
+            self.collect(request_id, m, feeds, results, headers)
+        return next(iter(results.values()))
+
+    # -- data collection ---------------------------------------------------------------------------------------
+
+    def collect(
+        self,
+        request_id: str,
+        m: LoadedModel,
+        feeds: dict[str, np.ndarray],
+        results: dict[str, np.ndarray],
+        headers: Mapping[str, str],
+    ) -> None:
+        record = {
+            "request_id": request_id,
+            "model": m.name,
+            "version": m.version,
+            "inputs": feeds,
+            "outputs": results,
+            "headers": headers,  # read-only per request; the collector copies what it keeps
+            "ts": time.time(),
+        }
+        for hook in self.hooks:
+            try:
+                hook(record)
+            except Exception:  # a collector must never break scoring
+                self.metrics.collector_dropped.inc((m.name,))
+
+
+def _requested_outputs(m: LoadedModel, wanted: Any) -> list[str] | None:
+    if wanted is None:
+        return None
+    if not isinstance(wanted, list) or not all(isinstance(o, dict) and "name" in o for o in wanted):
+        raise RequestError("'outputs' must be a list of objects with a 'name'")
+    known = {o.name for o in m.outputs}
+    names = [o["name"] for o in wanted]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise RequestError(
+            f"output(s) {', '.join(map(repr, bad))} not produced by {m.name} (outputs: {', '.join(sorted(known))})"
+        )
+    return names
+
+
+def load_script(path: str) -> Any:
+    """Import a user scoring script; a syntax error is reported with file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"scoring script {path} does not exist")
+    source = p.read_text()
+    try:
+        compile(source, str(p), "exec")
+    except SyntaxError as e:
+        raise SyntaxError(f"scoring script {p}:{e.lineno}: {e.msg}") from None
+    spec = importlib.util.spec_from_file_location("mlinfra_user_score", p)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "run"):
+        raise AttributeError(f"scoring script {p} defines no run(raw_data) function")
+    return module

@@ -1,0 +1,198 @@
+"""Loaded models: ONNX sessions, their signatures, and OIP tensor validation/conversion."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# OIP datatype -> numpy dtype. BYTES are object arrays of bytes/str.
+OIP_TO_NUMPY: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+ORT_TO_OIP = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+    "tensor(uint8)": "UINT8",
+    "tensor(int8)": "INT8",
+    "tensor(float16)": "FP16",
+    "tensor(int16)": "INT16",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+}
+NUMPY_TO_OIP = {np.dtype(v).name: k for k, v in OIP_TO_NUMPY.items() if k != "BYTES"}
+
+
+class RequestError(Exception):
+    """A request the client must fix; becomes HTTP `status` with a JSON {"error": message}."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]  # -1 = dynamic
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: str
+    path: Path
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+    session: Any = None
+    ready: bool = False
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": [o.to_json() for o in self.outputs],
+            "parameters": {"execution_providers": self.providers},
+        }
+
+    def run(
+        self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = output_names or [o.name for o in self.outputs]
+        results = self.session.run(names, feeds)
+        return dict(zip(names, results, strict=True))
+
+
+def resolve_model_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(path.rglob("*.onnx"))
+        if len(found) == 1:
+            return found[0]
+        raise ValueError(f"model folder {path} holds {len(found)} .onnx files; expected exactly one")
+    raise ValueError(f"model path {path} does not exist")
+
+
+def load_onnx(
+    name: str, version: str, path: Path, providers: list[str] | None = None, threads: int = 1
+) -> LoadedModel:
+    import onnxruntime as ort
+
+    model_file = resolve_model_file(path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads  # 1 on small machines: default threading triples batch p99
+    opts.inter_op_num_threads = 1
+    available = ort.get_available_providers()
+    wanted = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or [
+        "CPUExecutionProvider"
+    ]
+    if "CPUExecutionProvider" not in wanted:
+        wanted.append("CPUExecutionProvider")
+    session = ort.InferenceSession(str(model_file), sess_options=opts, providers=wanted)
+
+    def spec(arg: Any) -> TensorSpec:
+        shape = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
+        return TensorSpec(arg.name, ORT_TO_OIP.get(arg.type, arg.type), shape)
+
+    return LoadedModel(
+        name=name,
+        version=version,
+        path=model_file,
+        inputs=[spec(i) for i in session.get_inputs()],
+        outputs=[spec(o) for o in session.get_outputs()],
+        providers=session.get_providers(),
+        session=session,
+        ready=True,
+    )
+
+
+def decode_input(spec: TensorSpec, tensor: Any) -> np.ndarray:
+    """One OIP request input -> a numpy array of the spec's shape, or RequestError naming what is wrong."""
+    if not isinstance(tensor, dict):
+        raise RequestError(f"input {spec.name!r}: expected an object with name, shape, datatype and data")
+    datatype = tensor.get("datatype")
+    if datatype != spec.datatype:
+        raise RequestError(
+            f"input {spec.name!r} has datatype {datatype!r}; the model expects {spec.datatype}"
+        )
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise RequestError(
+            f"input {spec.name!r}: shape must be a list of non-negative integers, got {shape!r}"
+        )
+    if len(shape) != len(spec.shape) or any(s not in (-1, d) for s, d in zip(spec.shape, shape, strict=True)):
+        raise RequestError(
+            f"input {spec.name!r} has shape {shape}; the model expects {spec.shape} (-1 = any)"
+        )
+    if "data" not in tensor:
+        raise RequestError(f"input {spec.name!r} has no data")
+    count = math.prod(shape)
+    data = tensor["data"]
+    dtype = OIP_TO_NUMPY[spec.datatype]
+    try:
+        arr = np.array(data, dtype=object) if spec.datatype == "BYTES" else np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise RequestError(
+            f"input {spec.name!r}: data is not a rectangular list of {spec.datatype} values"
+        ) from None
+    if arr.size != count:
+        raise RequestError(f"input {spec.name!r}: data has {arr.size} values; shape {shape} needs {count}")
+    if arr.dtype == object and spec.datatype != "BYTES":
+        raise RequestError(f"input {spec.name!r}: data is not a rectangular list of {spec.datatype} values")
+    return arr.reshape(shape)
+
+
+def encode_output(name: str, arr: np.ndarray) -> dict[str, Any]:
+    if arr.dtype == object or arr.dtype.kind in "SU":
+        datatype = "BYTES"
+        data = [x.decode() if isinstance(x, bytes) else str(x) for x in arr.ravel().tolist()]
+    else:
+        datatype = NUMPY_TO_OIP.get(arr.dtype.name, "FP32")
+        data = arr.ravel().tolist()
+    return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+
+
+def model_dir_env(model: LoadedModel) -> dict[str, str]:
+    """Environment a user scoring script sees (Azure ML's AZUREML_MODEL_DIR convention)."""
+    return {
+        "AZUREML_MODEL_DIR": str(model.path.parent),
+        "MLINFRA_MODEL_PATH": str(model.path),
+        "MLINFRA_MODEL_NAME": model.name,
+        "MLINFRA_MODEL_VERSION": model.version,
+        **{k: v for k, v in os.environ.items() if k.startswith("MLINFRA_")},
+    }
