@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from mlinfra.edge.fleet import Broker, read_fleet
-from mlinfra.lab.broker import provision_devices
+from mlinfra.lab.broker import provision_devices, security_status
 from mlinfra_edge.condition import parse
 
 
@@ -51,7 +52,23 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     creds = provision_devices(args.device_ids)
-    print(json.dumps({"broker": Broker.local().url, "devices": creds}, indent=1))
+    status = security_status()
+    print(
+        json.dumps(
+            {
+                "broker": Broker.local().url,
+                "security": status["mode"],
+                "device_count": status["devices"],
+                "devices": creds,
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"{len(creds)} device(s) provisioned on the local broker ({status['mode']}, {status['devices']} devices); "
+        "only a rotated device's own session was closed",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -81,12 +81,30 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
         pid = services._read_pid(name)
         if ok:
             detail = f"{svc.description} at {address}"
+            if name == "mosquitto":
+                detail += _broker_security()
+        elif name == "mosquitto" and services._mosquitto_outdated():
+            detail = (
+                f"{svc.description} at {address} runs with a password file (before the dynamic security plugin): "
+                "`mlinfra services up mosquitto` restarts it (devices keep their passwords)"
+            )
         elif services._pid_file(name).exists() and pid is None:
             detail = f"{svc.description} is not answering at {address}: the process mlinfra started has died"
         else:
             detail = f"{svc.description} is not answering at {address}"
         checks.append((name, ok, detail, svc.fix))
     return checks
+
+
+def _broker_security() -> str:
+    """The local broker's security mode and device count, for doctor's mosquitto line."""
+    from mlinfra.lab.broker import security_status
+
+    try:
+        s = security_status()
+    except Exception as e:  # a broker that answers but is not administrable says so, not crashes doctor
+        return f" (security mode unknown: {e})"
+    return f" ({s['mode']}, {s['devices']} devices)"
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ service        what                                        address (default)    
 docker         Debian's dockerd (started here: no systemd)  unix:///var/run/docker.sock  —
 registry       Debian's docker-registry (OCI distribution)  http://127.0.0.1:5000        MLINFRA_REGISTRY_PORT
 azurite        Azure Blob emulator, --disableTelemetry      http://127.0.0.1:10000       MLINFRA_AZURITE_PORT
-mosquitto      MQTT broker with password auth               mqtt://127.0.0.1:1883        MLINFRA_MQTT_PORT
+mosquitto      MQTT broker, dynamic security plugin         mqtt://127.0.0.1:1883        MLINFRA_MQTT_PORT
 python-base    scoring images' base (debootstrap), pushed   registry/mlinfra/python-base —
 router-base    endpoints' router: Debian nginx, pushed      registry/mlinfra/router      —
 =============  ==========================================  ===========================  ====================
@@ -278,9 +278,15 @@ def _start_azurite() -> None:
     _wait("azurite", azurite_ok, pid, 30)
 
 
+def _mosquitto_outdated() -> bool:
+    """A broker this module started earlier with a password file (before the dynamic security plugin)."""
+    conf = state_dir("mosquitto") / "mosquitto.conf"
+    return _read_pid("mosquitto") is not None and conf.exists() and "dynamic_security" not in conf.read_text()
+
+
 def mosquitto_ok() -> bool:
     port = mqtt_port()
-    if not port_is_bound(port):
+    if not port_is_bound(port) or _mosquitto_outdated():
         return False
     try:
         import paho.mqtt.client as mqtt
@@ -303,31 +309,33 @@ def mosquitto_ok() -> bool:
 
 
 def _start_mosquitto() -> None:
+    """Mosquitto with the dynamic security plugin: devices, passwords and ACLs change at run time through
+    mlinfra.lab.broker, never by rewriting files and reloading (see there). Persistent sessions survive restarts."""
+    from mlinfra.lab import broker
+
+    if _mosquitto_outdated():  # ours, from before the plugin: restart it (devices keep their passwords)
+        _stop("mosquitto")
     port = mqtt_port()
     if port_is_bound(port):
         raise _taken(port, "Mosquitto", "MLINFRA_MQTT_PORT")
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     if not Path(binary).exists():
         raise ServiceError("mosquitto is not installed: run `make setup` (installs Debian's mosquitto)")
+    plugin = broker.plugin_path()
+    if plugin is None:
+        raise ServiceError(
+            "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) is not installed: run `make "
+            "setup` (Debian's mosquitto ships it)"
+        )
     d = state_dir("mosquitto")
-    creds = mosquitto_credentials()
-    pw = d / "passwd"
-    if not pw.exists():
-        pw.touch(mode=0o600)
-    subprocess.run(
-        [passwd, "-b", str(pw), creds["username"], creds["password"]], check=True, capture_output=True
-    )
-    from mlinfra.lab.broker import write_acl
-
-    write_acl()  # devices: their own topics only; the admin: everything
-    acl = d / "acl"
+    dynsec, acl = broker.write_config(mosquitto_credentials())
     (d / "data").mkdir(exist_ok=True)
     conf = d / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous false\n"
-        f"password_file {pw}\n"
+        f"plugin {plugin}\n"
+        f"plugin_opt_config_file {dynsec}\n"
         f"acl_file {acl}\n"
         "persistence true\n"
         f"persistence_location {d / 'data'}/\n"

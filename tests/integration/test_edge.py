@@ -17,6 +17,7 @@ from pulumi import automation as auto
 
 from mlinfra.automation import local_stack
 from mlinfra.edge.fleet import Broker, publish, read_fleet
+from mlinfra.lab import broker as lab_broker
 from mlinfra.lab import services
 from mlinfra.lab.broker import provision_devices
 from mlinfra.lab.samples import write_mlp
@@ -381,14 +382,16 @@ def test_agent_over_tls(tmp_path: Path, broker: Broker, agents: Agents) -> None:
         "-out",
         "server.pem",
     )
-    state = services.state_dir("mosquitto")  # the module broker's password file and ACL
     password = provision_devices(["tls-1"])["tls-1"]
+    time.sleep(0.5)  # the plugin writes its configuration after each command
+    security = tmp_path / "dynamic-security.json"  # a copy of the module broker's devices, roles and admin
+    shutil.copy(lab_broker.config_path(), security)
     port = free_port()
     conf = tmp_path / "tls.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\ncafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\n"
-        f"keyfile {tmp_path / 'server.key'}\nallow_anonymous false\npassword_file {state / 'passwd'}\n"
-        f"acl_file {state / 'acl'}\nuser root\n"
+        f"keyfile {tmp_path / 'server.key'}\nallow_anonymous false\nplugin {lab_broker.plugin_path()}\n"
+        f"plugin_opt_config_file {security}\nacl_file {lab_broker.config_path().parent / 'acl'}\nuser root\n"
     )
     mosq = subprocess.Popen(
         [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
