@@ -5,7 +5,7 @@ The path of a record::
 
     request ─hook─▶ bounded queue ─writer thread─▶ spool file on local disk ─uploader thread─▶ blob
 
-- The hook (on the request path) only samples (by a hash of the request id, so a retried request decides alike)
+- The hook (on the request path) only samples (by a keyed hash of the request id, so a retried request decides alike and a client cannot steer it)
   and enqueues; a full queue drops the record and counts it (``mlinfra_collector_dropped_total``).
 - The writer turns queued records into JSON Lines every ``flush_s`` (or ``batch`` records), one spool file per
   partition, written atomically (temp + rename) under the blob layout
@@ -81,13 +81,19 @@ class CollectorConfig:
         return c
 
 
-def sampled(request_id: str, rate: float) -> bool:
-    """Deterministic by request id: the same request is always in or out."""
+def new_salt() -> bytes:
+    """A per-server secret for sampling decisions."""
+    return os.urandom(16)
+
+
+def sampled(request_id: str, rate: float, salt: bytes) -> bool:
+    """By a keyed hash of the request id: the same request is always in or out on this server (a retry decides
+    alike), and a client that chooses its request ids cannot choose what is captured (the key is the server's)."""
     if rate >= 1:
         return True
     if rate <= 0:
         return False
-    h = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+    h = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8, key=salt).digest(), "big")
     return h / 2**64 < rate
 
 
@@ -223,6 +229,7 @@ class Collector:
         self._wake = threading.Event()
         self._headers = [h.lower() for h in config.headers]
         self._prefix = f"{_safe(config.endpoint)}/{_safe(config.deployment)}"
+        self._salt = new_salt()
         self._writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
         self._uploader = threading.Thread(target=self._upload_loop, name="collector-uploader", daemon=True)
         self._writer.start()
@@ -231,7 +238,7 @@ class Collector:
     # -- request path: sample and enqueue, nothing else ------------------------------------------------------
 
     def __call__(self, record: dict[str, Any]) -> None:
-        if not sampled(str(record.get("request_id", "")), self.config.sample_rate):
+        if not sampled(str(record.get("request_id", "")), self.config.sample_rate, self._salt):
             return
         self.counts["sampled"] += 1
         if len(self.q) >= self.config.queue_max:

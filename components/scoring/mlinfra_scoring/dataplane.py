@@ -127,6 +127,11 @@ class DataPlane:
         feeds: dict[str, np.ndarray] = {}
         for t in inputs:
             name = t.get("name") if isinstance(t, dict) else None
+            if not isinstance(name, str):
+                raise RequestError(
+                    f"input name {_short(name)} is not an input of {m.name}: each input needs a 'name' that is a "
+                    f"string (inputs: {', '.join(specs)})"
+                )
             if name not in specs:
                 raise RequestError(f"input {name!r} is not an input of {m.name} (inputs: {', '.join(specs)})")
             if name in feeds:
@@ -222,8 +227,10 @@ class DataPlane:
 def _requested_outputs(m: LoadedModel, wanted: Any) -> list[str] | None:
     if wanted is None:
         return None
-    if not isinstance(wanted, list) or not all(isinstance(o, dict) and "name" in o for o in wanted):
-        raise RequestError("'outputs' must be a list of objects with a 'name'")
+    if not isinstance(wanted, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
+    ):
+        raise RequestError("'outputs' must be a list of objects whose 'name' is a string")
     known = {o.name for o in m.outputs}
     names = [o["name"] for o in wanted]
     bad = [n for n in names if n not in known]
@@ -232,6 +239,12 @@ def _requested_outputs(m: LoadedModel, wanted: Any) -> list[str] | None:
             f"output(s) {', '.join(map(repr, bad))} not produced by {m.name} (outputs: {', '.join(sorted(known))})"
         )
     return names
+
+
+def _short(value: Any) -> str:
+    """A client-sent value for an error message: its type and a bounded repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
 
 
 def load_script(path: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import signal
 import sys
 import time
@@ -42,6 +43,7 @@ except ImportError:  # pragma: no cover - exercised only without orjson
     loads = json.loads
 
 JSON = "application/json"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 __all__ = ["ModelSpec", "ScoringServer", "ServerConfig", "run"]
 
@@ -154,7 +156,7 @@ class ScoringServer:
         if not self._keys:
             return True
         header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
+        if header[:7].lower() != "bearer ":  # the scheme is case-insensitive (RFC 9110 §11.1)
             return False
         given = header[7:].strip().encode()
         ok = False
@@ -203,7 +205,9 @@ class ScoringServer:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         t0 = time.perf_counter()
-        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        rid = request.headers.get("X-Request-Id", "")
+        if not _REQUEST_ID.fullmatch(rid):  # a client's id is kept only if it is a short token (log safety)
+            rid = uuid.uuid4().hex
         request["rid"] = rid
         self.in_flight += 1
         self.metrics.in_flight.set((), self.in_flight)
@@ -219,7 +223,10 @@ class ScoringServer:
             resp = web.Response(body=dumps({"error": str(e)}), status=status, content_type=JSON)
         except web.HTTPException as e:
             status = e.status
-            resp = web.Response(body=dumps({"error": e.reason}), status=status, content_type=JSON)
+            kept = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}  # 405: Allow
+            resp = web.Response(
+                body=dumps({"error": e.reason}), status=status, content_type=JSON, headers=kept
+            )
         except Exception as e:  # a bug or a user-script failure: 500 with the message, server stays up
             status = 500
             resp = web.Response(
@@ -230,17 +237,31 @@ class ScoringServer:
             self.metrics.in_flight.set((), self.in_flight)
         resp.headers["X-Request-Id"] = rid
         dt = time.perf_counter() - t0
+        # Label values come only from served models: a name from the URL that is not served (or a request that was
+        # not authorized) counts under "unknown", so no client can grow /metrics.
         model = request.match_info.get("name") or request.get(
             "model", ""
         )  # /score names no model in its path
-        version = request.get("version", "")
+        if model and (model not in self.repository.models or status == 401):
+            model = "unknown"
+        version = request.get("version", "") if model != "unknown" else ""
         route = request.match_info.route.name or "other"
         self.metrics.requests.inc((route, model, version, str(status)))
         self.metrics.latency.observe(dt, (route, model, version))
         if self.config.access_log:
             self._log.write(
-                f'{{"ts":{time.time():.3f},"request_id":"{rid}","method":"{request.method}",'
-                f'"path":{json.dumps(request.path)},"status":{status},"ms":{dt * 1000:.3f}}}\n'
+                json.dumps(
+                    {
+                        "ts": round(time.time(), 3),
+                        "request_id": rid,
+                        "method": request.method,
+                        "path": request.path[:512],
+                        "status": status,
+                        "ms": round(dt * 1000, 3),
+                    },
+                    separators=(",", ":"),
+                )
+                + "\n"
             )
         return resp
 

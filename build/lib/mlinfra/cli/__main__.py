@@ -1,7 +1,0 @@
-"""`python -m mlinfra.cli` runs the `mlinfra` command."""
-
-import sys
-
-from mlinfra.cli import main
-
-sys.exit(main())
