@@ -107,3 +107,41 @@ def test_sampling_cannot_be_steered_by_the_request_id() -> None:
     kept = sum(collector.sampled(r, 0.05, salt=salt) for r in chosen)
     assert kept < 60, f"{kept} of 200 ids chosen to be sampled were sampled: the client steers sampling"
     assert collector.sampled("retry-me", 0.05, salt=salt) == collector.sampled("retry-me", 0.05, salt=salt)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ([None] + [0.0] * 63, "data[0] = None is not a number"),
+        ([0.0] * 5 + ["1.5"] + [0.0] * 58, "data[5] = '1.5' is not a number"),
+        ([0.0] * 63 + [1e40], "data[63] = 1e+40 is out of range for FP32"),
+        ([-1e39] + [0.0] * 63, "data[0] = -1e+39 is out of range for FP32"),
+        ([True] * 64, "data[0] = True is not a number"),
+    ],
+)
+def test_fp32_data_is_decoded_strictly(server, values: list, message: str) -> None:
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": values}]}
+    status, got, _ = server.request("POST", "/v2/models/mlp/infer", body=body, key=KEY)
+    assert status == 400, got
+    assert message in got["error"], got
+
+
+def test_integer_and_bool_tensors_are_decoded_strictly(tmp_path: Path) -> None:
+    from mlinfra.lab.samples import write_types_model
+
+    srv = start_server(tmp_path, "--model", str(write_types_model(tmp_path / "t.onnx")), "--name", "types")
+    try:
+
+        def infer(name: str, datatype: str, data: list) -> tuple[int, dict]:
+            body = {"inputs": [{"name": name, "shape": [1, 2], "datatype": datatype, "data": data}]}
+            s, got, _ = srv.request("POST", "/v2/models/types/infer", body=body)
+            return s, got
+
+        status, got = infer("x_int64", "INT64", [1.5, 2])
+        assert status == 400 and "data[0] = 1.5 is not an integer (INT64)" in got["error"], got
+        status, got = infer("x_int32", "INT32", [1, 2**40])
+        assert status == 400 and "data[1] = 1099511627776 is out of range for INT32" in got["error"], got
+        status, got = infer("x_bool", "BOOL", [True, 1])
+        assert status == 400 and "data[1] = 1 is not true or false" in got["error"], got
+    finally:
+        srv.stop()

@@ -169,7 +169,7 @@ def test_every_datatype_round_trips(server: Server) -> None:
         (
             {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ["a"] * 64}]},
             400,
-            "rectangular list of FP32",
+            "data[0] = 'a' is not a number",
         ),
         ({"inputs": []}, 400, "non-empty list"),
         ({"inputs": ["x"]}, 400, "is not an input"),
