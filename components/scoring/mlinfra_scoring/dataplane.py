@@ -180,6 +180,11 @@ class DataPlane:
         self._require_ready()
         if not isinstance(body, dict) or "data" not in body:
             raise RequestError('request body must be {"data": [[...], ...]}')
+        if len(m.inputs) != 1:
+            raise RequestError(
+                f"/score feeds one input, and model {m.name} has {len(m.inputs)} ({', '.join(s.name for s in m.inputs)}): "
+                f"use POST /v2/models/{m.name}/infer"
+            )
         spec = m.inputs[0]
         try:
             arr = np.asarray(body["data"], dtype=np.float32 if spec.datatype == "FP32" else None)
@@ -193,10 +198,15 @@ class DataPlane:
             raise RequestError(f"'data' has shape {list(arr.shape)}; the model expects {spec.shape}")
         feeds = {spec.name: arr}
         batcher = self.repository.batcher(m.name)
-        results = await batcher.submit(feeds, None) if batcher else m.run(feeds)
+        try:
+            results = await batcher.submit(feeds, None) if batcher else m.run(feeds)
+        except RequestError:
+            raise
+        except Exception as e:
+            raise RequestError(f"model {m.name} failed on this input: {str(e)[:300]}", 400) from None
         if self.hooks:
             self.collect(request_id, m, feeds, results, headers)
-        return next(iter(results.values()))
+        return jsonable(next(iter(results.values())))
 
     # -- data collection ---------------------------------------------------------------------------------------
 
@@ -222,6 +232,16 @@ class DataPlane:
                 hook(record)
             except Exception:  # a collector must never break scoring
                 self.metrics.collector_dropped.inc((m.name,))
+
+
+def jsonable(arr: np.ndarray) -> Any:
+    """An output as JSON can carry it: numbers as they are, strings and bytes (BYTES tensors) as text."""
+    if arr.dtype == object or arr.dtype.kind in "SU":
+        flat = [
+            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.ravel().tolist()
+        ]
+        return np.array(flat, dtype=object).reshape(arr.shape).tolist()
+    return arr
 
 
 def _requested_outputs(m: LoadedModel, wanted: Any) -> list[str] | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from mlinfra_scoring import __version__, collector, otel
 from mlinfra_scoring.dataplane import DataPlane, Hook
@@ -178,6 +179,11 @@ class ScoringServer:
         except web.HTTPRequestEntityTooLarge:
             raise RequestError(
                 f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413
+            ) from None
+        except RequestPayloadError as e:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+            encoding = request.headers.get("Content-Encoding", "")[:40]
+            raise RequestError(
+                f"request body could not be read (Content-Encoding {encoding!r}): {str(e).splitlines()[-1].strip()[:200]}"
             ) from None
         if len(raw) > limit:
             raise RequestError(f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413)

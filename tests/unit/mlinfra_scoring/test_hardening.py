@@ -145,3 +145,41 @@ def test_integer_and_bool_tensors_are_decoded_strictly(tmp_path: Path) -> None:
         assert status == 400 and "data[1] = 1 is not true or false" in got["error"], got
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_whose_content_encoding_does_not_decode_is_a_400(server, encoding: str) -> None:
+    status, got, _ = server.request(
+        "POST", "/v2/models/mlp/infer", raw=b"not compressed", key=KEY, headers={"Content-Encoding": encoding}
+    )
+    assert status == 400 and "Content-Encoding" in got["error"], got
+
+
+def test_score_on_a_model_it_cannot_feed_is_a_400_and_bytes_outputs_are_text(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mlinfra.lab.samples import write_types_model
+
+    srv = start_server(tmp_path, "--model", str(write_types_model(tmp_path / "t.onnx")), "--name", "types")
+    try:
+        status, got, _ = srv.request("POST", "/score", body={"data": [[1, 2]]})
+        assert status == 400 and "/v2/models/types/infer" in got["error"], got
+    finally:
+        srv.stop()
+    # One BYTES input, one BYTES output: /score answers text, not a 500.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "bytes",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [None, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "bytes.onnx"))
+    srv = start_server(tmp_path, "--model", str(tmp_path / "bytes.onnx"), "--name", "words")
+    try:
+        status, got, _ = srv.request("POST", "/score", body={"data": [["a", "b"]]})
+        assert status == 200 and got == [["a", "b"]], got
+    finally:
+        srv.stop()
