@@ -298,5 +298,24 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
         state = "".join(p.read_text() for p in backend.rglob("*.json"))
         assert services.AZURITE_KEY not in state and "sig=" not in state
         assert find_containers("scoring-dc")
+        # Collecting replicas run on the host network on their own port: the image's health check must probe that
+        # port (it probed 8080 and reported them unhealthy for their whole life).
+        replicas = [
+            c["name"] for c in find_containers("scoring-dc") if c["labels"].get("mlinfra.io/role") != "router"
+        ]
+        health: dict[str, str] = {}
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            health = {
+                n: subprocess.run(
+                    ["docker", "inspect", "-f", "{{.State.Health.Status}}", n], capture_output=True, text=True
+                ).stdout.strip()
+                for n in replicas
+            }
+            if health and all(s == "healthy" for s in health.values()):
+                break
+            assert "unhealthy" not in health.values(), health
+            time.sleep(1)
+        assert health and all(s == "healthy" for s in health.values()), health
     finally:
         st.destroy(on_output=lambda _l: None)
