@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import yaml
 from pulumi import automation as auto
 
 from mlinfra.edge.fleet import Broker, publish
+from mlinfra.endpoints.local import find_containers
 from mlinfra.engine import REPO_ROOT, engine_bin_dir
 from mlinfra.gitops.stacks import POLICY_PACK, Project
 from mlinfra.lab.samples import write_mlp
@@ -30,7 +32,7 @@ MLINFRA = str(Path(sys.executable).parent / "mlinfra")
 
 
 @pytest.fixture
-def platform(tmp_path: Path, backend: Path, local_services, monkeypatch) -> Project:
+def platform(tmp_path: Path, backend: Path, local_services, monkeypatch) -> Iterator[Project]:
     local_services("docker", "registry", "mosquitto", "python-base", "router-base")
     work = tmp_path / "stacks"
     shutil.copytree(REPO_ROOT / "stacks", work, ignore=shutil.ignore_patterns(".mlinfra", "__pycache__"))
@@ -43,7 +45,20 @@ def platform(tmp_path: Path, backend: Path, local_services, monkeypatch) -> Proj
             f.read_text().replace("image_prefix: platform/", f"image_prefix: t{tmp_path.name[-8:]}/")
         )
     monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{backend}")
-    return Project(work)
+    project = Project(work)
+    yield project
+    # Every test cleans up what it started, even when it failed: the stacks' endpoints, images' users, edge
+    # deployments (they used to stay up after `make test`).
+    problems = []
+    for env in ("dev", "staging", "prod"):
+        try:
+            st = project.stack(env)
+            if st.export_stack().deployment.get("resources"):
+                st.destroy(on_output=lambda _l: None)
+        except Exception as e:
+            problems.append(f"{env}: {str(e)[-300:]}")
+    left = [c["name"] for env in ("dev", "staging", "prod") for c in find_containers(f"churn-{env}")]
+    assert not problems and not left, f"cleanup failed: {problems}; containers left: {left}"
 
 
 GOLDEN = os.environ.get("MLINFRA_RECORD_GOLDEN")  # a folder: save each preview's events there (tests/golden)
