@@ -55,8 +55,9 @@ def config_path() -> Path:
     return defaults.state_dir("mosquitto") / "dynamic-security.json"
 
 
-def _hash(password: str, salt: bytes | None = None) -> dict[str, Any]:
-    salt = salt or os.urandom(12)
+def _hash(password: str) -> dict[str, Any]:
+    """The plugin's stored form of a password: PBKDF2-SHA512 over a random salt, base64."""
+    salt = os.urandom(12)
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, ITERATIONS)
     return {
         "salt": base64.b64encode(salt).decode(),
@@ -75,8 +76,9 @@ def acl_text(admin: str) -> str:
     )
 
 
-def _client(username: str, secret: dict[str, Any], roles: list[str]) -> dict[str, Any]:
-    return {"username": username, **secret, "roles": [{"rolename": r} for r in roles]}
+def _client(username: str, secret: dict[str, Any]) -> dict[str, Any]:
+    """A client entry of the plugin's file; no roles: the ACL file decides what clients may do."""
+    return {"username": username, **secret, "roles": []}
 
 
 def migrate_password_file(path: Path) -> dict[str, dict[str, Any]]:
@@ -114,9 +116,9 @@ def write_config(admin: dict[str, str]) -> tuple[Path, Path]:
         }
         for user, secret in migrate_password_file(path.parent / "passwd").items():
             if user != admin["username"]:
-                cfg["clients"].append(_client(user, secret, []))
+                cfg["clients"].append(_client(user, secret))
     cfg["clients"] = [c for c in cfg["clients"] if c.get("username") != admin["username"]]
-    cfg["clients"].insert(0, _client(admin["username"], _hash(admin["password"]), []))
+    cfg["clients"].insert(0, _client(admin["username"], _hash(admin["password"])))
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
