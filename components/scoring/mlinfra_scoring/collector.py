@@ -271,7 +271,15 @@ class Collector:
         return out
 
     def _spool_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.spool.rglob("*.jsonl") if p.is_file())
+        """Bytes waiting in the spool. The uploader deletes files concurrently: one that vanishes between the listing
+        and its stat no longer counts (a FileNotFoundError here used to drop the whole batch being written)."""
+        total = 0
+        for p in self.spool.rglob("*.jsonl"):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
 
     def _write_batch(self, batch: list[dict[str, Any]]) -> None:
         groups: dict[str, list[bytes]] = {}
