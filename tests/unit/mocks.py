@@ -5,6 +5,7 @@ tests/integration/."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -44,6 +45,19 @@ def install(computed: dict[str, dict[str, Any]] | None = None, stack: str = "uni
     m = Mocks(computed)
     pulumi.runtime.set_mocks(m, project="mlinfra-unit", stack=stack)
     return m
+
+
+def registered_model(tmp_path: Path, name: str) -> Any:
+    """A RegisteredModel NAME of a small MLP in a folder registry under TMP_PATH (for components that take one)."""
+    import mlinfra
+    from mlinfra.lab.samples import write_mlp
+
+    return mlinfra.RegisteredModel(
+        name,
+        mlinfra.RegisteredModelArgs(
+            path=str(write_mlp(tmp_path / "m.onnx")), registry=f"file://{tmp_path}/r"
+        ),
+    )
 
 
 def resolve(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -9,19 +9,13 @@ import pytest
 
 import mlinfra
 from mlinfra.errors import EdgeError
-from mlinfra.lab.samples import write_mlp
 from mlinfra_edge.condition import ConditionError
 from tests.scoring_helpers import free_port
-from tests.unit.mocks import install, resolve
+from tests.unit.mocks import install, registered_model, resolve
 
 
 def _model(tmp_path: Path) -> mlinfra.RegisteredModel:
-    return mlinfra.RegisteredModel(
-        "detector",
-        mlinfra.RegisteredModelArgs(
-            path=str(write_mlp(tmp_path / "m.onnx")), registry=f"file://{tmp_path}/r"
-        ),
-    )
+    return registered_model(tmp_path, "detector")
 
 
 def _args(tmp_path: Path, **kw) -> mlinfra.EdgeDeploymentArgs:

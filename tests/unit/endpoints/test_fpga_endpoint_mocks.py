@@ -11,8 +11,7 @@ import pytest
 
 import mlinfra
 from mlinfra.errors import QuantizeError
-from mlinfra.lab.samples import write_mlp
-from tests.unit.mocks import install, resolve
+from tests.unit.mocks import install, registered_model, resolve
 
 DIGEST = "sha256:" + "d" * 64
 COMPUTED = {
@@ -32,12 +31,7 @@ COMPUTED = {
 
 
 def _model(tmp_path: Path) -> mlinfra.RegisteredModel:
-    return mlinfra.RegisteredModel(
-        "clf",
-        mlinfra.RegisteredModelArgs(
-            path=str(write_mlp(tmp_path / "m.onnx")), registry=f"file://{tmp_path}/r"
-        ),
-    )
+    return registered_model(tmp_path, "clf")
 
 
 def _calibration(tmp_path: Path) -> Path:

@@ -11,8 +11,7 @@ import pytest
 import mlinfra
 from mlinfra import defaults
 from mlinfra.errors import ImageBuildError
-from mlinfra.lab.samples import write_mlp
-from tests.unit.mocks import install, resolve
+from tests.unit.mocks import install, registered_model, resolve
 
 DIGEST = "sha256:" + "b" * 64
 COMPUTED = {
@@ -26,12 +25,7 @@ COMPUTED = {
 
 
 def _model(tmp_path: Path) -> mlinfra.RegisteredModel:
-    return mlinfra.RegisteredModel(
-        "churn",
-        mlinfra.RegisteredModelArgs(
-            path=str(write_mlp(tmp_path / "m.onnx")), registry=f"file://{tmp_path}/r"
-        ),
-    )
+    return registered_model(tmp_path, "churn")
 
 
 def test_build_inputs_are_content_and_outputs_the_digest(tmp_path: Path) -> None:
