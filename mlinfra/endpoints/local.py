@@ -535,9 +535,3 @@ class LocalDockerTarget:
         time.sleep(1.0)  # requests already on their way to what leaves finish first
         if reloaded or self.reloaded:
             self.router.drain()
-
-    def teardown(self, revisions: dict[str, Revision]) -> None:
-        """Undo a failed first apply: the router and REVISIONS' replicas."""
-        self.router.remove()
-        for rev in revisions.values():
-            remove_containers(rev.replicas, self.log, grace_s=2)

@@ -220,13 +220,12 @@ class LocalEndpointProvider(ResourceProvider):
         log = _log_to(spec.endpoint_name)
         target = local.LocalDockerTarget(spec, spec.port or local.free_port(), {}, log)
         weights = _weights(spec)
-        live: dict[str, rollout.Revision] = {}
         try:
             result = rollout.converge(
-                target, live, _desired(spec), {}, weights, rollout.Policy.from_spec(spec.rollout), log
+                target, {}, _desired(spec), {}, weights, rollout.Policy.from_spec(spec.rollout), log
             )
-        except Exception:
-            target.teardown(live)
+        except Exception:  # the engine removed the replicas it started; the router goes too
+            target.router.remove()
             raise
         _users(spec, add=True)
         log(f"serving on {target.router.url}: {', '.join(f'{k} {w:g}%' for k, w in weights.items())}")

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from mlinfra.endpoints import gates
 from mlinfra.endpoints.plan import describe, gaining, plan
 from mlinfra.endpoints.spec import RolloutSpec
-from mlinfra.errors import EndpointError, RolloutFailed
+from mlinfra.errors import RolloutFailed
 
 Log = Callable[[str], None]
 
@@ -183,13 +183,17 @@ def converge(
                 started += target.scale(rev, want.replicas)
                 target.wait_ready(rev, rev.replicas, policy.readiness_timeout_s)
             out[rev.key] = rev
-    except EndpointError:
+    except Exception:  # nothing routes to what started yet: remove it
         target.retire(started, grace_s=2)
         raise
     everything = {**live, **out}
     if not live:  # the first apply: nothing serves yet, nothing to move from
-        target.route(new_weights, everything)
-        target.connect(everything, out)
+        try:
+            target.route(new_weights, everything)
+            target.connect(everything, out)
+        except Exception:  # the router never took traffic: the replicas go with it
+            target.retire(started, grace_s=2)
+            raise
         return Result(out, [])
     try:
         target.connect(everything, out)

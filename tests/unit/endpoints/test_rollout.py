@@ -16,7 +16,13 @@ from mlinfra.errors import EndpointError, RolloutFailed
 class FakeTarget:
     """Records every call; a revision's replicas answer with the errors/readiness the test sets."""
 
-    def __init__(self, errors: dict[str, int] | None = None, never_ready: set[str] | None = None) -> None:
+    def __init__(
+        self,
+        errors: dict[str, int] | None = None,
+        never_ready: set[str] | None = None,
+        router_fails: bool = False,
+    ) -> None:
+        self.router_fails = router_fails
         self.calls: list[tuple[Any, ...]] = []
         self.errors = errors or {}  # revision key -> 5xx per scrape
         self.never_ready = never_ready or set()
@@ -45,6 +51,8 @@ class FakeTarget:
 
     def connect(self, everything: dict[str, Revision], desired: dict[str, Revision]) -> None:
         self.calls.append(("connect", sorted(everything), sorted(desired)))
+        if self.router_fails:
+            raise EndpointError("the router rejected its generated configuration")
 
     def route(self, weights: dict[str, float], everything: dict[str, Revision]) -> None:
         assert set(weights) <= set(everything), "traffic only to revisions the router knows"
@@ -189,3 +197,10 @@ def test_auto_rollback_off_reports_and_goes_on() -> None:
     )
     assert list(result.live) == ["blue@r5"]
     assert any("gates failed (auto_rollback off)" in line for line in result.record)
+
+
+def test_a_first_apply_whose_router_fails_removes_the_replicas_it_started() -> None:
+    t = FakeTarget(router_fails=True)
+    with pytest.raises(EndpointError, match="router rejected"):
+        converge(t, {}, {"blue": Desired("r1", {"image": "v1"}, 2)}, {}, {"blue@r1": 100.0}, POLICY, print)
+    assert sorted(t.retired) == ["blue@r1-0", "blue@r1-1"], "nothing may keep running after a failed create"
