@@ -222,6 +222,7 @@ class CloudEndpoint(pulumi.ComponentResource):
         if not 0 < args.max_body_mb <= 1024:
             raise EndpointError(f"{where}: max_body_mb = {args.max_body_mb} must be in (0, 1024]")
         specs: dict[str, DeploymentSpec] = {}
+        k8s = isinstance(args.target, Kubernetes)
         model_refs: list[Any] = []
         images: dict[str, Any] = {}
         for d, dep in args.deployments.items():
@@ -235,7 +236,6 @@ class CloudEndpoint(pulumi.ComponentResource):
             env = dict(dep.env)
             if args.data_collection is not None:
                 env.update(args.data_collection.server_env(endpoint, d, "/var/lib/mlinfra/spool"))
-            k8s = isinstance(args.target, Kubernetes)
             specs[d] = DeploymentSpec(
                 image=images[d],
                 replicas=replicas,

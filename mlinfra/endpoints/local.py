@@ -1,6 +1,6 @@
 """CloudEndpoint's Local Docker target: replica containers on the local Docker engine (each published on
-127.0.0.1), a router container (Debian nginx, host network, listening on 127.0.0.1:<port>) in front, and the
-progressive rollout that moves traffic between them.
+127.0.0.1) and a router container (Debian nginx, host network, listening on 127.0.0.1:<port>) in front, driven by
+the rollout engine (rollout.py) through :class:`LocalDockerTarget`.
 
 The Docker engine is driven through its CLI (Debian's ``/usr/bin/docker``): no pulumi-docker plugin can be built
 here (docs/engine.md). Every container carries the labels ``mlinfra.io/endpoint``, ``mlinfra.io/deployment``,

@@ -114,13 +114,15 @@ def _revisions(spec: EndpointSpec) -> dict[str, str]:
     }
 
 
-def _desired(spec: EndpointSpec) -> dict[str, rollout.Desired]:
-    revs = _revisions(spec)
-    return {d: rollout.Desired(revs[d], s.props(), s.replicas) for d, s in spec.deployments.items()}
-
-
 def _weights(spec: EndpointSpec) -> dict[str, float]:
     return upstream_weights(_revisions(spec), spec.traffic)
+
+
+def _targets(spec: EndpointSpec) -> tuple[dict[str, rollout.Desired], dict[str, float]]:
+    """What each deployment should run, and the traffic map by ``deployment@revision`` (revisions hashed once)."""
+    revs = _revisions(spec)
+    desired = {d: rollout.Desired(revs[d], s.props(), s.replicas) for d, s in spec.deployments.items()}
+    return desired, upstream_weights(revs, spec.traffic)
 
 
 def _has_unknown(value: Any) -> bool:
@@ -134,10 +136,10 @@ def _has_unknown(value: Any) -> bool:
     return False
 
 
-def _users(spec: EndpointSpec, add: bool, models: list[dict[str, Any]] | None = None) -> None:
+def _users(endpoint: str, models: list[dict[str, Any]], add: bool) -> None:
     """The endpoint is a user of each model version it serves: the registry refuses to delete them."""
-    user = f"endpoint:{spec.endpoint_name}"
-    for m in spec.model_refs or [] if models is None else models:
+    user = f"endpoint:{endpoint}"
+    for m in models:
         reg = ModelRegistry(m["registry"], m.get("credential") or None)
         if add:
             reg.add_user(m["name"], int(m["version"]), user)
@@ -219,15 +221,15 @@ class LocalEndpointProvider(ResourceProvider):
         spec = EndpointSpec.from_props(props)
         log = _log_to(spec.endpoint_name)
         target = local.LocalDockerTarget(spec, spec.port or local.free_port(), {}, log)
-        weights = _weights(spec)
+        desired, weights = _targets(spec)
         try:
             result = rollout.converge(
-                target, {}, _desired(spec), {}, weights, rollout.Policy.from_spec(spec.rollout), log
+                target, {}, desired, {}, weights, rollout.Policy.from_spec(spec.rollout), log
             )
         except Exception:  # the engine removed the replicas it started; the router goes too
             target.router.remove()
             raise
-        _users(spec, add=True)
+        _users(spec.endpoint_name, spec.model_refs or [], add=True)
         log(f"serving on {target.router.url}: {', '.join(f'{k} {w:g}%' for k, w in weights.items())}")
         return CreateResult(id_=spec.endpoint_name, outs=_outputs(props, target, result, weights))
 
@@ -240,20 +242,20 @@ class LocalEndpointProvider(ResourceProvider):
         live = {k: rollout.Revision.from_json(v) for k, v in olds["live"]["upstreams"].items()}
         old_weights = {k: float(v) for k, v in olds["live"]["weights"].items()}
         target = local.LocalDockerTarget(spec, port, olds["live"].get("slots") or {}, log)
-        new_weights = _weights(spec)
+        desired, new_weights = _targets(spec)
         result = rollout.converge(
             target,
             live,
-            _desired(spec),
+            desired,
             old_weights,
             new_weights,
             rollout.Policy.from_spec(spec.rollout),
             log,
         )
-        _users(spec, add=True)
+        _users(spec.endpoint_name, spec.model_refs or [], add=True)
         kept = {(m["name"], int(m["version"])) for m in spec.model_refs or []}
         gone = [m for m in old.model_refs or [] if (m["name"], int(m["version"])) not in kept]
-        _users(old, add=False, models=gone)
+        _users(old.endpoint_name, gone, add=False)
         return UpdateResult(outs=_outputs(news, target, result, new_weights))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
@@ -264,7 +266,7 @@ class LocalEndpointProvider(ResourceProvider):
         local.remove_containers(
             [c for c in containers if c["labels"].get("mlinfra.io/role") != "router"], log, grace_s=10
         )
-        _users(spec, add=False)
+        _users(spec.endpoint_name, spec.model_refs or [], add=False)
         shutil.rmtree(local.endpoint_dir(spec.endpoint_name), ignore_errors=True)
 
 

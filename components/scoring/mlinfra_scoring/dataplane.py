@@ -77,6 +77,11 @@ class DataPlane:
             self.load_error = f"{type(e).__name__}: {e}"
             self._event({"event": "load_failed", "error": self.load_error})
 
+    def start_draining(self) -> None:
+        """Shutting down: readiness turns off, requests in flight finish."""
+        self.draining = True
+        self.set_ready(self.ready)
+
     def set_ready(self, ready: bool) -> None:
         self.ready = ready
         self.metrics.ready.set((), 1 if ready and not self.draining else 0)
@@ -84,7 +89,8 @@ class DataPlane:
     def _event(self, event: dict[str, Any]) -> None:
         print(json.dumps(event), file=self._log, flush=True)
 
-    def _require_ready(self) -> None:
+    def require_ready(self) -> None:
+        """503 while models load (the HTTP layer also asks before it reads a body)."""
         if not self.ready:
             raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
 
@@ -117,7 +123,7 @@ class DataPlane:
         self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]
     ) -> dict[str, Any]:
         """An Open Inference Protocol v2 request (decoded JSON) → its response object."""
-        self._require_ready()
+        self.require_ready()
         if not isinstance(body, dict):
             raise RequestError("request body must be a JSON object with an 'inputs' list")
         inputs = body.get("inputs")
@@ -166,7 +172,7 @@ class DataPlane:
 
     async def score_script(self, raw: bytes) -> Any:
         """Azure ML-style: the user script's run(raw_data) gets the raw body text."""
-        self._require_ready()
+        self.require_ready()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(
@@ -177,7 +183,7 @@ class DataPlane:
 
     async def score(self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]) -> Any:
         """Azure ML-style: {"data": [[...], ...]} → model M's first output (an array)."""
-        self._require_ready()
+        self.require_ready()
         if not isinstance(body, dict) or "data" not in body:
             raise RequestError('request body must be {"data": [[...], ...]}')
         if len(m.inputs) != 1:

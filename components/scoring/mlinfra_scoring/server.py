@@ -196,11 +196,6 @@ class ScoringServer:
         except (ValueError, TypeError) as e:
             raise RequestError(f"request body is not valid JSON: {str(e)[:200]}") from None
 
-    def _require_ready(self) -> None:
-        """503 before the body is read while models load (the data plane checks again: it is the authority)."""
-        if not self.dataplane.ready:
-            raise RequestError("models are still loading: retry when /v2/health/ready says ready", 503)
-
     def _model(self, request: web.Request) -> LoadedModel:
         m = self.repository.get(request.match_info["name"], request.match_info.get("version"))
         request["version"] = m.version
@@ -255,20 +250,15 @@ class ScoringServer:
         self.metrics.requests.inc((route, model, version, str(status)))
         self.metrics.latency.observe(dt, (route, model, version))
         if self.config.access_log:
-            self._log.write(
-                json.dumps(
-                    {
-                        "ts": round(time.time(), 3),
-                        "request_id": rid,
-                        "method": request.method,
-                        "path": request.path[:512],
-                        "status": status,
-                        "ms": round(dt * 1000, 3),
-                    },
-                    separators=(",", ":"),
-                )
-                + "\n"
-            )
+            entry = {
+                "ts": round(time.time(), 3),
+                "request_id": rid,
+                "method": request.method,
+                "path": request.path[:512],
+                "status": status,
+                "ms": round(dt * 1000, 3),
+            }
+            self._log.write(dumps(entry).decode() + "\n")  # a JSON encoder: no client value can forge a field
         return resp
 
     # -- handlers: HTTP in, data plane, HTTP out -------------------------------------------------------------
@@ -295,14 +285,14 @@ class ScoringServer:
 
     async def infer(self, request: web.Request) -> web.Response:
         m = self._model(request)
-        self._require_ready()
+        self.dataplane.require_ready()
         body = await self._body(request)
         resp = await self.dataplane.infer(m, body, request["rid"], request.headers)
         return web.Response(body=dumps(resp), content_type=JSON)
 
     async def score(self, request: web.Request) -> web.Response:
         """Azure ML-style /score: the user script's run(raw_data), else the first model's first output."""
-        self._require_ready()
+        self.dataplane.require_ready()
         if self.dataplane.script is not None:
             result = await self.dataplane.score_script(await self._raw_body(request))
             if isinstance(result, bytes | str):
@@ -370,8 +360,7 @@ class ScoringServer:
         await loop.run_in_executor(None, self.load)
         flusher = asyncio.create_task(self._flush_logs())
         await stop.wait()
-        self.dataplane.draining = True
-        self.metrics.ready.set((), 0)
+        self.dataplane.start_draining()
         print(json.dumps({"event": "draining", "in_flight": self.in_flight}), file=self._log, flush=True)
         await site.stop()
         deadline = time.monotonic() + self.config.drain_timeout_s
