@@ -16,7 +16,12 @@ from typing import Any
 import pulumi
 
 from mlinfra.errors import CollectionError
-from mlinfra.monitoring.provider import CollectionStorage, parse_storage, provision  # noqa: F401
+from mlinfra.monitoring.provider import (  # noqa: F401
+    CollectionStorage,
+    container_sas,
+    parse_storage,
+    provision,
+)
 
 PATH_TEMPLATE = "{endpoint}/{deployment}/{model}/{version}/{yyyy}/{MM}/{dd}/{HH}/{time}-{id}.jsonl"
 
@@ -97,7 +102,7 @@ class DataCollection(pulumi.ComponentResource):
                 "ttl_hours": args.sas_ttl_hours,
                 "rotation": args.rotation,
                 "container_uri": None,
-                "sas": None,
+                "sas": None,  # only stacks applied before the SAS moved into the program hold one (kept until rotated)
                 "expires": None,
             },
             pulumi.ResourceOptions(parent=self, additional_secret_outputs=["storage_credential", "sas"]),
@@ -111,7 +116,12 @@ class DataCollection(pulumi.ComponentResource):
         }
         st: Any = self.storage
         self.container_uri: pulumi.Output[str] = st.container_uri
-        self.sas: pulumi.Output[str | None] = st.sas
+        # The SAS is computed here, in the program, as a secret: it is never a provider output (see provider.py).
+        self.sas: pulumi.Output[str | None] = pulumi.Output.secret(
+            pulumi.Output.all(cred, st.expires, st.sas).apply(
+                lambda a: a[2] or container_sas(storage, a[0], a[1])
+            )
+        )
         self.sas_expires: pulumi.Output[str | None] = st.expires
         self.path_template = PATH_TEMPLATE
         self.register_outputs(

@@ -1,5 +1,10 @@
-"""DataCollection's storage side: the container (created if absent) and a scoped, expiring credential — a container
-SAS allowing create/write only — for the scoring servers (a Pulumi secret); a folder for local runs."""
+"""DataCollection's storage side: the container (created if absent) and the validity window of a scoped, expiring
+credential — a container SAS allowing create/write only — for the scoring servers; a folder for local runs.
+
+The provider's state holds neither the account key nor the SAS, only when it expires: the SAS is a deterministic HMAC
+of the key, the container, the permissions and that time, computed in the program by :func:`container_sas` as a
+Pulumi secret. A secret that is never in a provider's outputs cannot reach a checkpoint in plain text, whatever the engine
+does between a step and its secret marking (a CI run once found both in a file-backend checkpoint)."""
 
 from __future__ import annotations
 
@@ -45,13 +50,37 @@ def parse_storage(uri: str) -> dict[str, str]:
     )
 
 
+SAS_PERMISSIONS = "acw"
+"""add, create, write: a server can append records, never read, list or delete them."""
+
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def container_sas(uri: str, account_key: str | None, expires: str | None) -> str:
+    """The write-only container SAS valid until ``expires`` (the UTC stamp :func:`provision` returns); the same inputs
+    always give the same token. No start time: valid from issue, so clock skew with the storage can't make a fresh
+    token "not yet valid". "" for folders, or without a key or expiry."""
+    s = parse_storage(uri)
+    if s["kind"] == "file" or not expires or not account_key:
+        return ""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    return generate_container_sas(
+        s["account"],
+        s["container"],
+        account_key=account_key,
+        permission=ContainerSasPermissions.from_string(SAS_PERMISSIONS),
+        expiry=datetime.strptime(expires, _STAMP).replace(tzinfo=UTC),
+    )
+
+
 def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, Any]:
-    """Create the container if absent; return {container_uri, sas, expires} (sas "" for folders)."""
+    """Create the container if absent; return {container_uri, expires} — when the SAS expires ("" for folders)."""
     s = parse_storage(uri)
     if s["kind"] == "file":
         Path(s["path"]).mkdir(parents=True, exist_ok=True)
         # "" rather than None: a None output reads as unknown in previews, which would show the endpoint as changing.
-        return {"container_uri": f"file://{s['path']}", "sas": "", "expires": ""}
+        return {"container_uri": f"file://{s['path']}", "expires": ""}
     from azure.core.exceptions import (
         AzureError,
         ClientAuthenticationError,
@@ -60,9 +89,7 @@ def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, 
     )
     from azure.storage.blob import (
         BlobServiceClient,
-        ContainerSasPermissions,
         ExponentialRetry,
-        generate_container_sas,
     )
 
     if not account_key:
@@ -97,20 +124,16 @@ def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, 
         raise CollectionError(
             f"storage account {s['account']!r} at {s['endpoint']} is unreachable: {type(e).__name__}"
         ) from None
-    expires = datetime.now(UTC) + timedelta(hours=ttl_hours)
-    sas = generate_container_sas(
-        s["account"],
-        s["container"],
-        account_key=account_key,
-        permission=ContainerSasPermissions(create=True, write=True, add=True),
-        expiry=expires,
-        start=datetime.now(UTC) - timedelta(minutes=5),
-    )
     return {
         "container_uri": f"{s['endpoint'].rstrip('/')}/{s['container']}",
-        "sas": sas,
-        "expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expires": (datetime.now(UTC) + timedelta(hours=ttl_hours)).strftime(_STAMP),
     }
+
+
+def _outs(props: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
+    """The outputs: the inputs without the account key, and what was provisioned (no secret at all). ``sas`` is None:
+    only state written before the SAS moved into the program holds one."""
+    return {**{k: v for k, v in props.items() if k != "storage_credential"}, **provisioned, "sas": None}
 
 
 class CollectionStorageProvider(ResourceProvider):
@@ -122,15 +145,11 @@ class CollectionStorageProvider(ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         out = provision(props["storage"], props.get("storage_credential"), float(props["ttl_hours"]))
-        return CreateResult(id_=props["storage"], outs={**props, **out})
+        return CreateResult(id_=props["storage"], outs=_outs(props, out))
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(
-            outs={
-                **news,
-                **provision(news["storage"], news.get("storage_credential"), float(news["ttl_hours"])),
-            }
-        )
+        out = provision(news["storage"], news.get("storage_credential"), float(news["ttl_hours"]))
+        return UpdateResult(outs=_outs(news, out))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Collected data is a record: the container and its blobs stay."""

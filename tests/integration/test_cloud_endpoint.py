@@ -20,6 +20,7 @@ from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
 from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
 from tests.endpoint_helpers import ROW, Load, score
+from tests.state_helpers import plaintext_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -158,8 +159,7 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         assert _endpoints_list("--image", images["v1"].split("@")[1]) == listed
         assert _endpoints_list("--model", "no-such-model") == []
         # The keys are secrets: not in plain text in the state file.
-        state_text = "".join(p.read_text() for p in backend.rglob("*.json"))
-        assert primary not in state_text and secondary not in state_text
+        assert plaintext_secrets(backend, primary, secondary) == []
 
         # --- a second up changes nothing ----------------------------------------------------------------------
         res = st.up(on_output=lambda _l: None)

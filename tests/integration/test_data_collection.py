@@ -19,7 +19,7 @@ import pytest
 from mlinfra.engine import cache_dir, pinned_versions
 from mlinfra.lab import services
 from mlinfra.lab.samples import write_mlp
-from mlinfra.monitoring.data_collection import CollectionError, provision
+from mlinfra.monitoring.data_collection import CollectionError, container_sas, provision
 from tests.scoring_helpers import free_port, start_server
 
 pytestmark = pytest.mark.integration
@@ -80,6 +80,13 @@ def azurite(tmp_path_factory):
     a.stop()
 
 
+def _sas(sink: str) -> str:
+    """The servers' write-only SAS for a container, as a stack gets it: provisioned expiry, key, computed token."""
+    sas = container_sas(sink, services.AZURITE_KEY, provision(sink, services.AZURITE_KEY, 1)["expires"])
+    assert "sp=acw" in sas and "sig=" in sas, sas
+    return sas
+
+
 def _records(blobs: dict[str, bytes]) -> list[dict]:
     return [json.loads(line) for data in blobs.values() for line in data.splitlines() if line.strip()]
 
@@ -114,7 +121,7 @@ def _wait_spool_empty(spool: Path, timeout: float = 60) -> None:
 def test_layout_contents_and_exactly_once_across_a_storage_outage(azurite, tmp_path) -> None:
     model = write_mlp(tmp_path / "mlp.onnx")
     sink = f"azblob://{services.AZURITE_ACCOUNT}/collected?endpoint={azurite.url}"
-    sas = provision(sink, services.AZURITE_KEY, 1)["sas"]
+    sas = _sas(sink)
     spool = tmp_path / "spool"
     server = _server(tmp_path, model, sink, sas, spool)
     sent: list[str] = []
@@ -182,7 +189,7 @@ def test_layout_contents_and_exactly_once_across_a_storage_outage(azurite, tmp_p
 def test_spooled_records_survive_kill_9(azurite, tmp_path) -> None:
     model = write_mlp(tmp_path / "mlp.onnx")
     sink = f"azblob://{services.AZURITE_ACCOUNT}/killed?endpoint={azurite.url}"
-    sas = provision(sink, services.AZURITE_KEY, 1)["sas"]
+    sas = _sas(sink)
     spool = tmp_path / "spool"
     azurite.stop()
     try:
@@ -250,6 +257,7 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
     from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
     from mlinfra.registry import ModelRegistry
     from tests.endpoint_helpers import score
+    from tests.state_helpers import plaintext_secrets
 
     local_services("docker", "registry", "python-base", "router-base", "azurite")
     reg_uri = f"file://{tmp_path / 'registry'}"
@@ -303,8 +311,7 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
             records[0]
         )
         assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
-        state = "".join(p.read_text() for p in backend.rglob("*.json"))
-        assert services.AZURITE_KEY not in state and "sig=" not in state
+        assert plaintext_secrets(backend, services.AZURITE_KEY, "sig=") == []
         assert find_containers("scoring-dc")
         # Collecting replicas run on the host network on their own port: the image's health check must probe that
         # port (it probed 8080 and reported them unhealthy for their whole life).

@@ -80,7 +80,9 @@ def test_a_stack_recorded_before_the_move_previews_clean_and_destroys(
 
     preview = st.preview(diff=True)
     changes = {k: v for k, v in preview.change_summary.items() if k != "same" and v}
-    assert changes == {}, f"the recorded stack must preview with no changes under the new code, got {changes}"
+    assert changes == {}, (
+        f"the recorded stack must preview with no changes under the new code, got {changes}:\n{preview.stdout[-3000:]}"
+    )
 
     registry = ModelRegistry(f"file://{root}/registry")
     users_before = registry.users("legacy", 1)
