@@ -146,10 +146,12 @@ def start_upstream(
         **model_labels(models, digest),
     }
     started = []
-    for i in range(len(up.replicas), len(ports)):
+    used = {int(c["port"]) for c in up.replicas}
+    for i, port in enumerate(ports):
+        if port in used:  # a replica runs there (after a repair, the free ports need not be the last ones)
+            continue
         name = f"mlinfra-ep-{endpoint}-{up.deployment}-{up.revision}-{i}"
-        docker("rm", "-f", name, check=False)  # a leftover of an interrupted run
-        port = ports[i]
+        docker("rm", "-f", name, check=False)  # a leftover of an interrupted run, or of a replica that died
         env = dict(spec.get("env") or {})
         args = [
             "run", "-d", "--name", name, "--restart", "unless-stopped",
@@ -431,8 +433,55 @@ def find_containers(endpoint: str | None = None) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError):
             d = json.loads(line)
             labels = dict(kv.split("=", 1) for kv in d.get("Labels", "").split(",") if "=" in kv)
-            out.append({"name": d["Names"], "state": d.get("State", ""), "labels": labels})
+            out.append(
+                {
+                    "name": d["Names"],
+                    "state": d.get("State", ""),
+                    "status": d.get("Status", ""),
+                    "labels": labels,
+                }
+            )
     return out
+
+
+def replica_up(container: dict[str, Any] | None) -> bool:
+    """Whether a container (from :func:`find_containers`) serves: running and not reported unhealthy."""
+    return container is not None and container["state"] == "running" and "(unhealthy)" not in container["status"]
+
+
+def healthy_observation(spec: EndpointSpec) -> dict[str, Any]:
+    """What :func:`observe` reports for an endpoint running as SPEC declares."""
+    return {
+        "router": "running",
+        "deployments": {
+            d: f"{s.replicas} of {s.replicas} replicas running" for d, s in sorted(spec.deployments.items())
+        },
+    }
+
+
+def observe(spec: EndpointSpec, upstreams: dict[str, Revision]) -> dict[str, Any]:
+    """The endpoint as it really is (one `docker ps`): the router, and per deployment how many of the replicas
+    recorded in state for its serving revisions run. Compared with :func:`healthy_observation`, what differs is
+    drift, named the way `pulumi refresh` shows it (e.g. ``deployments.blue: "0 of 2 replicas running"``)."""
+    containers = {c["name"]: c for c in find_containers(spec.endpoint_name)}
+    router = containers.get(router_name(spec.endpoint_name))
+    files = [endpoint_dir(spec.endpoint_name) / "nginx.conf"]
+    if spec.auth == "key":
+        files.append(endpoint_dir(spec.endpoint_name) / "keys")
+    if router is None:
+        router_state = "missing"
+    elif router["state"] != "running":
+        router_state = f"not running ({router['state']})"
+    elif not all(f.exists() for f in files):
+        router_state = "running without its configuration"
+    else:
+        router_state = "running"
+    deployments: dict[str, str] = {}
+    for d, s in sorted(spec.deployments.items()):
+        names = [r["name"] for u in upstreams.values() if u.deployment == d for r in u.replicas]
+        running = sum(1 for n in names if replica_up(containers.get(n)))
+        deployments[d] = f"{running} of {s.replicas} replicas running"
+    return {"router": router_state, "deployments": deployments}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -527,6 +576,10 @@ class LocalDockerTarget:
 
     def retire(self, replicas: list[dict[str, Any]], grace_s: int) -> None:
         remove_containers(replicas, self.log, grace_s=grace_s)
+
+    def lost(self, rev: Revision) -> list[dict[str, Any]]:
+        containers = {c["name"]: c for c in find_containers(self.spec.endpoint_name)}
+        return [r for r in rev.replicas if not replica_up(containers.get(r["name"]))]
 
     def settle(self, desired: dict[str, Revision], weights: dict[str, float]) -> None:
         # The router forgets what left (a reload only if the upstream set shrank), then old workers drain.

@@ -18,6 +18,7 @@ from pulumi.dynamic import (
     CheckResult,
     CreateResult,
     DiffResult,
+    ReadResult,
     Resource,
     ResourceProvider,
     UpdateResult,
@@ -125,6 +126,19 @@ def _targets(spec: EndpointSpec) -> tuple[dict[str, rollout.Desired], dict[str, 
     return desired, upstream_weights(revs, spec.traffic)
 
 
+def _drift(observed: dict[str, Any], declared: dict[str, Any]) -> list[str]:
+    """What differs between an observation and the declared state, one phrase each: ``deployments.blue: 1 of 2
+    replicas running``, ``router: missing``."""
+    out = []
+    for k in sorted(set(observed) | set(declared)):
+        o, d = observed.get(k), declared.get(k)
+        if isinstance(o, dict) and isinstance(d, dict):
+            out += [f"{k}.{p}" for p in _drift(o, d)]
+        elif o != d:
+            out.append(f"{k}: {o}")
+    return out
+
+
 def _has_unknown(value: Any) -> bool:
     """Whether a preview value holds an unknown (pulumi.output.Unknown) anywhere."""
     if isinstance(value, Unknown) or value == UNKNOWN:
@@ -174,6 +188,7 @@ def _outputs(
         },
         "deployments_out": deployments,
         "last_rollout": result.record,
+        "observed": local.observe(target.spec, result.live),
     }
 
 
@@ -203,7 +218,12 @@ class LocalEndpointProvider(ResourceProvider):
         spec = EndpointSpec.from_props(news)
         old_w = _weights(EndpointSpec.from_props(olds)) if olds.get("deployments") else {}
         steps = plan(old_w, _weights(spec), spec.rollout.steps)
-        news = {**news, "rollout_plan": describe_plan(old_w, steps, spec.rollout.bake_s)}
+        news = {
+            **news,
+            "rollout_plan": describe_plan(old_w, steps, spec.rollout.bake_s),
+            # What `up` brings the endpoint to; after a refresh found drift, preview shows observed → this.
+            "observed": local.healthy_observation(spec),
+        }
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -211,8 +231,12 @@ class LocalEndpointProvider(ResourceProvider):
         if news.get("port") is None and "port" in changed:
             changed.remove("port")  # an automatically chosen port stays
         renamed = olds.get("endpoint_name") != news.get("endpoint_name")
+        # Drift: `pulumi refresh` (read) recorded what really runs; anything short of the declared state is repaired.
+        drifted = (
+            bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
+        )
         return DiffResult(
-            changes=bool(changed) or renamed,
+            changes=bool(changed) or renamed or drifted,
             replaces=["endpoint_name"] if renamed else [],
             delete_before_replace=True,
         )
@@ -257,6 +281,24 @@ class LocalEndpointProvider(ResourceProvider):
         gone = [m for m in old.model_refs or [] if (m["name"], int(m["version"])) not in kept]
         _users(old.endpoint_name, gone, add=False)
         return UpdateResult(outs=_outputs(news, target, result, new_weights))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: what really runs (the router, the replicas of each serving revision) as ``observed``.
+        The endpoint stays in the state even if nothing of it runs: `up` brings it back on the same port."""
+        spec = EndpointSpec.from_props(props)
+        live = {
+            k: rollout.Revision.from_json(v)
+            for k, v in ((props.get("live") or {}).get("upstreams") or {}).items()
+        }
+        observed = local.observe(spec, live)
+        drift = _drift(observed, local.healthy_observation(spec))
+        if drift:
+            print(
+                f"{spec.endpoint_name}: drift: {'; '.join(drift)} (`pulumi up` repairs it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return ReadResult(id_, {**props, "observed": observed})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         spec = EndpointSpec.from_props(props)

@@ -136,6 +136,11 @@ class Target(Protocol):
         """Stop and remove REPLICAS, letting in-flight requests finish within GRACE_S."""
         ...
 
+    def lost(self, rev: Revision) -> list[dict[str, Any]]:
+        """REV's replicas that no longer serve (removed, stopped or unhealthy behind Pulumi's back): drift that
+        converging the same revision repairs by replacing them."""
+        ...
+
     def settle(self, desired: dict[str, Revision], weights: dict[str, float]) -> None:
         """After the last step: the router keeps only DESIRED, routed by WEIGHTS; in-flight requests to what left
         finish."""
@@ -168,8 +173,17 @@ def converge(
     try:
         for d, want in desired.items():
             key = f"{d}@{want.revision}"
-            if key in live:  # same revision: scale in place
+            if key in live:  # same revision: repair what was lost, scale in place
                 rev = Revision.from_json(live[key].to_json())
+                lost = target.lost(rev)
+                if lost:
+                    log(
+                        f"{rev.key}: {len(rev.replicas) - len(lost)} of {len(rev.replicas)} replicas running; "
+                        f"replacing {', '.join(r['name'] for r in lost)} (traffic goes to the running ones)"
+                    )
+                    target.retire(lost, grace_s=0)
+                    lost_names = {r["name"] for r in lost}
+                    rev.replicas = [r for r in rev.replicas if r["name"] not in lost_names]
                 leaving += rev.replicas[want.replicas :]
                 rev.replicas = rev.replicas[: want.replicas]
                 more = target.scale(rev, want.replicas)

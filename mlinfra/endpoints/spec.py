@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-OUTPUT_KEYS = ("rollout_plan", "scoring_uri", "openapi_uri", "live", "deployments_out", "last_rollout")
+OUTPUT_KEYS = (
+    "rollout_plan",
+    "scoring_uri",
+    "openapi_uri",
+    "live",
+    "deployments_out",
+    "last_rollout",
+    "observed",
+)
 """What the provider adds to the stored dict (outputs), not part of the spec."""
 
 

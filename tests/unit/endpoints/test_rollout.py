@@ -29,6 +29,7 @@ class FakeTarget:
         self.scrapes: dict[str, int] = {}
         self.routed: list[dict[str, float]] = []
         self.retired: list[str] = []
+        self.gone: set[str] = set()  # replicas removed behind the engine's back
 
     def new_revision(self, deployment: str, desired: Desired, current: list[Revision]) -> Revision:
         slot = "B" if current and current[0].slot == "A" else "A"
@@ -37,10 +38,14 @@ class FakeTarget:
 
     def scale(self, rev: Revision, replicas: int) -> list[dict[str, Any]]:
         started = []
-        for i in range(len(rev.replicas), replicas):
+        used = {r["port"] for r in rev.replicas}
+        for i in range(replicas):
+            if 9000 + i in used:
+                continue
             r = {"name": f"{rev.key}-{i}", "port": 9000 + i}
             rev.replicas.append(r)
             started.append(r)
+            self.gone.discard(r["name"])
         self.calls.append(("scale", rev.key, replicas))
         return started
 
@@ -75,6 +80,9 @@ class FakeTarget:
 
     def settle(self, desired: dict[str, Revision], weights: dict[str, float]) -> None:
         self.calls.append(("settle", sorted(desired), dict(weights)))
+
+    def lost(self, rev: Revision) -> list[dict[str, Any]]:
+        return [r for r in rev.replicas if r["name"] in self.gone]
 
 
 POLICY = Policy(
@@ -204,3 +212,46 @@ def test_a_first_apply_whose_router_fails_removes_the_replicas_it_started() -> N
     with pytest.raises(EndpointError, match="router rejected"):
         converge(t, {}, {"blue": Desired("r1", {"image": "v1"}, 2)}, {}, {"blue@r1": 100.0}, POLICY, print)
     assert sorted(t.retired) == ["blue@r1-0", "blue@r1-1"], "nothing may keep running after a failed create"
+
+
+def test_drift_a_lost_replica_is_replaced_in_place_and_the_rest_keep_serving() -> None:
+    """The same revision converged again after a replica vanished (`pulumi refresh` saw 1 of 2 running): the lost
+    one is removed and started again on its own port, ready before the router is touched; no new revision, no
+    traffic step, the surviving replica is never retired."""
+    t = FakeTarget()
+    live = _live(t)
+    t.gone = {"blue@r1-0"}
+    t.calls.clear()
+    t.routed.clear()
+    result = converge(
+        t,
+        live,
+        {"blue": Desired("r1", {"image": "v1"}, 2)},
+        {"blue@r1": 100.0},
+        {"blue@r1": 100.0},
+        POLICY,
+        print,
+    )
+    assert sorted(r["name"] for r in result.live["blue@r1"].replicas) == ["blue@r1-0", "blue@r1-1"]
+    assert t.retired == ["blue@r1-0"], t.retired
+    kinds = [c[0] for c in t.calls]
+    assert "new_revision" not in kinds
+    assert kinds.index("retire") < kinds.index("scale") < kinds.index("wait_ready") < kinds.index("connect")
+    assert t.routed == [{"blue@r1": 100.0}]
+    assert t.gone == set()
+
+
+def test_no_drift_converges_without_touching_a_replica() -> None:
+    t = FakeTarget()
+    live = _live(t)
+    t.calls.clear()
+    converge(
+        t,
+        live,
+        {"blue": Desired("r1", {"image": "v1"}, 2)},
+        {"blue@r1": 100.0},
+        {"blue@r1": 100.0},
+        POLICY,
+        print,
+    )
+    assert t.retired == [] and not [c for c in t.calls if c[0] == "scale" and c[2] != 2]

@@ -1,0 +1,105 @@
+"""Drift (issue 24) on the real engine: change the world behind Pulumi's back, `pulumi refresh` reports it, `pulumi
+up` brings it back as declared, a second `up` changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from mlinfra.automation import local_stack
+from mlinfra.endpoints.local import find_containers, router_name
+from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+from mlinfra.lab import services
+from mlinfra.lab.samples import write_mlp
+from mlinfra.registry import ModelRegistry
+from tests.endpoint_helpers import score
+
+pytestmark = pytest.mark.integration
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _changes(summary: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in summary.items() if k != "same" and v}
+
+
+def _replicas(endpoint: str) -> list[dict]:
+    return [c for c in find_containers(endpoint) if c["labels"].get("mlinfra.io/role") != "router"]
+
+
+def _status(uri: str, key: str) -> int | None:
+    try:
+        return score(uri, key)[0]
+    except OSError:  # nothing listens: the router is gone
+        return None
+
+
+def test_endpoint_replica_and_router_removed_by_hand_are_reported_and_repaired(
+    local_services, program, backend, tmp_path
+) -> None:
+    local_services("docker", "registry", "python-base", "router-base")
+    reg_uri = f"file://{tmp_path / 'registry'}"
+    mv, _ = ModelRegistry(reg_uri).register("mlp", write_mlp(tmp_path / "mlp.onnx"))
+    image = build_and_push(
+        ImageSpec(
+            repository="127.0.0.1:5000/mlinfra-test/drift",
+            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
+            base=services.base_image_ref(),
+        )
+    ).image_ref
+    st = local_stack(
+        program("cloud-endpoint"),
+        "drift",
+        backend,
+        {"deployments": json.dumps({"blue": {"image": image, "replicas": 2}})},
+    )
+    ep = "scoring-drift"
+    try:
+        out = {k: v.value for k, v in st.up(on_output=_quiet).outputs.items()}
+        uri, key = out["scoring_uri"], out["primary_key"]
+        assert _status(uri, key) == 200
+        before = sorted(c["name"] for c in _replicas(ep))
+        assert len(before) == 2
+
+        # A refresh of a healthy endpoint finds nothing.
+        assert _changes(st.refresh(on_output=_quiet).summary.resource_changes) == {}
+
+        # --- a crash removes one replica: the other still serves; refresh names what is missing ---------------
+        subprocess.run(["docker", "rm", "-f", before[0]], check=True, capture_output=True)
+        assert _status(uri, key) == 200, "the router sends to the replica that still runs"
+        refreshed = st.refresh(on_output=_quiet)
+        assert _changes(refreshed.summary.resource_changes) == {"update": 1}, refreshed.stdout[-2000:]
+        assert "drift: deployments.blue: 1 of 2 replicas running" in refreshed.stdout, refreshed.stdout[
+            -2000:
+        ]
+
+        # --- and the router goes too: the endpoint answers nothing ---------------------------------------------
+        subprocess.run(["docker", "rm", "-f", router_name(ep)], check=True, capture_output=True)
+        assert _status(uri, key) is None
+        refreshed = st.refresh(on_output=_quiet)
+        assert "drift: deployments.blue: 1 of 2 replicas running; router: missing" in refreshed.stdout, (
+            refreshed.stdout[-2000:]
+        )
+
+        # preview shows the repair (observed → declared); up performs it on the same address
+        pv = st.preview(diff=True, on_output=_quiet)
+        assert _changes(pv.change_summary) == {"update": 1}, pv.stdout[-2000:]
+        assert "2 of 2 replicas running" in pv.stdout, pv.stdout[-2000:]
+        res = st.up(on_output=_quiet)
+        assert _changes(res.summary.resource_changes) == {"update": 1}
+        assert res.outputs["scoring_uri"].value == uri
+        assert _status(uri, key) == 200
+        after = sorted(c["name"] for c in _replicas(ep))
+        assert after == before, "the lost replica comes back under its own name and port; the survivor stays"
+        assert all(c["state"] == "running" for c in find_containers(ep))
+
+        # --- converged: nothing left to do -------------------------------------------------------------------
+        assert _changes(st.up(on_output=_quiet).summary.resource_changes) == {}
+        assert _changes(st.refresh(on_output=_quiet).summary.resource_changes) == {}
+    finally:
+        st.destroy(on_output=_quiet)
+    assert find_containers(ep) == []
