@@ -113,6 +113,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alias(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    if args.delete:
+        reg.delete_alias(args.name, args.alias)
+        print(f"removed {args.name}@{args.alias}")
+        return 0
+    if args.version is None:
+        now = reg.get_alias(args.name, args.alias)
+        print(
+            json.dumps({"alias": args.alias, "version": now})
+            if args.json
+            else f"{args.name}@{args.alias} -> {now}"
+        )
+        return 0 if now is not None else 1
+    reg.set_alias(args.name, args.alias, args.version)
+    print(f"{args.name}@{args.alias} -> {args.version}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="register, list, show, download and search models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -152,6 +171,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dest")
     common(p)
     p.set_defaults(func=cmd_download)
+
+    p = msub.add_parser(
+        "alias",
+        help="show NAME@ALIAS, point it at VERSION, or --delete it (a stack's ModelAlias is moved back by `pulumi up`"
+        " after a refresh)",
+    )
+    p.add_argument("name")
+    p.add_argument("alias")
+    p.add_argument("version", nargs="?", type=int)
+    p.add_argument("--delete", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_alias)
 
     p = msub.add_parser("search", help="versions whose tags and properties match all of the given ones")
     p.add_argument("--tag", action="append", metavar="K=V")

@@ -3,13 +3,30 @@ model version in its registry."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from pulumi import ResourceOptions
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+from pulumi.dynamic import (
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
 
-from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push, docker_build_and_push
+from mlinfra.errors import ImageBuildError
+from mlinfra.images.builder import (
+    ImageSpec,
+    ModelInput,
+    _client,
+    build_and_push,
+    docker_build_and_push,
+    split_ref,
+)
 from mlinfra.registry import ModelRegistry
 from mlinfra.registry.refs import model_identities
 
@@ -57,7 +74,36 @@ def _users(props: dict[str, Any], image_ref: str, add: bool) -> None:
             reg.remove_user(m["name"], int(m["version"]), f"image:{image_ref}")
 
 
+def observe(props: dict[str, Any]) -> str:
+    """``"present"`` when the registry still serves the image's manifest under its digest and every blob it names;
+    else what is missing (``"manifest missing"``, ``"2 of 5 layers missing"``)."""
+    host, repo, digest = split_ref(props["image_ref"])
+    client = _client(host, _spec(props))
+    got = client.get_manifest(repo, digest)
+    if got is None:
+        return "manifest missing"
+    manifest = got[1]
+    blobs = [manifest.get("config", {}), *manifest.get("layers", [])]
+    missing = [b for b in blobs if b.get("digest") and not client.blob_exists(repo, b["digest"])]
+    return f"{len(missing)} of {len(blobs)} blobs missing" if missing else "present"
+
+
 class ScoringImageProvider(ResourceProvider):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        # What `up` brings the image to; after a refresh found it gone, preview shows observed → present.
+        return CheckResult({**news, "observed": "present"}, [])
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: the manifest and its blobs still in the registry, as ``observed``."""
+        observed = observe(props)
+        if observed != "present":
+            print(
+                f"{props['image_ref']}: drift: {observed} (`pulumi up` pushes it again from the same inputs)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return ReadResult(id_, {**props, "observed": observed})
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         def norm(k: str, props: dict[str, Any]) -> Any:
             if k == "models":
@@ -67,7 +113,10 @@ class ScoringImageProvider(ResourceProvider):
             return props.get(k)
 
         changed = [k for k in BUILD_KEYS if norm(k, olds) != norm(k, news)]
-        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+        drifted = (
+            bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
+        )
+        return DiffResult(changes=bool(changed) or drifted, replaces=[], delete_before_replace=False)
 
     def _build(self, props: dict[str, Any]) -> dict[str, Any]:
         if props.get("dockerfile"):
@@ -87,6 +136,7 @@ class ScoringImageProvider(ResourceProvider):
             "layers": result.layers,
             "bytes_pushed": result.bytes_pushed,
             "model_versions": result.models,
+            "observed": "present",
         }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -94,7 +144,19 @@ class ScoringImageProvider(ResourceProvider):
         return CreateResult(id_=outs["image_ref"], outs=outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        repair = (
+            olds.get("observed", "present") != "present"
+            and not self.diff(_id, {**olds, "observed": None}, news).changes
+        )
         outs = self._build(news)
+        if repair and outs["image_ref"] != olds["image_ref"]:
+            # Endpoints run the recorded digest: a rebuild that differs is another image, never a silent swap.
+            raise ImageBuildError(
+                f"{olds['image_ref']} was deleted from its registry and could not be rebuilt identically from the "
+                f"same inputs (the rebuild is {outs['digest']}, pushed beside it): the base image or a dependency "
+                "changed. Push the original image back, or make the change explicit (e.g. a new tag or "
+                "requirements pin) so the new digest rolls out as an update"
+            )
         if olds.get("image_ref") and olds["image_ref"] != outs["image_ref"]:
             _users(olds, olds["image_ref"], add=False)
         return UpdateResult(outs=outs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from pulumi.dynamic import (
     CheckResult,
     CreateResult,
     DiffResult,
+    ReadResult,
     Resource,
     ResourceProvider,
     UpdateResult,
@@ -34,7 +36,13 @@ def _outs(props: dict[str, Any], mv: Any) -> dict[str, Any]:
         "uri": mv.uri,
         "created_at": mv.created_at,
         "files": [f["path"] for f in mv.files],
+        "observed": "present",
     }
+
+
+def _drifted(olds: dict[str, Any], news: dict[str, Any]) -> bool:
+    """A refresh recorded something other than what is declared (``observed``; absent in older state)."""
+    return bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
 
 
 class ModelVersionProvider(ResourceProvider):
@@ -45,13 +53,14 @@ class ModelVersionProvider(ResourceProvider):
         failures = []
         if not news.get("sha256"):
             failures.append(CheckFailure("sha256", "the model content was not hashed"))
-        return CheckResult(news, failures)
+        # What `up` brings the version to; after a refresh found its bytes gone, preview shows observed → present.
+        return CheckResult({**news, "observed": "present"}, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         keys = ("sha256", "framework", *REPLACE_KEYS, *METADATA_KEYS, "delete_versions_on_destroy")
         changed = [k for k in keys if olds.get(k) != news.get(k)]
         return DiffResult(
-            changes=bool(changed),
+            changes=bool(changed) or _drifted(olds, news),
             replaces=[k for k in changed if k in REPLACE_KEYS],
             stables=["model_name", "registry"],
             delete_before_replace=False,
@@ -85,6 +94,15 @@ class ModelVersionProvider(ResourceProvider):
         if olds.get("sha256") != news.get("sha256") or olds.get("framework") != news.get("framework"):
             mv = self._register(news)
         else:
+            if _drifted(olds, news):  # bytes lost behind Pulumi's back: the same bytes, from the same path
+                restored = _registry(news).restore_files(
+                    news["model_name"], int(olds["version"]), news["path"]
+                )
+                print(
+                    f"{news['model_name']}:{int(olds['version'])}: restored {', '.join(restored) or 'nothing'}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             mv = _registry(news).set_metadata(
                 news["model_name"],
                 int(olds["version"]),
@@ -93,6 +111,18 @@ class ModelVersionProvider(ResourceProvider):
                 news.get("properties") or {},
             )
         return UpdateResult(outs=_outs(news, mv))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: the version record and every file's bytes, as ``observed``."""
+        observed = _registry(props).check_version(props["model_name"], int(props["version"]))
+        if observed != "present":
+            print(
+                f"{props['model_name']}:{int(props['version'])}: drift: {observed} (`pulumi up` restores it from "
+                f"{props.get('path')})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return ReadResult(id_, {**props, "observed": observed})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         if not props.get("delete_versions_on_destroy"):
@@ -124,6 +154,18 @@ class ModelAliasProvider(ResourceProvider):
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         _registry(news).set_alias(news["model_name"], news["alias"], int(news["version"]))
         return UpdateResult(outs=dict(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: where the alias points now (``version`` None if it was removed); `up` moves it back."""
+        now = _registry(props).get_alias(props["model_name"], props["alias"])
+        if now != int(props["version"]):
+            print(
+                f"{props['model_name']}@{props['alias']}: drift: points at {now if now is not None else 'nothing'}, "
+                f"declared {int(props['version'])}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return ReadResult(id_, {**props, "version": now})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         _registry(props).delete_alias(props["model_name"], props["alias"])

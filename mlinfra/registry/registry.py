@@ -588,6 +588,59 @@ class ModelRegistry:
         assert got is not None
         return got
 
+    # -- drift: what a stack declared against what the registry holds ---------------------------------------------
+
+    def check_version(self, name: str, version: int) -> str:
+        """``"present"`` when version VERSION of NAME has its record and every file's bytes at their recorded size;
+        else what is wrong, in a phrase (``"file model.onnx missing"``, ``"version record missing"``)."""
+        mv = self.get(name, version)
+        if mv is None:
+            return "version record missing"
+        problems = []
+        for f in mv.files:
+            size = self.store.size(f"blobs/sha256/{f['sha256']}")
+            if size is None:
+                problems.append(f"file {f['path']} missing")
+            elif size != int(f["size"]):
+                problems.append(f"file {f['path']} has {size} of {f['size']} bytes")
+        return "; ".join(problems) or "present"
+
+    def restore_files(self, name: str, version: int, path: Path | str | None) -> list[str]:
+        """Upload again the files of version VERSION whose bytes are missing or damaged, from PATH (the file or
+        folder the version was registered from), each only if its sha256 is the recorded one; returns the files
+        restored. A version whose bytes are gone from storage and from PATH can't be recreated identically: a
+        ModelError says so and what to do."""
+        mv = self.get(name, version)
+        if mv is None:
+            raise ModelError(
+                f"version {version} of {name!r} was deleted from {self.uri} outside Pulumi; versions are immutable "
+                "and its number is not reused: register the content again as a new version (change the model's "
+                "path or content), or `pulumi state delete` the resource and import the version you want"
+            )
+        restored = []
+        for f in mv.files:
+            key = f"blobs/sha256/{f['sha256']}"
+            if self.store.size(key) == int(f["size"]):
+                continue
+            if path is None:
+                raise ModelError(
+                    f"version {version} of {name!r} lost the bytes of {f['path']} from {self.uri}, and the stack pins "
+                    "the version without a path to restore them from: copy the version back from another registry "
+                    "(`mlinfra gitops promote` / ModelRegistry.copy_version) or register the file as a new version"
+                )
+            src = Path(path) / f["path"] if mv.is_dir else Path(path)
+            if not src.is_file() or src.stat().st_size != int(f["size"]) or sha256_file(src) != f["sha256"]:
+                raise ModelError(
+                    f"version {version} of {name!r} lost the bytes of {f['path']} from {self.uri}, and {src} no "
+                    f"longer holds them (sha256 {f['sha256'][:12]}…): put the original file back at {src} and run "
+                    "`pulumi up` again, or register the current file as a new version — a different file is never "
+                    "stored under an existing version"
+                )
+            self.store.delete(key)  # a damaged object; upload_file writes a fresh one
+            self.store.upload_file(key, src, f["sha256"])
+            restored.append(f["path"])
+        return restored
+
     # -- downloading ----------------------------------------------------------------------------------------------
 
     def iter_file(self, entry: dict[str, Any]) -> Iterator[bytes]:

@@ -37,6 +37,7 @@ class Store(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int | None: ...
     def list(self, prefix: str) -> list[str]: ...
     def upload_file(self, key: str, path: Path, sha256: str, progress: Progress | None = None) -> None: ...
     def open_read(self, key: str) -> Iterator[bytes]: ...
@@ -146,6 +147,13 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, or None if it is absent."""
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -338,6 +346,16 @@ class AzureBlobStore:
     def exists(self, key: str) -> bool:
         try:
             return bool(self._container().get_blob_client(self._key(key)).exists())
+        except Exception as e:
+            raise self._err(e, f"checking {key}") from None
+
+    def size(self, key: str) -> int | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return int(self._container().get_blob_client(self._key(key)).get_blob_properties().size)
+        except ResourceNotFoundError:
+            return None
         except Exception as e:
             raise self._err(e, f"checking {key}") from None
 

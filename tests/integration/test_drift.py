@@ -103,3 +103,94 @@ def test_endpoint_replica_and_router_removed_by_hand_are_reported_and_repaired(
     finally:
         st.destroy(on_output=_quiet)
     assert find_containers(ep) == []
+
+
+def _mlinfra(*args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).with_name("mlinfra")  # the installed console script, as a user runs it
+    return subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_model_bytes_image_manifest_and_alias_changed_by_hand_are_reported_and_repaired(
+    local_services, program, backend, tmp_path
+) -> None:
+    """A version's blob deleted from the registry, the image's manifest deleted from the OCI registry and an alias
+    moved with the CLI: refresh reports all three, up restores the same bytes, pushes the same digest and moves the
+    alias back; without the original file the repair refuses, naming the file and what to do."""
+    from mlinfra.images.oci import RegistryClient
+
+    local_services("docker", "registry", "python-base")
+    reg_root = tmp_path / "registry"
+    reg_uri = f"file://{reg_root}"
+    model_path = write_mlp(tmp_path / "mlp.onnx")
+    ModelRegistry(reg_uri).register(
+        "mlp", write_mlp(tmp_path / "other.onnx", seed=7)
+    )  # version 1: another model
+    st = local_stack(
+        program("scoring-image"),
+        "drift-img",
+        backend,
+        {"path": str(model_path), "registry": reg_uri, "repository": "127.0.0.1:5000/mlinfra-test/drift-img"},
+    )
+    models = local_stack(
+        program("registered-model"),
+        "drift-alias",
+        backend,
+        {"path": str(model_path), "registry": reg_uri, "alias_version": "2"},
+    )
+    try:
+        out = {k: v.value for k, v in st.up(on_output=_quiet).outputs.items()}
+        assert out["model_version"] == 2
+        image_ref = out["image_ref"]
+        assert "create" in models.up(on_output=_quiet).summary.resource_changes
+        assert ModelRegistry(reg_uri).get_alias("mlp", "champion") == 2
+
+        # --- behind Pulumi's back ------------------------------------------------------------------------------
+        sha = ModelRegistry(reg_uri).get("mlp", 2).files[0]["sha256"]
+        blob = reg_root / "blobs" / "sha256" / sha
+        size = blob.stat().st_size
+        blob.unlink()
+        _host, rest = image_ref.split("/", 1)
+        repo, digest = rest.split("@")
+        client = RegistryClient("http://127.0.0.1:5000")
+        status, _, body = client.request("DELETE", f"/v2/{repo}/manifests/{digest}")
+        assert status == 202, (status, body)
+        assert client.get_manifest(repo, digest) is None
+        moved = _mlinfra("models", "alias", "mlp", "champion", "1", "--registry", reg_uri)
+        assert moved.returncode == 0, moved.stderr
+        assert ModelRegistry(reg_uri).get_alias("mlp", "champion") == 1
+
+        # --- refresh reports each ------------------------------------------------------------------------------
+        r = st.refresh(on_output=_quiet)
+        assert _changes(r.summary.resource_changes) == {"update": 2}, r.stdout[-2000:]
+        assert f"mlp:2: drift: file {model_path.name} missing" in r.stdout, r.stdout[-2000:]
+        assert f"{image_ref}: drift: manifest missing" in r.stdout, r.stdout[-2000:]
+        r = models.refresh(on_output=_quiet)
+        assert "mlp@champion: drift: points at 1, declared 2" in r.stdout, r.stdout[-2000:]
+        # (the RegisteredModel of the alias stack is the same version: its refresh reports the blob too)
+
+        # --- up repairs: the same bytes, the same digest, the alias back ---------------------------------------
+        res = st.up(on_output=_quiet)
+        assert _changes(res.summary.resource_changes) == {"update": 2}, res.stdout[-2000:]
+        assert res.outputs["image_ref"].value == image_ref, "the repaired image is the very same digest"
+        assert blob.stat().st_size == size and ModelRegistry(reg_uri).check_version("mlp", 2) == "present"
+        assert client.get_manifest(repo, digest) is not None
+        models.up(on_output=_quiet)
+        assert ModelRegistry(reg_uri).get_alias("mlp", "champion") == 2
+        for s in (st, models):
+            assert _changes(s.up(on_output=_quiet).summary.resource_changes) == {}
+            assert _changes(s.refresh(on_output=_quiet).summary.resource_changes) == {}
+
+        # --- bytes gone from storage and from the user's disk: refused, never a different artifact -------------
+        blob.unlink()
+        model_path.unlink()
+        st.refresh(on_output=_quiet)
+        with pytest.raises(Exception) as e:
+            st.up(on_output=_quiet)
+        assert f"model path '{model_path}' does not exist" in str(e.value), str(e.value)[-1500:]
+        assert ModelRegistry(reg_uri).check_version("mlp", 2) == f"file {model_path.name} missing"
+    finally:
+        models.destroy(on_output=_quiet)
+        st.destroy(on_output=_quiet)

@@ -150,3 +150,34 @@ def test_a_dead_writers_committed_version_is_recovered_not_duplicated(
     assert (again.version, created) == (1, False)
     assert reg.versions("mlp") == [1]
     assert json.loads(index.read_text()) == {"version": 1}
+
+
+def test_drift_check_and_restore_only_the_same_bytes(tmp_path: Path) -> None:
+    """check_version names what is gone or damaged; restore_files puts back only bytes whose sha256 is the
+    recorded one, and refuses — naming the file and the way out — when the source no longer holds them."""
+    from mlinfra.lab.samples import write_mlp
+    from mlinfra.registry import ModelError, ModelRegistry
+
+    reg = ModelRegistry(f"file://{tmp_path / 'r'}")
+    src = write_mlp(tmp_path / "m.onnx")
+    mv, _ = reg.register("m", src)
+    assert reg.check_version("m", 1) == "present"
+    blob = tmp_path / "r" / "blobs" / "sha256" / mv.sha256
+    size = blob.stat().st_size
+    blob.write_bytes(blob.read_bytes()[:10])
+    assert reg.check_version("m", 1) == f"file m.onnx has 10 of {size} bytes"
+    assert reg.restore_files("m", 1, src) == ["m.onnx"]
+    assert reg.check_version("m", 1) == "present" and blob.stat().st_size == size
+    assert reg.restore_files("m", 1, src) == []  # nothing to do
+    blob.unlink()
+    assert reg.check_version("m", 1) == "file m.onnx missing"
+    src.write_bytes(b"another model")
+    with pytest.raises(ModelError, match=r"no longer holds them .*put the original file back"):
+        reg.restore_files("m", 1, src)
+    with pytest.raises(ModelError, match="pins the version without a path"):
+        reg.restore_files("m", 1, None)
+    assert reg.check_version("m", 1) == "file m.onnx missing", "nothing different was stored"
+    (tmp_path / "r" / "models" / "m" / "versions" / "0000000001.json").unlink()
+    assert reg.check_version("m", 1) == "version record missing"
+    with pytest.raises(ModelError, match=r"deleted from .* outside Pulumi"):
+        reg.restore_files("m", 1, src)
