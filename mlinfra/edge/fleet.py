@@ -120,6 +120,31 @@ def read_fleet(broker: Broker, quiet_s: float = 0.4, max_s: float = 5.0) -> Flee
     return fleet
 
 
+def read_retained(broker: Broker, topic: str, wait_s: float = 1.0) -> bytes | None:
+    """The message retained on TOPIC (None if there is none): the broker sends it right after the SUBACK."""
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    arrived = threading.Event()
+    c = broker.client(f"mlinfra-read-{secrets.token_hex(4)}")
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain and msg.topic == topic:
+            got.append(bytes(msg.payload))
+            arrived.set()
+
+    c.on_message = on_message
+    c.on_subscribe = lambda *_a: subscribed.set()
+    try:
+        c.subscribe(topic, qos=1)
+        if not subscribed.wait(10):
+            raise EdgeError(f"broker {broker.url} did not acknowledge the subscription to {topic}")
+        arrived.wait(wait_s)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return got[-1] if got and got[-1] else None
+
+
 def publish(broker: Broker, topic: str, payload: bytes, retain: bool = True) -> None:
     c = broker.client(f"mlinfra-pub-{secrets.token_hex(4)}")
     try:

@@ -4,13 +4,31 @@ rollout gate is met or fails; withdraw on delete."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
 from pulumi import ResourceOptions
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+from pulumi.dynamic import (
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
 
-from mlinfra.edge.fleet import Broker, EdgeError, artifact_urls, manifest, publish, read_fleet, withdraw
+from mlinfra.edge.fleet import (
+    Broker,
+    EdgeError,
+    artifact_urls,
+    manifest,
+    publish,
+    read_fleet,
+    read_retained,
+    withdraw,
+)
 from mlinfra.registry.refs import model_identities
 from mlinfra_edge.condition import parse
 from mlinfra_edge.manifest import deployment_topic
@@ -49,7 +67,37 @@ def _counts(props: dict[str, Any], generation: str, deadline: float) -> dict[str
     }
 
 
+def observe(props: dict[str, Any]) -> str:
+    """``"published"`` when the broker still retains this deployment's manifest at its generation; else what it
+    retains instead (``"withdrawn"``, ``"generation 1a2b… published"``)."""
+    body = read_retained(_broker(props), deployment_topic(props["deployment_name"]))
+    if body is None:
+        return "withdrawn"
+    try:
+        generation = json.loads(body).get("generation")
+    except (ValueError, AttributeError):
+        return "an unreadable manifest published"
+    return "published" if generation == props.get("generation") else f"generation {generation} published"
+
+
 class EdgeDeploymentProvider(ResourceProvider):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        # What `up` brings the broker to; after a refresh found the manifest gone, preview shows observed → this.
+        return CheckResult({**news, "observed": "published"}, [])
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: the retained manifest (``observed``) and the devices' current reports (counts)."""
+        observed = observe(props)
+        if observed != "published":
+            print(
+                f"edge deployment {props['deployment_name']}: drift: {observed} (`pulumi up` publishes it again)",
+                file=sys.stderr,
+                flush=True,
+            )
+        counts = _counts(props, str(props.get("generation")), time.monotonic() + 10)
+        keep = ("targeted", "applied", "succeeded", "failed", "superseded", "failing_devices")
+        return ReadResult(id_, {**props, **{k: counts[k] for k in keep}, "observed": observed})
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         def norm(k: str, p: dict[str, Any]) -> Any:
             if k == "models":
@@ -57,8 +105,11 @@ class EdgeDeploymentProvider(ResourceProvider):
             return p.get(k)
 
         changed = [k for k in CONTENT_KEYS if norm(k, olds) != norm(k, news)]
+        drifted = (
+            bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
+        )
         return DiffResult(
-            changes=bool(changed),
+            changes=bool(changed) or drifted,
             replaces=["deployment_name"] if "deployment_name" in changed else [],
             delete_before_replace=True,
         )
@@ -110,6 +161,7 @@ class EdgeDeploymentProvider(ResourceProvider):
             )
         return {
             **props,
+            "observed": "published",
             "generation": generation,
             **{
                 k: counts[k]

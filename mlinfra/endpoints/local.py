@@ -446,7 +446,9 @@ def find_containers(endpoint: str | None = None) -> list[dict[str, Any]]:
 
 def replica_up(container: dict[str, Any] | None) -> bool:
     """Whether a container (from :func:`find_containers`) serves: running and not reported unhealthy."""
-    return container is not None and container["state"] == "running" and "(unhealthy)" not in container["status"]
+    return (
+        container is not None and container["state"] == "running" and "(unhealthy)" not in container["status"]
+    )
 
 
 def healthy_observation(spec: EndpointSpec) -> dict[str, Any]:

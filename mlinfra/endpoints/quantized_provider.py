@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from pulumi import ResourceOptions
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+from pulumi.dynamic import (
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
 
 from mlinfra.endpoints import quantize as q
 from mlinfra.registry import ModelRegistry
@@ -38,12 +46,34 @@ def _log(msg: str) -> None:
     print(f"quantize: {msg}", file=sys.stderr, flush=True)
 
 
+def _drifted(olds: dict[str, Any], news: dict[str, Any]) -> bool:
+    return bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
+
+
 class QuantizedModelProvider(ResourceProvider):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        # What `up` brings the INT8 version to; after a refresh found its bytes gone, preview shows → present.
+        return CheckResult({**news, "observed": "present"}, [])
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: the INT8 version's record and bytes in the registry, as ``observed``."""
+        src = props["source"]
+        reg = ModelRegistry(src["registry"], src.get("credential") or None)
+        observed = reg.check_version(props["target_name"], int(props["version"]))
+        if observed != "present":
+            _log(
+                f"{props['target_name']}:{int(props['version'])}: drift: {observed} (`pulumi up` quantizes again "
+                "and restores it if the result is the same bytes)"
+            )
+        return ReadResult(id_, {**props, "observed": observed})
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in CONTENT_KEYS if _norm(olds, k) != _norm(news, k)]
-        return DiffResult(changes=bool(changed))
+        return DiffResult(changes=bool(changed) or _drifted(olds, news))
 
-    def _run(self, props: dict[str, Any]) -> dict[str, Any]:
+    def _run(self, props: dict[str, Any], restore: int | None = None) -> dict[str, Any]:
+        """Quantize, gate and register; with RESTORE (a version whose bytes were lost), put the result back under
+        that version instead — only if it is byte-identical (ModelRegistry.restore_files checks the sha256)."""
         src = props["source"]
         reg = ModelRegistry(src["registry"], src.get("credential") or None)
         with tempfile.TemporaryDirectory(prefix="mlinfra-quantize-") as tmp:
@@ -80,6 +110,10 @@ class QuantizedModelProvider(ResourceProvider):
                     "more representative calibration rows, method='dynamic', or a larger limit"
                 )
             size_ratio = out.stat().st_size / fp32.stat().st_size
+            if restore is not None:
+                restored = reg.restore_files(props["target_name"], restore, out)
+                _log(f"{props['target_name']}:{restore}: restored {', '.join(restored) or 'nothing'}")
+                return {**props, "observed": "present"}
             mv, _created = reg.register(
                 props["target_name"],
                 out,
@@ -104,13 +138,19 @@ class QuantizedModelProvider(ResourceProvider):
             "sha256": mv.sha256,
             "accuracy": acc.to_dict(),
             "size_ratio": size_ratio,
+            "observed": "present",
         }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = self._run(props)
         return CreateResult(id_=f"{outs['target_name']}:{outs['version']}", outs=outs)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if _drifted(olds, news) and not [k for k in CONTENT_KEYS if _norm(olds, k) != _norm(news, k)]:
+            kept: dict[str, Any] = {
+                k: olds[k] for k in ("version", "sha256", "accuracy", "size_ratio") if k in olds
+            }
+            return UpdateResult(outs={**self._run(news, restore=int(olds["version"])), **kept})
         return UpdateResult(outs=self._run(news))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:

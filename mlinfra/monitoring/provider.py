@@ -8,14 +8,24 @@ does between a step and its secret marking (a CI run once found both in a file-b
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pulumi import ResourceOptions
-from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider, UpdateResult
+from pulumi.dynamic import (
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
 
 from mlinfra.errors import CollectionError
 
@@ -133,15 +143,99 @@ def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, 
 def _outs(props: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
     """The outputs: the inputs without the account key, and what was provisioned (no secret at all). ``sas`` is None:
     only state written before the SAS moved into the program holds one."""
-    return {**{k: v for k, v in props.items() if k != "storage_credential"}, **provisioned, "sas": None}
+    return {
+        **{k: v for k, v in props.items() if k != "storage_credential"},
+        **provisioned,
+        "sas": None,
+        "observed": dict(HEALTHY),
+    }
+
+
+RENEW_FRACTION = 0.1
+"""A SAS with less than this fraction of its lifetime left is renewed by the next `up` after a refresh."""
+
+
+def _container_exists(s: dict[str, str]) -> bool | None:
+    """Whether the Azure container exists, checked with $MLINFRA_COLLECT_CREDENTIAL (account key, or a SAS that
+    may read the container); None when there is no credential here (the state holds none: see the module doc)."""
+    cred = os.environ.get("MLINFRA_COLLECT_CREDENTIAL")
+    if not cred:
+        return None
+    from azure.core.exceptions import AzureError
+    from azure.storage.blob import ContainerClient
+
+    is_sas = cred.lstrip("?").startswith(("sv=", "se=", "sp=", "st="))
+    credential: Any = cred.lstrip("?") if is_sas else {"account_name": s["account"], "account_key": cred}
+    try:
+        return bool(ContainerClient(s["endpoint"], s["container"], credential=credential).exists())
+    except (AzureError, ValueError) as e:
+        raise CollectionError(
+            f"storage account {s['account']!r} at {s['endpoint']}: could not check container {s['container']!r} "
+            f"({type(e).__name__}): check $MLINFRA_COLLECT_CREDENTIAL"
+        ) from None
+
+
+def observe(props: dict[str, Any], now: datetime | None = None) -> dict[str, str]:
+    """The storage as it is: ``container`` present/missing (omitted when it can't be checked here) and ``sas``
+    valid / expiring / expired — an expired SAS silently stops every server's uploads."""
+    s = parse_storage(props["storage"])
+    out: dict[str, str] = {}
+    if s["kind"] == "file":
+        out["container"] = "present" if Path(s["path"]).is_dir() else "missing"
+        out["sas"] = "valid"  # a folder needs none
+        return out
+    exists = _container_exists(s)
+    if exists is not None:
+        out["container"] = "present" if exists else "missing"
+    expires = props.get("expires")
+    if not expires:
+        out["sas"] = "valid"
+        return out
+    left = datetime.strptime(expires, _STAMP).replace(tzinfo=UTC) - (now or datetime.now(UTC))
+    lifetime = timedelta(hours=float(props["ttl_hours"]))
+    if left <= timedelta(0):
+        out["sas"] = f"expired at {expires}"
+    elif left < lifetime * RENEW_FRACTION:
+        out["sas"] = f"expires at {expires}, under {RENEW_FRACTION:.0%} of its lifetime left"
+    else:
+        out["sas"] = "valid"
+    return out
+
+
+HEALTHY = {"container": "present", "sas": "valid"}
+
+
+def drift(observed: dict[str, str] | None) -> list[str]:
+    """What an observation reports short of :data:`HEALTHY`, as ``key: value`` phrases."""
+    return [f"{k}: {v}" for k, v in sorted((observed or {}).items()) if HEALTHY.get(k) != v]
 
 
 class CollectionStorageProvider(ResourceProvider):
     KEYS = ("storage", "ttl_hours", "rotation")
 
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        # What `up` brings the storage to; after a refresh found drift, preview shows observed → this.
+        return CheckResult({**news, "observed": dict(HEALTHY)}, [])
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: the container and the SAS's time left, as ``observed``."""
+        observed = observe(props)
+        found = drift(observed)
+        if found:
+            print(
+                f"data collection {props['storage']}: drift: {'; '.join(found)} (`pulumi up` creates the container "
+                "and issues a new SAS; collecting endpoints roll to it)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return ReadResult(id_, {**props, "observed": observed})
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in self.KEYS if olds.get(k) != news.get(k)]
-        return DiffResult(changes=bool(changed), replaces=["storage"] if "storage" in changed else [])
+        drifted = bool(news.get("observed")) and bool(drift(olds.get("observed")))
+        return DiffResult(
+            changes=bool(changed) or drifted, replaces=["storage"] if "storage" in changed else []
+        )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         out = provision(props["storage"], props.get("storage_credential"), float(props["ttl_hours"]))

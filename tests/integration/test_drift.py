@@ -3,6 +3,7 @@ up` brings it back as declared, a second `up` changes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 
@@ -194,3 +195,56 @@ def test_model_bytes_image_manifest_and_alias_changed_by_hand_are_reported_and_r
     finally:
         models.destroy(on_output=_quiet)
         st.destroy(on_output=_quiet)
+
+
+def test_collection_container_deleted_and_sas_expired_are_reported_and_repaired(
+    local_services, program, backend, monkeypatch
+) -> None:
+    """The collection container deleted by hand and the servers' SAS past its expiry: refresh reports both (the
+    container checked with $MLINFRA_COLLECT_CREDENTIAL — the state holds no key), up creates the container again
+    and issues a new SAS, a second up changes nothing."""
+    import os
+    import time
+
+    from azure.storage.blob import BlobServiceClient
+    from pulumi import automation as auto
+
+    local_services("azurite")
+    container = f"drift-{os.getpid()}"
+    storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
+    monkeypatch.setenv(
+        "MLINFRA_COLLECT_CREDENTIAL", services.AZURITE_KEY
+    )  # the engine's providers inherit it
+    st = local_stack(
+        program("collection-storage"),
+        "drift-dc",
+        backend,
+        {
+            "storage": storage,
+            "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
+            "sas_ttl_hours": str(4 / 3600),  # 4 s: expired by the time of the refresh
+        },
+    )
+    svc = BlobServiceClient(
+        services.azurite_blob_url(),
+        credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
+    )
+    try:
+        out = {k: v.value for k, v in st.up(on_output=_quiet).outputs.items()}
+        assert svc.get_container_client(container).exists()
+        first_expiry, first_sas = out["sas_expires"], out["sas"]
+        svc.delete_container(container)
+        time.sleep(5)
+        r = st.refresh(on_output=_quiet)
+        assert _changes(r.summary.resource_changes) == {"update": 1}, r.stdout[-1500:]
+        assert "drift: container: missing; sas: expired at " + first_expiry in r.stdout, r.stdout[-1500:]
+        assert services.AZURITE_KEY not in r.stdout
+        res = st.up(on_output=_quiet)  # the same inputs: only the drift makes this an update
+        assert _changes(res.summary.resource_changes) == {"update": 1}, res.stdout[-1500:]
+        assert svc.get_container_client(container).exists()
+        assert res.outputs["sas_expires"].value > first_expiry and res.outputs["sas"].value != first_sas
+        assert _changes(st.up(on_output=_quiet).summary.resource_changes) == {}
+    finally:
+        st.destroy(on_output=_quiet)
+        with contextlib.suppress(Exception):
+            svc.delete_container(container)

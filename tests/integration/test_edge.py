@@ -443,3 +443,43 @@ def test_agent_over_tls(tmp_path: Path, broker: Broker, agents: Agents) -> None:
     finally:
         mosq.send_signal(signal.SIGTERM)
         mosq.wait(10)
+
+
+def test_withdrawn_deployment_is_reported_and_republished(
+    tmp_path: Path, backend: Path, program, broker: Broker, agents: Agents
+) -> None:
+    """Drift: a colleague clears the retained deployment (the device drops it); refresh reports it, up publishes
+    the same generation again and the device serves again; a second up changes nothing."""
+    from mlinfra.edge.fleet import read_retained, withdraw
+
+    reg = f"file://{tmp_path / 'registry'}"
+    agents.start("w1", "site=p7")
+    models = {"mlp": write_mlp(tmp_path / "mlp.onnx", seed=1)}
+    stack = _stack(
+        program, backend, broker, reg, models, [{"name": "fleet", "condition": "*", "models": ["mlp"]}]
+    )
+    try:
+        stack.up(on_output=lambda _l: None)
+        body = read_retained(broker, deployment_topic("fleet"))
+        assert body is not None
+        generation = json.loads(body)["generation"]
+        assert agents.served("w1") == {"mlp": "1"}
+        withdraw(broker, "fleet")
+        assert read_retained(broker, deployment_topic("fleet")) is None
+        r = stack.refresh(on_output=lambda _l: None)
+        assert "edge deployment fleet: drift: withdrawn" in r.stdout, r.stdout[-1500:]
+        res = stack.up(on_output=lambda _l: None)
+        assert res.summary.resource_changes.get("update") == 1, res.summary.resource_changes
+        body = read_retained(broker, deployment_topic("fleet"))
+        assert body is not None and json.loads(body)["generation"] == generation
+        agents.wait(
+            lambda f: (
+                f.statuses.get("w1", {}).get("fleet", {}).get("generation") == generation
+                and f.statuses["w1"]["fleet"]["state"] == "success"
+            ),
+            "w1 applied the deployment again",
+        )
+        assert agents.served("w1") == {"mlp": "1"}
+        assert set(stack.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
+    finally:
+        stack.destroy(on_output=lambda _l: None)

@@ -89,6 +89,18 @@ def test_quantize_gate_register_and_serve(local_services, sk, program, backend, 
         # Deterministic: a second up is no change (same inputs → same INT8 bytes).
         res = st.up(on_output=lambda _l: None)
         assert set(res.summary.resource_changes) == {"same"}, res.summary.resource_changes
+        # Drift: the INT8 bytes deleted from the registry → refresh reports it → up quantizes again and restores
+        # the very same bytes under version 1 (no new version) → nothing left to do.
+        int8 = reg.get("classifier-int8", 1)
+        blob = tmp_path / "registry" / "blobs" / "sha256" / int8.files[0]["sha256"]
+        blob.unlink()
+        r = st.refresh(on_output=lambda _l: None)
+        assert "classifier-int8:1: drift: file classifier-int8.onnx missing" in r.stdout, r.stdout[-1500:]
+        res = st.up(on_output=lambda _l: None)
+        assert res.summary.resource_changes.get("update", 0) >= 1
+        assert reg.check_version("classifier-int8", 1) == "present" and reg.versions("classifier-int8") == [1]
+        assert res.outputs["quantized_model_version"].value == 1
+        assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
     finally:
         st.destroy(on_output=lambda _l: None)
 
