@@ -1,7 +1,7 @@
 """`mlinfra preview`, `mlinfra promote` and `mlinfra policy`: GitOps for a platform project (stacks/).
 
-Exit codes of `mlinfra preview`: 0 the plan is safe to apply; 1 it has breaking model changes or mandatory policy
-violations; 2 the preview could not run (bad stack name or config, engine error).
+Exit codes of `mlinfra preview`: 0 the plan is safe to apply; 1 it has breaking model changes, mandatory policy
+violations or (with --refresh) drift; 2 the preview could not run (bad stack name or config, engine error).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         project = _project(args)
         stack = args.stack or _only_stack(project)
         _stderr(f"previewing {project.name}/{stack} …")
-        summary = preview(project, stack, Path(args.events) if args.events else None, _stderr)
+        summary = preview(project, stack, Path(args.events) if args.events else None, _stderr, args.refresh)
     md = plan.render_for_comment(summary)
     if args.markdown:
         Path(args.markdown).write_text(md)
@@ -51,7 +51,7 @@ def _only_stack(project: Project) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     project = _project(args)
-    res = up(project, args.stack, say=print)
+    res = up(project, args.stack, say=print, refresh=args.refresh)
     print(f"{project.name}/{args.stack}: {res.summary.result}, {dict(res.summary.resource_changes or {})}")
     return 0
 
@@ -96,7 +96,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="preview a stack and summarize it in model terms (markdown for pull requests, JSON)",
         description="Runs `pulumi preview` (with the policy pack when the stack's config enables it) and renders "
         "model versions, signatures, image digests, endpoint traffic and rollout steps, edge targets and policy "
-        "violations. Exit code: 0 safe, 1 breaking changes or violations, 2 the preview failed.",
+        "violations; with --refresh, drift (what changed outside Pulumi). Exit code: 0 safe, 1 breaking changes, "
+        "violations or drift, 2 the preview failed.",
+    )
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="read every resource from the real world first and report drift (a scheduled job's drift alarm)",
     )
     p.add_argument("--stack", help="stack name (default: the only Pulumi.<stack>.yaml)")
     p.add_argument("--dir", help="the project folder (default: . if it has Pulumi.yaml, else stacks/)")
@@ -115,6 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stack", required=True)
     p.add_argument("--dir", help="the project folder (default: . if it has Pulumi.yaml, else stacks/)")
+    p.add_argument("--refresh", action="store_true", help="read the real world first: repairs drift")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(

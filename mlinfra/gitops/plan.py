@@ -124,6 +124,15 @@ class EdgeChange:
 
 
 @dataclass
+class Drift:
+    """A resource a refresh found other than declared (its provider's ``observed`` output against the declared
+    one): what `pulumi up` will repair."""
+
+    resource: str
+    found: list[str]
+
+
+@dataclass
 class Violation:
     policy: str
     level: str
@@ -142,6 +151,7 @@ class Summary:
     edge: list[EdgeChange] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    drift: list[Drift] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -156,17 +166,50 @@ class Summary:
         return [v for v in self.violations if v.level == "mandatory"]
 
     def exit_code(self) -> int:
-        """0: fine to apply; 1: breaking changes or mandatory policy violations; 2: the preview itself failed."""
+        """0: fine to apply; 1: breaking changes, mandatory policy violations or drift (previews with refresh);
+        2: the preview itself failed."""
         if self.errors and not self.blocking:
             return 2
-        return 1 if self.breaking or self.blocking else 0
+        return 1 if self.breaking or self.blocking or self.drift else 0
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["changed"] = self.changed
         out["breaking"] = bool(self.breaking)
+        out["drifted"] = bool(self.drift)
         out["exit_code"] = self.exit_code()
         return out
+
+
+def _phrases(observed: Any, declared: Any, path: str = "") -> list[str]:
+    if isinstance(observed, dict) and isinstance(declared, dict):
+        out = []
+        for k in sorted(observed):
+            out += _phrases(observed[k], declared.get(k), f"{path}{k}.")
+        return out
+    if observed == declared or declared is None:
+        return []
+    where = path.rstrip(".")
+    return [f"{where + ': ' if where else ''}{observed} (declared: {declared})"]
+
+
+def drift_found(step: dict[str, Any]) -> list[str]:
+    """What a step's refreshed state says differs from what is declared: the provider's ``observed`` output (set
+    by `pulumi refresh` / `preview --refresh`) against the ``observed`` its check declares."""
+    if step.get("op") in ("same", "create", "read", "refresh"):
+        return []
+    observed = _outputs(step, "old").get("observed")
+    declared = _inputs(step, "new").get("observed")
+    if not observed or not declared or observed == declared:
+        return []
+    return _phrases(observed, declared)
+
+
+def _owner(urn: str) -> str:
+    """``CloudEndpoint churn-staging-local``: the mlinfra component a provider resource belongs to, and its name."""
+    chain = urn.split("::")[-2] if urn.count("::") >= 3 else ""
+    kinds = [t.rsplit(":", 1)[-1] for t in chain.split("$") if t.startswith("mlinfra:")]
+    return f"{kinds[-1]} {_name(urn)}" if kinds else _name(urn)
 
 
 def _name(urn: str) -> str:
@@ -251,6 +294,10 @@ def summarize(records: list[dict[str, Any]], stack: str, project: str) -> Summar
             summary.endpoints.append(_endpoint(s, _children(steps, urn)))
         elif kind == EDGE:
             summary.edge.append(_edge(s))
+    for urn, s in sorted(steps.items()):
+        found = drift_found(s)
+        if found:
+            summary.drift.append(Drift(_owner(urn), found))
     for r in records:
         if r.get("kind") == "policy":
             summary.violations.append(
@@ -469,6 +516,8 @@ def render_markdown(s: Summary, max_rows: int | None = None) -> str:
         flags.append(f"⛔ {len(s.violations)} policy violation(s)")
     if s.errors:
         flags.append("❌ preview failed")
+    if s.drift:
+        flags.append(f"🔧 {len(s.drift)} resource(s) drifted")
     out.append(head + (" · " + " · ".join(flags) if flags else ""))
     out.append("")
 
@@ -539,6 +588,19 @@ def render_markdown(s: Summary, max_rows: int | None = None) -> str:
             mb, ma = ", ".join(g.models_before) or "—", ", ".join(g.models_after) or "—"
             out.append(f"| {g.name} | {cond} | {devices} | {_arrow(mb, ma)} | {gate} |")
         out += [*_more(more_edge, "edge deployments", 5), ""]
+    if s.drift:
+        out += [
+            "#### Drift",
+            "",
+            "Found by the refresh: what runs is not what the stack declares; `pulumi up` repairs it.",
+            "",
+            "| resource | found |",
+            "|---|---|",
+        ]
+        drift, more_drift = _cut(s.drift, max_rows)
+        for d in drift:
+            out.append(f"| {_esc(d.resource)} | {'<br>'.join(_esc(f) for f in d.found)} |")
+        out += [*_more(more_drift, "drifted resources", 2), ""]
     if s.violations:
         out += [
             "#### Policy violations",
@@ -560,6 +622,8 @@ def render_markdown(s: Summary, max_rows: int | None = None) -> str:
         verdict = "❌ the preview failed: fix the errors above"
     elif s.blocking:
         verdict = "⛔ blocked by policy: fix the violations above"
+    elif s.drift and not s.breaking:
+        verdict = "🔧 drift: the stack no longer runs as declared; `pulumi up` repairs it"
     else:
         verdict = "⚠️ breaking model change: callers must change with it; merge deliberately"
     out.append(f"_{verdict}_")

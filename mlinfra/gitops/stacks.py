@@ -126,11 +126,13 @@ def preview(
     stack_name: str,
     events_file: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    refresh: bool = False,
 ) -> plan.Summary:
     """`pulumi preview` of STACK through the Automation API, with the policy pack when the stack's config has a
-    `policy` section, summarized in model terms."""
+    `policy` section, summarized in model terms. With REFRESH, every resource is read from the real world first
+    (`pulumi preview --refresh`): what changed outside Pulumi shows as drift (the state file is not written)."""
     project.config(stack_name)  # validates before the engine runs
-    return _preview(project, project.stack(stack_name), events_file, progress)
+    return _preview(project, project.stack(stack_name), events_file, progress, refresh)
 
 
 def _preview(
@@ -138,6 +140,7 @@ def _preview(
     stack: auto.Stack,
     events_file: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    refresh: bool = False,
 ) -> plan.Summary:
     records: list[dict[str, Any]] = []
 
@@ -149,7 +152,7 @@ def _preview(
         if progress and r["kind"] == "step" and r["op"] != "same" and r["type"] != "pulumi:pulumi:Stack":
             progress(f"  {r['op']:8s} {r['type']} {plan._name(r['urn'])}")
 
-    kwargs: dict[str, Any] = {"on_event": on_event, "diff": False}
+    kwargs: dict[str, Any] = {"on_event": on_event, "diff": False, "refresh": refresh}
     with tempfile.TemporaryDirectory(prefix="mlinfra-policy-") as tmp:
         kwargs.update(_policy_args(project.config(stack.name), stack.name, Path(tmp)))
         failure = None
@@ -179,12 +182,15 @@ def _policy_args(cfg: PlatformConfig, stack_name: str, tmp: Path) -> dict[str, A
     return {"policy_packs": [str(POLICY_PACK)], "policy_pack_configs": [str(pack_cfg)]}
 
 
-def up(project: Project, stack_name: str, say: Callable[[str], None] = print) -> auto.UpResult:
+def up(
+    project: Project, stack_name: str, say: Callable[[str], None] = print, refresh: bool = False
+) -> auto.UpResult:
     """`pulumi up` of STACK, engine output streamed to SAY, with the stack's policy pack enforced. The engine's
-    `up` does not preview first (Automation API), so this previews first and refuses a plan the policies block."""
+    `up` does not preview first (Automation API), so this previews first and refuses a plan the policies block.
+    With REFRESH, the real world is read first, so drift is repaired (`pulumi up --refresh`)."""
     cfg = project.config(stack_name)
     stack = project.stack(stack_name)
-    summary = _preview(project, stack)
+    summary = _preview(project, stack, refresh=refresh)
     if summary.blocking or summary.errors:
         raise GitOpsError(
             f"not applying {stack_name}: "
@@ -193,7 +199,9 @@ def up(project: Project, stack_name: str, say: Callable[[str], None] = print) ->
     with tempfile.TemporaryDirectory(prefix="mlinfra-policy-") as tmp:
         try:
             return stack.up(
-                on_output=lambda line: say(line.rstrip("\n")), **_policy_args(cfg, stack_name, Path(tmp))
+                on_output=lambda line: say(line.rstrip("\n")),
+                refresh=refresh,
+                **_policy_args(cfg, stack_name, Path(tmp)),
             )
         except auto.CommandError as e:
             raise GitOpsError(f"`pulumi up` of {stack_name} failed: {_failure_text(e)}") from None

@@ -141,12 +141,12 @@ def provision(uri: str, account_key: str | None, ttl_hours: float) -> dict[str, 
 
 
 def _outs(props: dict[str, Any], provisioned: dict[str, Any]) -> dict[str, Any]:
-    """The outputs: the inputs without the account key, and what was provisioned (no secret at all). ``sas`` is None:
+    """The outputs: the inputs without the account key, and what was provisioned (no secret at all). ``sas`` is "":
     only state written before the SAS moved into the program holds one."""
     return {
         **{k: v for k, v in props.items() if k != "storage_credential"},
         **provisioned,
-        "sas": None,
+        "sas": "",  # not None: a None output reads as unknown in previews (the endpoint would show a new SAS)
         "observed": dict(HEALTHY),
     }
 

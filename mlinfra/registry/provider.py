@@ -138,6 +138,9 @@ class ModelVersionProvider(ResourceProvider):
 class ModelAliasProvider(ResourceProvider):
     """An alias (e.g. `champion`) pointing at a version; moving it is an in-place update."""
 
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        return CheckResult({**news, "observed": f"points at {int(news['version'])}"}, [])
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in ("model_name", "registry", "alias", "version") if olds.get(k) != news.get(k)]
         return DiffResult(
@@ -149,11 +152,14 @@ class ModelAliasProvider(ResourceProvider):
             _registry(props).set_alias(props["model_name"], props["alias"], int(props["version"]))
         except (ModelError, ModelRegistryError) as e:
             raise ModelError(str(e)) from None
-        return CreateResult(id_=f"{props['model_name']}@{props['alias']}", outs=dict(props))
+        return CreateResult(
+            id_=f"{props['model_name']}@{props['alias']}",
+            outs={**props, "observed": f"points at {int(props['version'])}"},
+        )
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         _registry(news).set_alias(news["model_name"], news["alias"], int(news["version"]))
-        return UpdateResult(outs=dict(news))
+        return UpdateResult(outs={**news, "observed": f"points at {int(news['version'])}"})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """`pulumi refresh`: where the alias points now (``version`` None if it was removed); `up` moves it back."""
@@ -165,7 +171,8 @@ class ModelAliasProvider(ResourceProvider):
                 file=sys.stderr,
                 flush=True,
             )
-        return ReadResult(id_, {**props, "version": now})
+        observed = f"points at {now if now is not None else 'nothing'}"
+        return ReadResult(id_, {**props, "version": now, "observed": observed})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         _registry(props).delete_alias(props["model_name"], props["alias"])

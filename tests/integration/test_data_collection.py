@@ -311,6 +311,9 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
             records[0]
         )
         assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
+        # …and a preview agrees: the SAS (computed in the program) is known at preview, not a pending change.
+        pv = st.preview(on_output=lambda _l: None)
+        assert {k for k, v in pv.change_summary.items() if v} == {"same"}, pv.change_summary
         assert plaintext_secrets(backend, services.AZURITE_KEY, "sig=") == []
         assert find_containers("scoring-dc")
         # Collecting replicas run on the host network on their own port: the image's health check must probe that

@@ -152,6 +152,32 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     r = cli(p, "preview", "--stack", "staging")
     assert r.returncode == 0 and "**No changes**" in r.stdout, r.stdout
 
+    # Drift: staging's scoring replica removed by hand. A plain preview can't know; one with --refresh (a
+    # scheduled drift alarm) reports it and exits 1; `mlinfra up --refresh` repairs it; then all is clean again.
+    staging_eps = {c["labels"]["mlinfra.io/endpoint"] for c in find_containers() if "staging" in c["name"]}
+    replicas = [
+        c for ep in staging_eps for c in find_containers(ep) if c["labels"].get("mlinfra.io/role") != "router"
+    ]
+    assert replicas, staging_eps
+    subprocess.run(["docker", "rm", "-f", replicas[0]["name"]], check=True, capture_output=True)
+    r = cli(p, "preview", "--stack", "staging")
+    assert r.returncode == 0 and "**No changes**" in r.stdout, r.stdout
+    drift_md = tmp_path / "drift.md"
+    r = cli(p, "preview", "--stack", "staging", "--refresh", "--markdown", str(drift_md), record="drift")
+    assert r.returncode == 1, r.stdout + r.stderr
+    text = drift_md.read_text()
+    assert "#### Drift" in text and "🔧 1 resource(s) drifted" in text, text
+    assert re.search(
+        r"\| CloudEndpoint \S+ \| deployments\.\w+: 0 of 1 replicas running \(declared: 1 of 1", text
+    ), text
+    r = cli(p, "up", "--stack", "staging", "--refresh")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert len([c for ep in staging_eps for c in find_containers(ep) if c["state"] == "running"]) == len(
+        [c for ep in staging_eps for c in find_containers(ep)]
+    )
+    r = cli(p, "preview", "--stack", "staging", "--refresh")
+    assert r.returncode == 0 and "**No changes**" in r.stdout, r.stdout
+
     # prod: the policy pack requires accuracy ≥ 0.9 on models; v2 carries none.
     r = cli(p, "promote", "--from", "staging", "--to", "prod", "--copy")
     assert r.returncode == 0, r.stderr

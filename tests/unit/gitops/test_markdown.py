@@ -34,7 +34,24 @@ def test_markdown_matches_golden(case: str) -> None:
 
 
 def test_every_kind_of_change_is_recorded() -> None:
-    assert set(CASES) >= {"create", "no-changes", "promotion", "policy-violation", "breaking-traffic-edge"}
+    assert set(CASES) >= {
+        "create",
+        "no-changes",
+        "promotion",
+        "policy-violation",
+        "breaking-traffic-edge",
+        "drift",
+    }
+
+
+def test_drift_found_by_a_refreshed_preview() -> None:
+    """The recording: staging's scoring replica removed by hand, `mlinfra preview --refresh`. The endpoint's
+    refreshed state says 0 of 1 replicas run: reported as drift, exit code 1; nothing else changes."""
+    s = render("drift")
+    assert [d.resource for d in s.drift] == ["CloudEndpoint churn-local"], s.drift
+    assert s.drift[0].found == ["deployments.blue: 0 of 1 replicas running (declared: 1 of 1 replicas running)"]
+    assert s.exit_code() == 1 and not s.breaking and not s.violations
+    assert plan.summarize(load_records(GOLDEN / "no-changes.jsonl"), "x", "p").drift == []
 
 
 def test_no_changes() -> None:

@@ -14,7 +14,7 @@ from tests.unit.mocks import install, resolve
 
 
 def test_folder_storage_and_server_settings(tmp_path: Path) -> None:
-    mocks = install({"-storage": {"container_uri": f"file://{tmp_path}/c", "sas": None, "expires": ""}})
+    mocks = install({"-storage": {"container_uri": f"file://{tmp_path}/c", "sas": "", "expires": ""}})
     dc: dict = {}
 
     def build() -> dict:
@@ -75,7 +75,7 @@ def test_the_sas_is_computed_in_the_program_and_never_a_provider_output() -> Non
 
     window = {"container_uri": "u", "expires": "2026-12-28T10:00:00Z"}
     outs = _outs({"storage": AZ, "storage_credential": KEY, "ttl_hours": 720.0}, window)
-    assert "storage_credential" not in outs and outs["sas"] is None and outs["expires"] == window["expires"]
+    assert "storage_credential" not in outs and outs["sas"] == "" and outs["expires"] == window["expires"]
     assert KEY not in repr(outs)
     assert CollectionStorageProvider.KEYS == ("storage", "ttl_hours", "rotation")
 
