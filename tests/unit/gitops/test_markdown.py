@@ -49,7 +49,9 @@ def test_drift_found_by_a_refreshed_preview() -> None:
     refreshed state says 0 of 1 replicas run: reported as drift, exit code 1; nothing else changes."""
     s = render("drift")
     assert [d.resource for d in s.drift] == ["CloudEndpoint churn-local"], s.drift
-    assert s.drift[0].found == ["deployments.blue: 0 of 1 replicas running (declared: 1 of 1 replicas running)"]
+    assert s.drift[0].found == [
+        "deployments.blue: 0 of 1 replicas running (declared: 1 of 1 replicas running)"
+    ]
     assert s.exit_code() == 1 and not s.breaking and not s.violations
     assert plan.summarize(load_records(GOLDEN / "no-changes.jsonl"), "x", "p").drift == []
 
