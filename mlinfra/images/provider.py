@@ -20,11 +20,13 @@ from pulumi.dynamic import (
 
 from mlinfra.errors import ImageBuildError
 from mlinfra.images.builder import (
+    BuildResult,
     ImageSpec,
     ModelInput,
     _client,
     build_and_push,
     docker_build_and_push,
+    inspect_image,
     split_ref,
 )
 from mlinfra.registry import ModelRegistry
@@ -118,8 +120,28 @@ class ScoringImageProvider(ResourceProvider):
         )
         return DiffResult(changes=bool(changed) or drifted, replaces=[], delete_before_replace=False)
 
-    def _build(self, props: dict[str, Any]) -> dict[str, Any]:
-        if props.get("dockerfile"):
+    def _adopt(self, props: dict[str, Any]) -> BuildResult:
+        """An image already in the repository, checked: it exists and packages exactly the declared versions."""
+        ref = f"{props['repository']}@{props['import_digest']}"
+        found = inspect_image(ref)
+        if found is None:
+            raise ImageBuildError(f"cannot import {ref}: the registry does not hold it (check import_digest)")
+        packaged = {(m["name"], int(m["version"]), m["sha256"]) for m in found["models"]}
+        wanted = {(m["name"], int(m["version"]), m["sha256"]) for m in props["models"]}
+        if packaged != wanted:
+            has = ", ".join(f"{n}:{v}" for n, v, _ in sorted(packaged)) or "no mlinfra model"
+            declared = ", ".join(f"{n}:{v}" for n, v, _ in sorted(wanted))
+            raise ImageBuildError(
+                f"cannot import {ref}: it packages {has}, the stack declares {declared}: import the image built "
+                "from these versions, or drop import_digest to build one"
+            )
+        return BuildResult(ref, found["digest"], found["labels"], [], 0, sorted(found["models"], key=str))
+
+    def _build(self, props: dict[str, Any], adopt: bool = False) -> dict[str, Any]:
+        if adopt and props.get("import_digest"):
+            result = self._adopt(props)
+            print(f"imported {result.image_ref} (not rebuilt)", file=sys.stderr, flush=True)
+        elif props.get("dockerfile"):
             result = docker_build_and_push(
                 _spec(props),
                 Path(props["dockerfile"]),
@@ -140,7 +162,7 @@ class ScoringImageProvider(ResourceProvider):
         }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = self._build(props)
+        outs = self._build(props, adopt=True)
         return CreateResult(id_=outs["image_ref"], outs=outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:

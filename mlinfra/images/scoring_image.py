@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ class ScoringImageArgs:
     pinned: str | None = None
     """Pin: use this already built image (host/repo@sha256:<64 hex>) instead of building — what `mlinfra promote`
     writes. Preview fails unless the registry holds it and its labels name exactly the versions of ``models``."""
+    import_digest: str | None = None
+    """Adopt: ``sha256:<64 hex>`` of an image already in ``repository`` — the stack manages it from now on (refresh,
+    drift repair, later rebuilds) without building it again. Its labels must name exactly the versions of
+    ``models``. mlinfra's form of `pulumi import` (the engine can't import dynamic-provider resources:
+    pulumi/pulumi#16175). Read only at create: keeping or removing it afterwards changes nothing."""
 
 
 class ScoringImage(pulumi.ComponentResource):
@@ -121,6 +127,7 @@ class ScoringImage(pulumi.ComponentResource):
                 "registry_password": pulumi.Output.secret(args.registry_password)
                 if args.registry_password is not None
                 else None,
+                "import_digest": _import_digest(name, args.import_digest),
                 "image_ref": None,
                 "digest": None,
                 "image_labels": None,
@@ -183,6 +190,14 @@ class ScoringImage(pulumi.ComponentResource):
         self.register_outputs(
             {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
         )
+
+
+def _import_digest(name: str, digest: str | None) -> str | None:
+    if digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", str(digest)):
+        raise ImageBuildError(
+            f"ScoringImage {name}: import_digest = {digest!r} must be sha256:<64 lowercase hex>"
+        )
+    return digest
 
 
 def _model_refs(name: str, args: ScoringImageArgs) -> list[Any]:

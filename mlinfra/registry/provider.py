@@ -86,8 +86,34 @@ class ModelVersionProvider(ResourceProvider):
             )
         return mv
 
+    def _adopt(self, props: dict[str, Any]) -> Any:
+        """`import_version`: the existing version, if it holds exactly this content; its metadata as declared."""
+        reg, name, version = _registry(props), props["model_name"], int(props["import_version"])
+        mv = reg.get(name, version)
+        if mv is None:
+            raise ModelError(
+                f"cannot import {name}:{version}: {reg.uri} has no such version (has: {reg.versions(name)})"
+            )
+        if mv.sha256 != props["sha256"]:
+            raise ModelError(
+                f"cannot import {name}:{version}: it holds sha256 {mv.sha256[:12]}…, {props['path']} is "
+                f"{props['sha256'][:12]}…: point path at that version's file (`mlinfra models download "
+                f"{name}:{version} FILE`) or drop import_version to register the file as a new version"
+            )
+        state = reg.check_version(name, version)
+        if state != "present":
+            raise ModelError(f"cannot import {name}:{version}: {state} in {reg.uri}")
+        print(f"imported {name}:{version} (nothing uploaded)", file=sys.stderr, flush=True)
+        return reg.set_metadata(
+            name,
+            version,
+            props.get("tags") or {},
+            props.get("description", ""),
+            props.get("properties") or {},
+        )
+
     def create(self, props: dict[str, Any]) -> CreateResult:
-        mv = self._register(props)
+        mv = self._adopt(props) if props.get("import_version") else self._register(props)
         return CreateResult(id_=f"{props['model_name']}:{mv.sha256}", outs=_outs(props, mv))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:

@@ -44,9 +44,20 @@ class RegisteredModelArgs:
     registry_credential: pulumi.Input[str] | None = None
     """Azure account key, SAS token or connection string (made a Pulumi secret). Default: the stack's secret
     `mlinfra:registryCredential`, else none (fine for file registries)."""
+    import_version: int | None = None
+    """Adopt: the version of ``model_name`` already in the registry that ``path`` holds — created as that version
+    (its metadata set as declared), nothing uploaded; fails if the version's content is not ``path``'s. mlinfra's
+    form of `pulumi import` (the engine can't import dynamic-provider resources: pulumi/pulumi#16175). Without the
+    file: `mlinfra models download NAME:VERSION FILE` first. Read only at create."""
     delete_versions_on_destroy: bool = False
     """Default: False — `pulumi destroy` keeps every stored version (a registry is a record). True deletes the
     versions of this model that no image or endpoint uses."""
+
+
+def _import_version(name: str, version: Any) -> int | None:
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise ModelError(f"RegisteredModel {name}: import_version = {version!r} must be an integer ≥ 1")
+    return version
 
 
 def as_int(v: Any) -> Any:
@@ -99,6 +110,11 @@ class RegisteredModel(pulumi.ComponentResource):
             )
         registry, credential = _registry_settings(args.registry, args.registry_credential)
         if pinned:
+            if args.import_version is not None:
+                raise ModelError(
+                    f"RegisteredModel {name}: import_version adopts a version with its file (path=); a pinned "
+                    "version (version=, sha256=) is only referenced, there is nothing to import"
+                )
             self._init_pinned(name, model_name, args, registry, credential, opts)
             return
         assert args.path is not None
@@ -134,6 +150,7 @@ class RegisteredModel(pulumi.ComponentResource):
                 "tags": tags,
                 "properties": properties,
                 "delete_versions_on_destroy": args.delete_versions_on_destroy,
+                "import_version": _import_version(name, args.import_version),
                 "version": None,
                 "uri": None,
                 "created_at": None,

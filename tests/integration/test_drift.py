@@ -248,3 +248,51 @@ def test_collection_container_deleted_and_sas_expired_are_reported_and_repaired(
         st.destroy(on_output=_quiet)
         with contextlib.suppress(Exception):
             svc.delete_container(container)
+
+
+def test_import_an_existing_model_version_and_image(local_services, program, backend, tmp_path) -> None:
+    """A version registered and an image built outside any stack are adopted (import_version, import_digest):
+    nothing uploaded, registered or built; the next up is no change; a wrong import fails naming what differs."""
+    from pulumi import automation as auto
+
+    local_services("docker", "registry", "python-base")
+    reg_uri = f"file://{tmp_path / 'registry'}"
+    path = write_mlp(tmp_path / "mlp.onnx")
+    mv, _ = ModelRegistry(reg_uri).register("mlp", path)
+    repository = "127.0.0.1:5000/mlinfra-test/imported"
+    built = build_and_push(
+        ImageSpec(
+            repository=repository,
+            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
+            base=services.base_image_ref(),
+        )
+    )
+    config = {
+        "path": str(path),
+        "registry": reg_uri,
+        "repository": repository,
+        "import_version": "1",
+        "import_digest": built.digest,
+    }
+    folder = program("scoring-image")
+    st = local_stack(folder, "imported", backend, config)
+    try:
+        res = st.up(on_output=_quiet)
+        assert res.outputs["image_ref"].value == built.image_ref and res.outputs["model_version"].value == 1
+        assert (
+            "imported mlp:1 (nothing uploaded)" in res.stdout and f"imported {built.image_ref}" in res.stdout
+        )
+        assert ModelRegistry(reg_uri).versions("mlp") == [1]
+        assert f"image:{built.image_ref}" in ModelRegistry(reg_uri).users("mlp", 1)
+        assert _changes(st.up(on_output=_quiet).summary.resource_changes) == {}
+        assert _changes(st.refresh(on_output=_quiet).summary.resource_changes) == {}
+    finally:
+        st.destroy(on_output=_quiet)
+
+    # The wrong version: refused, nothing registered.
+    other = local_stack(folder, "wrong", backend, {**config, "import_version": "2"})
+    with pytest.raises(auto.CommandError) as e:
+        other.up(on_output=_quiet)
+    assert "cannot import mlp:2" in str(e.value) and "has no such version (has: [1])" in str(e.value)
+    assert ModelRegistry(reg_uri).versions("mlp") == [1]
+    other.destroy(on_output=_quiet)

@@ -4,7 +4,12 @@ import mlinfra
 
 config = pulumi.Config()
 model = mlinfra.RegisteredModel(
-    "mlp", mlinfra.RegisteredModelArgs(path=config.require("path"), registry=config.require("registry"))
+    "mlp",
+    mlinfra.RegisteredModelArgs(
+        path=config.require("path"),
+        registry=config.require("registry"),
+        import_version=config.get_int("import_version"),
+    ),
 )
 image = mlinfra.ScoringImage(
     "scorer",
@@ -12,6 +17,7 @@ image = mlinfra.ScoringImage(
         models=[model],
         repository=config.require("repository"),
         script=config.get("script"),
+        import_digest=config.get("import_digest"),
     ),
 )
 pulumi.export("image_ref", image.image_ref)
