@@ -4,7 +4,6 @@ rollout gate is met or fails; withdraw on delete."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from mlinfra.edge.fleet import (
     read_retained,
     withdraw,
 )
+from mlinfra.observed import observed_drift, say_drift
 from mlinfra.registry.refs import model_identities
 from mlinfra_edge.condition import parse
 from mlinfra_edge.manifest import deployment_topic
@@ -89,10 +89,8 @@ class EdgeDeploymentProvider(ResourceProvider):
         """`pulumi refresh`: the retained manifest (``observed``) and the devices' current reports (counts)."""
         observed = observe(props)
         if observed != "published":
-            print(
-                f"edge deployment {props['deployment_name']}: drift: {observed} (`pulumi up` publishes it again)",
-                file=sys.stderr,
-                flush=True,
+            say_drift(
+                f"edge deployment {props['deployment_name']}", observed, "`pulumi up` publishes it again"
             )
         counts = _counts(props, str(props.get("generation")), time.monotonic() + 10)
         keep = ("targeted", "applied", "succeeded", "failed", "superseded", "failing_devices")
@@ -105,9 +103,7 @@ class EdgeDeploymentProvider(ResourceProvider):
             return p.get(k)
 
         changed = [k for k in CONTENT_KEYS if norm(k, olds) != norm(k, news)]
-        drifted = (
-            bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
-        )
+        drifted = observed_drift(olds, news)
         return DiffResult(
             changes=bool(changed) or drifted,
             replaces=["deployment_name"] if "deployment_name" in changed else [],

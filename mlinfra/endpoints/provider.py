@@ -28,6 +28,7 @@ from pulumi.output import Unknown
 from mlinfra.endpoints import local, rollout
 from mlinfra.endpoints.plan import describe_plan, plan, revision, upstream_weights
 from mlinfra.endpoints.spec import EndpointSpec
+from mlinfra.observed import observed_drift, say_drift
 from mlinfra.registry import ModelRegistry
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # how the engine passes a value not known until apply
@@ -232,9 +233,7 @@ class LocalEndpointProvider(ResourceProvider):
             changed.remove("port")  # an automatically chosen port stays
         renamed = olds.get("endpoint_name") != news.get("endpoint_name")
         # Drift: `pulumi refresh` (read) recorded what really runs; anything short of the declared state is repaired.
-        drifted = (
-            bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
-        )
+        drifted = observed_drift(olds, news)
         return DiffResult(
             changes=bool(changed) or renamed or drifted,
             replaces=["endpoint_name"] if renamed else [],
@@ -293,11 +292,7 @@ class LocalEndpointProvider(ResourceProvider):
         observed = local.observe(spec, live)
         drift = _drift(observed, local.healthy_observation(spec))
         if drift:
-            print(
-                f"{spec.endpoint_name}: drift: {'; '.join(drift)} (`pulumi up` repairs it)",
-                file=sys.stderr,
-                flush=True,
-            )
+            say_drift(spec.endpoint_name, "; ".join(drift), "`pulumi up` repairs it")
         return ReadResult(id_, {**props, "observed": observed})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from pulumi.dynamic import (
 )
 
 from mlinfra.endpoints import quantize as q
+from mlinfra.observed import observed_drift, say_drift
 from mlinfra.registry import ModelRegistry
 
 CONTENT_KEYS = (
@@ -46,10 +47,6 @@ def _log(msg: str) -> None:
     print(f"quantize: {msg}", file=sys.stderr, flush=True)
 
 
-def _drifted(olds: dict[str, Any], news: dict[str, Any]) -> bool:
-    return bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
-
-
 class QuantizedModelProvider(ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         # What `up` brings the INT8 version to; after a refresh found its bytes gone, preview shows → present.
@@ -61,15 +58,16 @@ class QuantizedModelProvider(ResourceProvider):
         reg = ModelRegistry(src["registry"], src.get("credential") or None)
         observed = reg.check_version(props["target_name"], int(props["version"]))
         if observed != "present":
-            _log(
-                f"{props['target_name']}:{int(props['version'])}: drift: {observed} (`pulumi up` quantizes again "
-                "and restores it if the result is the same bytes)"
+            say_drift(
+                f"{props['target_name']}:{int(props['version'])}",
+                observed,
+                "`pulumi up` quantizes again and restores it if the result is the same bytes",
             )
         return ReadResult(id_, {**props, "observed": observed})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in CONTENT_KEYS if _norm(olds, k) != _norm(news, k)]
-        return DiffResult(changes=bool(changed) or _drifted(olds, news))
+        return DiffResult(changes=bool(changed) or observed_drift(olds, news))
 
     def _run(self, props: dict[str, Any], restore: int | None = None) -> dict[str, Any]:
         """Quantize, gate and register; with RESTORE (a version whose bytes were lost), put the result back under
@@ -146,7 +144,7 @@ class QuantizedModelProvider(ResourceProvider):
         return CreateResult(id_=f"{outs['target_name']}:{outs['version']}", outs=outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        if _drifted(olds, news) and not [k for k in CONTENT_KEYS if _norm(olds, k) != _norm(news, k)]:
+        if observed_drift(olds, news) and not [k for k in CONTENT_KEYS if _norm(olds, k) != _norm(news, k)]:
             kept: dict[str, Any] = {
                 k: olds[k] for k in ("version", "sha256", "accuracy", "size_ratio") if k in olds
             }

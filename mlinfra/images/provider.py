@@ -29,6 +29,7 @@ from mlinfra.images.builder import (
     inspect_image,
     split_ref,
 )
+from mlinfra.observed import observed_drift, say_drift
 from mlinfra.registry import ModelRegistry
 from mlinfra.registry.refs import model_identities
 
@@ -99,11 +100,7 @@ class ScoringImageProvider(ResourceProvider):
         """`pulumi refresh`: the manifest and its blobs still in the registry, as ``observed``."""
         observed = observe(props)
         if observed != "present":
-            print(
-                f"{props['image_ref']}: drift: {observed} (`pulumi up` pushes it again from the same inputs)",
-                file=sys.stderr,
-                flush=True,
-            )
+            say_drift(props["image_ref"], observed, "`pulumi up` pushes it again from the same inputs")
         return ReadResult(id_, {**props, "observed": observed})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -115,9 +112,7 @@ class ScoringImageProvider(ResourceProvider):
             return props.get(k)
 
         changed = [k for k in BUILD_KEYS if norm(k, olds) != norm(k, news)]
-        drifted = (
-            bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
-        )
+        drifted = observed_drift(olds, news)
         return DiffResult(changes=bool(changed) or drifted, replaces=[], delete_before_replace=False)
 
     def _adopt(self, props: dict[str, Any]) -> BuildResult:

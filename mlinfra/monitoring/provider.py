@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +27,7 @@ from pulumi.dynamic import (
 )
 
 from mlinfra.errors import CollectionError
+from mlinfra.observed import say_drift
 
 
 def parse_storage(uri: str) -> dict[str, str]:
@@ -222,11 +222,10 @@ class CollectionStorageProvider(ResourceProvider):
         observed = observe(props)
         found = drift(observed)
         if found:
-            print(
-                f"data collection {props['storage']}: drift: {'; '.join(found)} (`pulumi up` creates the container "
-                "and issues a new SAS; collecting endpoints roll to it)",
-                file=sys.stderr,
-                flush=True,
+            say_drift(
+                f"data collection {props['storage']}",
+                "; ".join(found),
+                "`pulumi up` creates the container and issues a new SAS; collecting endpoints roll to it",
             )
         return ReadResult(id_, {**props, "observed": observed})
 

@@ -18,6 +18,7 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from mlinfra.observed import observed_drift, say_drift
 from mlinfra.registry import ModelError, ModelRegistry, ModelRegistryError
 
 # Inputs whose change means another registry record (a replacement), and ones that are metadata (in place).
@@ -40,11 +41,6 @@ def _outs(props: dict[str, Any], mv: Any) -> dict[str, Any]:
     }
 
 
-def _drifted(olds: dict[str, Any], news: dict[str, Any]) -> bool:
-    """A refresh recorded something other than what is declared (``observed``; absent in older state)."""
-    return bool(olds.get("observed")) and bool(news.get("observed")) and olds["observed"] != news["observed"]
-
-
 class ModelVersionProvider(ResourceProvider):
     """One RegisteredModel's current version. Content change -> update to a new version (old ones stay);
     tag/description/property change -> metadata update in place; name or registry change -> replace."""
@@ -60,7 +56,7 @@ class ModelVersionProvider(ResourceProvider):
         keys = ("sha256", "framework", *REPLACE_KEYS, *METADATA_KEYS, "delete_versions_on_destroy")
         changed = [k for k in keys if olds.get(k) != news.get(k)]
         return DiffResult(
-            changes=bool(changed) or _drifted(olds, news),
+            changes=bool(changed) or observed_drift(olds, news),
             replaces=[k for k in changed if k in REPLACE_KEYS],
             stables=["model_name", "registry"],
             delete_before_replace=False,
@@ -120,7 +116,9 @@ class ModelVersionProvider(ResourceProvider):
         if olds.get("sha256") != news.get("sha256") or olds.get("framework") != news.get("framework"):
             mv = self._register(news)
         else:
-            if _drifted(olds, news):  # bytes lost behind Pulumi's back: the same bytes, from the same path
+            if observed_drift(
+                olds, news
+            ):  # bytes lost behind Pulumi's back: the same bytes, from the same path
                 restored = _registry(news).restore_files(
                     news["model_name"], int(olds["version"]), news["path"]
                 )
@@ -142,11 +140,10 @@ class ModelVersionProvider(ResourceProvider):
         """`pulumi refresh`: the version record and every file's bytes, as ``observed``."""
         observed = _registry(props).check_version(props["model_name"], int(props["version"]))
         if observed != "present":
-            print(
-                f"{props['model_name']}:{int(props['version'])}: drift: {observed} (`pulumi up` restores it from "
-                f"{props.get('path')})",
-                file=sys.stderr,
-                flush=True,
+            say_drift(
+                f"{props['model_name']}:{int(props['version'])}",
+                observed,
+                f"`pulumi up` restores it from {props.get('path')}",
             )
         return ReadResult(id_, {**props, "observed": observed})
 
@@ -191,11 +188,10 @@ class ModelAliasProvider(ResourceProvider):
         """`pulumi refresh`: where the alias points now (``version`` None if it was removed); `up` moves it back."""
         now = _registry(props).get_alias(props["model_name"], props["alias"])
         if now != int(props["version"]):
-            print(
-                f"{props['model_name']}@{props['alias']}: drift: points at {now if now is not None else 'nothing'}, "
-                f"declared {int(props['version'])}",
-                file=sys.stderr,
-                flush=True,
+            say_drift(
+                f"{props['model_name']}@{props['alias']}",
+                f"points at {now if now is not None else 'nothing'}, declared {int(props['version'])}",
+                "`pulumi up` moves it back",
             )
         observed = f"points at {now if now is not None else 'nothing'}"
         return ReadResult(id_, {**props, "version": now, "observed": observed})
