@@ -148,5 +148,19 @@ def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
     apply = " ".join(str(step.get("run", "")) for step in jobs["apply"]["steps"])
     assert "mlinfra preview --stack ${{ matrix.stack }} --markdown preview.md" in preview
     assert jobs["preview"]["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
+    # untrusted pull-request code never meets deployment secrets or a write token
+    triggers = wf[True]
+    assert "pull_request_target" not in triggers and "pull_request" in triggers
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in jobs["preview"]["if"]
+    assert wf["permissions"] == {"contents": "read"}
+    assert not any("secrets." in str(v) for v in wf.get("env", {}).values()), "secrets at the workflow level"
+    assert jobs["preview"]["environment"] != jobs["apply"]["environment"] == "production"
+    for job in jobs.values():
+        checkout = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout"))
+        assert checkout.get("with", {}).get("persist-credentials") is False
     assert any("comment" in str(step.get("uses", "")) for step in jobs["preview"]["steps"])
     assert "mlinfra up --stack" in apply and jobs["apply"]["if"] == "github.event_name == 'push'"
+    # the scheduled drift alarm: a refreshed preview per stack, failing the run when drift is found
+    drift = " ".join(str(step.get("run", "")) for step in jobs["drift"]["steps"])
+    assert wf[True]["schedule"] and jobs["drift"]["if"] == "github.event_name == 'schedule'"
+    assert "--refresh" in drift and "exit ${{ steps.drift.outputs.code }}" in drift
