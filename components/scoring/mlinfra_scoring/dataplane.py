@@ -22,7 +22,14 @@ import numpy as np
 
 from mlinfra_scoring import __version__
 from mlinfra_scoring.metrics import Metrics
-from mlinfra_scoring.models import LoadedModel, RequestError, decode_input, encode_output, model_dir_env
+from mlinfra_scoring.models import (
+    LoadedModel,
+    RequestError,
+    decode_input,
+    encode_output,
+    model_dir_env,
+    non_finite,
+)
 from mlinfra_scoring.repository import ModelRepository, ModelSpec
 
 Hook = Callable[[dict[str, Any]], None]
@@ -149,7 +156,9 @@ class DataPlane:
         out_names = _requested_outputs(m, body.get("outputs"))
         batcher = self.repository.batcher(m.name)
         try:
-            results = await batcher.submit(feeds, out_names) if batcher else m.run(feeds, out_names)
+            results = await (
+                batcher.submit(feeds, out_names) if batcher else self.repository.execute(m, feeds, out_names)
+            )
         except RequestError:
             raise
         except Exception as e:
@@ -162,6 +171,7 @@ class DataPlane:
             "model_version": m.version,
             "outputs": [encode_output(k, v) for k, v in results.items()],
         }
+        self._count_non_finite(m, results)
         if "id" in body:
             resp["id"] = body["id"]
         if "parameters" in body and isinstance(body["parameters"], dict):
@@ -181,8 +191,11 @@ class DataPlane:
         except Exception as e:
             raise RequestError(f"scoring script failed: {type(e).__name__}: {e}", 500) from None
 
-    async def score(self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]) -> Any:
-        """Azure ML-style: {"data": [[...], ...]} → model M's first output (an array)."""
+    async def score(
+        self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]
+    ) -> tuple[Any, int]:
+        """Azure ML-style: {"data": [[...], ...]} → model M's first output (an array, NaN/±Inf as null) and how
+        many of its values were not finite (the HTTP layer reports it in a header)."""
         self.require_ready()
         if not isinstance(body, dict) or "data" not in body:
             raise RequestError('request body must be {"data": [[...], ...]}')
@@ -205,14 +218,22 @@ class DataPlane:
         feeds = {spec.name: arr}
         batcher = self.repository.batcher(m.name)
         try:
-            results = await batcher.submit(feeds, None) if batcher else m.run(feeds)
+            results = await (batcher.submit(feeds, None) if batcher else self.repository.execute(m, feeds))
         except RequestError:
             raise
         except Exception as e:
             raise RequestError(f"model {m.name} failed on this input: {str(e)[:300]}", 400) from None
         if self.hooks:
             self.collect(request_id, m, feeds, results, headers)
-        return jsonable(next(iter(results.values())))
+        first = next(iter(results.values()))
+        count = self._count_non_finite(m, {"": first})
+        return jsonable(first), count
+
+    def _count_non_finite(self, m: LoadedModel, results: dict[str, np.ndarray]) -> int:
+        total = sum(non_finite(v)[0] for v in results.values())
+        if total:
+            self.metrics.non_finite.inc((m.name, m.version), total)
+        return total
 
     # -- data collection ---------------------------------------------------------------------------------------
 
@@ -247,6 +268,10 @@ def jsonable(arr: np.ndarray) -> Any:
             x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.ravel().tolist()
         ]
         return np.array(flat, dtype=object).reshape(arr.shape).tolist()
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        out = arr.astype(object)
+        out[~np.isfinite(arr)] = None  # null, as JSON has no NaN/Inf (the header says how many)
+        return out.tolist()
     return arr
 
 

@@ -93,6 +93,11 @@ class Metrics:
             "Records a data-collection hook refused (queue full).",
             ("model",),
         )
+        self.non_finite = Counter(
+            "mlinfra_non_finite_outputs_total",
+            "Output values that were NaN or ±Inf (sent as null, reported in the response).",
+            ("model", "version"),
+        )
         self.in_flight.set((), 0)
         self.ready.set((), 0)
 
@@ -105,6 +110,7 @@ class Metrics:
             self.in_flight,
             self.ready,
             self.collector_dropped,
+            self.non_finite,
         ):
             lines += m.render()
         return "\n".join(lines) + "\n"

@@ -245,14 +245,34 @@ def _reject(spec: TensorSpec, data: Any, bad: Any, what: str) -> None:
     raise RequestError(f"input {spec.name!r}: data is not a rectangular list of {spec.datatype} values")
 
 
+def non_finite(arr: np.ndarray) -> tuple[int, int]:
+    """(how many NaN/±Inf values ARR holds, the flat index of the first; -1 when none). JSON has no NaN or Inf."""
+    if arr.dtype.kind not in "fc":
+        return 0, -1
+    bad = ~np.isfinite(arr.ravel())
+    if not bad.any():
+        return 0, -1
+    return int(bad.sum()), int(np.argmax(bad))
+
+
 def encode_output(name: str, arr: np.ndarray) -> dict[str, Any]:
+    """One OIP output tensor. NaN and ±Inf (which JSON cannot carry) are sent as null and reported in the output's
+    ``parameters`` (``non_finite_values``, ``first_non_finite_index``) — never silently."""
+    out: dict[str, Any] = {"name": name, "shape": list(arr.shape)}
     if arr.dtype == object or arr.dtype.kind in "SU":
-        datatype = "BYTES"
-        data = [x.decode() if isinstance(x, bytes) else str(x) for x in arr.ravel().tolist()]
+        out["datatype"] = "BYTES"
+        out["data"] = [x.decode() if isinstance(x, bytes) else str(x) for x in arr.ravel().tolist()]
+        return out
+    out["datatype"] = NUMPY_TO_OIP.get(arr.dtype.name, "FP32")
+    count, first = non_finite(arr)
+    if count:
+        flat = arr.ravel()
+        ok = np.isfinite(flat)
+        out["data"] = [v if good else None for v, good in zip(flat.tolist(), ok.tolist(), strict=True)]
+        out["parameters"] = {"non_finite_values": count, "first_non_finite_index": first}
     else:
-        datatype = NUMPY_TO_OIP.get(arr.dtype.name, "FP32")
-        data = arr.ravel().tolist()
-    return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+        out["data"] = arr.ravel().tolist()
+    return out
 
 
 def model_dir_env(model: LoadedModel) -> dict[str, str]:

@@ -1,15 +1,22 @@
 """The model repository: which models this server serves, loaded with ONNX Runtime, and swapped atomically.
 
 A model that fails to load leaves what served before serving (the edge agent relies on it). With dynamic batching
-on (max batch size > 1) each model gets its own :class:`~mlinfra_scoring.batching.Batcher`.
+on (max batch size > 1) each model gets its own :class:`~mlinfra_scoring.batching.Batcher`. Models run in a worker
+pool (:meth:`ModelRepository.execute`), never on the event loop: health probes, metrics and the reading of other
+requests go on while a big request computes (ONNX Runtime releases the GIL while it runs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from mlinfra_scoring.batching import Batcher
 from mlinfra_scoring.models import LoadedModel, RequestError, load_onnx
@@ -30,6 +37,7 @@ class ModelRepository:
         max_batch_size: int = 1,
         max_batch_delay_ms: float = 0.0,
         on_batch: Callable[[tuple[str, str], int], None] | None = None,
+        workers: int | None = None,
     ):
         self.providers = providers
         self.threads = threads
@@ -38,6 +46,14 @@ class ModelRepository:
         self.on_batch = on_batch
         self.models: dict[str, LoadedModel] = {}
         self.batchers: dict[str, Batcher] = {}
+        self.workers = workers or max(2, min(8, os.cpu_count() or 2))
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="infer")
+
+    async def execute(
+        self, m: LoadedModel, feeds: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run model M in the worker pool; the event loop stays free meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, m.run, feeds, output_names)
 
     def swap(self, name: str, version: str, path: str | Path) -> LoadedModel:
         """Load a model, then serve it under NAME in one step: requests keep going to the old model until the new
@@ -45,7 +61,7 @@ class ModelRepository:
         m = load_onnx(name, version, Path(path), self.providers, self.threads)
         if self.max_batch_size > 1:
             self.batchers[name] = Batcher(
-                m.run,
+                functools.partial(self.execute, m),
                 self.max_batch_size,
                 self.max_batch_delay_ms / 1000.0,
                 functools.partial(self.on_batch, (m.name, m.version)) if self.on_batch else None,

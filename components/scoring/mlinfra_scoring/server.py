@@ -301,8 +301,9 @@ class ScoringServer:
         body = await self._body(request)
         m = self.repository.first()
         request["model"], request["version"] = m.name, m.version
-        out = await self.dataplane.score(m, body, request["rid"], request.headers)
-        return web.Response(body=dumps(out), content_type=JSON)
+        out, non_finite = await self.dataplane.score(m, body, request["rid"], request.headers)
+        headers = {"X-Non-Finite-Values": str(non_finite)} if non_finite else None
+        return web.Response(body=dumps(out), content_type=JSON, headers=headers)
 
     async def metrics_h(self, request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain")

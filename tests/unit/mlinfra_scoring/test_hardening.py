@@ -183,3 +183,156 @@ def test_score_on_a_model_it_cannot_feed_is_a_400_and_bytes_outputs_are_text(tmp
         assert status == 200 and got == [["a", "b"]], got
     finally:
         srv.stop()
+
+
+def _save(
+    tmp_path: Path, name: str, nodes: list, inputs: list, outputs: list, inits: list | None = None
+) -> Path:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=inits or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    return tmp_path / f"{name}.onnx"
+
+
+def test_health_and_metrics_answer_while_a_big_request_computes(tmp_path: Path) -> None:
+    """Inference runs in a worker pool: a request that computes for seconds does not stall the event loop."""
+    import threading
+    import time
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    # x [1, 512] tiled to [4096, 512], then 12 chained 512x512 MatMuls: seconds of work from a tiny request.
+    w = numpy_helper.from_array((np.eye(512, dtype=np.float32) * 0.5), "w")
+    reps = numpy_helper.from_array(np.array([4096, 1], dtype=np.int64), "reps")
+    nodes = [helper.make_node("Tile", ["x", "reps"], ["h0"])]
+    for i in range(12):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", ["h12"], ["y"], keepdims=1))
+    model = _save(
+        tmp_path,
+        "slow",
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [w, reps],
+    )
+    srv = start_server(tmp_path, "--model", str(model), "--name", "slow")
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32", "data": [1.0] * 512}]}
+        t0 = time.monotonic()
+        assert srv.request("POST", "/v2/models/slow/infer", body=body)[0] == 200
+        alone = time.monotonic() - t0
+        done: list[float] = []
+        heavy = [
+            threading.Thread(
+                target=lambda: (srv.request("POST", "/v2/models/slow/infer", body=body), done.append(1))
+            )
+            for _ in range(2)
+        ]
+        for t in heavy:
+            t.start()
+        time.sleep(min(0.1, alone / 4))
+        probes = []
+        for path in ("/v2/health/live", "/metrics", "/v2/health/ready"):
+            t1 = time.monotonic()
+            assert srv.request("GET", path)[0] == 200
+            probes.append(time.monotonic() - t1)
+        still_computing = len(done) < 2
+        for t in heavy:
+            t.join()
+        assert max(probes) < max(0.25, alone / 3), f"probes took {probes} while requests of {alone:.2f} s ran"
+        assert still_computing, (
+            f"the big requests ({alone:.2f} s each) ended before the probes: nothing was tested"
+        )
+    finally:
+        srv.stop()
+
+
+def test_one_bad_request_in_a_merged_batch_fails_alone(tmp_path: Path) -> None:
+    """A Gather whose index is out of range fails in ONNX Runtime, not in decoding: merged with good requests, only it
+    gets the 400."""
+    import threading
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    model = _save(
+        tmp_path,
+        "lookup",
+        [helper.make_node("Gather", ["table", "idx"], ["y"], axis=0)],
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, [None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, 4])],
+        [table],
+    )
+    srv = start_server(
+        tmp_path,
+        "--model",
+        str(model),
+        "--name",
+        "lookup",
+        "--max-batch-size",
+        "64",
+        "--max-batch-delay-ms",
+        "150",
+    )
+    try:
+        got: dict[int, tuple[int, dict]] = {}
+
+        def call(i: int) -> None:
+            idx = 99 if i == 3 else i
+            body = {"inputs": [{"name": "idx", "shape": [1, 1], "datatype": "INT64", "data": [idx]}]}
+            s, resp, _ = srv.request("POST", "/v2/models/lookup/infer", body=body)
+            got[i] = (s, resp)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got[3][0] == 400 and "lookup" in got[3][1]["error"], got[3]
+        for i in (0, 1, 2, 4, 5, 6, 7):
+            assert got[i][0] == 200, (i, got[i])
+            assert got[i][1]["outputs"][0]["data"] == [4.0 * i + k for k in range(4)]
+        text = srv.request("GET", "/metrics")[1]
+        merged = [ln for ln in text.splitlines() if ln.startswith('mlinfra_batch_size_count{model="lookup"')]
+        assert merged and float(merged[0].rsplit(" ", 1)[1]) < 8, f"requests were not merged: {merged}"
+    finally:
+        srv.stop()
+
+
+def test_non_finite_outputs_are_reported_not_silently_null(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    model = _save(
+        tmp_path,
+        "log",
+        [helper.make_node("Log", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+    )
+    srv = start_server(tmp_path, "--model", str(model), "--name", "log")
+    try:
+        body = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1.0, -1.0, 0.0]}]}
+        status, resp, _ = srv.request("POST", "/v2/models/log/infer", body=body)
+        assert status == 200, resp
+        out = resp["outputs"][0]
+        assert out["data"] == [0.0, None, None], out
+        assert out["parameters"] == {"non_finite_values": 2, "first_non_finite_index": 1}, out
+        status, resp, _ = srv.request(
+            "POST",
+            "/v2/models/log/infer",
+            body={**body, "inputs": [{**body["inputs"][0], "data": [1.0, 2.0, 3.0]}]},
+        )
+        assert "parameters" not in resp["outputs"][0], resp
+        status, scored, headers = srv.request("POST", "/score", body={"data": [[1.0, -1.0, 0.0]]})
+        assert status == 200 and scored == [[0.0, None, None]] and headers.get("X-Non-Finite-Values") == "2"
+        metrics = srv.request("GET", "/metrics")[1]
+        assert 'mlinfra_non_finite_outputs_total{model="log",version="1"} 4' in metrics, metrics
+    finally:
+        srv.stop()
