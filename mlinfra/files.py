@@ -49,3 +49,32 @@ def sha256_file(path: Path | str, progress: Progress | None = None) -> str:
     except OSError:
         pass
     return digest
+
+
+def write_atomic(path: Path | str, text: str) -> None:
+    """Replace PATH's content in one step: written to a temporary file beside it, flushed to disk, renamed over it
+    (its permissions kept). A reader, a crash or a full disk sees the old file or the new one, never half of one;
+    a failed write leaves no temporary file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

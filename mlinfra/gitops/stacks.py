@@ -22,6 +22,7 @@ from mlinfra import defaults
 from mlinfra.automation import local_stack, pulumi_command
 from mlinfra.engine import engine_env
 from mlinfra.errors import GitOpsError
+from mlinfra.files import write_atomic
 from mlinfra.gitops import plan
 from mlinfra.gitops.config import (
     PlatformConfig,
@@ -356,7 +357,7 @@ def promote(
         )
     )
     if write and diff:
-        path.write_text(after)
+        write_atomic(path, after)  # a crash or a full disk never leaves half a stack config
     return diff
 
 
