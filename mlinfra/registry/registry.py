@@ -128,6 +128,49 @@ def scan_content(path: Path, progress: Progress | None = None) -> Content:
 
 # -- records -----------------------------------------------------------------------------------------------------
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_files(files: Any, is_dir: bool, where: str) -> None:
+    """A version record's file list, checked where it is written and wherever it is read (download, image builds,
+    copies, edge manifests): each path relative, '/'-separated, normalized, without '..' or '.', NUL or '\\', and
+    unique; each sha256 64 lowercase hex (it names a blob key); each size a non-negative integer. A record failing
+    this is refused, named (WHERE), before any of its paths touches a disk."""
+
+    def bad(what: str) -> ModelRegistryError:
+        return ModelRegistryError(
+            f"{where}: {what}: refusing this version record (it could write outside its folder or read another "
+            "key); it was not written by mlinfra — restore the record from a backup or register the model again"
+        )
+
+    if not isinstance(files, list) or not files:
+        raise bad("'files' is not a non-empty list")
+    if not is_dir and len(files) != 1:
+        raise bad(f"a single-file version lists {len(files)} files")
+    seen: set[str] = set()
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise bad(f"files[{i}] is not an object")
+        path, sha, size = f.get("path"), f.get("sha256"), f.get("size")
+        if not isinstance(path, str) or not path:
+            raise bad(f"files[{i}].path {path!r} is not a file name")
+        parts = path.split("/")
+        if (
+            path.startswith("/")
+            or "\\" in path
+            or "\0" in path
+            or any(part in ("", ".", "..") for part in parts)
+            or (not is_dir and len(parts) != 1)
+        ):
+            raise bad(f"files[{i}].path {path[:120]!r} is not a relative, normalized path inside the version")
+        if path in seen:
+            raise bad(f"files[{i}].path {path!r} is listed twice")
+        seen.add(path)
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise bad(f"files[{i}].sha256 {str(sha)[:80]!r} is not 64 lowercase hex digits")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise bad(f"files[{i}].size {size!r} is not a byte count")
+
 
 @dataclass
 class ModelVersion:
@@ -222,6 +265,10 @@ class ModelRegistry:
             return None
         meta = self._read_json(f"models/{name}/meta/{_vkey(version)}.json")
         data = rec[0]
+        where = f"{name}:{version} in {self.uri} (models/{name}/versions/{_vkey(version)}.json)"
+        if not isinstance(data, dict) or data.get("name") != name or data.get("version") != version:
+            raise ModelRegistryError(f"{where}: the record names another model or version: refusing it")
+        check_files(data.get("files"), bool(data.get("is_dir", False)), where)
         mv = ModelVersion(
             name=data["name"],
             version=data["version"],
@@ -341,6 +388,11 @@ class ModelRegistry:
         if existing is not None:
             return update_existing(existing), False
 
+        check_files(
+            [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in content.files],
+            content.is_dir,
+            f"registering {name} from {path}",
+        )
         # 1. bytes first, content-addressed; skipped when the registry has them.
         done = 0
         for entry in content.files:

@@ -181,3 +181,68 @@ def test_drift_check_and_restore_only_the_same_bytes(tmp_path: Path) -> None:
     assert reg.check_version("m", 1) == "version record missing"
     with pytest.raises(ModelError, match=r"deleted from .* outside Pulumi"):
         reg.restore_files("m", 1, src)
+
+
+_SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"),
+    [
+        ([{"path": "../../evil.onnx", "sha256": _SHA, "size": 3}], "is not a relative, normalized path"),
+        ([{"path": "/etc/evil", "sha256": _SHA, "size": 3}], "is not a relative, normalized path"),
+        ([{"path": "a/./b", "sha256": _SHA, "size": 3}], "is not a relative, normalized path"),
+        ([{"path": "a//b", "sha256": _SHA, "size": 3}], "is not a relative, normalized path"),
+        ([{"path": "a\\..\\..\\b", "sha256": _SHA, "size": 3}], "is not a relative, normalized path"),
+        (
+            [{"path": "x", "sha256": _SHA, "size": 3}, {"path": "x", "sha256": _SHA, "size": 3}],
+            "listed twice",
+        ),
+        ([{"path": "x", "sha256": "../../models/other", "size": 3}], "64 lowercase hex"),
+        ([{"path": "x", "sha256": _SHA, "size": -1}], "is not a byte count"),
+        ([], "non-empty list"),
+    ],
+)
+def test_a_version_record_with_hostile_paths_is_refused_wherever_it_is_read(
+    tmp_path: Path, reg: ModelRegistry, files: list, fragment: str
+) -> None:
+    """A record someone with write access to the registry rewrote: download, image builds and copies refuse it before
+    any path touches a disk, naming the record."""
+    import json
+
+    from mlinfra.images.builder import ModelInput, model_layer
+    from mlinfra.registry import ModelRegistryError
+
+    folder = tmp_path / "folder-model"
+    write_mlp(folder / "model.onnx")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "vocab.txt").write_text("a b c")
+    mv, _ = reg.register("m", folder)
+    record = tmp_path / "registry" / "models" / "m" / "versions" / f"{1:010d}.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "files": files}))
+
+    with pytest.raises(ModelRegistryError) as e:
+        reg.download("m:1", tmp_path / "out" / "deep")
+    assert fragment in str(e.value) and "m:1" in str(e.value) and "versions/0000000001.json" in str(e.value)
+    assert not (tmp_path / "evil.onnx").exists() and not (tmp_path / "out" / "evil.onnx").exists()
+    with pytest.raises(ModelRegistryError, match=fragment.replace(".", r"\.")):
+        model_layer(ModelInput("m", 1, mv.sha256, reg.uri), lambda *_: None)
+    other = ModelRegistry(f"file://{tmp_path / 'other'}")
+    with pytest.raises(ModelRegistryError, match="refusing this version record"):
+        other.copy_version(reg, "m", 1, mv.sha256)
+    assert other.get("m", 1) is None
+
+
+def test_a_record_for_another_name_or_version_is_refused(
+    tmp_path: Path, reg: ModelRegistry, model: Path
+) -> None:
+    import json
+
+    from mlinfra.registry import ModelRegistryError
+
+    reg.register("m", model)
+    record = tmp_path / "registry" / "models" / "m" / "versions" / f"{1:010d}.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "name": "../other"}))
+    with pytest.raises(ModelRegistryError, match="names another model or version"):
+        reg.get("m", 1)
