@@ -105,7 +105,11 @@ class Kubernetes:
     provider: Any = None
     """A pulumi_kubernetes.Provider to use instead of kubeconfig."""
     render_yaml_to: str | None = None
-    """Write the manifests to this folder (for Argo CD / Flux) instead of applying them; no cluster needed."""
+    """Write the manifests to this folder (for Argo CD / Flux) instead of applying them; no cluster needed. Secrets
+    (the endpoint keys, the collection SAS) are not written: the preview names the Secrets to create with your
+    secret manager (sealed-secrets, External Secrets), unless ``render_secrets``."""
+    render_secrets: bool = False
+    """With ``render_yaml_to``: also write the Secrets, their values in plain YAML (a warning says so)."""
     router_image: str | None = None
     """nginx image for the router Deployment. Default: the local registry's mlinfra/router."""
     service_type: str = "ClusterIP"

@@ -58,6 +58,28 @@ def build_kubernetes(
     from mlinfra.endpoints.cloud_endpoint import check_kubeconfig
 
     ns_name = target.namespace or endpoint
+    # Rendered YAML holds values in plain text: Secrets are written only when asked for, and it says so either way.
+    write_secrets = not target.render_yaml_to or target.render_secrets
+    if target.render_yaml_to:
+        needed = [f"{endpoint}-keys (one empty entry per key, named k.<KEY>)"] + (
+            [f"{endpoint}-collect (entry 'sas': the collection SAS)"]
+            if args.data_collection is not None
+            else []
+        )
+        if target.render_secrets:
+            pulumi.log.warn(
+                f"render_yaml_to={target.render_yaml_to}: the Secrets {', '.join(n.split(' ')[0] for n in needed)} "
+                "are written with their values in plain YAML (render_secrets=True): seal or encrypt them before "
+                "they reach a repository",
+                resource=parent,
+            )
+        else:
+            pulumi.log.info(
+                f"render_yaml_to={target.render_yaml_to}: no Secret is written (their values would be plain "
+                f"YAML). Create them in namespace {ns_name} with your secret manager: {'; '.join(needed)}. Or set "
+                "render_secrets=True to write them in plain YAML",
+                resource=parent,
+            )
     if target.render_yaml_to:
         provider = k8s.Provider(
             f"{name}-render",
@@ -90,12 +112,13 @@ def build_kubernetes(
     dc = args.data_collection
     if dc is not None:
         # The write-only SAS reaches the pods through a Secret, never as a plain env value in the manifest.
-        k8s.core.v1.Secret(
-            f"{name}-collect",
-            metadata={"name": f"{endpoint}-collect", "namespace": ns_name, "labels": base},
-            string_data={"sas": dc.sas.apply(lambda v: v or "")},
-            opts=nsopts,
-        )
+        if write_secrets:
+            k8s.core.v1.Secret(
+                f"{name}-collect",
+                metadata={"name": f"{endpoint}-collect", "namespace": ns_name, "labels": base},
+                string_data={"sas": dc.sas.apply(lambda v: v or "")},
+                opts=nsopts,
+            )
         collect_env = [
             {
                 "name": "MLINFRA_SERVE_COLLECT_CREDENTIAL",
@@ -247,13 +270,17 @@ def build_kubernetes(
         data=dict.fromkeys(sorted(routes), ""),
         opts=nsopts,
     )
-    keys_secret = k8s.core.v1.Secret(
-        f"{name}-keys",
-        metadata={"name": f"{endpoint}-keys", "namespace": ns_name, "labels": base},
-        string_data=pulumi.Output.all(*keys).apply(lambda ks: {f"k.{k}": "" for k in ks})
-        if keys
-        else {"none": ""},
-        opts=nsopts,
+    keys_secret = (
+        k8s.core.v1.Secret(
+            f"{name}-keys",
+            metadata={"name": f"{endpoint}-keys", "namespace": ns_name, "labels": base},
+            string_data=pulumi.Output.all(*keys).apply(lambda ks: {f"k.{k}": "" for k in ks})
+            if keys
+            else {"none": ""},
+            opts=nsopts,
+        )
+        if write_secrets
+        else None
     )
     checksum = hashlib.sha256(conf.encode()).hexdigest()[:16]
     router_labels = {**base, "mlinfra.io/role": "router"}
@@ -307,7 +334,10 @@ def build_kubernetes(
             },
         },
         opts=pulumi.ResourceOptions.merge(
-            nsopts, pulumi.ResourceOptions(depends_on=[conf_map, routes_map, keys_secret])
+            nsopts,
+            pulumi.ResourceOptions(
+                depends_on=[r for r in (conf_map, routes_map, keys_secret) if r is not None]
+            ),
         ),
     )
     k8s.core.v1.Service(

@@ -35,9 +35,19 @@ Log = Callable[[str], None]
 CONTAINER_PORT = 8080
 
 
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+def docker(
+    *args: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The docker CLI. ENV is added to the CLI's own environment: secrets go there (``-e NAME`` without a value takes
+    it from there), never on a command line that `ps` shows."""
     try:
-        r = subprocess.run([docker_cli(), *args], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [docker_cli(), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **env} if env else None,
+        )
     except FileNotFoundError:
         raise EndpointError("the docker CLI is not installed: run `make setup`") from None
     except subprocess.TimeoutExpired:
@@ -175,9 +185,11 @@ def start_upstream(
             args += ["-p", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
         for k, v in sorted(labels.items()):
             args += ["--label", f"{k}={v}"]
-        for k, v in sorted({**env, **(secret_env or {})}.items()):
+        for k, v in sorted(env.items()):
             args += ["-e", f"{k}={v}"]
-        r = docker(*args, spec["image"], check=False)
+        for k in sorted(secret_env or {}):
+            args += ["-e", k]  # the value comes from the CLI's environment: never on a command line
+        r = docker(*args, spec["image"], check=False, env=secret_env)
         if r.returncode != 0:
             raise EndpointError(
                 f"{up.key}: container {name} could not start on 127.0.0.1:{port}: {r.stderr.strip()[-400:]}"

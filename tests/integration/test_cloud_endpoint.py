@@ -383,20 +383,30 @@ def test_kubernetes_render_yaml_is_accepted_by_the_api_server(
         backend,
         {"render_to": str(out), "namespace": "ep-render", "image": K8S_IMAGE},
     )
-    st.up(on_output=lambda _l: None)
+    said: list[str] = []
+    st.up(on_output=said.append)
     files = sorted(p.name for p in out.rglob("*.yaml"))
-    assert len(files) >= 13, files
+    assert len(files) >= 12, files
     kube_cluster.kubectl("create", "namespace", "ep-render")
     r = kube_cluster.kubectl("apply", "--dry-run=server", "-R", "-f", str(out), check=False)
     assert r.returncode == 0, r.stderr
     assert "horizontalpodautoscaler.autoscaling/scoring-render-blue created (server dry run)" in r.stdout, (
         r.stdout
     )
-    # The keys Secret is rendered (GitOps needs it; seal or encrypt it in the repo) — the Pulumi state keeps the
-    # keys secret.
-    assert "secret/scoring-render-keys created (server dry run)" in r.stdout
+    # No Secret is rendered by default (its values would be plain YAML): the output names the ones to create.
     primary = st.outputs()["primary_key"].value
-    assert primary and primary not in "".join(p.read_text() for p in backend.rglob("*.json"))
+    rendered = "".join(p.read_text() for p in out.rglob("*.yaml"))
+    assert primary and primary not in rendered and "kind: Secret" not in rendered
+    assert "Create them in namespace ep-render with your secret manager: scoring-render-keys" in "".join(said)
+    assert primary not in "".join(p.read_text() for p in backend.rglob("*.json"))
+    # Asked for explicitly, they are written, with a warning that says so.
+    st.set_config("render_secrets", auto.ConfigValue("true"))
+    said.clear()
+    st.up(on_output=said.append)
+    assert "written with their values in plain YAML" in "".join(said)
+    r = kube_cluster.kubectl("apply", "--dry-run=server", "-R", "-f", str(out), check=False)
+    assert "secret/scoring-render-keys created (server dry run)" in r.stdout, r.stdout
+    assert primary not in "".join(p.read_text() for p in backend.rglob("*.json"))
     st.destroy(on_output=lambda _l: None)
 
 

@@ -73,6 +73,21 @@ def test_kubernetes_target_objects_and_hpa_owned_replicas(mocks: Mocks) -> None:
     assert uri == "http://shop-unit.ml.svc.cluster.local/score"
 
 
+@pytest.mark.parametrize("render_secrets", [False, True])
+def test_rendered_yaml_holds_no_secret_unless_asked(mocks: Mocks, tmp_path, render_secrets: bool) -> None:
+    _run(
+        lambda: mlinfra.CloudEndpoint(
+            "shop",
+            mlinfra.CloudEndpointArgs(
+                deployments={"blue": mlinfra.Deployment(image=IMAGE)},
+                target=mlinfra.Kubernetes(render_yaml_to=str(tmp_path), render_secrets=render_secrets),
+            ),
+        )
+    )
+    secrets = [n for t, n, _i in mocks.created if t == "kubernetes:core/v1:Secret"]
+    assert secrets == (["shop-keys"] if render_secrets else []), secrets
+
+
 def test_local_target_passes_keys_as_secrets(mocks: Mocks) -> None:
     _run(
         lambda: mlinfra.CloudEndpoint(

@@ -24,6 +24,7 @@ endpoint = mlinfra.CloudEndpoint(
             namespace=config.require("namespace"),
             kubeconfig=None if render_to else config.require("kubeconfig"),
             render_yaml_to=render_to,
+            render_secrets=config.get_bool("render_secrets") or False,
             tolerations=[{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
         ),
         require_digest=True,
