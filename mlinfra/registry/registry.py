@@ -384,15 +384,40 @@ class ModelRegistry:
                 cur.properties if keep["properties"] else properties,
             )
 
-        existing = self.find_by_content(name, content.sha256)
-        if existing is not None:
-            return update_existing(existing), False
-
         check_files(
             [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in content.files],
             content.is_dir,
             f"registering {name} from {path}",
         )
+        held = self._hold_blobs([e.sha256 for e in content.files])
+        try:
+            return self._register(name, path, framework, description, tags, properties, progress, content,
+                                  signature, update_existing)  # fmt: skip
+        finally:
+            self._release(held)
+
+    def _register(
+        self,
+        name: str,
+        path: Path,
+        framework: str,
+        description: str,
+        tags: dict[str, str],
+        properties: dict[str, str],
+        progress: Callable[[str, int, int], None] | None,
+        content: Content,
+        signature: Any,
+        update_existing: Callable[[int], ModelVersion],
+    ) -> tuple[ModelVersion, bool]:
+        existing = self.find_by_content(name, content.sha256)
+        if existing is not None:
+            # The same content again: its version, with any blob lost meanwhile put back from these same bytes.
+            for entry in content.files:
+                key = f"blobs/sha256/{entry.sha256}"
+                if not self.store.exists(key):
+                    self.store.upload_file(key, path / entry.path if content.is_dir else path, entry.sha256)
+            return update_existing(existing), False
+
         # 1. bytes first, content-addressed; skipped when the registry has them.
         done = 0
         for entry in content.files:
@@ -492,6 +517,44 @@ class ModelRegistry:
             time.sleep(0.05)
         raise ModelRegistryError(f"registry {self.uri}: timed out waiting for another writer of {key}")
 
+    # -- markers: writers and deleters never miss each other ---------------------------------------------------
+    #
+    # A writer that relies on something existing (a blob it does not upload again, a version it starts using) first
+    # writes its own marker, then looks for a deleter's tombstone. A deleter first writes its tombstone, then looks
+    # for writers' markers and users. Whichever comes second sees the other: a blob is never deleted from under a
+    # new version, and a version is never deleted under a new user.
+
+    def _marker(self) -> bytes:
+        return _dump({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
+
+    def _live(self, key: str, max_age_s: float) -> bool:
+        """Whether the marker at KEY is from a process that may still be at work (not older than MAX_AGE_S, and
+        not from a process of this host that is gone)."""
+        rec = self._read_json(key)
+        if rec is None:
+            return False
+        data = rec[0]
+        if time.time() - float(data.get("at", 0)) > max_age_s:
+            return False
+        return not (data.get("host") == socket.gethostname() and not _pid_alive(int(data.get("pid", 0))))
+
+    def _hold_blobs(self, shas: list[str]) -> list[str]:
+        """Mark the blobs this writer is about to reference (before it checks they exist), then wait out any
+        deletion of them in progress. Returns the marker keys for :meth:`_release`."""
+        token = uuid.uuid4().hex
+        keys = []
+        for sha in sorted(set(shas)):
+            keys.append(f"blobs/pending/{sha}/{token}.json")
+            self.store.put(keys[-1], self._marker())
+        for sha in sorted(set(shas)):
+            while self._live(f"blobs/deleting/{sha}.json", STALE_CLAIM_S):
+                time.sleep(0.05)
+        return keys
+
+    def _release(self, keys: list[str]) -> None:
+        for key in keys:
+            self.store.delete(key)
+
     def set_metadata(
         self,
         name: str,
@@ -533,10 +596,20 @@ class ModelRegistry:
         self.store.delete(f"models/{name}/aliases/{alias}.json")
 
     def add_user(self, name: str, version: int, user: str, info: dict[str, Any] | None = None) -> None:
+        """Record USER as using NAME:VERSION (delete_version refuses while it does). Written first, then checked: a
+        version being deleted or already gone is refused (ModelError) and the record taken back."""
         user_key = hashlib.sha256(user.encode()).hexdigest()[:32]
-        self.store.put(
-            f"models/{name}/users/{_vkey(version)}/{user_key}.json", _dump({"user": user, **(info or {})})
-        )
+        key = f"models/{name}/users/{_vkey(version)}/{user_key}.json"
+        self.store.put(key, _dump({"user": user, **(info or {})}))
+        if (
+            self._live(f"models/{name}/deleting/{_vkey(version)}.json", STALE_CLAIM_S)
+            or self.get(name, version) is None
+        ):
+            self.store.delete(key)
+            raise ModelError(
+                f"model {name}:{version} is being deleted (or is gone) from {self.uri}: {user} cannot use it; pick "
+                "another version"
+            )
 
     def remove_user(self, name: str, version: int, user: str) -> None:
         user_key = hashlib.sha256(user.encode()).hexdigest()[:32]
@@ -551,13 +624,25 @@ class ModelRegistry:
         return sorted(out)
 
     def delete_version(self, name: str, version: int) -> None:
-        """Delete a version nobody uses; refused, naming the users, otherwise."""
-        users = self.users(name, version)
-        if users:
-            raise ModelError(f"model {name}:{version} is in use by {', '.join(users)}: remove those first")
+        """Delete a version nobody uses; refused, naming the users, otherwise. Its blobs go only if no other version
+        uses them and no writer is about to (see the markers above)."""
         mv = self.get(name, version)
         if mv is None:
             return
+        tomb = f"models/{name}/deleting/{_vkey(version)}.json"
+        self.store.put(tomb, self._marker())  # before looking at users: a new user sees it and backs off
+        try:
+            users = self.users(name, version)
+            if users:
+                raise ModelError(
+                    f"model {name}:{version} is in use by {', '.join(users)}: remove those first"
+                )
+            self._delete_version(name, mv)
+        finally:
+            self.store.delete(tomb)
+
+    def _delete_version(self, name: str, mv: ModelVersion) -> None:
+        version = mv.version
         idx = self._read_json(f"models/{name}/sha256/{mv.sha256}.json")
         if idx and idx[0].get("version") == version:
             self.store.delete(f"models/{name}/sha256/{mv.sha256}.json")
@@ -567,16 +652,25 @@ class ModelRegistry:
                 self.store.delete(key)
         self.store.delete(f"models/{name}/meta/{_vkey(version)}.json")
         self.store.delete(f"models/{name}/versions/{_vkey(version)}.json")
-        still_used = {
-            f["sha256"]
-            for n in self.names()
-            for v in self.versions(n)
-            if (g := self.get(n, v))
-            for f in g.files
-        }
-        for f in mv.files:
-            if f["sha256"] not in still_used:
-                self.store.delete(f"blobs/sha256/{f['sha256']}")
+        shas = sorted({f["sha256"] for f in mv.files})
+        tombs = [f"blobs/deleting/{sha}.json" for sha in shas]
+        for tomb in tombs:  # before looking for users of the blobs: a new writer sees them and waits
+            self.store.put(tomb, self._marker())
+        try:
+            still_used = {
+                f["sha256"]
+                for n in self.names()
+                for v in self.versions(n)
+                if (g := self.get(n, v))
+                for f in g.files
+            }
+            for sha in shas:
+                pending = any(self._live(k, 3600.0) for k in self.store.list(f"blobs/pending/{sha}/"))
+                if sha not in still_used and not pending:
+                    self.store.delete(f"blobs/sha256/{sha}")
+        finally:
+            for tomb in tombs:
+                self.store.delete(tomb)
 
     # -- copying across registries -----------------------------------------------------------------------------
 

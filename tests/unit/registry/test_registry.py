@@ -246,3 +246,71 @@ def test_a_record_for_another_name_or_version_is_refused(
     record.write_text(json.dumps({**json.loads(record.read_text()), "name": "../other"}))
     with pytest.raises(ModelRegistryError, match="names another model or version"):
         reg.get("m", 1)
+
+
+def test_a_blob_is_never_deleted_from_under_a_new_version(tmp_path: Path) -> None:
+    """Writer W registers content sharing a file with v1 while deleter D deletes v1, D running at W's worst moment:
+    after W saw the shared blob exists (so skips uploading it) and before W commits its record."""
+    folder = tmp_path / "v1"
+    write_mlp(folder / "model.onnx")
+    (folder / "vocab.txt").write_text("shared bytes")
+    writer = ModelRegistry(f"file://{tmp_path / 'registry'}")
+    deleter = ModelRegistry(f"file://{tmp_path / 'registry'}")
+    v1, _ = writer.register("m", folder)
+    folder2 = tmp_path / "v2"
+    write_mlp(folder2 / "model.onnx", seed=9)
+    (folder2 / "vocab.txt").write_text("shared bytes")
+    shared = next(e.sha256 for e in __import__("mlinfra.registry.registry", fromlist=["x"]).scan_content(folder2).files
+                  if e.path == "vocab.txt")  # fmt: skip
+    real_exists = writer.store.exists
+    ran: list[bool] = []
+
+    def exists_then_delete(key: str) -> bool:
+        found = real_exists(key)
+        if key == f"blobs/sha256/{shared}" and not ran:
+            ran.append(True)
+            deleter.delete_version("m", 1)  # nobody uses v1: its unique blob goes, the shared one must stay
+        return found
+
+    writer.store.exists = exists_then_delete  # type: ignore[method-assign]
+    mv2, created = writer.register("m", folder2)
+    assert ran and created and deleter.find_by_content("m", v1.sha256) is None, "v1 was not deleted"
+    out = writer.download(f"m:{mv2.version}", tmp_path / "out")
+    assert (out / "vocab.txt").read_text() == "shared bytes"
+    assert not list((tmp_path / "registry" / "blobs").glob("pending/*/*")), "markers left behind"
+    assert not list((tmp_path / "registry" / "blobs").glob("deleting/*"))
+
+
+def test_registering_content_whose_blob_was_lost_puts_it_back(
+    tmp_path: Path, reg: ModelRegistry, model: Path
+) -> None:
+    mv, _ = reg.register("m", model)
+    (tmp_path / "registry" / "blobs" / "sha256" / mv.sha256).unlink()
+    again, created = reg.register("m", model)
+    assert (again.version, created) == (mv.version, False)
+    assert reg.download(f"m:{mv.version}", tmp_path / "x.onnx").read_bytes() == model.read_bytes()
+
+
+def test_a_version_being_deleted_gets_no_new_user(tmp_path: Path, reg: ModelRegistry, model: Path) -> None:
+    """A new user (an image build) arriving while delete_version runs: it is refused and leaves no record, or
+    the deletion is refused — never a user of a deleted version."""
+    reg.register("m", model)
+    other = ModelRegistry(reg.uri)
+    real_users = reg.users
+    refused: list[str] = []
+
+    def users_then_new_user(name: str, version: int) -> list[str]:
+        found = real_users(name, version)  # the deleter has looked: nobody
+        try:
+            other.add_user(name, version, "image-build-42")
+        except ModelError as e:
+            refused.append(str(e))
+        return found
+
+    reg.users = users_then_new_user  # type: ignore[method-assign]
+    reg.delete_version("m", 1)
+    assert reg.get("m", 1) is None
+    assert refused and "is being deleted" in refused[0] and "image-build-42" in refused[0]
+    assert real_users("m", 1) == [], "the refused user left a record"
+    with pytest.raises(ModelError, match="is being deleted \\(or is gone\\)"):
+        other.add_user("m", 1, "late")
