@@ -30,6 +30,7 @@ from mlinfra.images.oci import (
     OciRegistryError,
     RegistryClient,
     image_config,
+    registry_url,
 )
 from mlinfra.registry import ModelRegistry
 
@@ -81,7 +82,7 @@ class ImageSpec:
     tag: str | None = None
     username: str | None = None
     password: str | None = None
-    insecure: bool = True  # plain HTTP (local registries)
+    insecure: bool | None = None  # plain HTTP; default: only for a loopback registry
 
 
 @dataclass
@@ -109,10 +110,11 @@ def split_ref(ref: str) -> tuple[str, str, str]:
 
 
 def _client(host: str, spec: ImageSpec | None = None) -> RegistryClient:
-    scheme = "http" if (spec is None or spec.insecure) else "https"
+    """A client for HOST: HTTPS unless it is on loopback (or SPEC says insecure for its own registry); SPEC's
+    credentials only for SPEC's own registry."""
     if spec is not None and host == split_ref(spec.repository + ":x")[0]:
-        return RegistryClient(f"{scheme}://{host}", spec.username, spec.password)
-    return RegistryClient(f"{scheme}://{host}")
+        return RegistryClient(registry_url(host, spec.insecure), spec.username, spec.password)
+    return RegistryClient(registry_url(host))
 
 
 def _sha(data: bytes) -> str:

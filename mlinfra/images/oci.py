@@ -1,8 +1,10 @@
 """A small OCI distribution client: push and inspect images over a registry's HTTP API, no Docker daemon.
 
 Enough of the distribution spec for mlinfra's images: blob existence (HEAD), monolithic blob upload (POST then
-PUT ?digest=), manifests by tag or digest. Basic auth is supported; bearer-token auth is not needed by the local
-registry and is left for later.
+PUT ?digest=), manifests by tag or digest. HTTPS unless the registry is on loopback or ``insecure`` is asked for
+(:func:`registry_url`). Credentials are sent only when the registry asks (a 401 with ``WWW-Authenticate``): Basic,
+or Bearer tokens from the registry's token service (Docker Hub, ACR, GHCR, Harbor), never in plain text off
+loopback. Every manifest and blob fetched is hashed: content that does not match its digest is refused.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
+import re
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlinfra.errors import OciRegistryError
@@ -32,38 +36,141 @@ ACCEPT = ",".join(
 )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether HOST (``name[:port]``, ``[v6]:port``) is this machine: 127.0.0.0/8, ::1 or localhost."""
+    name = (
+        host[1 : host.index("]")]
+        if host.startswith("[")
+        else host.rsplit(":", 1)[0]
+        if host.count(":") == 1
+        else host
+    )
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def registry_url(host: str, insecure: bool | None = None) -> str:
+    """The registry's base URL: HTTPS, or plain HTTP for a loopback registry (or when INSECURE says so)."""
+    plain = is_loopback(host) if insecure is None else insecure
+    return f"{'http' if plain else 'https'}://{host}"
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="…",service="…",scope="…"`` → ("bearer", {realm, service, scope})."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', rest)}
+
+
+def _sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 @dataclass
 class RegistryClient:
     url: str
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     timeout: float = 60.0
+    _auth: str | None = field(default=None, repr=False)
+    """The Authorization header the registry's last challenge called for (Basic, or a Bearer token)."""
 
-    def _conn(self) -> http.client.HTTPConnection:
-        u = urllib.parse.urlsplit(self.url)
+    def _conn(self, url: str | None = None) -> http.client.HTTPConnection:
+        u = urllib.parse.urlsplit(url or self.url)
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
         return cls(u.hostname or "127.0.0.1", u.port, timeout=self.timeout)
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         h = dict(extra or {})
-        if self.username is not None:
-            token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
-            h["Authorization"] = f"Basic {token}"
+        if self._auth:
+            h["Authorization"] = self._auth
         return h
+
+    def _plain_text(self, url: str) -> bool:
+        u = urllib.parse.urlsplit(url)
+        return u.scheme != "https" and not is_loopback(u.netloc)
+
+    def _authenticate(self, header: str) -> bool:
+        """Answer a 401's challenge: Basic with our credentials, or a Bearer token from the challenge's realm.
+        Returns whether a retry can succeed."""
+        scheme, params = _challenge(header)
+        basic = (
+            "Basic " + base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+            if self.username is not None
+            else None
+        )
+        if scheme == "basic":
+            if basic is None or self._auth == basic:
+                return False
+            if self._plain_text(self.url):
+                raise OciRegistryError(
+                    f"registry {self.url} asks for a password over plain HTTP: refusing to send it in clear text "
+                    "(use https)"
+                )
+            self._auth = basic
+            return True
+        if scheme != "bearer" or not params.get("realm"):
+            return False
+        realm = params["realm"]
+        if urllib.parse.urlsplit(realm).scheme not in ("https", "http") or self._plain_text(realm):
+            raise OciRegistryError(
+                f"registry {self.url} sends its token service as {realm!r}: refusing a token service that is not "
+                "https (or on loopback)"
+            )
+        query = urllib.parse.urlencode({k: params[k] for k in ("service", "scope") if params.get(k)})
+        token_url = f"{realm}{'&' if '?' in realm else '?'}{query}" if query else realm
+        u = urllib.parse.urlsplit(token_url)
+        conn = self._conn(token_url)
+        try:
+            conn.request(
+                "GET",
+                f"{u.path or '/'}{'?' + u.query if u.query else ''}",
+                headers={"Authorization": basic} if basic else {},
+            )
+            resp = conn.getresponse()
+            data = resp.read()
+        except OSError as e:
+            raise OciRegistryError(f"token service {realm} of registry {self.url} is unreachable: {e}") from e
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise OciRegistryError(
+                f"token service {realm} of registry {self.url} refused "
+                f"{'user ' + repr(self.username) if self.username else 'anonymous access'}: HTTP {resp.status}"
+            )
+        try:
+            body = json.loads(data)
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise OciRegistryError(f"token service {realm} of registry {self.url} answered without a token")
+        if self._auth == f"Bearer {token}":
+            return False
+        self._auth = f"Bearer {token}"
+        return True
 
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        conn = self._conn()
-        try:
-            conn.request(method, path, body=body, headers=self._headers(headers))
-            resp = conn.getresponse()
-            data = resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-        except OSError as e:
-            raise OciRegistryError(f"registry {self.url} is unreachable: {e}") from e
-        finally:
-            conn.close()
+        for _attempt in range(2):
+            conn = self._conn()
+            try:
+                conn.request(method, path, body=body, headers=self._headers(headers))
+                resp = conn.getresponse()
+                data = resp.read()
+                got = resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+            except OSError as e:
+                raise OciRegistryError(f"registry {self.url} is unreachable: {e}") from e
+            finally:
+                conn.close()
+            challenge = got[1].get("www-authenticate")
+            if got[0] != 401 or not challenge or not self._authenticate(challenge):
+                return got
+        return got
 
     def _check(self, status: int, data: bytes, what: str, ok: Iterable[int]) -> None:
         if status in (401, 403):
@@ -123,6 +230,11 @@ class RegistryClient:
     def get_blob(self, repo: str, digest: str) -> bytes:
         status, _, data = self.request("GET", f"/v2/{repo}/blobs/{digest}")
         self._check(status, data, f"GET blob {digest}", [200])
+        if digest.startswith("sha256:") and _sha256_digest(data) != digest:
+            raise OciRegistryError(
+                f"registry {self.url} sent blob {repo}@{digest[:19]}… with other content (sha256 "
+                f"{_sha256_digest(data)[7:19]}…): refused"
+            )
         return data
 
     def put_manifest(self, repo: str, reference: str, manifest: bytes, media_type: str = MANIFEST_V2) -> str:
@@ -139,8 +251,19 @@ class RegistryClient:
         if status == 404:
             return None
         self._check(status, data, f"manifest {repo}:{reference}", [200])
-        digest = headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(data).hexdigest()
-        return digest, json.loads(data)
+        digest = _sha256_digest(data)  # what the bytes are, whatever the headers say
+        claimed = reference if reference.startswith("sha256:") else headers.get("docker-content-digest")
+        if claimed and claimed.startswith("sha256:") and claimed != digest:
+            raise OciRegistryError(
+                f"registry {self.url} sent manifest {repo}:{reference[:26]} whose content has digest "
+                f"{digest[:19]}…, not {claimed[:19]}…: refused (a tampered or broken registry)"
+            )
+        try:
+            return digest, json.loads(data)
+        except ValueError:
+            raise OciRegistryError(
+                f"registry {self.url} sent manifest {repo}:{reference[:26]} that is not JSON"
+            ) from None
 
     def manifest_digest(self, repo: str, reference: str) -> str | None:
         status, headers, data = self.request(
