@@ -76,9 +76,10 @@ def acl_text(admin: str) -> str:
     )
 
 
-def _client(username: str, secret: dict[str, Any]) -> dict[str, Any]:
-    """A client entry of the plugin's file; no roles: the ACL file decides what clients may do."""
-    return {"username": username, **secret, "roles": []}
+def _client(username: str, secret: dict[str, Any], device: bool = True) -> dict[str, Any]:
+    """A client entry of the plugin's file; no roles: the ACL file decides what clients may do. A device may connect
+    only with its own id as client id (so no one can take over its session); the admin is not bound."""
+    return {"username": username, **({"clientid": username} if device else {}), **secret, "roles": []}
 
 
 def migrate_password_file(path: Path) -> dict[str, dict[str, Any]]:
@@ -118,7 +119,9 @@ def write_config(admin: dict[str, str]) -> tuple[Path, Path]:
             if user != admin["username"]:
                 cfg["clients"].append(_client(user, secret))
     cfg["clients"] = [c for c in cfg["clients"] if c.get("username") != admin["username"]]
-    cfg["clients"].insert(0, _client(admin["username"], _hash(admin["password"])))
+    for c in cfg["clients"]:  # devices provisioned before client ids were bound
+        c.setdefault("clientid", c.get("username"))
+    cfg["clients"].insert(0, _client(admin["username"], _hash(admin["password"]), device=False))
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -210,15 +213,21 @@ def provision_devices(device_ids: Iterable[str], broker: Broker | None = None) -
             raise EdgeError(f"device id {d!r} is reserved for the broker's admin")
     passwords = {d: secrets.token_urlsafe(18) for d in ids}
     with Control(broker) as ctl:
-        created = ctl.run([{"command": "createClient", "username": d, "password": passwords[d]} for d in ids])
+        created = ctl.run(
+            [{"command": "createClient", "username": d, "password": passwords[d], "clientid": d} for d in ids]
+        )
         _check(created, ("Client already exists",))
         existing = [d for d, a in zip(ids, created, strict=True) if a.get("error") == "Client already exists"]
         if existing:
             _check(
                 ctl.run(
                     [
-                        {"command": "setClientPassword", "username": d, "password": passwords[d]}
+                        cmd
                         for d in existing
+                        for cmd in (
+                            {"command": "setClientId", "username": d, "clientid": d},
+                            {"command": "setClientPassword", "username": d, "password": passwords[d]},
+                        )
                     ]
                 )
             )

@@ -279,9 +279,13 @@ def _start_azurite() -> None:
 
 
 def _mosquitto_outdated() -> bool:
-    """A broker this module started earlier with a password file (before the dynamic security plugin)."""
+    """A broker this module started earlier with an older configuration (a password file, before the dynamic security
+    plugin; no packet size limit): restarted, devices keep their passwords and sessions."""
     conf = state_dir("mosquitto") / "mosquitto.conf"
-    return _read_pid("mosquitto") is not None and conf.exists() and "dynamic_security" not in conf.read_text()
+    if _read_pid("mosquitto") is None or not conf.exists():
+        return False
+    text = conf.read_text()
+    return "dynamic_security" not in text or "max_packet_size" not in text
 
 
 def mosquitto_ok() -> bool:
@@ -334,11 +338,14 @@ def _start_mosquitto() -> None:
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous false\n"
+        # A message larger than any manifest (256 KiB) or control batch mlinfra sends is refused, never buffered.
+        "max_packet_size 1048576\n"
         f"plugin {plugin}\n"
         f"plugin_opt_config_file {dynsec}\n"
         f"acl_file {acl}\n"
         "persistence true\n"
         f"persistence_location {d / 'data'}/\n"
+        # Still root: its state lives under the cache in /root (0700), which the `mosquitto` user cannot reach.
         "user root\n"
         "log_dest stdout\n"
     )

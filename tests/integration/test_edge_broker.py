@@ -200,3 +200,48 @@ def test_a_password_file_broker_is_migrated_with_its_devices(tmp_path: Path, mon
             read_fleet(wrong)
     finally:
         services.down(["mosquitto"], progress=lambda _m: None)
+
+
+def _connect(port: int, username: str, password: str, client_id: str) -> tuple[mqtt.Client, str]:
+    """Connect with the loop running; returns the client and the CONNACK's reason ("Success" or why not)."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.username_pw_set(username, password)
+    answered = threading.Event()
+    reason: list[str] = []
+
+    def on_connect(_c, _u, _f, rc, _p) -> None:  # type: ignore[no-untyped-def]
+        reason.append(str(rc))
+        answered.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    assert answered.wait(10), "no CONNACK"
+    return c, reason[0]
+
+
+def test_a_device_connects_only_as_itself_and_oversized_messages_are_refused(broker: Broker) -> None:
+    """Client ids are bound to usernames (one device cannot take over another's session), and the broker refuses
+    a packet over its size limit instead of buffering it."""
+    port = int(broker.url.rsplit(":", 1)[1])
+    creds = provision_devices(["bind-a", "bind-b"], broker)
+    b, why = _connect(port, "bind-b", creds["bind-b"], "bind-b")
+    assert why == "Success" and b.is_connected()
+    thief, why = _connect(port, "bind-a", creds["bind-a"], "bind-b")  # bind-a's password, bind-b's session
+    assert why != "Success", "a device took another device's client id"
+    thief.loop_stop()
+    time.sleep(0.5)
+    assert b.is_connected(), "the real bind-b was knocked off"
+    got: list[int] = []
+    b.on_message = lambda _c, _u, m: got.append(len(m.payload))
+    b.subscribe("mlinfra/edge/deployments/#", qos=1)
+    admin, why = _connect(port, broker.username, broker.password, "size-check")
+    assert why == "Success"
+    admin.publish("mlinfra/edge/deployments/huge", b"x" * (2 << 20), qos=1)
+    admin.publish("mlinfra/edge/deployments/small", b"", qos=1).wait_for_publish(
+        10
+    time.sleep(1.0)
+    assert (2 << 20) not in got, "a 2 MiB message went through"
+    for c in (admin, b):
+        c.disconnect()
+        c.loop_stop()

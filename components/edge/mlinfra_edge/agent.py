@@ -153,6 +153,18 @@ class EdgeAgent:
         self._on_event("disconnected", {})
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """Runs on paho's network thread: nothing may escape it (an exception there would stop the device's MQTT
+        loop for good), so anything a message does wrong is logged and the message ignored."""
+        try:
+            self._message(msg)
+        except Exception as e:
+            log.warning(
+                "%s: ignored a message on %s: %s: %s", self.config.device_id, msg.topic, type(e).__name__, e
+            )
+            with contextlib.suppress(Exception):
+                self._on_event("malformed", {"topic": msg.topic, "error": f"{type(e).__name__}: {e}"[:500]})
+
+    def _message(self, msg: mqtt.MQTTMessage) -> None:
         name = msg.topic.rsplit("/", 1)[-1]
         if not msg.payload:  # withdrawn
             with self._lock:

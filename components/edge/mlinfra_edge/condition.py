@@ -26,6 +26,7 @@ _TOKEN = re.compile(
 )
 KEYWORDS = {"AND", "OR", "NOT", "IN", "TRUE", "FALSE"}
 MAX_LENGTH = 4096
+MAX_DEPTH = 32  # nested parentheses and NOTs: deeper conditions are refused, never a RecursionError
 
 
 class ConditionError(ValueError):
@@ -103,17 +104,32 @@ class _Parser:
             node = ("and", node, self.not_())
         return node
 
+    def _deeper(self) -> None:
+        self.depth = getattr(self, "depth", 0) + 1
+        if self.depth > MAX_DEPTH:
+            t = self.peek()
+            raise ConditionError(
+                f"the condition nests deeper than {MAX_DEPTH} levels (parentheses and NOT): simplify it",
+                t.pos,
+                self.text,
+            )
+
     def not_(self) -> Any:
         if self.kw("NOT"):
-            return ("not", self.not_())
+            self._deeper()
+            node = ("not", self.not_())
+            self.depth -= 1
+            return node
         return self.primary()
 
     def primary(self) -> Any:
         t = self.peek()
         if t.kind == "op" and t.value == "(":
             self.i += 1
+            self._deeper()
             node = self.or_()
             self.expect_op(")")
+            self.depth -= 1
             return node
         if t.kind == "op" and t.value == "*":
             self.i += 1

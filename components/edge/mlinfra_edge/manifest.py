@@ -23,6 +23,8 @@ from mlinfra_edge.condition import Condition, ConditionError, parse
 
 PREFIX = "mlinfra/edge"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # the registry's model names (no '..')
 MAX_MANIFEST = 256 * 1024
 
 
@@ -92,6 +94,44 @@ def _need(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str
     return d[key]
 
 
+def _check_files(files: list[Any], is_dir: bool, where: str) -> None:
+    """Every file entry: a relative, normalized, unique path inside the model's folder (one file unless is_dir), an
+    http(s) or file URL, a 64-hex sha256 and a byte count — checked before any of it touches a path."""
+    if not files or (not is_dir and len(files) != 1):
+        raise ManifestError(f"{where}: {len(files)} files listed; a model has one file (or a folder: is_dir)")
+    paths: set[str] = set()
+    for j, f in enumerate(files):
+        if (
+            not isinstance(f, dict)
+            or not isinstance(f.get("path"), str)
+            or not isinstance(f.get("url"), str)
+            or not SHA256_RE.fullmatch(str(f.get("sha256")))
+            or isinstance(f.get("size"), bool)
+            or not isinstance(f.get("size"), int)
+            or f["size"] < 0
+        ):
+            raise ManifestError(f"{where}: files[{j}] needs path, url, sha256 (64 hex) and size (bytes)")
+        path = f["path"]
+        parts = path.split("/")
+        if (
+            not path
+            or len(path) > 1024
+            or path.startswith("/")
+            or "\\" in path
+            or "\0" in path
+            or any(part in ("", ".", "..") for part in parts)
+            or (not is_dir and len(parts) != 1)
+        ):
+            raise ManifestError(
+                f"{where}: file path {path[:120]!r} escapes or is not normalized in the model folder"
+            )
+        if path in paths:
+            raise ManifestError(f"{where}: file path {path!r} is listed twice")
+        paths.add(path)
+        if f["url"].split(":", 1)[0].lower() not in ("https", "http", "file"):
+            raise ManifestError(f"{where}: files[{j}] url must be https, http or file")
+
+
 def parse_manifest(payload: bytes) -> Deployment:
     """Validate a manifest; ManifestError names what is wrong (the agent logs it and ignores the message)."""
     if len(payload) > MAX_MANIFEST:
@@ -110,35 +150,39 @@ def parse_manifest(payload: bytes) -> Deployment:
     except ConditionError as e:
         raise ManifestError(f"{name}: {e}") from None
     models = []
-    for m in _need(doc, "models", list, name):
+    seen_models: set[str] = set()
+    for i, m in enumerate(_need(doc, "models", list, name)):
         if not isinstance(m, dict):
-            raise ManifestError(f"{name}: each model must be an object")
-        files = _need(m, "files", list, name)
-        for f in files:
-            if (
-                not isinstance(f, dict)
-                or not isinstance(f.get("path"), str)
-                or not isinstance(f.get("url"), str)
-                or not re.fullmatch(r"[0-9a-f]{64}", str(f.get("sha256")))
-                or not isinstance(f.get("size"), int)
-            ):
-                raise ManifestError(f"{name}: model file entries need path, url, sha256 (hex) and size")
-            if f["path"].startswith("/") or ".." in f["path"].split("/"):
-                raise ManifestError(f"{name}: model file path {f['path']!r} escapes the model folder")
-        models.append(
-            Artifact(
-                _need(m, "name", str, name),
-                int(_need(m, "version", int, name)),
-                _need(m, "sha256", str, name),
-                tuple(files),
-                bool(m.get("is_dir", False)),
-            )
-        )
+            raise ManifestError(f"{name}: models[{i}] must be an object")
+        model = _need(m, "name", str, f"{name}: models[{i}]")
+        if not MODEL_RE.match(model) or ".." in model:
+            raise ManifestError(f"{name}: models[{i}].name {model[:80]!r} is not a valid model name")
+        if model in seen_models:
+            raise ManifestError(f"{name}: model {model!r} is listed twice")
+        seen_models.add(model)
+        version = _need(m, "version", int, f"{name}: {model}")
+        if not 1 <= version < 2**31:
+            raise ManifestError(f"{name}: {model}: version {version} must be a positive integer")
+        sha = _need(m, "sha256", str, f"{name}: {model}")
+        if not SHA256_RE.fullmatch(sha):
+            raise ManifestError(f"{name}: {model}: sha256 {sha[:80]!r} is not 64 lowercase hex digits")
+        is_dir = m.get("is_dir", False)
+        if not isinstance(is_dir, bool):
+            raise ManifestError(f"{name}: {model}: is_dir must be true or false")
+        files = _need(m, "files", list, f"{name}: {model}")
+        _check_files(files, is_dir, f"{name}: {model}")
+        models.append(Artifact(model, version, sha, tuple(files), is_dir))
+    generation = _need(doc, "generation", str, name)
+    if not 0 < len(generation) <= 128:
+        raise ManifestError(f"{name}: generation must be 1 to 128 characters")
+    layered = doc.get("layered", False)
+    if not isinstance(layered, bool):
+        raise ManifestError(f"{name}: layered must be true or false")
     return Deployment(
         name=name,
-        generation=str(_need(doc, "generation", str, name)),
+        generation=generation,
         priority=int(_need(doc, "priority", int, name)),
-        layered=bool(doc.get("layered", False)),
+        layered=layered,
         condition=cond,
         models=tuple(models),
     )

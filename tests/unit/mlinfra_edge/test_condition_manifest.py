@@ -104,3 +104,86 @@ def test_priority_and_layering() -> None:
 def test_malformed_manifests_are_rejected(payload: bytes) -> None:
     with pytest.raises(ManifestError):
         parse_manifest(payload)
+
+
+def _manifest(**model: object) -> bytes:
+    base = {
+        "name": "m",
+        "version": 1,
+        "sha256": "a" * 64,
+        "files": [{"path": "m.onnx", "url": "file:///x", "sha256": "b" * 64, "size": 1}],
+    }
+    return json.dumps(
+        {
+            "name": "d",
+            "generation": "g",
+            "priority": 1,
+            "target_condition": "*",
+            "models": [{**base, **model}],
+        }
+    ).encode()
+
+
+_F = {"url": "file:///x", "sha256": "b" * 64, "size": 1}
+
+
+@pytest.mark.parametrize(
+    ("model", "fragment"),
+    [
+        ({"name": "../../etc"}, "is not a valid model name"),
+        ({"name": "a/b"}, "is not a valid model name"),
+        ({"sha256": "../../../x"}, "is not 64 lowercase hex digits"),
+        ({"sha256": "A" * 64}, "is not 64 lowercase hex digits"),
+        ({"version": 0}, "must be a positive integer"),
+        ({"version": True}, "'version' is missing or not a int"),
+        ({"is_dir": "yes"}, "is_dir must be true or false"),
+        ({"files": []}, "0 files listed"),
+        ({"files": [{**_F, "path": "a/b"}]}, "escapes or is not normalized"),  # a single file has no folders
+        ({"is_dir": True, "files": [{**_F, "path": "a/../../b"}]}, "escapes or is not normalized"),
+        ({"is_dir": True, "files": [{**_F, "path": "a\\..\\b"}]}, "escapes or is not normalized"),
+        ({"is_dir": True, "files": [{**_F, "path": "./a"}]}, "escapes or is not normalized"),
+        ({"is_dir": True, "files": [{**_F, "path": "x"}, {**_F, "path": "x"}]}, "listed twice"),
+        ({"files": [{**_F, "path": "m.onnx", "size": -5}]}, "size (bytes)"),
+        ({"files": [{**_F, "path": "m.onnx", "url": "ftp://x/y"}]}, "https, http or file"),
+    ],
+)
+def test_model_names_sha256_and_paths_are_checked_before_they_touch_a_path(
+    model: dict, fragment: str
+) -> None:
+    with pytest.raises(ManifestError) as e:
+        parse_manifest(_manifest(**model))
+    assert fragment in str(e.value)
+
+
+def test_a_deeply_nested_condition_is_refused_not_a_recursion_error() -> None:
+    from mlinfra_edge.condition import MAX_DEPTH
+
+    assert parse("(" * MAX_DEPTH + "tags.a = 'x'" + ")" * MAX_DEPTH).matches({"tags": {"a": "x"}})
+    for deep in ("(" * 2000 + "*" + ")" * 2000, "NOT " * 1000 + "*", "(" * 2000):
+        with pytest.raises(ConditionError, match="nests deeper than"):
+            parse(deep)
+
+
+def test_no_message_can_kill_the_agents_network_thread(tmp_path, monkeypatch) -> None:
+    """Whatever a retained message holds, the callback paho runs it on returns normally (an exception there would
+    end the device's MQTT loop for good)."""
+    from types import SimpleNamespace
+
+    from mlinfra_edge import agent as agent_mod
+    from mlinfra_edge.agent import AgentConfig, EdgeAgent
+
+    events: list[tuple[str, dict]] = []
+    a = EdgeAgent(
+        AgentConfig("dev-1", "mqtt://127.0.0.1:1", "pw", state_dir=tmp_path),
+        lambda k, d: events.append((k, d)),
+    )
+
+    def boom(_payload: bytes) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    for payload in (b"{" * 100_000, b"\xff\xfe", _manifest(name="../x")):
+        a._on_message(None, None, SimpleNamespace(topic="mlinfra/edge/deployments/d", payload=payload))  # type: ignore[arg-type]
+    monkeypatch.setattr(agent_mod, "parse_manifest", boom)
+    a._on_message(None, None, SimpleNamespace(topic="mlinfra/edge/deployments/d", payload=_manifest()))  # type: ignore[arg-type]
+    assert [k for k, _d in events] == ["malformed"] * 4, events
+    assert "RecursionError" in events[-1][1]["error"] and a.deployments == {}
