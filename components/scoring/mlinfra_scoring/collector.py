@@ -23,9 +23,13 @@ Configured from ``MLINFRA_SERVE_COLLECT`` (JSON) and ``MLINFRA_SERVE_COLLECT_CRE
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import http.client
 import json
 import os
+import stat
+import tempfile
 import threading
 import time
 import urllib.error
@@ -52,7 +56,7 @@ class CollectorConfig:
     sample_rate: float = 1.0
     capture: list[str] = field(default_factory=lambda: ["inputs", "outputs"])
     headers: list[str] = field(default_factory=list)
-    spool_dir: str = "/tmp/mlinfra-spool"
+    spool_dir: str = ""  # default: a folder private to this user, <tmp>/mlinfra-spool-<uid> (mode 0700)
     spool_max_mb: float = 256.0
     queue_max: int = 10000
     batch: int = 1000
@@ -79,6 +83,27 @@ class CollectorConfig:
         if bad:
             raise CollectorConfigError(f"capture has {bad}: choose from 'inputs', 'outputs'")
         return c
+
+
+def private_dir(path: Path) -> Path:
+    """PATH as a folder only this user can enter: created 0700, an existing one of ours made 0700. In a folder
+    anyone may write to (a shared /tmp) it must be ours and not a symlink: another user's folder there could be read,
+    or filled with links, by them. A mounted volume (a Kubernetes emptyDir, a host folder) may belong to root."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    shared_parent = bool(os.stat(path.parent).st_mode & stat.S_IWOTH)
+    if (
+        stat.S_ISLNK(st.st_mode)
+        or not stat.S_ISDIR(st.st_mode)
+        or (shared_parent and st.st_uid != os.getuid())
+    ):
+        raise CollectorConfigError(
+            f"spool folder {path} is not a folder of this user (uid {os.getuid()}) in shared {path.parent}: choose "
+            "another spool_dir"
+        )
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 def new_salt() -> bytes:
@@ -155,6 +180,10 @@ class BlobSink:
             raise SinkError(f"{self.describe()}: put {name} answered {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             raise SinkError(f"{self.describe()}: unreachable ({getattr(e, 'reason', e)})") from None
+        except http.client.HTTPException as e:  # a reply that is not HTTP, a truncated one
+            raise SinkError(
+                f"{self.describe()}: not an HTTP answer ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
 
 
 def open_sink(uri: str, credential: str | None) -> FolderSink | BlobSink:
@@ -215,13 +244,18 @@ class Collector:
         sink: FolderSink | BlobSink,
         on_drop: Callable[[str], None] = lambda _m: None,
         log: Callable[[dict[str, Any]], None] = lambda _e: None,
+        on_upload_error: Callable[[], None] = lambda: None,
     ):
         self.config = config
         self.sink = sink
         self.on_drop = on_drop
+        self.on_upload_error = on_upload_error
         self.log = log
-        self.spool = Path(config.spool_dir)
-        self.spool.mkdir(parents=True, exist_ok=True)
+        self.spool = private_dir(
+            Path(config.spool_dir or Path(tempfile.gettempdir()) / f"mlinfra-spool-{os.getuid()}")
+        )
+        for part in self.spool.rglob(".*.part"):  # a write cut short (full disk, kill -9): never a record
+            part.unlink(missing_ok=True)
         # A deque: append/popleft are atomic under the GIL and ~20x cheaper than queue.Queue on the request path.
         self.q: collections.deque[dict[str, Any]] = collections.deque()
         self.counts = {"sampled": 0, "dropped": 0, "spooled": 0, "uploaded": 0, "upload_errors": 0}
@@ -310,11 +344,15 @@ class Collector:
             target = self.spool / part / name
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{name}.part")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a full disk leaves no half file behind
+                raise
             used += len(data)
             self.counts["spooled"] += len(lines)
         self._wake.set()
@@ -353,15 +391,21 @@ class Collector:
                 name = p.relative_to(self.spool).as_posix()
                 try:
                     data = p.read_bytes()
-                    self.sink.put(name, data)
-                except SinkError as e:
-                    self.counts["upload_errors"] += 1
-                    if backoff == 0.5 or self.counts["upload_errors"] % 20 == 0:
-                        self.log({"event": "collector_upload_failed", "error": str(e), "pending": len(files)})
-                    ok = False
-                    break
                 except OSError:
                     continue  # the file went away (another uploader after a restart): nothing to do
+                try:
+                    self.sink.put(name, data)
+                except (
+                    Exception
+                ) as e:  # whatever storage does, the uploader lives: count, log (rate-limited), retry
+                    self.counts["upload_errors"] += 1
+                    with contextlib.suppress(Exception):
+                        self.on_upload_error()
+                    if backoff == 0.5 or self.counts["upload_errors"] % 20 == 0:
+                        error = str(e) if isinstance(e, SinkError) else f"{type(e).__name__}: {str(e)[:200]}"
+                        self.log({"event": "collector_upload_failed", "error": error, "pending": len(files)})
+                    ok = False
+                    break
                 self.counts["uploaded"] += data.count(b"\n")
                 p.unlink(missing_ok=True)
             if ok:
@@ -394,10 +438,14 @@ def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)[:100] or "_"
 
 
-def from_env(on_drop: Callable[[str], None], log: Callable[[dict[str, Any]], None]) -> Collector | None:
+def from_env(
+    on_drop: Callable[[str], None],
+    log: Callable[[dict[str, Any]], None],
+    on_upload_error: Callable[[], None] = lambda: None,
+) -> Collector | None:
     raw = os.environ.get("MLINFRA_SERVE_COLLECT")
     if not raw:
         return None
     config = CollectorConfig.from_json(raw)
     sink = open_sink(config.sink, os.environ.get("MLINFRA_SERVE_COLLECT_CREDENTIAL"))
-    return Collector(config, sink, on_drop, log)
+    return Collector(config, sink, on_drop, log, on_upload_error)

@@ -93,11 +93,16 @@ class Metrics:
             "Records a data-collection hook refused (queue full).",
             ("model",),
         )
+        self.collector_upload_errors = Counter(
+            "mlinfra_collector_upload_errors_total",
+            "Failed uploads of spooled records to storage (each retried; the records wait on disk).",
+        )
         self.non_finite = Counter(
             "mlinfra_non_finite_outputs_total",
             "Output values that were NaN or ±Inf (sent as null, reported in the response).",
             ("model", "version"),
         )
+        self.collector_upload_errors.inc((), 0)
         self.in_flight.set((), 0)
         self.ready.set((), 0)
 
@@ -110,6 +115,7 @@ class Metrics:
             self.in_flight,
             self.ready,
             self.collector_dropped,
+            self.collector_upload_errors,
             self.non_finite,
         ):
             lines += m.render()

@@ -432,6 +432,7 @@ def run(config: ServerConfig, hooks: list[Hook] | None = None) -> int:
         server.add_hook(h)
     server.collector = collector.from_env(
         on_drop=lambda model: server.metrics.collector_dropped.inc((model,)),
+        on_upload_error=lambda: server.metrics.collector_upload_errors.inc(),
         log=lambda event: print(json.dumps(event), file=server._log, flush=True),
     )
     server.otlp = otel.from_env(
