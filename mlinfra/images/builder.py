@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import mlinfra_scoring
 from mlinfra.engine import cache_dir
 from mlinfra.errors import ImageBuildError
-from mlinfra.files import sha256_file
+from mlinfra.files import sha256_file, write_atomic
 from mlinfra.images.layers import Entry, Layer, build_layer, layer_from_dir
 from mlinfra.images.oci import (
     ACCEPT,
@@ -134,6 +135,15 @@ def check_script(path: Path) -> None:
 # -- base image ---------------------------------------------------------------------------------------------------
 
 
+def pin_base(base: str) -> str:
+    """BASE by digest (``host/repo@sha256:…``): a tag is resolved now, so a build uses exactly that image and a tag
+    that moves shows in `pulumi preview` as a change, never as a silent rebuild on another base."""
+    if "@sha256:" in base:
+        return base
+    host, repo, _ = split_ref(base)
+    return f"{host}/{repo}@{resolve_base(base)[0]}"
+
+
 def resolve_base(base: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(manifest digest, manifest, config) of the base image (linux/amd64 from an index)."""
     host, repo, ref = split_ref(base)
@@ -234,7 +244,31 @@ def _pip_platform_args() -> list[str]:
     return args
 
 
+HASHES = "hashes.json"
+
+
+def wheel_hashes(wh: Path | None = None) -> dict[str, str]:
+    """{wheel file name: sha256} recorded when the wheels were downloaded into the wheelhouse."""
+    try:
+        return dict(json.loads(((wh or wheelhouse()) / HASHES).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_hashes(wh: Path) -> dict[str, str]:
+    """Record the sha256 of every wheel that has none yet (a download just made, or a wheelhouse from before hashes
+    were kept); recorded hashes never change."""
+    known = wheel_hashes(wh)
+    fresh = {p.name: sha256_file(p) for p in sorted(wh.glob("*.whl")) if p.name not in known}
+    if fresh:
+        known.update(fresh)
+        write_atomic(wh / HASHES, json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return known
+
+
 def fill_wheelhouse(reqs: list[str] | None = None) -> Path:
+    """Download REQS (default: the server's) and their dependencies as wheels for the image platform into the
+    wheelhouse, recording each new wheel's sha256 (image builds install only wheels matching it)."""
     wh = wheelhouse()
     wh.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -252,34 +286,74 @@ def fill_wheelhouse(reqs: list[str] | None = None) -> Path:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise ImageBuildError(f"pip could not download {reqs or SERVER_REQUIREMENTS}:\n{res.stderr[-1500:]}")
+    _record_hashes(wh)
     return wh
 
 
+def _pip(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+    )
+
+
+def _resolve(reqs: list[str], scratch: Path) -> tuple[list[dict[str, Any]] | None, str]:
+    """What installing REQS from the wheelhouse alone would install (pip's report), or None and pip's message."""
+    report = scratch / "report.json"
+    res = _pip(
+        ["install", "--dry-run", "--ignore-installed", "--report", str(report), "--target", str(scratch / "t"),
+         *_pip_platform_args(), "--no-index", "--find-links", str(wheelhouse()), *reqs]
+    )  # fmt: skip
+    if res.returncode != 0:
+        return None, "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+    return json.loads(report.read_text())["install"], ""
+
+
 def pip_target(reqs: list[str], target: Path) -> None:
-    """Install REQS for the image platform into TARGET: from the wheelhouse alone when it has everything (or when
-    MLINFRA_PIP_OFFLINE=1), else from the package index too. pip's own message is shown on failure."""
+    """Install REQS for the image platform into TARGET, from the wheelhouse only and with ``--require-hashes``:
+    every wheel must match the sha256 recorded when it was downloaded. What the wheelhouse lacks is downloaded
+    into it first (unless MLINFRA_PIP_OFFLINE=1), its hash recorded then. pip's own message is shown on failure."""
     import os
 
-    base = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--no-compile",
-        "--target",
-        str(target),
-        *_pip_platform_args(),
-        "--find-links",
-        str(wheelhouse()),
-    ]
-    res = subprocess.run([*base, "--no-index", *reqs], capture_output=True, text=True)
-    if res.returncode != 0 and os.environ.get("MLINFRA_PIP_OFFLINE") != "1":
-        res = subprocess.run([*base, *reqs], capture_output=True, text=True)
-    if res.returncode != 0:
-        msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
-        raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
+    reqs = [check_requirement(r) for r in reqs]
+    with tempfile.TemporaryDirectory(prefix="mlinfra-pip-") as tmp:
+        scratch = Path(tmp)
+        resolved, why = _resolve(reqs, scratch)
+        if resolved is None and os.environ.get("MLINFRA_PIP_OFFLINE") != "1":
+            try:
+                fill_wheelhouse(reqs)
+            except ImageBuildError as e:
+                why = str(e)
+            else:
+                resolved, why = _resolve(reqs, scratch)
+        if resolved is None:
+            raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{why}")
+        known = wheel_hashes()
+        lines = []
+        for item in resolved:
+            url = item["download_info"]["url"]
+            wheel = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+            recorded = known.get(wheel)
+            if recorded is None:
+                raise ImageBuildError(
+                    f"wheel {wheel} in the wheelhouse {wheelhouse()} has no recorded sha256 (it was not downloaded "
+                    "by mlinfra): delete it, or run `make wheelhouse` to record the wheelhouse's hashes"
+                )
+            lines.append(
+                f"{item['metadata']['name']}=={item['metadata']['version']} --hash=sha256:{recorded}"
+            )
+        pinned = scratch / "requirements.txt"
+        pinned.write_text("\n".join(lines) + "\n")
+        res = _pip(
+            ["install", "--no-compile", "--target", str(target), *_pip_platform_args(), "--no-index",
+             "--find-links", str(wheelhouse()), "--require-hashes", "--no-deps", "-r", str(pinned)]
+        )  # fmt: skip
+        if res.returncode != 0:
+            msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+            if "THESE PACKAGES DO NOT MATCH THE HASHES" in res.stderr:
+                msg = f"a wheel in the wheelhouse {wheelhouse()} was changed after it was downloaded:\n{msg}"
+            raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
     _strip_scripts(target)
 
 
@@ -337,9 +411,35 @@ _COMPAT_SHIM = {
 }
 
 
+def check_requirement(req: str) -> str:
+    """One pip requirement, as PEP 508 says (``name[extras] (op version)... ; marker``), normalized; anything else —
+    pip options (``--index-url``, ``-e``, ``-r``), URLs and direct references, several lines — is refused naming it:
+    a requirement string must not be able to point pip at another index or run another build."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    text = req.strip() if isinstance(req, str) else req
+    if not isinstance(text, str) or not text:
+        raise ImageBuildError(f"requirement {req!r} is empty or not a string")
+    if text.startswith("-") or any(c in text for c in "\r\n\0") or " -" in text:
+        raise ImageBuildError(
+            f"requirement {text[:120]!r} carries pip options: give only a package and its version, e.g. "
+            "'scikit-learn==1.5.2' (indexes and flags are not settable per image)"
+        )
+    try:
+        parsed = Requirement(text)
+    except InvalidRequirement as e:
+        raise ImageBuildError(f"requirement {text[:120]!r} is not a valid requirement: {e}") from None
+    if parsed.url:
+        raise ImageBuildError(
+            f"requirement {text[:120]!r} is a direct reference ({parsed.url[:80]}): pin a released version, e.g. "
+            f"'{parsed.name}==X.Y' (wheels come from the index or the wheelhouse, hash-checked)"
+        )
+    return str(parsed)
+
+
 def image_requirements(extra: list[str]) -> list[str]:
-    """The server's requirements plus the user's, deduplicated and sorted."""
-    return sorted(set(SERVER_REQUIREMENTS) | {r.strip() for r in extra if r.strip()})
+    """The server's requirements plus the user's (each checked), deduplicated and sorted."""
+    return sorted(set(SERVER_REQUIREMENTS) | {check_requirement(r) for r in extra if r.strip()})
 
 
 def app_layer(spec: ImageSpec) -> Layer:

@@ -27,6 +27,7 @@ from mlinfra.images.builder import (
     build_and_push,
     docker_build_and_push,
     inspect_image,
+    pin_base,
     split_ref,
 )
 from mlinfra.observed import observed_drift, say_drift
@@ -57,7 +58,7 @@ def _spec(props: dict[str, Any]) -> ImageSpec:
             ModelInput(m["name"], int(m["version"]), m["sha256"], m["registry"], m.get("credential") or None)
             for m in props["models"]
         ],
-        base=props["base"],
+        base=props.get("base_pinned") or props["base"],
         requirements=list(props.get("requirements") or []),
         script=Path(props["script"]) if props.get("script") else None,
         files={k: Path(v) for k, v in (props.get("files") or {}).items()},
@@ -94,7 +95,11 @@ def observe(props: dict[str, Any]) -> str:
 class ScoringImageProvider(ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         # What `up` brings the image to; after a refresh found it gone, preview shows observed → present.
-        return CheckResult({**news, "observed": "present"}, [])
+        checked = {**news, "observed": "present"}
+        if not news.get("import_digest") and isinstance(news.get("base"), str):
+            # The base by digest, resolved at every preview: a moved tag is a visible change, never a silent one.
+            checked["base_pinned"] = pin_base(news["base"])
+        return CheckResult(checked, [])
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         """`pulumi refresh`: the manifest and its blobs still in the registry, as ``observed``."""
@@ -112,6 +117,8 @@ class ScoringImageProvider(ResourceProvider):
             return props.get(k)
 
         changed = [k for k in BUILD_KEYS if norm(k, olds) != norm(k, news)]
+        if olds.get("base_pinned") and news.get("base_pinned") and olds["base_pinned"] != news["base_pinned"]:
+            changed.append("base_pinned")  # the base tag moved to another image
         drifted = observed_drift(olds, news)
         return DiffResult(changes=bool(changed) or drifted, replaces=[], delete_before_replace=False)
 

@@ -14,7 +14,14 @@ import pulumi
 
 from mlinfra import defaults
 from mlinfra.files import sha256_file
-from mlinfra.images.builder import DIGEST_REF, ImageBuildError, check_script, inspect_image, split_ref
+from mlinfra.images.builder import (
+    DIGEST_REF,
+    ImageBuildError,
+    check_requirement,
+    check_script,
+    inspect_image,
+    split_ref,
+)
 from mlinfra.images.oci import OciRegistryError
 from mlinfra.images.provider import ScoringImageResource
 from mlinfra.registry import ModelRegistry, validate_name
@@ -77,6 +84,11 @@ class ScoringImage(pulumi.ComponentResource):
             raise ImageBuildError(f"ScoringImage {name}: models is empty; give at least one RegisteredModel")
         repository = args.repository or f"{defaults.registry_host()}/mlinfra/{name}"
         split_ref(repository + ":x")  # validates the form
+        for req in args.requirements:
+            try:
+                check_requirement(req)
+            except ImageBuildError as e:
+                raise ImageBuildError(f"ScoringImage {name}: {e}") from None
         # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read.
         props = {
             "repository": repository,
