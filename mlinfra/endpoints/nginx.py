@@ -73,7 +73,9 @@ def render(c: RouterConfig) -> str:
     for name, (_d, servers) in sorted(c.upstreams.items()):
         lines.append(f"  upstream {name} {{")
         lines += [f"    server {s} max_fails=0;" for s in servers] or ["    server 127.0.0.1:9 down;"]
-        lines += ["    keepalive 32;", "  }"]
+        # Idle upstream connections close on nginx's side first (10 s < the scoring server's 15 s idle timeout), so a
+        # request is never sent on a connection the server is closing (a 502 nginx could not retry for a POST).
+        lines += ["    keepalive 32;", "    keepalive_timeout 10s;", "  }"]
     # 1,000 buckets of 0.1 % each.
     lines.append('  split_clients "${request_id}" $mlinfra_split {')
     lines += [f"    0.1% {b};" for b in range(BUCKETS - 1)]

@@ -45,6 +45,21 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
     )
     p.add_argument("--max-body-mb", type=float, default=None, help="request body limit (default 10)")
     p.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=None,
+        help="close a connection with no request for this long: idle keep-alive, silent or slow headers (default 15)",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=None,
+        help="time to receive a request body, else 408 (default 30)",
+    )
+    p.add_argument(
+        "--max-connections", type=int, default=None, help="open connections at most (default 1024)"
+    )
+    p.add_argument(
         "--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated"
     )
     p.add_argument("--no-access-log", action="store_true", help="do not write JSON access logs to stdout")
@@ -96,6 +111,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         max_batch_size=int(num(args.max_batch_size, "MAX_BATCH_SIZE", 1, int, 1)),
         max_batch_delay_ms=num(args.max_batch_delay_ms, "MAX_BATCH_DELAY_MS", 0.0),
         max_body_mb=num(args.max_body_mb, "MAX_BODY_MB", 10.0, float, 0.001),
+        idle_timeout_s=num(args.idle_timeout_s, "IDLE_TIMEOUT_S", 15.0, float, 0.1),
+        body_timeout_s=num(args.body_timeout_s, "BODY_TIMEOUT_S", 30.0, float, 0.1),
+        max_connections=int(num(args.max_connections, "MAX_CONNECTIONS", 1024, int, 1)),
         access_log=not (args.no_access_log or _env("NO_ACCESS_LOG") in ("1", "true")),
         providers=[
             p for p in (args.providers or _env("PROVIDERS") or "CPUExecutionProvider").split(",") if p

@@ -97,12 +97,21 @@ class Metrics:
             "mlinfra_collector_upload_errors_total",
             "Failed uploads of spooled records to storage (each retried; the records wait on disk).",
         )
+        self.connections_refused = Counter(
+            "mlinfra_connections_refused_total", "Connections closed on arrival: max_connections were open."
+        )
+        self.connections_idle_closed = Counter(
+            "mlinfra_connections_idle_closed_total",
+            "Connections closed after idle_timeout_s without a request (idle keep-alive, slow or silent clients).",
+        )
         self.non_finite = Counter(
             "mlinfra_non_finite_outputs_total",
             "Output values that were NaN or ±Inf (sent as null, reported in the response).",
             ("model", "version"),
         )
         self.collector_upload_errors.inc((), 0)
+        self.connections_refused.inc((), 0)
+        self.connections_idle_closed.inc((), 0)
         self.in_flight.set((), 0)
         self.ready.set((), 0)
 
@@ -116,6 +125,8 @@ class Metrics:
             self.ready,
             self.collector_dropped,
             self.collector_upload_errors,
+            self.connections_refused,
+            self.connections_idle_closed,
             self.non_finite,
         ):
             lines += m.render()

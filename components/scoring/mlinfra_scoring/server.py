@@ -24,7 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from mlinfra_scoring import __version__, collector, otel
 from mlinfra_scoring.dataplane import DataPlane, Hook
 from mlinfra_scoring.metrics import Metrics
-from mlinfra_scoring.models import LoadedModel, RequestError
+from mlinfra_scoring.models import OIP_TO_NUMPY, LoadedModel, RequestError
 from mlinfra_scoring.repository import ModelRepository, ModelSpec
 
 loads: Callable[[Any], Any]
@@ -63,6 +63,48 @@ class ServerConfig:
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 1
     drain_timeout_s: float = 30.0
+    idle_timeout_s: float = 15.0
+    """A connection with no request being handled for this long is closed: idle keep-alive, a client that connects
+    and sends nothing, or sends its headers too slowly (the request starts only once they are complete)."""
+    body_timeout_s: float = 30.0
+    """Reading a request's body may take this long; a client trickling it gets 408."""
+    max_connections: int = 1024
+    """Connections beyond this many are closed as they arrive."""
+
+
+class _Guard(asyncio.Protocol):
+    """Wraps aiohttp's protocol for one connection so the server can bound connections and close idle ones (aiohttp
+    has no header-read timeout: a connection that never completes its headers would stay open for good)."""
+
+    def __init__(self, inner: Any, owner: ScoringServer) -> None:
+        self.inner, self.owner = inner, owner
+        self.transport: Any = None
+        self.busy = 0  # requests being handled on this connection (the middleware counts)
+        self.since = time.monotonic()  # connected, or the last request ended
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.owner._conns[transport] = self
+        self.inner.connection_made(transport)
+        if len(self.owner._conns) > self.owner.config.max_connections:
+            self.owner.metrics.connections_refused.inc()
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._conns.pop(self.transport, None)
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> Any:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class ScoringServer:
@@ -78,6 +120,8 @@ class ScoringServer:
             on_batch=lambda labels, rows: self.metrics.batch.observe(rows, labels),
         )
         self.dataplane = DataPlane(self.repository, self.metrics, self._log)
+        self._conns: dict[Any, _Guard] = {}
+        self._watchdog: asyncio.Task[None] | None = None
         self.collector: Any = None  # mlinfra_scoring.collector.Collector when MLINFRA_SERVE_COLLECT is set
         self.otlp: Any = None  # mlinfra_scoring.otel.Exporter when MLINFRA_SERVE_OTLP_ENDPOINT is set
         self.in_flight = 0
@@ -117,12 +161,9 @@ class ScoringServer:
         state: dict[str, Any] = {}
 
         async def start() -> None:
-            runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-            await runner.setup()
-            site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
-            await site.start()
-            state["runner"] = runner
-            state["port"] = runner.addresses[0][1]
+            runner, listener = await self._listen()
+            state["runner"], state["listener"] = runner, listener
+            state["port"] = listener.sockets[0].getsockname()[1]
 
         def run() -> None:
             asyncio.set_event_loop(loop)
@@ -143,6 +184,7 @@ class ScoringServer:
 
         def stop() -> None:
             async def cleanup() -> None:
+                state["listener"].close()
                 await state["runner"].cleanup()
 
             asyncio.run_coroutine_threadsafe(cleanup(), loop).result(30)
@@ -175,7 +217,12 @@ class ScoringServer:
                 413,
             )
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.config.body_timeout_s):
+                raw = await request.read()
+        except TimeoutError:
+            raise RequestError(
+                f"request body not received within {self.config.body_timeout_s:g} s: send it at once", 408
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise RequestError(
                 f"request body exceeds the limit of {limit} bytes (--max-body-mb)", 413
@@ -210,6 +257,9 @@ class ScoringServer:
         if not _REQUEST_ID.fullmatch(rid):  # a client's id is kept only if it is a short token (log safety)
             rid = uuid.uuid4().hex
         request["rid"] = rid
+        guard = self._conns.get(request.transport)
+        if guard is not None:
+            guard.busy += 1
         self.in_flight += 1
         self.metrics.in_flight.set((), self.in_flight)
         status = 500
@@ -236,6 +286,9 @@ class ScoringServer:
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.set((), self.in_flight)
+            if guard is not None:
+                guard.busy -= 1
+                guard.since = time.monotonic()
         resp.headers["X-Request-Id"] = rid
         dt = time.perf_counter() - t0
         # Label values come only from served models: a name from the URL that is not served (or a request that was
@@ -334,12 +387,7 @@ class ScoringServer:
 
     async def serve(self) -> None:
         """Listen, load models in the background, and on SIGTERM/SIGINT drain in-flight requests and return."""
-        runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=self.config.drain_timeout_s
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=1024, reuse_address=True)
-        await site.start()
+        runner, listener = await self._listen()
         print(
             json.dumps(
                 {
@@ -363,7 +411,7 @@ class ScoringServer:
         await stop.wait()
         self.dataplane.start_draining()
         print(json.dumps({"event": "draining", "in_flight": self.in_flight}), file=self._log, flush=True)
-        await site.stop()
+        listener.close()  # no new connections; the ones open finish their requests
         deadline = time.monotonic() + self.config.drain_timeout_s
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -378,51 +426,226 @@ class ScoringServer:
         flusher.cancel()
         print(json.dumps({"event": "stopped", "in_flight": self.in_flight}), file=self._log, flush=True)
 
+    async def _listen(self) -> tuple[web.AppRunner, asyncio.Server]:
+        """aiohttp's handler behind a listener of our own: each connection wrapped in a :class:`_Guard` (bounded
+        connections; idle ones closed by :meth:`_close_idle`)."""
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.drain_timeout_s,
+            keepalive_timeout=self.config.idle_timeout_s,
+        )
+        await runner.setup()
+        handler = runner.server
+        assert handler is not None
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _Guard(handler(), self),
+            self.config.host,
+            self.config.port,
+            backlog=1024,
+            reuse_address=True,
+        )
+        self._watchdog = asyncio.create_task(self._close_idle())
+        return runner, listener
+
+    async def _close_idle(self) -> None:
+        """Close connections that have handled no request for idle_timeout_s (never one in the middle of one)."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.idle_timeout_s / 4))
+            now = time.monotonic()
+            for guard in list(self._conns.values()):
+                if guard.busy == 0 and now - guard.since > self.config.idle_timeout_s:
+                    self.metrics.connections_idle_closed.inc()
+                    guard.transport.close()
+
     async def _flush_logs(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             self._log.flush()
 
 
-def openapi_doc(server: ScoringServer) -> dict[str, Any]:
-    paths: dict[str, Any] = {
-        "/v2/health/live": {"get": {"summary": "liveness"}},
-        "/v2/health/ready": {"get": {"summary": "readiness"}},
-        "/v2": {"get": {"summary": "server metadata"}},
-        "/score": {"post": {"summary": 'Azure ML-style scoring: {"data": [[...]]}'}},
-        "/metrics": {"get": {"summary": "Prometheus metrics"}},
+def _responses(*codes: int, ok: dict[str, Any] | None = None, text: bool = False) -> dict[str, Any]:
+    """OpenAPI responses: 200 (with OK's schema, or Prometheus text) and the error codes the route can answer."""
+    why = {
+        400: "the request does not match the model's signature or the protocol (the error names the value)",
+        401: "missing or wrong bearer key",
+        404: "no such model or version",
+        413: "body over --max-body-mb",
+        500: "the user scoring script failed",
+        503: "models still loading, or the server is draining",
     }
-    for m in server.repository:
-        paths[f"/v2/models/{m.name}"] = {"get": {"summary": f"metadata of {m.name}"}}
-        paths[f"/v2/models/{m.name}/infer"] = {
+    error = {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}
+    out: dict[str, Any] = {
+        "200": {
+            "description": "OK",
+            "content": {"text/plain": {"schema": {"type": "string"}}}
+            if text
+            else {JSON: {"schema": ok or {}}},
+        }
+    }
+    for c in codes:
+        out[str(c)] = {"description": why[c], "content": error}
+    return out
+
+
+def openapi_doc(server: ScoringServer) -> dict[str, Any]:
+    """A valid OpenAPI 3.0 description of every route: parameters, request bodies with their required fields,
+    every response code a route answers, and which routes need no key (``security: []``). Each served model's
+    signature is in ``x-mlinfra-models``."""
+    names = [m.name for m in server.repository]
+    name = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": names or ["-"]},
+    }
+    version = {
+        "name": "version",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1},
+    }
+    public: dict[str, Any] = {"security": []}
+    ref = lambda n: {"$ref": f"#/components/schemas/{n}"}  # noqa: E731
+    infer = {
+        "summary": "Open Inference Protocol v2 inference",
+        "requestBody": {"required": True, "content": {JSON: {"schema": ref("InferenceRequest")}}},
+        "responses": _responses(400, 401, 404, 413, 503, ok=ref("InferenceResponse")),
+    }
+    model_meta = {"summary": "model metadata", "responses": _responses(401, 404, ok=ref("ModelMetadata"))}
+    model_ready = {"summary": "model readiness", "responses": _responses(401, 404, 503, ok=ref("Ready"))}
+    paths: dict[str, Any] = {
+        "/v2/health/live": {
+            "get": {"summary": "liveness", **public, "responses": _responses(ok=ref("Live"))}
+        },
+        "/v2/health/ready": {
+            "get": {"summary": "readiness", **public, "responses": _responses(503, ok=ref("Ready"))}
+        },
+        "/v2": {
+            "get": {"summary": "server metadata", "responses": _responses(401, ok=ref("ServerMetadata"))}
+        },
+        "/v2/models/{name}": {"parameters": [name], "get": model_meta},
+        "/v2/models/{name}/versions/{version}": {"parameters": [name, version], "get": model_meta},
+        "/v2/models/{name}/ready": {"parameters": [name], "get": model_ready},
+        "/v2/models/{name}/versions/{version}/ready": {"parameters": [name, version], "get": model_ready},
+        "/v2/models/{name}/infer": {"parameters": [name], "post": infer},
+        "/v2/models/{name}/versions/{version}/infer": {"parameters": [name, version], "post": infer},
+        "/score": {
             "post": {
-                "summary": f"Open Inference Protocol v2 inference on {m.name}",
+                "summary": 'Azure ML-style scoring: {"data": [[...]]} to the first model\'s first output',
                 "requestBody": {
+                    "required": True,
                     "content": {
                         JSON: {
                             "schema": {
                                 "type": "object",
-                                "properties": {
-                                    "inputs": {"type": "array", "items": {"type": "object"}},
-                                    "outputs": {"type": "array"},
-                                    "id": {"type": "string"},
-                                },
+                                "required": ["data"],
+                                "properties": {"data": {"type": "array", "items": {}}},
                             }
                         }
-                    }
+                    },
                 },
-                "x-mlinfra-signature": {
-                    "inputs": [i.to_json() for i in m.inputs],
-                    "outputs": [o.to_json() for o in m.outputs],
-                },
+                "responses": _responses(400, 401, 413, 500, 503, ok={}),
             }
-        }
+        },
+        "/metrics": {"get": {"summary": "Prometheus metrics", **public, "responses": _responses(text=True)}},
+        "/openapi.json": {
+            "get": {"summary": "this document", **public, "responses": _responses(ok={"type": "object"})}
+        },
+    }
+    tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string", "enum": sorted(OIP_TO_NUMPY)},
+            "parameters": {"type": "object"},
+            "data": {"type": "array", "items": {}},
+        },
+    }
+    spec = {
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
+    }
+    schemas = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+        "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+        "Tensor": tensor,
+        "TensorSpec": spec,
+        "InferenceRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "parameters": {"type": "object"},
+                "inputs": {"type": "array", "minItems": 1, "items": ref("Tensor")},
+                "outputs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                    },
+                },
+            },
+        },
+        "InferenceResponse": {
+            "type": "object",
+            "required": ["model_name", "outputs"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "id": {"type": "string"},
+                "parameters": {"type": "object"},
+                "outputs": {"type": "array", "items": ref("Tensor")},
+            },
+        },
+        "ModelMetadata": {
+            "type": "object",
+            "required": ["name", "inputs", "outputs"],
+            "properties": {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": ref("TensorSpec")},
+                "outputs": {"type": "array", "items": ref("TensorSpec")},
+            },
+        },
+        "ServerMetadata": {
+            "type": "object",
+            "required": ["name", "version"],
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "extensions": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    }
     return {
         "openapi": "3.0.3",
         "info": {"title": "mlinfra scoring server", "version": __version__},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+        },
         "security": [{"bearer": []}] if server.config.keys else [],
         "paths": paths,
+        "x-mlinfra-models": {
+            m.name: {
+                "version": m.version,
+                "inputs": [i.to_json() for i in m.inputs],
+                "outputs": [o.to_json() for o in m.outputs],
+            }
+            for m in server.repository
+        },
     }
 
 

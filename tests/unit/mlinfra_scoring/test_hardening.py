@@ -336,3 +336,77 @@ def test_non_finite_outputs_are_reported_not_silently_null(tmp_path: Path) -> No
         assert 'mlinfra_non_finite_outputs_total{model="log",version="1"} 4' in metrics, metrics
     finally:
         srv.stop()
+
+
+def _closed_within(sock, seconds: float) -> bool:
+    """Whether the server closes SOCK (recv gives b"" or a reset) within SECONDS."""
+    import time
+
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+        if data == b"":
+            return True
+        if b"HTTP/1.1 408" in data or b"HTTP/1.1 400" in data:
+            continue  # an answer before the close
+    return False
+
+
+def test_silent_slow_and_idle_connections_are_cut_and_connections_bounded(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    srv = start_server(
+        tmp_path, "--model", str(write_mlp(tmp_path / "m.onnx")), "--name", "mlp",
+        "--idle-timeout-s", "1", "--body-timeout-s", "1", "--max-connections", "6",
+    )  # fmt: skip
+    try:
+
+        def connect() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+
+        silent = connect()  # connects, sends nothing
+        slow = connect()  # sends its headers one byte at a time, never finishing within the timeout
+        t0 = time.monotonic()
+        for ch in b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n":
+            try:
+                slow.send(bytes([ch]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert _closed_within(slow, 3), "a client sending headers slowly kept its connection"
+        assert _closed_within(silent, 3), "a client sending nothing kept its connection"
+        assert time.monotonic() - t0 < 8
+
+        trickle = connect()  # complete headers, then a body that never finishes
+        trickle.sendall(
+            b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"inputs": ['
+        )
+        trickle.settimeout(5)
+        assert b"408" in trickle.recv(65536).split(b"\r\n", 1)[0], "a trickled body was not answered 408"
+
+        idle = connect()  # keep-alive: one request, then nothing
+        idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.settimeout(5)
+        assert b"200" in idle.recv(65536).split(b"\r\n", 1)[0]
+        assert _closed_within(idle, 4), "an idle keep-alive connection was kept"
+
+        crowd = [connect() for _ in range(10)]  # more than --max-connections 6
+        closed = sum(_closed_within(s, 0.5) for s in crowd)
+        assert closed >= 4, f"only {closed} of 10 connections over the limit of 6 were refused"
+        for s in crowd:
+            s.close()
+        time.sleep(0.3)
+        assert srv.request("GET", "/v2/health/live")[0] == 200, "the server did not recover"
+        metrics = srv.request("GET", "/metrics")[1]
+        assert re.search(r"mlinfra_connections_idle_closed_total [1-9]", metrics), metrics
+        assert re.search(r"mlinfra_connections_refused_total [1-9]", metrics), metrics
+    finally:
+        srv.stop()

@@ -78,7 +78,9 @@ def test_health_and_metadata(server: Server) -> None:
     )
     assert server.request("GET", "/v2/models/mlp/versions/3/ready", key=KEYS[0])[0] == 200
     status, doc, _ = server.request("GET", "/openapi.json")
-    assert status == 200 and "/v2/models/mlp/infer" in doc["paths"]
+    assert status == 200 and "/v2/models/{name}/infer" in doc["paths"]
+    assert "mlp" in doc["paths"]["/v2/models/{name}/infer"]["parameters"][0]["schema"]["enum"]
+    assert doc["x-mlinfra-models"]["mlp"]["inputs"][0]["name"] == "input"
 
 
 def test_infer_flat_and_nested_with_id_parameters_and_outputs(server: Server, models) -> None:
