@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -32,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import run_meta  # noqa: E402
 from mlinfra.engine import engine_bin_dir, engine_env  # noqa: E402
 from mlinfra.gitops.config import load, policy_pack_config  # noqa: E402
 from mlinfra.gitops.stacks import POLICY_PACK  # noqa: E402
@@ -153,11 +151,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     for r in rows:
         r["ratio"] = r["mlinfra_s"] / r["pulumi_s"]
-    meta_info = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.platform()}",
-        "reps": args.reps,
-    }
+    meta_info = run_meta(args.reps)
     (HERE / "results.json").write_text(json.dumps({**meta_info, "rows": rows}, indent=1) + "\n")
     plot(rows)
     write_results(rows, meta_info)

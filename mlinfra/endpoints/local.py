@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -456,6 +457,22 @@ def find_containers(endpoint: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
+_snapshot: tuple[float, list[dict[str, Any]]] | None = None
+_snapshot_lock = threading.Lock()
+
+
+def containers_snapshot(endpoint: str, max_age_s: float = 2.0) -> list[dict[str, Any]]:
+    """For reads only (`pulumi refresh`): ENDPOINT's containers out of one `docker ps` of every endpoint's, shared by
+    the reads of one refresh that come within MAX_AGE_S — a refresh of 100 endpoints asks Docker a few times, not
+    100. Never for applying changes, which must see Docker now (:func:`find_containers`)."""
+    global _snapshot
+    with _snapshot_lock:
+        if _snapshot is None or time.monotonic() - _snapshot[0] > max_age_s:
+            _snapshot = (time.monotonic(), find_containers())
+        every = _snapshot[1]
+    return [c for c in every if c["labels"].get("mlinfra.io/endpoint") == endpoint]
+
+
 def replica_up(container: dict[str, Any] | None) -> bool:
     """Whether a container (from :func:`find_containers`) serves: running and not reported unhealthy."""
     return (
@@ -473,12 +490,15 @@ def healthy_observation(spec: EndpointSpec) -> dict[str, Any]:
     }
 
 
-def observe(spec: EndpointSpec, upstreams: dict[str, Revision]) -> dict[str, Any]:
+def observe(
+    spec: EndpointSpec, upstreams: dict[str, Revision], containers: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The endpoint as it really is (one `docker ps`): the router, and per deployment how many of the replicas
     recorded in state for its serving revisions run. Compared with :func:`healthy_observation`, what differs is
     drift, named the way `pulumi refresh` shows it (e.g. ``deployments.blue: "0 of 2 replicas running"``)."""
-    containers = {c["name"]: c for c in find_containers(spec.endpoint_name)}
-    router = containers.get(router_name(spec.endpoint_name))
+    found = containers if containers is not None else find_containers(spec.endpoint_name)
+    by_name = {c["name"]: c for c in found}
+    router = by_name.get(router_name(spec.endpoint_name))
     files = [endpoint_dir(spec.endpoint_name) / "nginx.conf"]
     if spec.auth == "key":
         files.append(endpoint_dir(spec.endpoint_name) / "keys")
@@ -493,7 +513,7 @@ def observe(spec: EndpointSpec, upstreams: dict[str, Revision]) -> dict[str, Any
     deployments: dict[str, str] = {}
     for d, s in sorted(spec.deployments.items()):
         names = [r["name"] for u in upstreams.values() if u.deployment == d for r in u.replicas]
-        running = sum(1 for n in names if replica_up(containers.get(n)))
+        running = sum(1 for n in names if replica_up(by_name.get(n)))
         deployments[d] = f"{running} of {s.replicas} replicas running"
     return {"router": router_state, "deployments": deployments}
 

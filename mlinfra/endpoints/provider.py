@@ -289,7 +289,7 @@ class LocalEndpointProvider(ResourceProvider):
             k: rollout.Revision.from_json(v)
             for k, v in ((props.get("live") or {}).get("upstreams") or {}).items()
         }
-        observed = local.observe(spec, live)
+        observed = local.observe(spec, live, local.containers_snapshot(spec.endpoint_name))
         drift = _drift(observed, local.healthy_observation(spec))
         if drift:
             say_drift(spec.endpoint_name, "; ".join(drift), "`pulumi up` repairs it")

@@ -117,3 +117,19 @@ def write_sklearn_classifier(
     np.save(paths["validation"], x[1488:])
     np.save(paths["labels"], y[1488:].astype(np.int64))
     return paths
+
+
+def scoring_image(registry: str, repository: str, model: Path | str, name: str = "mlp") -> str:
+    """Register MODEL as NAME in the model REGISTRY (a URI) and build the scoring image serving it into REPOSITORY on
+    the local registry's default base: its digest reference (``host/repo@sha256:…``). For tests and benchmarks."""
+    from mlinfra import defaults
+    from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+    from mlinfra.registry import ModelRegistry
+
+    mv, _ = ModelRegistry(registry).register(name, Path(model))
+    spec = ImageSpec(
+        repository=repository,
+        models=[ModelInput(name, mv.version, mv.sha256, registry)],
+        base=defaults.base_image_ref(),
+    )
+    return build_and_push(spec).image_ref

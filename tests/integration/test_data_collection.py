@@ -18,7 +18,7 @@ import pytest
 
 from mlinfra.engine import cache_dir, pinned_versions
 from mlinfra.lab import services
-from mlinfra.lab.samples import write_mlp
+from mlinfra.lab.samples import scoring_image, write_mlp
 from mlinfra.monitoring.data_collection import CollectionError, container_sas, provision
 from tests.scoring_helpers import free_port, start_server
 
@@ -254,21 +254,12 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
 
     from mlinfra.automation import local_stack
     from mlinfra.endpoints.local import find_containers
-    from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
-    from mlinfra.registry import ModelRegistry
     from tests.endpoint_helpers import score
     from tests.state_helpers import plaintext_secrets
 
     local_services("docker", "registry", "python-base", "router-base", "azurite")
     reg_uri = f"file://{tmp_path / 'registry'}"
-    mv, _ = ModelRegistry(reg_uri).register("mlp", write_mlp(tmp_path / "mlp.onnx"))
-    image = build_and_push(
-        ImageSpec(
-            repository="127.0.0.1:5000/mlinfra-test/collect",
-            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
-            base=services.base_image_ref(),
-        )
-    ).image_ref
+    image = scoring_image(reg_uri, "127.0.0.1:5000/mlinfra-test/collect", write_mlp(tmp_path / "mlp.onnx"))
     container = f"collected-{os.getpid()}"
     storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
     st = local_stack(

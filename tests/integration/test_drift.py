@@ -13,7 +13,7 @@ from mlinfra.automation import local_stack
 from mlinfra.endpoints.local import find_containers, router_name
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
 from mlinfra.lab import services
-from mlinfra.lab.samples import write_mlp
+from mlinfra.lab.samples import scoring_image, write_mlp
 from mlinfra.registry import ModelRegistry
 from tests.endpoint_helpers import score
 
@@ -44,14 +44,7 @@ def test_endpoint_replica_and_router_removed_by_hand_are_reported_and_repaired(
 ) -> None:
     local_services("docker", "registry", "python-base", "router-base")
     reg_uri = f"file://{tmp_path / 'registry'}"
-    mv, _ = ModelRegistry(reg_uri).register("mlp", write_mlp(tmp_path / "mlp.onnx"))
-    image = build_and_push(
-        ImageSpec(
-            repository="127.0.0.1:5000/mlinfra-test/drift",
-            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
-            base=services.base_image_ref(),
-        )
-    ).image_ref
+    image = scoring_image(reg_uri, "127.0.0.1:5000/mlinfra-test/drift", write_mlp(tmp_path / "mlp.onnx"))
     st = local_stack(
         program("cloud-endpoint"),
         "drift",

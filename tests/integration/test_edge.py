@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -256,14 +257,27 @@ def test_malformed_payloads_are_ignored_and_devices_are_fenced(broker: Broker, a
     fleet = read_fleet(broker)
     assert fleet.twins["m1"]["status"] == "online" and fleet.twins["m1"]["models"] == {}
     log = (agents.root / "m1.log").read_text()
-    assert "ignored a malformed deployment" in log and "escapes the model folder" in log
+    assert (
+        "ignored a malformed deployment" in log and "escapes or is not normalized in the model folder" in log
+    )
     publish(broker, deployment_topic("evil"), b"")
 
-    # A device may publish only below its own topics.
-    spoof = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="m1-spoof", protocol=mqtt.MQTTv5)
-    spoof.username_pw_set("m1", agents.passwords["m1"])
-    spoof.connect("127.0.0.1", int(broker.url.rsplit(":", 1)[1]))
-    spoof.loop_start()
+    # A device connects only with its own client id, and publishes only below its own topics.
+    def device_client(client_id: str) -> tuple[mqtt.Client, str]:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.username_pw_set("m1", agents.passwords["m1"])
+        answered, reason = threading.Event(), []
+        c.on_connect = lambda _c, _u, _f, rc, _p: (reason.append(str(rc)), answered.set())
+        c.connect("127.0.0.1", int(broker.url.rsplit(":", 1)[1]))
+        c.loop_start()
+        assert answered.wait(10)
+        return c, reason[0]
+
+    other, why = device_client("m1-spoof")
+    other.loop_stop()
+    assert why != "Success", "m1's credentials connected under another client id"
+    spoof, why = device_client("m1")  # its own id (the agent's session is taken over; it reconnects)
+    assert why == "Success"
     spoof.publish(
         twin_topic("victim"), json.dumps({"device_id": "victim", "status": "online"}), qos=1, retain=True
     ).wait_for_publish(5)
@@ -453,10 +467,15 @@ def test_withdrawn_deployment_is_reported_and_republished(
     from mlinfra.edge.fleet import read_retained, withdraw
 
     reg = f"file://{tmp_path / 'registry'}"
-    agents.start("w1", "site=p7")
+    agents.start("w1", "site=withdrawn")  # its own tag: earlier tests' devices stay on this broker, offline
     models = {"mlp": write_mlp(tmp_path / "mlp.onnx", seed=1)}
     stack = _stack(
-        program, backend, broker, reg, models, [{"name": "fleet", "condition": "*", "models": ["mlp"]}]
+        program,
+        backend,
+        broker,
+        reg,
+        models,
+        [{"name": "fleet", "condition": "tags.site = 'withdrawn'", "models": ["mlp"]}],
     )
     try:
         stack.up(on_output=lambda _l: None)
