@@ -217,8 +217,11 @@ class ScoringServer:
                 413,
             )
         try:
-            async with asyncio.timeout(self.config.body_timeout_s):
+            if request.content.is_eof():  # the whole body came with the headers (the usual case): no timer
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(self.config.body_timeout_s):
+                    raw = await request.read()
         except TimeoutError:
             raise RequestError(
                 f"request body not received within {self.config.body_timeout_s:g} s: send it at once", 408
