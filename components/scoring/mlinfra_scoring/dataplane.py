@@ -30,7 +30,7 @@ from mlinfra_scoring.models import (
     model_dir_env,
     non_finite,
 )
-from mlinfra_scoring.repository import ModelRepository, ModelSpec, _rows
+from mlinfra_scoring.repository import ModelRepository, ModelSpec
 
 Hook = Callable[[dict[str, Any]], None]
 
@@ -156,13 +156,9 @@ class DataPlane:
         out_names = _requested_outputs(m, body.get("outputs"))
         batcher = self.repository.batcher(m.name)
         try:
-            rows = _rows(feeds)
-            if batcher is not None:
-                results = await batcher.submit(feeds, out_names)
-            elif self.repository.cheap(m, rows):  # microseconds: run it here, no hand-off (see execute)
-                results = self.repository.timed(m, feeds, out_names, rows)
-            else:
-                results = await self.repository.execute(m, feeds, out_names)
+            results = await (
+                batcher.submit(feeds, out_names) if batcher else self.repository.execute(m, feeds, out_names)
+            )
         except RequestError:
             raise
         except Exception as e:
@@ -229,14 +225,10 @@ class DataPlane:
         if self.hooks:
             self.collect(request_id, m, feeds, results, headers)
         first = next(iter(results.values()))
-        count = self._count_non_finite(m, {"": first})
-        return jsonable(first), count
-
-    def _count_non_finite(self, m: LoadedModel, results: dict[str, np.ndarray]) -> int:
-        total = sum(non_finite(v)[0] for v in results.values())
-        if total:
-            self.metrics.non_finite.inc((m.name, m.version), total)
-        return total
+        count, _ = non_finite(first)
+        if count:
+            self.metrics.non_finite.inc((m.name, m.version), count)
+        return jsonable(first, nulls=count > 0), count
 
     # -- data collection ---------------------------------------------------------------------------------------
 
@@ -264,14 +256,14 @@ class DataPlane:
                 self.metrics.collector_dropped.inc((m.name,))
 
 
-def jsonable(arr: np.ndarray) -> Any:
+def jsonable(arr: np.ndarray, nulls: bool = False) -> Any:
     """An output as JSON can carry it: numbers as they are, strings and bytes (BYTES tensors) as text."""
     if arr.dtype == object or arr.dtype.kind in "SU":
         flat = [
             x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in arr.ravel().tolist()
         ]
         return np.array(flat, dtype=object).reshape(arr.shape).tolist()
-    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+    if nulls:  # NULLS: it holds NaN/Inf (counted by the caller with non_finite)
         out = arr.astype(object)
         out[~np.isfinite(arr)] = None  # null, as JSON has no NaN/Inf (the header says how many)
         return out.tolist()

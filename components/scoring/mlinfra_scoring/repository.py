@@ -62,18 +62,18 @@ class ModelRepository:
         (a 64x256x10 MLP runs in ~10 µs; a hand-off on a busy core costs ~100 µs). A model not yet measured, or a
         request with enough rows, always goes to the pool."""
         rows = _rows(feeds)
-        if self.cheap(m, rows):
-            return self.timed(m, feeds, output_names, rows)
+        if self._cheap(m, rows):
+            return self._timed(m, feeds, output_names, rows)
         return await asyncio.get_running_loop().run_in_executor(
-            self.pool, self.timed, m, feeds, output_names, rows
+            self.pool, self._timed, m, feeds, output_names, rows
         )
 
-    def cheap(self, m: LoadedModel, rows: int) -> bool:
+    def _cheap(self, m: LoadedModel, rows: int) -> bool:
         """Whether running M on ROWS rows is predicted to take under INLINE_S (measured; unknown: no)."""
         per_row = self._cost.get(id(m))
         return per_row is not None and per_row * rows < INLINE_S
 
-    def timed(
+    def _timed(
         self, m: LoadedModel, feeds: dict[str, np.ndarray], output_names: list[str] | None, rows: int
     ) -> dict[str, np.ndarray]:
         t = time.perf_counter()

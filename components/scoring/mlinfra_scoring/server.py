@@ -186,6 +186,8 @@ class ScoringServer:
             async def cleanup() -> None:
                 state["listener"].close()
                 await state["runner"].cleanup()
+                if self._watchdog is not None:
+                    self._watchdog.cancel()
 
             asyncio.run_coroutine_threadsafe(cleanup(), loop).result(30)
             loop.call_soon_threadsafe(loop.stop)
@@ -427,6 +429,8 @@ class ScoringServer:
         if self.otlp is not None:
             await loop.run_in_executor(None, self.otlp.close)
         flusher.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         print(json.dumps({"event": "stopped", "in_flight": self.in_flight}), file=self._log, flush=True)
 
     async def _listen(self) -> tuple[web.AppRunner, asyncio.Server]:
