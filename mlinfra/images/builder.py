@@ -271,21 +271,9 @@ def fill_wheelhouse(reqs: list[str] | None = None) -> Path:
     wheelhouse, recording each new wheel's sha256 (image builds install only wheels matching it)."""
     wh = wheelhouse()
     wh.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--dest",
-        str(wh),
-        *_pip_platform_args(),
-        *(reqs or SERVER_REQUIREMENTS),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = _pip(["download", "--dest", str(wh), *_pip_platform_args(), *(reqs or SERVER_REQUIREMENTS)])
     if res.returncode != 0:
-        raise ImageBuildError(f"pip could not download {reqs or SERVER_REQUIREMENTS}:\n{res.stderr[-1500:]}")
+        raise ImageBuildError(f"pip could not download {reqs or SERVER_REQUIREMENTS}:\n{_pip_says(res)}")
     _record_hashes(wh)
     return wh
 
@@ -298,6 +286,11 @@ def _pip(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _pip_says(res: subprocess.CompletedProcess[str]) -> str:
+    """pip's error output, blank lines dropped, its last 1,500 characters."""
+    return "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+
+
 def _resolve(reqs: list[str], scratch: Path) -> tuple[list[dict[str, Any]] | None, str]:
     """What installing REQS from the wheelhouse alone would install (pip's report), or None and pip's message."""
     report = scratch / "report.json"
@@ -306,7 +299,7 @@ def _resolve(reqs: list[str], scratch: Path) -> tuple[list[dict[str, Any]] | Non
          *_pip_platform_args(), "--no-index", "--find-links", str(wheelhouse()), *reqs]
     )  # fmt: skip
     if res.returncode != 0:
-        return None, "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+        return None, _pip_says(res)
     return json.loads(report.read_text())["install"], ""
 
 
@@ -350,7 +343,7 @@ def pip_target(reqs: list[str], target: Path) -> None:
              "--find-links", str(wheelhouse()), "--require-hashes", "--no-deps", "-r", str(pinned)]
         )  # fmt: skip
         if res.returncode != 0:
-            msg = "\n".join(line for line in res.stderr.strip().splitlines() if line.strip())[-1500:]
+            msg = _pip_says(res)
             if "THESE PACKAGES DO NOT MATCH THE HASHES" in res.stderr:
                 msg = f"a wheel in the wheelhouse {wheelhouse()} was changed after it was downloaded:\n{msg}"
             raise ImageBuildError(f"pip could not install the image's requirements {reqs}:\n{msg}")
