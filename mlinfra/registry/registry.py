@@ -46,6 +46,7 @@ MAX_TAG_VALUE = 256
 MAX_TAGS = 50
 FRAMEWORKS = ("onnx", "custom")
 STALE_CLAIM_S = 600.0
+STALE_PENDING_S = 3600.0  # a writer may upload for long: its pending marker counts for an hour
 
 
 def validate_name(name: object, what: str = "model name") -> str:
@@ -208,6 +209,19 @@ class ModelVersion:
 
 def _vkey(n: int) -> str:
     return f"{n:010d}"
+
+
+def _whoami() -> dict[str, Any]:
+    """Who writes a claim or marker, and when: what :func:`_stale` judges it by."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
+
+
+def _stale(data: dict[str, Any], max_age_s: float) -> bool:
+    """A claim or marker left by a process that is no longer at work: older than MAX_AGE_S, or from a process of
+    this host that is gone."""
+    return time.time() - float(data.get("at", 0)) > max_age_s or (
+        data.get("host") == socket.gethostname() and not _pid_alive(int(data.get("pid", 0)))
+    )
 
 
 def _dump(obj: Any) -> bytes:
@@ -489,12 +503,7 @@ class ModelRegistry:
     def _claim(self, key: str) -> tuple[str, bool] | None:
         """Claim KEY for this writer. Returns (the claim's etag, whether a dead writer's stale claim was taken
         over), or None when the content got a version meanwhile."""
-        claim = {
-            "claim": uuid.uuid4().hex,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "at": time.time(),
-        }
+        claim = {"claim": uuid.uuid4().hex, **_whoami()}
         deadline = time.monotonic() + STALE_CLAIM_S + 60
         while time.monotonic() < deadline:
             if self.store.put_if_absent(key, _dump(claim)):
@@ -507,10 +516,7 @@ class ModelRegistry:
             data, etag = cur
             if isinstance(data.get("version"), int):
                 return None
-            stale = time.time() - float(data.get("at", 0)) > STALE_CLAIM_S or (
-                data.get("host") == socket.gethostname() and not _pid_alive(int(data.get("pid", 0)))
-            )
-            if stale and self.store.put_if_match(key, _dump(claim), etag):
+            if _stale(data, STALE_CLAIM_S) and self.store.put_if_match(key, _dump(claim), etag):
                 got = self.store.get(key)
                 assert got is not None
                 return got[1], True
@@ -525,18 +531,12 @@ class ModelRegistry:
     # new version, and a version is never deleted under a new user.
 
     def _marker(self) -> bytes:
-        return _dump({"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()})
+        return _dump(_whoami())
 
     def _live(self, key: str, max_age_s: float) -> bool:
-        """Whether the marker at KEY is from a process that may still be at work (not older than MAX_AGE_S, and
-        not from a process of this host that is gone)."""
+        """Whether the marker at KEY is from a process that may still be at work."""
         rec = self._read_json(key)
-        if rec is None:
-            return False
-        data = rec[0]
-        if time.time() - float(data.get("at", 0)) > max_age_s:
-            return False
-        return not (data.get("host") == socket.gethostname() and not _pid_alive(int(data.get("pid", 0))))
+        return rec is not None and not _stale(rec[0], max_age_s)
 
     def _hold_blobs(self, shas: list[str]) -> list[str]:
         """Mark the blobs this writer is about to reference (before it checks they exist), then wait out any
@@ -665,7 +665,9 @@ class ModelRegistry:
                 for f in g.files
             }
             for sha in shas:
-                pending = any(self._live(k, 3600.0) for k in self.store.list(f"blobs/pending/{sha}/"))
+                pending = any(
+                    self._live(k, STALE_PENDING_S) for k in self.store.list(f"blobs/pending/{sha}/")
+                )
                 if sha not in still_used and not pending:
                     self.store.delete(f"blobs/sha256/{sha}")
         finally:
