@@ -25,7 +25,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import run_meta  # noqa: E402
-from benchmarks.serving.bench import body, free_port, wait_ready  # noqa: E402
+from benchmarks.serving.bench import body, free_port, mlinfra_command, wait_ready  # noqa: E402
 from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.lab.samples import write_mlp  # noqa: E402
 
@@ -34,20 +34,8 @@ CELLS = [("1 row, c=1", 1, 1), ("1 row, c=32", 1, 32), ("1 row, c=128", 1, 128),
 
 def serve(src: Path, model: Path, port: int, extra: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(src / "components" / "scoring"), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        "taskset",
-        "-c",
-        "0",
-        sys.executable,
-        "-m",
-        "mlinfra_scoring",
-        "--model",
-        str(model),
-        "--name",
-        "mlp",
-    ]
     return subprocess.Popen(
-        [*cmd, "--port", str(port), *extra],
+        ["taskset", "-c", "0", *mlinfra_command(model, port), *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -51,6 +51,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def mlinfra_command(model: Path, port: int) -> list[str]:
+    """mlinfra's scoring server on MODEL (served as "mlp") at PORT, with its defaults."""
+    return [
+        sys.executable,
+        "-m",
+        "mlinfra_scoring",
+        "--model",
+        str(model),
+        "--name",
+        "mlp",
+        "--port",
+        str(port),
+    ]
+
+
 def servers(model: Path, port: int, work: Path) -> dict[str, dict]:
     py = sys.executable
     peer = str(HERE / "peers")
@@ -71,17 +86,7 @@ def servers(model: Path, port: int, work: Path) -> dict[str, dict]:
     (mls / "model-settings.json").write_text(
         json.dumps({"name": "mlp", "implementation": "mlserver_runtime.OnnxMLP"})
     )
-    mlinfra_cmd = [
-        py,
-        "-m",
-        "mlinfra_scoring",
-        "--model",
-        str(model),
-        "--name",
-        "mlp",
-        "--port",
-        str(port),
-    ]
+    mlinfra_cmd = mlinfra_command(model, port)
     return {
         "mlinfra": {"cmd": mlinfra_cmd, "cwd": REPO},
         "mlinfra-batched": {"cmd": [*mlinfra_cmd, "--max-batch-size", "64"], "cwd": REPO},
