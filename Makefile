@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 engine:
 	@bash scripts/engine.sh
 
-## kube: build kube-apiserver, controller-manager, scheduler, kubectl, etcd and kwok from Go modules
+## kube: build the local clusters (control plane, kubelet, kube-proxy, etcd, kwok, metrics-server, pause) from Go modules
 kube:
 	@bash scripts/kube.sh
 

@@ -14,6 +14,13 @@ command -v mosquitto >/dev/null || need+=(mosquitto)
 command -v mosquitto_passwd >/dev/null || need+=(mosquitto)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v wrk >/dev/null || need+=(wrk)
+# the local Kubernetes node: containerd + runc (CRI), CNI plugins, iptables for kube-proxy
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null || need+=(iptables)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
     echo "error: missing ${need[*]} and no apt-get here: install them with your package manager" >&2
@@ -40,4 +47,4 @@ if [ ! -x "$AZ/node_modules/.bin/azurite-blob" ]; then
   mkdir -p "$AZ"
   npm install --prefix "$AZ" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
 fi
-echo "system packages: ok (docker.io, docker-registry, mosquitto, debootstrap, wrk, azurite $AZURITE_VERSION)"
+echo "system packages: ok (docker.io, docker-registry, mosquitto, debootstrap, wrk, containerd, runc, CNI plugins, iptables, azurite $AZURITE_VERSION)"

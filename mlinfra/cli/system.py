@@ -60,13 +60,14 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
         )
     )
     from mlinfra.lab.cluster import BINARIES, kube_bin_dir
+    from mlinfra.lab.node import NODE_BINARIES
 
-    kube_missing = [b for b in BINARIES if not (kube_bin_dir() / b).exists()]
+    kube_missing = [b for b in (*BINARIES, *NODE_BINARIES) if not (kube_bin_dir() / b).exists()]
     checks.append(
         (
-            "kubernetes control plane",
+            "kubernetes binaries",
             not kube_missing,
-            f"kube-apiserver, etcd, kwok, ... in {kube_bin_dir()}"
+            f"kube-apiserver, etcd, kwok, kubelet, kube-proxy, metrics-server, pause in {kube_bin_dir()}"
             if not kube_missing
             else f"{', '.join(kube_missing)} not built",
             "make kube (builds them from Go modules; part of make setup)",
@@ -131,8 +132,11 @@ def _services(args: argparse.Namespace) -> int:
             services.ensure(names)
         elif args.action == "down":
             services.down(names)
+        elif args.json:
+            info = {n: services.describe(n) for n in (names or services.SERVICES)}
+            print(json.dumps(info[names[0]] if names and len(names) == 1 else info, indent=1))
         else:
-            for name, ok in services.status().items():
+            for name, ok in services.status(names).items():
                 print(f"{name:12s} {'up' if ok else 'down'}")
     except ServiceError:
         raise
@@ -154,6 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "services", help="start, stop or list the local services (docker, registry, azurite, ...)"
     )
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--json", action="store_true", help="status: what each service is and where it listens")
     p.add_argument(
         "names", nargs="*", metavar="SERVICE", help=f"default: all of {', '.join(services.SERVICES)}"
     )

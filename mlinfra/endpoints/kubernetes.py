@@ -25,6 +25,10 @@ from mlinfra.endpoints.plan import revision
 from mlinfra.images.scoring_image import ScoringImage
 
 ROUTER_PORT = 8080
+PRESTOP_S = 5
+"""A stopping scoring pod keeps serving this long, while its Service's endpoints and kube-proxy forget it."""
+DRAIN_LINGER_S = 12
+"""Then it answers with Connection: close for up to this long: past the router's upstream keep-alive (10 s)."""
 
 
 def _labels(base: dict[str, str], a: list[Any]) -> dict[str, str]:
@@ -126,6 +130,7 @@ def build_kubernetes(
             }
         ]
     services_out: dict[str, str] = {}
+    service_objs: dict[str, k8s.core.v1.Service] = {}
     deployments_out: dict[str, Any] = {}
     for d, spec in specs.items():
         dep = deployments[d]
@@ -154,13 +159,19 @@ def build_kubernetes(
                     "tolerations": [*target.tolerations, *(spec.get("tolerations") or [])],
                     **({"nodeSelector": spec["node_selector"]} if spec.get("node_selector") else {}),
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
-                    "terminationGracePeriodSeconds": 30,
+                    # preStop 5 s: the endpoints controller and kube-proxy drop the pod from its Service first; then
+                    # the server lingers (answering with Connection: close) past the router's 10 s upstream keep-alive,
+                    # so nginx never sends on a connection the pod is closing; then it drains in-flight requests.
+                    "terminationGracePeriodSeconds": 45,
                     "containers": [
                         {
                             "name": "scorer",
                             "image": spec["image"],
                             "ports": [{"name": "http", "containerPort": 8080}],
-                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()] + collect_env,
+                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()]
+                            + [{"name": "MLINFRA_SERVE_DRAIN_LINGER_S", "value": str(DRAIN_LINGER_S)}]
+                            + collect_env,
+                            "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_S}}},
                             "resources": resources,
                             "readinessProbe": probe,
                             "livenessProbe": {
@@ -209,6 +220,7 @@ def build_kubernetes(
             opts=nsopts,
         )
         depends.append(svc)
+        service_objs[d] = svc
         k8s.policy.v1.PodDisruptionBudget(
             obj,
             metadata={"name": obj, "namespace": ns_name, "labels": labels},
@@ -245,18 +257,29 @@ def build_kubernetes(
     # The router: nginx.conf in a ConfigMap (it holds no secret), the traffic map as route files in a ConfigMap and
     # the keys as file names in a Secret. The kubelet refreshes mounted ConfigMaps and Secrets in place, and nginx
     # checks the files on every request: traffic changes and key rotations reach running routers without a restart.
+    # Upstreams are the Services' ClusterIPs when applying (a cluster needs no DNS for it, and an IP is fixed for a
+    # Service's life), their DNS names when rendering YAML (no ClusterIP is known before the cluster assigns it).
     unames = {d: nginx.upstream_name(d, "svc") for d in services_out}
-    conf = nginx.render(
-        nginx.RouterConfig(
-            listen=f"0.0.0.0:{ROUTER_PORT}",
-            generation="k8s",
-            upstreams={unames[d]: (d, [a]) for d, a in services_out.items()},
-            state_dir="/etc/mlinfra",
-            mirror={unames[d]: float(p) for d, p in mirror.items() if p},
-            key_auth=args.auth == "key",
-            max_body_mb=args.max_body_mb,
-        )
-    ).replace("pid /tmp/nginx.pid;", "pid /tmp/nginx.pid;  # conf: /etc/mlinfra/conf/nginx.conf")
+
+    def _render(ips: dict[str, Any]) -> str:
+        addresses = {d: f"{ips[d]}:80" if ips.get(d) else a for d, a in services_out.items()}
+        return nginx.render(
+            nginx.RouterConfig(
+                listen=f"0.0.0.0:{ROUTER_PORT}",
+                generation="k8s",
+                upstreams={unames[d]: (d, [a]) for d, a in addresses.items()},
+                state_dir="/etc/mlinfra",
+                mirror={unames[d]: float(p) for d, p in mirror.items() if p},
+                key_auth=args.auth == "key",
+                max_body_mb=args.max_body_mb,
+            )
+        ).replace("pid /tmp/nginx.pid;", "pid /tmp/nginx.pid;  # conf: /etc/mlinfra/conf/nginx.conf")
+
+    conf = (
+        pulumi.Output.all(**{d: svc.spec.cluster_ip for d, svc in service_objs.items()}).apply(_render)
+        if service_objs and not target.render_yaml_to
+        else pulumi.Output.from_input(_render({}))
+    )
     routes = nginx.bucket_routes({unames[d]: float(w) for d, w in traffic.items() if w}, unames)
     conf_map = k8s.core.v1.ConfigMap(
         f"{name}-router",
@@ -282,7 +305,7 @@ def build_kubernetes(
         if write_secrets
         else None
     )
-    checksum = hashlib.sha256(conf.encode()).hexdigest()[:16]
+    checksum = conf.apply(lambda c: hashlib.sha256(c.encode()).hexdigest()[:16])
     router_labels = {**base, "mlinfra.io/role": "router"}
     router_selector = {"mlinfra.io/endpoint": endpoint, "mlinfra.io/role": "router"}
     router = k8s.apps.v1.Deployment(

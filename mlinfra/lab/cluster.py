@@ -1,6 +1,7 @@
 """A local Kubernetes control plane for tests and demos: kube-apiserver, etcd, kube-controller-manager,
 kube-scheduler and kwok (simulated nodes and pods, so Deployments become Available and pulumi-kubernetes' await
-logic runs for real), all built from Go modules by `make kube` and bound to 127.0.0.1.
+logic runs for real), all built from Go modules by `make kube` and bound to 127.0.0.1. With ``real_node=True`` kwok's
+controller is left out (it would take over every node) and :mod:`mlinfra.lab.node` adds a real kubelet.
 
     with LocalCluster.start("demo") as cluster:
         print(cluster.kubeconfig)
@@ -54,7 +55,7 @@ status:
 """
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):
         s = socket.socket()
@@ -74,7 +75,9 @@ class LocalCluster:
     server: str
 
     @staticmethod
-    def start(name: str, workdir: Path | None = None, nodes: int = 1, timeout_s: int = 120) -> LocalCluster:
+    def start(
+        name: str, workdir: Path | None = None, nodes: int = 1, timeout_s: int = 120, real_node: bool = False
+    ) -> LocalCluster:
         bins = kube_bin_dir()
         missing = [b for b in BINARIES if not (bins / b).exists()]
         if missing:
@@ -84,13 +87,21 @@ class LocalCluster:
             )
         workdir = workdir or cache_dir() / "kwok"
         workdir.mkdir(parents=True, exist_ok=True)
-        api, etcd, peer, kcm, sched, ctl = _free_ports(6)
+        api, etcd, peer, kcm, sched, ctl = free_ports(6)
         config = workdir / f"{name}-kwokctl.yaml"
+        pki = workdir / "clusters" / name / "pki"
+        # A real kubelet authenticates the API server (logs, exec, port-forward) by client certificate.
+        kubelet_client = (
+            f", {{key: kubelet-client-certificate, value: {pki / 'admin.crt'}}}, "
+            f"{{key: kubelet-client-key, value: {pki / 'admin.key'}}}"
+            if real_node
+            else ""
+        )
         config.write_text(f"""kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 componentsPatches:
 - name: kube-apiserver
-  extraArgs: [{{key: bind-address, value: 127.0.0.1}}]
+  extraArgs: [{{key: bind-address, value: 127.0.0.1}}{kubelet_client}]
 - name: kube-controller-manager
   extraArgs: [{{key: bind-address, value: 127.0.0.1}}]
 - name: kube-scheduler
@@ -129,20 +140,30 @@ componentsPatches:
         for b in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"):
             cmd += [f"--{b}-binary", str(bins / b)]
         cmd += ["--kwok-controller-binary", str(bins / "kwok")]
+        if real_node:
+            cmd += ["--disable", "kwok-controller"]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s + 30)
         if res.returncode != 0:
             raise KubeError(f"kwokctl could not start cluster {name}: {res.stderr.strip()[-800:]}")
         cluster = LocalCluster(
             name, workdir, workdir / "clusters" / name / "kubeconfig.yaml", f"https://127.0.0.1:{api}"
         )
-        deadline = time.monotonic() + timeout_s
-        while cluster.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise KubeError(f"cluster {name}: the API server at {cluster.server} never became ready")
-            time.sleep(0.3)
+        cluster.wait_ready(timeout_s)
         for i in range(nodes):
             cluster.kubectl("apply", "-f", "-", stdin=FAKE_NODE.format(name=f"kwok-node-{i}"))
         return cluster
+
+    def wait_ready(self, timeout_s: float, check: bool = True) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.kubectl("get", "--raw", "/readyz", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                if check:
+                    raise KubeError(
+                        f"cluster {self.name}: the API server at {self.server} never became ready"
+                    )
+                return False
+            time.sleep(0.3)
+        return True
 
     def kubectl(
         self, *args: str, stdin: str | None = None, check: bool = True
@@ -158,15 +179,17 @@ componentsPatches:
             raise KubeError(f"kubectl {' '.join(args)} on cluster {self.name}: {res.stderr.strip()[-500:]}")
         return res
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
+        """Delete the cluster, or with ``keep`` only stop its processes (``kwokctl start cluster`` resumes it)."""
         env = {**os.environ, "KWOK_WORKDIR": str(self.workdir)}
         subprocess.run(
-            [str(kube_bin_dir() / "kwokctl"), "delete", "cluster", "--name", self.name],
+            [str(kube_bin_dir() / "kwokctl"), "stop" if keep else "delete", "cluster", "--name", self.name],
             env=env,
             capture_output=True,
             timeout=120,
         )
-        shutil.rmtree(self.workdir / "clusters" / self.name, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.workdir / "clusters" / self.name, ignore_errors=True)
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -9,6 +9,8 @@ azurite        Azure Blob emulator, --disableTelemetry      http://127.0.0.1:100
 mosquitto      MQTT broker, dynamic security plugin         mqtt://127.0.0.1:1883        MLINFRA_MQTT_PORT
 python-base    scoring images' base (debootstrap), pushed   registry/mlinfra/python-base —
 router-base    endpoints' router: Debian nginx, pushed      registry/mlinfra/router      —
+kubernetes     one real node (kubelet, containerd), kwok's  kubeconfig in the state dir  —
+               control plane: :mod:`mlinfra.lab.node`
 =============  ==========================================  ===========================  ====================
 
 A service that already answers is reused; one that does not is started detached, its PID written to
@@ -180,6 +182,8 @@ class Service:
     address: Callable[[], str]
     fix: str
     depends: list[str] = field(default_factory=list)
+    stop: Callable[[], bool] | None = None
+    """How to stop it when it is more than the one process in its PID file."""
 
 
 def docker_ok() -> bool:
@@ -572,8 +576,24 @@ SERVICES: dict[str, Service] = {
             "make services (builds it once with debootstrap)",
             depends=["registry"],
         ),
+        Service(
+            "kubernetes",
+            "single-node Kubernetes cluster (real pods)",
+            lambda: _node().node_ready(),
+            lambda: _node().start(progress=lambda _m: None),
+            lambda: str(_node().kubeconfig_path()),
+            "mlinfra services up kubernetes (binaries: make kube; containerd, CNI plugins: make setup)",
+            depends=["registry"],
+            stop=lambda: _node().stop(progress=lambda _m: None),
+        ),
     ]
 }
+
+
+def _node():
+    from mlinfra.lab import node
+
+    return node
 
 
 def ensure(names: Iterable[str] | None = None, progress: Callable[[str], None] = print) -> None:
@@ -607,12 +627,30 @@ def ensure(names: Iterable[str] | None = None, progress: Callable[[str], None] =
 def down(names: Iterable[str] | None = None, progress: Callable[[str], None] = print) -> None:
     """Stop the services this module started (by PID); leaves anything else alone."""
     for n in reversed(list(names) if names is not None else list(SERVICES)):
-        if _stop(n):
+        svc = SERVICES.get(n)
+        if svc is not None and svc.stop is not None:
+            if svc.stop():
+                progress(f"{n:12s} stopped")
+        elif _stop(n):
             progress(f"{n:12s} stopped")
 
 
-def status() -> dict[str, bool]:
-    return {n: s.check() for n, s in SERVICES.items()}
+def status(names: Iterable[str] | None = None) -> dict[str, bool]:
+    for n in names or ():
+        if n not in SERVICES:
+            raise ServiceError(f"unknown service {n!r}: choose from {', '.join(SERVICES)}")
+    return {n: SERVICES[n].check() for n in (names or SERVICES)}
+
+
+def describe(name: str) -> dict[str, object]:
+    """What `mlinfra services status NAME --json` prints: up or not, its address, its PID (and the cluster's
+    kubeconfig for ``kubernetes``)."""
+    if name not in SERVICES:
+        raise ServiceError(f"unknown service {name!r}: choose from {', '.join(SERVICES)}")
+    svc = SERVICES[name]
+    if name == "kubernetes":
+        return {"up": svc.check(), **_node().status().to_json()}
+    return {"up": svc.check(), "address": svc.address(), "pid": _read_pid(name)}
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - thin wrapper used by the CLI

@@ -57,6 +57,13 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
         help="time to receive a request body, else 408 (default 30)",
     )
     p.add_argument(
+        "--drain-linger-s",
+        type=float,
+        default=None,
+        help="on SIGTERM, keep open connections this long at most, answering with 'Connection: close', so a proxy "
+        "that pools connections (nginx behind a Kubernetes Service) is never cut mid-request (default 0)",
+    )
+    p.add_argument(
         "--max-connections", type=int, default=None, help="open connections at most (default 1024)"
     )
     p.add_argument(
@@ -114,6 +121,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         idle_timeout_s=num(args.idle_timeout_s, "IDLE_TIMEOUT_S", 15.0, float, 0.1),
         body_timeout_s=num(args.body_timeout_s, "BODY_TIMEOUT_S", 30.0, float, 0.1),
         max_connections=int(num(args.max_connections, "MAX_CONNECTIONS", 1024, int, 1)),
+        drain_linger_s=num(args.drain_linger_s, "DRAIN_LINGER_S", 0.0),
         access_log=not (args.no_access_log or _env("NO_ACCESS_LOG") in ("1", "true")),
         providers=[
             p for p in (args.providers or _env("PROVIDERS") or "CPUExecutionProvider").split(",") if p

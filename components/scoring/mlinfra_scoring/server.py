@@ -70,6 +70,12 @@ class ServerConfig:
     """Reading a request's body may take this long; a client trickling it gets 408."""
     max_connections: int = 1024
     """Connections beyond this many are closed as they arrive."""
+    drain_linger_s: float = 0.0
+    """On SIGTERM, wait up to this long for clients to close their connections, answering every request with
+    ``Connection: close`` and closing only connections idle past ``idle_timeout_s``. A pooling proxy (nginx
+    behind a Kubernetes Service, whose keep-alive connections stay with the old pod) then never sends a request on a
+    connection the server is closing. 0: close idle connections at once (the Docker target's router has already
+    forgotten a replica it stops)."""
 
 
 class _Guard(asyncio.Protocol):
@@ -295,6 +301,8 @@ class ScoringServer:
                 guard.busy -= 1
                 guard.since = time.monotonic()
         resp.headers["X-Request-Id"] = rid
+        if self.dataplane.draining:
+            resp.force_close()  # the client opens its next request elsewhere
         dt = time.perf_counter() - t0
         # Label values come only from served models: a name from the URL that is not served (or a request that was
         # not authorized) counts under "unknown", so no client can grow /metrics.
@@ -416,6 +424,9 @@ class ScoringServer:
         await stop.wait()
         self.dataplane.start_draining()
         print(json.dumps({"event": "draining", "in_flight": self.in_flight}), file=self._log, flush=True)
+        linger = time.monotonic() + min(self.config.drain_linger_s, self.config.drain_timeout_s)
+        while self._conns and time.monotonic() < linger:
+            await asyncio.sleep(0.05)
         listener.close()  # no new connections; the ones open finish their requests
         deadline = time.monotonic() + self.config.drain_timeout_s
         while self.in_flight and time.monotonic() < deadline:

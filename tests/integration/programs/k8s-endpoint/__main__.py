@@ -1,0 +1,34 @@
+"""CloudEndpoint on the local single-node cluster (real pods): one deployment, key auth."""
+
+import json
+
+import pulumi
+
+import mlinfra
+
+config = pulumi.Config()
+deployments = json.loads(config.require("deployments"))
+endpoint = mlinfra.CloudEndpoint(
+    "scoring",
+    mlinfra.CloudEndpointArgs(
+        deployments={
+            name: mlinfra.Deployment(
+                image=d["image"],
+                replicas=d.get("replicas", 1),
+                cpu=d.get("cpu", 0.25),
+                memory_mb=d.get("memory_mb", 256),
+                autoscale=mlinfra.Autoscale(**d["autoscale"]) if d.get("autoscale") else None,
+            )
+            for name, d in deployments.items()
+        },
+        traffic=json.loads(config.get("traffic") or "null") or {next(iter(deployments)): 100},
+        auth=config.get("auth") or "key",
+        target=mlinfra.Kubernetes(
+            namespace=config.require("namespace"), kubeconfig=config.require("kubeconfig")
+        ),
+        require_digest=True,
+    ),
+)
+pulumi.export("scoring_uri", endpoint.scoring_uri)
+pulumi.export("deployments", endpoint.deployments)
+pulumi.export("primary_key", endpoint.primary_key)

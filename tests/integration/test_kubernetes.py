@@ -1,0 +1,227 @@
+"""CloudEndpoint on the local single-node cluster with real pods (`mlinfra services up kubernetes`): pods pull the
+scoring images from the local registry and run; the router scores with a key; a second `up` changes nothing; a new
+image rolls out; pods reach nothing beyond this machine; `destroy` leaves the namespace empty."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from pulumi import automation as auto
+
+from mlinfra.automation import local_stack
+from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+from mlinfra.lab.cluster import LocalCluster
+from mlinfra.lab.samples import write_mlp
+from mlinfra.registry import ModelRegistry
+from tests.endpoint_helpers import ROW, Load
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(local_services) -> LocalCluster:
+    from mlinfra.lab import node
+
+    local_services("registry", "python-base", "router-base", "kubernetes")
+    return node._cluster()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory, local_services) -> dict[str, str]:
+    local_services("docker", "registry", "python-base")
+    tmp = tmp_path_factory.mktemp("k8s-images")
+    reg_uri = f"file://{tmp / 'registry'}"
+    reg = ModelRegistry(reg_uri)
+    out = {}
+    for tag, seed in (("v1", 1), ("v2", 2)):
+        mv, _ = reg.register("mlp", write_mlp(tmp / f"{tag}.onnx", seed=seed))
+        spec = ImageSpec(
+            repository="127.0.0.1:5000/mlinfra-test/k8s",
+            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
+            base="127.0.0.1:5000/mlinfra/python-base:bookworm",
+        )
+        out[tag] = build_and_push(spec).image_ref
+    return out
+
+
+def _post(url: str, key: str | None, body: dict, timeout: float = 10) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+
+
+def _router(cluster: LocalCluster, ns: str, svc: str) -> str:
+    ip = cluster.kubectl("get", "svc", svc, "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+    return f"http://{ip}"
+
+
+def _until(what: str, ok, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = ok()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.5)
+
+
+def _pods(cluster: LocalCluster, ns: str, selector: str) -> list[dict]:
+    """The pods that serve (not those being deleted)."""
+    out = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout
+    return [p for p in json.loads(out)["items"] if p["metadata"].get("deletionTimestamp") is None]
+
+
+def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
+    ns = "ep-real"
+    st = local_stack(
+        program("k8s-endpoint"),
+        "real",
+        backend,
+        {
+            "deployments": json.dumps({"blue": {"image": images["v1"]}}),
+            "namespace": ns,
+            "kubeconfig": str(cluster.kubeconfig),
+        },
+    )
+    try:
+        res = st.up(on_output=lambda _m: None)
+        key = res.outputs["primary_key"].value
+        pods = _pods(cluster, ns, "mlinfra.io/deployment=blue")
+        assert pods and all(p["status"]["phase"] == "Running" for p in pods), pods
+        # the image ran from the local registry, by digest
+        assert pods[0]["status"]["containerStatuses"][0]["imageID"].endswith(images["v1"].split("@", 1)[1])
+        router = _router(cluster, ns, "scoring-real")
+
+        def scored():
+            code, body = _post(f"{router}/score", key, {"data": [ROW]})
+            return body if code == 200 else None
+
+        first = _until("the router answers", scored)
+        assert isinstance(first, list) and len(first[0]) > 0, first
+        assert _post(f"{router}/score", None, {"data": [ROW]})[0] == 401
+        assert _post(f"{router}/score", "not-the-key", {"data": [ROW]})[0] == 401
+
+        again = st.preview(on_output=lambda _m: None)
+        assert not {k: v for k, v in again.change_summary.items() if k != "same"}, again.change_summary
+
+        st.set_config("deployments", auto.ConfigValue(json.dumps({"blue": {"image": images["v2"]}})))
+        pre = st.preview(on_output=lambda _m: None, diff=True)
+        assert pre.change_summary.get("update", 0) >= 1, pre.change_summary
+        with Load(f"{router}:80/score", key, threads=3) as load:
+            st.up(on_output=lambda _m: None)
+            time.sleep(2)
+        assert load.total > 50 and load.failed == 0, (load.total, load.statuses, load.errors)
+        _until(
+            "v2 serves",
+            lambda: (b := scored()) is not None and b != first,
+            90,
+        )
+        _until(
+            "only v2 pods remain",
+            lambda: (
+                {
+                    p["status"].get("containerStatuses", [{}])[0].get("imageID", "").rsplit("@", 1)[-1]
+                    for p in _pods(cluster, ns, "mlinfra.io/deployment=blue")
+                }
+                == {images["v2"].split("@", 1)[1]}
+            ),
+            60,
+        )
+
+        # Pods reach this machine, never beyond it: a TEST-NET-2 address (RFC 5737) is refused at once.
+        pod = _pods(cluster, ns, "mlinfra.io/deployment=blue")[0]["metadata"]["name"]
+        probe = cluster.kubectl(
+            "exec",
+            "-n",
+            ns,
+            pod,
+            "--",
+            "python3",
+            "-c",
+            "import socket,sys\n"
+            "s=socket.socket(); s.settimeout(5)\n"
+            "try:\n s.connect(('198.51.100.1', 80)); print('connected')\n"
+            "except OSError as e: print(type(e).__name__, e.errno)",
+            check=False,
+        )
+        assert probe.returncode == 0, probe.stderr
+        assert "connected" not in probe.stdout and "timeout" not in probe.stdout.lower(), probe.stdout
+    finally:
+        st.destroy(on_output=lambda _m: None)
+    left = cluster.kubectl("get", "all,cm,secret,pdb,hpa", "-n", ns, "-o", "name", check=False).stdout.split()
+    assert [x for x in left if "kube-root-ca" not in x and "default-token" not in x] == [], left
+
+
+def test_services_status_json_names_the_kubeconfig(cluster) -> None:
+    import contextlib
+    import io
+
+    from mlinfra.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["services", "status", "kubernetes", "--json"]) == 0
+    got = json.loads(buf.getvalue())
+    assert got["up"] is True and got["node_ready"] is True
+    assert got["kubeconfig"] == str(cluster.kubeconfig)
+    r = cluster.kubectl("--kubeconfig", got["kubeconfig"], "get", "node", "localhost", "-o", "name")
+    assert r.stdout.strip() == "node/localhost"
+
+
+def test_autoscaler_adds_a_pod_on_real_cpu_and_up_keeps_it(cluster, images, program, backend) -> None:
+    ns = "ep-hpa"
+    st = local_stack(
+        program("k8s-endpoint"),
+        "hpa",
+        backend,
+        {
+            "deployments": json.dumps(
+                {
+                    "blue": {
+                        "image": images["v1"],
+                        "cpu": 0.1,
+                        "autoscale": {"min_replicas": 1, "max_replicas": 3, "cpu_target_percent": 30},
+                    }
+                }
+            ),
+            "namespace": ns,
+            "kubeconfig": str(cluster.kubeconfig),
+        },
+    )
+    try:
+        key = st.up(on_output=lambda _m: None).outputs["primary_key"].value
+        assert len(_pods(cluster, ns, "mlinfra.io/deployment=blue")) == 1
+        router = _router(cluster, ns, "scoring-hpa")
+
+        def replicas() -> int:
+            return int(
+                cluster.kubectl(
+                    "get", "deploy/scoring-hpa-blue", "-n", ns, "-o", "jsonpath={.spec.replicas}"
+                ).stdout
+            )
+
+        with Load(f"{router}:80/score", key, threads=4) as load:
+            _until("the HorizontalPodAutoscaler adds a pod under load", lambda: replicas() > 1, 180)
+        assert load.statuses[200] > 0
+        scaled = replicas()
+        res = st.up(on_output=lambda _m: None)
+        assert not {k: v for k, v in res.summary.resource_changes.items() if k != "same"}, (
+            res.summary.resource_changes
+        )
+        # `up` never resets what the autoscaler chose (it scales in only after its 5-minute stabilization window)
+        assert replicas() == scaled
+        hpa = json.loads(cluster.kubectl("get", "hpa/scoring-hpa-blue", "-n", ns, "-o", "json").stdout)
+        assert hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"] >= 0
+    finally:
+        st.destroy(on_output=lambda _m: None)
