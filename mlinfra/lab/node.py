@@ -118,13 +118,13 @@ def _spawn(component: str, argv: list[str]) -> int:
     return proc.pid
 
 
-def _until(what: str, component: str, ok, timeout_s: float) -> None:
+def _until(what: str, component: str, ok, timeout_s: float, watch: tuple[str, ...] = ()) -> None:
+    """Wait for ok(); fail naming the first of COMPONENT and WATCH that died (with its log), or the timeout."""
     deadline = time.monotonic() + timeout_s
     while not ok():
-        if _pid(component) is None:
-            raise ServiceError(
-                f"kubernetes: {component} exited while {what}; its log ends with:\n{_tail(component)}"
-            )
+        for c in (component, *watch):
+            if _pid(c) is None:
+                raise ServiceError(f"kubernetes: {c} exited while {what}; its log ends with:\n{_tail(c)}")
         if time.monotonic() > deadline:
             raise ServiceError(
                 f"kubernetes: {what} took over {timeout_s:.0f} s; {component}'s log ({_log(component)}) ends "
@@ -459,11 +459,12 @@ def start(progress=print, timeout_s: float = 120) -> Status:
                 "--kubelet-insecure-tls",
                 "--kubelet-preferred-address-types=Hostname",
                 "--kubelet-use-node-status-port",
-                "--metric-resolution=15s",
+                "--metric-resolution=10s",
+                "--kubelet-request-timeout=5s",
             ],
         )
         cluster.kubectl("apply", "-f", "-", stdin=_METRICS_API.format(port=ports["metrics"]))
-    _until("the node became Ready", "kubelet", node_ready, timeout_s)
+    _until("the node became Ready", "kubelet", node_ready, timeout_s, watch=COMPONENTS)
     _isolate()  # first again, ahead of what the kubelet and kube-proxy inserted meanwhile
     # Pods are refused until the default ServiceAccount exists (≈1.5 s after the control plane is up).
     _until(

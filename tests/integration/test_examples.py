@@ -14,11 +14,14 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 @pytest.mark.parametrize(
-    "name", ["registered-model", "scoring-image", "cloud-endpoint", "fpga-endpoint", "data-collection"]
+    "name",
+    ["registered-model", "scoring-image", "cloud-endpoint", "fpga-endpoint", "data-collection", "kubernetes"],
 )
 def test_example_up_noop_destroy(name: str, tmp_path: Path, backend: Path, local_services) -> None:
     if name in ("scoring-image", "cloud-endpoint", "fpga-endpoint", "data-collection"):
         local_services("docker", "registry", "python-base", "router-base", "azurite")
+    if name == "kubernetes":
+        local_services("docker", "registry", "python-base", "router-base", "kubernetes")
     work = tmp_path / name
     shutil.copytree(EXAMPLES / name, work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml"))
     project = work / "Pulumi.yaml"  # its virtualenv is relative to the examples folder
@@ -26,7 +29,18 @@ def test_example_up_noop_destroy(name: str, tmp_path: Path, backend: Path, local
     stack = local_stack(work, "test", backend_dir=backend)
     up = stack.up()
     assert up.summary.result == "succeeded"
-    assert set(stack.up().summary.resource_changes) == {"same"}
+    assert set(stack.up().summary.resource_changes) - {"read"} == {"same"}  # read: a Service.get, no change
+    if name == "kubernetes":  # real pods behind the router's ClusterIP
+        import time
+
+        from tests.endpoint_helpers import score
+
+        key, uri = up.outputs["primary_key"].value, up.outputs["local_scoring_uri"].value
+        deadline = time.monotonic() + 60
+        while (got := score(uri, key))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert got[0] == 200 and len(got[1][0]) == 10, got[:2]
+        assert score(uri, None)[0] == 401
     if name == "cloud-endpoint":
         from mlinfra.registry import ModelRegistry
         from tests.endpoint_helpers import score
@@ -58,7 +72,7 @@ def test_edge_example_on_its_own_broker(tmp_path: Path, backend: Path, broker) -
     up = stack.up()
     assert up.outputs["targeted"].value == 0
     assert "matches no device" in up.stdout
-    assert set(stack.up().summary.resource_changes) == {"same"}
+    assert set(stack.up().summary.resource_changes) - {"read"} == {"same"}  # read: a Service.get, no change
     stack.destroy()
 
 
