@@ -21,7 +21,7 @@ from mlinfra.endpoints.plan import (
     validate_steps,
     validate_traffic,
 )
-from mlinfra.endpoints.provider import EndpointKeys, LocalEndpointResource
+from mlinfra.endpoints.provider import EndpointKeys, InternalKey, LocalEndpointResource
 from mlinfra.endpoints.spec import (
     AutoscaleSpec,
     DeploymentSpec,
@@ -298,6 +298,9 @@ class CloudEndpoint(pulumi.ComponentResource):
             if self.keys is not None
             else []
         )
+        # The router's own credential towards the scoring servers: they answer nobody else (health and /metrics
+        # stay open for probes and gates), so reaching a replica's port or pod directly bypasses no auth.
+        self.internal_key = InternalKey(f"{name}-internal", pulumi.ResourceOptions(parent=self)).key  # type: ignore[attr-defined]
         flat_refs = pulumi.Output.all(*model_refs).apply(lambda lists: [m for ms in lists for m in ms or []])
         if isinstance(args.target, Kubernetes):
             from mlinfra.endpoints.kubernetes import build_kubernetes
@@ -313,6 +316,7 @@ class CloudEndpoint(pulumi.ComponentResource):
                 args,
                 keys_out,
                 args.deployments,
+                self.internal_key,
             )
         else:
             port = args.target.port
@@ -341,13 +345,14 @@ class CloudEndpoint(pulumi.ComponentResource):
                 max_body_mb=args.max_body_mb,
                 model_refs=pulumi.Output.secret(flat_refs),
                 collect_credential=args.data_collection.sas if args.data_collection is not None else None,
+                internal_key=self.internal_key,
             )
             res: Any = LocalEndpointResource(
                 f"{name}-local",
                 spec,
                 pulumi.ResourceOptions(
                     parent=self,
-                    additional_secret_outputs=["keys", "model_refs", "collect_credential"],
+                    additional_secret_outputs=["keys", "model_refs", "collect_credential", "internal_key"],
                     custom_timeouts=pulumi.CustomTimeouts(create="30m", update="60m"),
                 ),
             )

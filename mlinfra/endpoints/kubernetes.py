@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -25,6 +26,8 @@ from mlinfra.endpoints.plan import revision
 from mlinfra.images.scoring_image import ScoringImage
 
 ROUTER_PORT = 8080
+TLS_FILES = {"cert.pem": "cert", "key.pem": "key", "client_ca.pem": "client_ca"}
+"""The TLS Secret's entries and the TlsAuth fields they come from."""
 PRESTOP_S = 5
 """A stopping scoring pod keeps serving this long, while its Service's endpoints and kube-proxy forget it."""
 DRAIN_LINGER_S = 12
@@ -58,6 +61,7 @@ def build_kubernetes(
     args: Any,
     keys: list[Any],
     deployments: dict[str, Any],
+    internal_key: Any,
 ) -> dict[str, Any]:
     from mlinfra.endpoints.cloud_endpoint import check_kubeconfig
 
@@ -65,7 +69,16 @@ def build_kubernetes(
     # Rendered YAML holds values in plain text: Secrets are written only when asked for, and it says so either way.
     write_secrets = not target.render_yaml_to or target.render_secrets
     if target.render_yaml_to:
-        needed = [f"{endpoint}-keys (one empty entry per key, named k.<KEY>)"] + (
+        needed = [
+            f"{endpoint}-keys (one empty entry per key, named k.<KEY>)",
+            *(
+                [f"{endpoint}-tls (entries cert.pem, key.pem, client_ca.pem: the router's TLS material)"]
+                if args.auth == "tls"
+                else []
+            ),
+            f"{endpoint}-internal (entries 'key': a random 43-character URL-safe key, and 'auth.conf': "
+            'proxy_set_header Authorization "Bearer <that key>";)',
+        ] + (
             [f"{endpoint}-collect (entry 'sas': the collection SAS)"]
             if args.data_collection is not None
             else []
@@ -129,6 +142,67 @@ def build_kubernetes(
                 "valueFrom": {"secretKeyRef": {"name": f"{endpoint}-collect", "key": "sas"}},
             }
         ]
+    # The router's credential towards the scoring pods (they accept no other): the pods read it from the Secret as
+    # MLINFRA_SERVE_KEYS, the router includes the header line from the same Secret (its ConfigMap holds no secret).
+    internal_secret = None
+    if write_secrets:
+        internal_secret = k8s.core.v1.Secret(
+            f"{name}-internal",
+            metadata={"name": f"{endpoint}-internal", "namespace": ns_name, "labels": base},
+            string_data=pulumi.Output.from_input(internal_key).apply(
+                lambda k: {"key": k, "auth.conf": f'proxy_set_header Authorization "Bearer {k}";\n'}
+            ),
+            opts=nsopts,
+        )
+    internal_env = [
+        {
+            "name": "MLINFRA_SERVE_KEYS",
+            "valueFrom": {"secretKeyRef": {"name": f"{endpoint}-internal", "key": "key"}},
+        }
+    ]
+    # auth="tls": the router terminates TLS and verifies client certificates against the endpoint's CA, from a Secret.
+    tls = args.auth == "tls" and args.tls is not None
+    tls_secret = None
+    tls_digest = ""
+    if tls:
+        files = {n: Path(getattr(args.tls, f)).read_text() for n, f in TLS_FILES.items()}
+        tls_digest = hashlib.sha256("".join(files[n] for n in sorted(files)).encode()).hexdigest()[:16]
+        if write_secrets:
+            tls_secret = k8s.core.v1.Secret(
+                f"{name}-tls",
+                metadata={"name": f"{endpoint}-tls", "namespace": ns_name, "labels": base},
+                string_data=pulumi.Output.secret(files),
+                opts=nsopts,
+            )
+    if internal_secret is not None:
+        depends.append(internal_secret)
+        nsopts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(depends)))
+    # Defence in depth where the network enforces NetworkPolicy: only the endpoint's router pods reach its scoring
+    # pods (kubelet probes come from the node, which policies do not filter).
+    k8s.networking.v1.NetworkPolicy(
+        f"{name}-scorers",
+        metadata={"name": f"{endpoint}-scorers", "namespace": ns_name, "labels": base},
+        spec={
+            "podSelector": {
+                "matchLabels": {"mlinfra.io/endpoint": endpoint},
+                "matchExpressions": [{"key": "mlinfra.io/deployment", "operator": "Exists"}],
+            },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "podSelector": {
+                                "matchLabels": {"mlinfra.io/endpoint": endpoint, "mlinfra.io/role": "router"}
+                            }
+                        }
+                    ],
+                    "ports": [{"port": 8080, "protocol": "TCP"}],
+                }
+            ],
+        },
+        opts=nsopts,
+    )
     services_out: dict[str, str] = {}
     service_objs: dict[str, k8s.core.v1.Service] = {}
     deployments_out: dict[str, Any] = {}
@@ -170,6 +244,7 @@ def build_kubernetes(
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "env": [{"name": k, "value": v} for k, v in spec["env"].items()]
                             + [{"name": "MLINFRA_SERVE_DRAIN_LINGER_S", "value": str(DRAIN_LINGER_S)}]
+                            + internal_env
                             + collect_env,
                             "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_S}}},
                             "resources": resources,
@@ -272,6 +347,10 @@ def build_kubernetes(
                 mirror={unames[d]: float(p) for d, p in mirror.items() if p},
                 key_auth=args.auth == "key",
                 max_body_mb=args.max_body_mb,
+                upstream_auth_file="/etc/mlinfra/internal/auth.conf",
+                tls_cert="/etc/mlinfra/tls/cert.pem" if tls else None,
+                tls_key="/etc/mlinfra/tls/key.pem" if tls else None,
+                tls_client_ca="/etc/mlinfra/tls/client_ca.pem" if tls else None,
             )
         ).replace("pid /tmp/nginx.pid;", "pid /tmp/nginx.pid;  # conf: /etc/mlinfra/conf/nginx.conf")
 
@@ -305,7 +384,8 @@ def build_kubernetes(
         if write_secrets
         else None
     )
-    checksum = conf.apply(lambda c: hashlib.sha256(c.encode()).hexdigest()[:16])
+    # A new configuration or new TLS material rolls the router pods (nginx reads both at start).
+    checksum = conf.apply(lambda c: hashlib.sha256((c + tls_digest).encode()).hexdigest()[:16])
     router_labels = {**base, "mlinfra.io/role": "router"}
     router_selector = {"mlinfra.io/endpoint": endpoint, "mlinfra.io/role": "router"}
     router = k8s.apps.v1.Deployment(
@@ -330,7 +410,11 @@ def build_kubernetes(
                             "command": ["nginx", "-c", "/etc/mlinfra/conf/nginx.conf", "-g", "daemon off;"],
                             "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
                             "readinessProbe": {
-                                "httpGet": {"path": "/_mlinfra/generation", "port": ROUTER_PORT},
+                                "httpGet": {
+                                    "path": "/_mlinfra/generation",
+                                    "port": ROUTER_PORT,
+                                    "scheme": "HTTPS" if tls else "HTTP",
+                                },
                                 "periodSeconds": 5,
                             },
                             "resources": {
@@ -341,6 +425,12 @@ def build_kubernetes(
                                 {"name": "conf", "mountPath": "/etc/mlinfra/conf", "readOnly": True},
                                 {"name": "routes", "mountPath": "/etc/mlinfra/routes", "readOnly": True},
                                 {"name": "keys", "mountPath": "/etc/mlinfra/keys", "readOnly": True},
+                                {"name": "internal", "mountPath": "/etc/mlinfra/internal", "readOnly": True},
+                                *(
+                                    [{"name": "tls", "mountPath": "/etc/mlinfra/tls", "readOnly": True}]
+                                    if tls
+                                    else []
+                                ),
                                 {"name": "tmp", "mountPath": "/tmp"},
                                 {"name": "varlib", "mountPath": "/var/lib/nginx"},
                             ],
@@ -350,6 +440,20 @@ def build_kubernetes(
                         {"name": "conf", "configMap": {"name": f"{endpoint}-router"}},
                         {"name": "routes", "configMap": {"name": f"{endpoint}-routes"}},
                         {"name": "keys", "secret": {"secretName": f"{endpoint}-keys", "defaultMode": 0o444}},
+                        {
+                            "name": "internal",
+                            "secret": {"secretName": f"{endpoint}-internal", "defaultMode": 0o400},
+                        },
+                        *(
+                            [
+                                {
+                                    "name": "tls",
+                                    "secret": {"secretName": f"{endpoint}-tls", "defaultMode": 0o400},
+                                }
+                            ]
+                            if tls
+                            else []
+                        ),
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "varlib", "emptyDir": {}},
                     ],
@@ -359,7 +463,11 @@ def build_kubernetes(
         opts=pulumi.ResourceOptions.merge(
             nsopts,
             pulumi.ResourceOptions(
-                depends_on=[r for r in (conf_map, routes_map, keys_secret) if r is not None]
+                depends_on=[
+                    r
+                    for r in (conf_map, routes_map, keys_secret, internal_secret, tls_secret)
+                    if r is not None
+                ]
             ),
         ),
     )
@@ -369,11 +477,15 @@ def build_kubernetes(
         spec={
             "type": target.service_type,
             "selector": router_selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": ROUTER_PORT}],
+            "ports": [
+                {"name": "https", "port": 443, "targetPort": ROUTER_PORT}
+                if tls
+                else {"name": "http", "port": 80, "targetPort": ROUTER_PORT}
+            ],
         },
         opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=[router])),
     )
-    uri = f"http://{endpoint}.{ns_name}.svc.cluster.local"
+    uri = f"{'https' if tls else 'http'}://{endpoint}.{ns_name}.svc.cluster.local"
     return {
         "scoring_uri": pulumi.Output.from_input(f"{uri}/score"),
         "openapi_uri": pulumi.Output.from_input(f"{uri}/openapi.json"),

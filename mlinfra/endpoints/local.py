@@ -285,6 +285,7 @@ class Router:
     auth: str  # key | none | tls
     tls: dict[str, str] = field(default_factory=dict)  # cert, key, client_ca: host paths
     max_body_mb: float = 10.0
+    upstream_key: str | None = None  # presented to the replicas, which accept nothing else
 
     @property
     def scheme(self) -> str:
@@ -312,6 +313,7 @@ class Router:
                 tls_key="/etc/mlinfra/tls/key.pem" if tls else None,
                 tls_client_ca="/etc/mlinfra/tls/client_ca.pem" if tls and self.tls.get("client_ca") else None,
                 max_body_mb=self.max_body_mb,
+                upstream_key=self.upstream_key,
             )
         )
 
@@ -341,7 +343,10 @@ class Router:
                     dst.write_bytes(Path(self.tls[k]).read_bytes())
                     dst.chmod(0o600)
         (d / "routes").mkdir(exist_ok=True)
-        (d / "nginx.conf.tmp").write_text(text)
+        tmp = d / "nginx.conf.tmp"
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)  # it holds the replicas' key: root (nginx's master) reads it, nobody else
+        tmp.write_text(text)
         if running:
             r = docker(
                 "exec",
@@ -537,12 +542,15 @@ class LocalDockerTarget:
             auth=spec.auth,
             tls=spec.tls.model_dump() if spec.tls else {},
             max_body_mb=spec.max_body_mb,
+            upstream_key=spec.internal_key or None,
         )
         self.old_slots = old_slots
         self.slots = self._allocate(old_slots)
         self.reloaded = False
         sas = spec.collect_credential
         self.secret_env = {"MLINFRA_SERVE_COLLECT_CREDENTIAL": sas} if sas else {}
+        if spec.internal_key:  # the replicas answer only the router (health and /metrics stay open)
+            self.secret_env["MLINFRA_SERVE_KEYS"] = spec.internal_key
 
     def _allocate(self, old: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, list[int]]]:
         """Ports per deployment and slot, one per replica; kept across updates."""

@@ -47,6 +47,11 @@ class RouterConfig:
     tls_client_ca: str | None = None
     max_body_mb: float = 10.0
     workers: int = 1
+    upstream_key: str | None = None
+    """The bearer key the router presents to the scoring servers (the client's Authorization never passes)."""
+    upstream_auth_file: str | None = None
+    """Instead of ``upstream_key``: a file with the ``proxy_set_header Authorization …;`` line to include (Kubernetes
+    mounts it from a Secret, so the configuration itself holds no secret)."""
 
 
 def upstream_name(deployment: str, slot: str) -> str:
@@ -99,6 +104,17 @@ def render(c: RouterConfig) -> str:
             '    "~^Bearer (?<k>[A-Za-z0-9_-]{16,128})$" $k;',
             "  }",
         ]
+    if c.upstream_key is not None and not (
+        16 <= len(c.upstream_key) <= 128 and set(c.upstream_key) <= SECRET_SAFE
+    ):
+        raise ValueError("the router's upstream key must be 16-128 URL-safe base64 characters")
+    upstream_auth = (
+        f"      include {c.upstream_auth_file};"
+        if c.upstream_auth_file
+        else f'      proxy_set_header Authorization "Bearer {c.upstream_key}";'
+        if c.upstream_key
+        else '      proxy_set_header Authorization "";'
+    )
     host, port = c.listen.rsplit(":", 1)
     tls = c.tls_cert is not None
     lines += ["  server {", f"    listen {host}:{port}{' ssl' if tls else ''};"]
@@ -141,7 +157,7 @@ def render(c: RouterConfig) -> str:
         "      proxy_pass http://$mlinfra_target;",
         "      proxy_http_version 1.1;",
         '      proxy_set_header Connection "";',
-        '      proxy_set_header Authorization "";',
+        upstream_auth,
         "      proxy_next_upstream error timeout http_502 http_503 non_idempotent;",
         "      proxy_next_upstream_tries 3;",
         "      proxy_connect_timeout 2s;",
@@ -157,7 +173,7 @@ def render(c: RouterConfig) -> str:
             "      proxy_pass http://$mlinfra_mirror$request_uri;",
             "      proxy_http_version 1.1;",
             '      proxy_set_header Connection "";',
-            '      proxy_set_header Authorization "";',
+            upstream_auth,
             "      proxy_connect_timeout 1s;",
             "      proxy_read_timeout 5s;",
             "    }",

@@ -74,6 +74,27 @@ class EndpointKeys(Resource):
         )
 
 
+class InternalKeyProvider(ResourceProvider):
+    """The credential the router presents to the endpoint's scoring servers (which accept nothing else): created
+    once, never shown to clients, kept for the endpoint's life."""
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return DiffResult(changes=False)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=secrets.token_hex(8), outs={**props, "key": _key()})
+
+
+class InternalKey(Resource):
+    def __init__(self, name: str, opts: ResourceOptions | None = None):
+        super().__init__(
+            InternalKeyProvider(),
+            name,
+            {"key": None},
+            ResourceOptions.merge(opts, ResourceOptions(additional_secret_outputs=["key"])),
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Local Docker
 

@@ -114,6 +114,9 @@ class EndpointSpec(_Spec):
     """The registered model versions the deployments serve (the endpoint is recorded as their user)."""
     collect_credential: Any = None
     """The data-collection SAS (a secret) handed to the servers, or None."""
+    internal_key: Any = None
+    """The router's credential towards the scoring servers (a secret; they accept no other), or None for
+    endpoints created before it existed (their servers accept any caller until replaced)."""
 
     def props(self) -> dict[str, Any]:
         """The resource's input dict (with the output keys as None placeholders)."""
@@ -132,6 +135,7 @@ class EndpointSpec(_Spec):
             "max_body_mb": self.max_body_mb,
             "model_refs": self.model_refs,
             "collect_credential": self.collect_credential,
+            "internal_key": self.internal_key,
         }
         return {**out, **dict.fromkeys(OUTPUT_KEYS)}
 

@@ -15,7 +15,7 @@ import pytest
 from pulumi import automation as auto
 
 from mlinfra.automation import local_stack
-from mlinfra.endpoints.local import find_containers, port_taken
+from mlinfra.endpoints.local import endpoint_dir, find_containers, port_taken
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
 from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
@@ -143,6 +143,20 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         replica = next(n for n, lab in labels.items() if lab.get("mlinfra.io/deployment") == "blue")
         assert labels[replica]["mlinfra.io/model"] == "mlp"
         assert labels[replica]["mlinfra.io/image-digest"] == images["v1"].split(":")[-1][:63]
+        # A replica answers only the router: straight to its port, a client's key is refused (probes stay open).
+        direct = (
+            subprocess.run(
+                ["/usr/bin/docker", "port", replica, "8080"], capture_output=True, text=True, check=True
+            )
+            .stdout.split(":")[-1]
+            .strip()
+        )
+        assert score(f"http://127.0.0.1:{direct}", primary)[0] == 401
+        assert score(f"http://127.0.0.1:{direct}", None)[0] == 401
+        with urllib.request.urlopen(f"http://127.0.0.1:{direct}/v2/health/ready", timeout=5) as r:
+            assert r.status == 200
+        conf = endpoint_dir(ep) / "nginx.conf"
+        assert conf.stat().st_mode & 0o077 == 0, "the router's configuration holds the replicas' key: 0600"
         # Hostile input at the router: answered, nothing escapes, the endpoint stays up.
         assert score(uri, "../../nginx.conf")[0] == 401  # not a key shape: never becomes a file lookup
         assert score(uri, "k" * 5000)[0] in (400, 401)
@@ -158,12 +172,13 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         assert listed[0]["deployments"]["blue"]["model_version"] == "1"
         assert _endpoints_list("--image", images["v1"].split("@")[1]) == listed
         assert _endpoints_list("--model", "no-such-model") == []
-        # The keys are secrets: not in plain text in the state file.
-        assert plaintext_secrets(backend, primary, secondary) == []
+        # The keys are secrets: not in plain text in the state file (nor the router's key towards its replicas).
+        internal = conf.read_text().split('proxy_set_header Authorization "Bearer ', 1)[1].split('"', 1)[0]
+        assert plaintext_secrets(backend, primary, secondary, internal) == []
 
         # --- a second up changes nothing ----------------------------------------------------------------------
         res = st.up(on_output=lambda _l: None)
-        assert res.summary.resource_changes == {"same": 4}, res.summary.resource_changes
+        assert res.summary.resource_changes == {"same": 5}, res.summary.resource_changes
 
         # --- canary to v2 under continuous load: zero failed requests ----------------------------------------
         st.set_config("deployments", auto.ConfigValue(_deps(blue=images["v2"])))
@@ -219,7 +234,7 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         res = st.up(on_output=lambda _l: None)
         # The router and keys are unchanged; only the component's recorded inputs (state, no provider) go back
         # from the failed attempt's to the last good ones.
-        assert res.summary.resource_changes == {"same": 3, "update": 1}, res.summary.resource_changes
+        assert res.summary.resource_changes == {"same": 4, "update": 1}, res.summary.resource_changes
         assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
 
         # --- mirror: a shadow sees a copy of live traffic; answers unchanged ----------------------------------
@@ -309,7 +324,9 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
         res = st.up(on_output=lambda _l: None)
         assert res.summary.result == "succeeded"
         got = json.loads(
-            kube_cluster.kubectl("get", "deploy,svc,hpa,pdb,cm,secret", "-n", "ep-k8s", "-o", "json").stdout
+            kube_cluster.kubectl(
+                "get", "deploy,svc,hpa,pdb,cm,secret,netpol", "-n", "ep-k8s", "-o", "json"
+            ).stdout
         )
         kinds = sorted(
             f"{o['kind']}/{o['metadata']['name']}"
@@ -322,7 +339,8 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
                 "Deployment/scoring-k8s-blue", "Deployment/scoring-k8s-green", "Deployment/scoring-k8s-router",
                 "Service/scoring-k8s", "Service/scoring-k8s-blue", "Service/scoring-k8s-green",
                 "HorizontalPodAutoscaler/scoring-k8s-blue", "PodDisruptionBudget/scoring-k8s-blue",
-                "PodDisruptionBudget/scoring-k8s-green",
+                "PodDisruptionBudget/scoring-k8s-green", "Secret/scoring-k8s-internal",
+                "NetworkPolicy/scoring-k8s-scorers",
             ]
         ), kinds  # fmt: skip
         blue = next(

@@ -20,6 +20,8 @@ from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
 from tests.endpoint_helpers import ROW, Load
 
+JSON = "application/json"
+
 pytestmark = pytest.mark.integration
 
 
@@ -120,6 +122,17 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
         assert isinstance(first, list) and len(first[0]) > 0, first
         assert _post(f"{router}/score", None, {"data": [ROW]})[0] == 401
         assert _post(f"{router}/score", "not-the-key", {"data": [ROW]})[0] == 401
+        # The pods answer only the router (an internal key from a Secret): straight to a pod, a client key is refused.
+        pod_ip = _pods(cluster, ns, "mlinfra.io/deployment=blue")[0]["status"]["podIP"]
+        assert _post(f"http://{pod_ip}:8080/score", key, {"data": [ROW]})[0] == 401
+        assert _post(f"http://{pod_ip}:8080/score", None, {"data": [ROW]})[0] == 401
+        policy = json.loads(
+            cluster.kubectl("get", "netpol", "scoring-real-scorers", "-n", ns, "-o", "json").stdout
+        )
+        assert (
+            policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["mlinfra.io/role"]
+            == "router"
+        )
 
         again = st.preview(on_output=lambda _m: None)
         assert not {k: v for k, v in again.change_summary.items() if k != "same"}, again.change_summary
@@ -205,3 +218,56 @@ def test_services_status_json_names_the_kubeconfig(cluster) -> None:
     assert got["kubeconfig"] == str(cluster.kubeconfig)
     r = cluster.kubectl("--kubeconfig", got["kubeconfig"], "get", "node", "localhost", "-o", "name")
     assert r.stdout.strip() == "node/localhost"
+
+
+def test_tls_client_certificates_on_kubernetes(cluster, images, program, backend, tmp_path) -> None:
+    import http.client
+    import ssl
+
+    from tests.integration.test_cloud_endpoint import _tls_material
+
+    _tls_material(tmp_path)
+    ns = "ep-tls"
+    st = local_stack(
+        program("k8s-endpoint"),
+        "tls",
+        backend,
+        {
+            "deployments": json.dumps({"blue": {"image": images["v1"]}}),
+            "namespace": ns,
+            "kubeconfig": str(cluster.kubeconfig),
+            "auth": "tls",
+            "tls_dir": str(tmp_path),
+        },
+    )
+    try:
+        out = st.up(on_output=lambda _m: None).outputs
+        assert out["scoring_uri"].value.startswith("https://") and (
+            "primary_key" not in out or out["primary_key"].value is None
+        )
+        ip = cluster.kubectl("get", "svc", "scoring-tls", "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout
+
+        def post(cert: str | None) -> int | str:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            ctx.check_hostname = False  # the test certificate names 127.0.0.1, not the ClusterIP
+            if cert:
+                ctx.load_cert_chain(str(tmp_path / f"{cert}.pem"), str(tmp_path / f"{cert}.key"))
+            conn = http.client.HTTPSConnection(ip, 443, context=ctx, timeout=10)
+            try:
+                conn.request(
+                    "POST", "/score", body=json.dumps({"data": [ROW]}), headers={"Content-Type": JSON}
+                )
+                return conn.getresponse().status
+            except OSError as e:
+                return type(e).__name__
+            finally:
+                conn.close()
+
+        assert _until("the TLS router answers", lambda: post("client") == 200, 60)
+        assert post(None) == 403
+        assert post("rogue") in (400, 403)  # a certificate the endpoint CA did not sign
+        # The key never reaches the cluster in plain sight: only in the Secret the router mounts.
+        conf = cluster.kubectl("get", "cm", "scoring-tls-router", "-n", ns, "-o", "jsonpath={.data}").stdout
+        assert "PRIVATE KEY" not in conf and "ssl_verify_client optional;" in conf
+    finally:
+        st.destroy(on_output=lambda _m: None)

@@ -85,7 +85,34 @@ def test_rendered_yaml_holds_no_secret_unless_asked(mocks: Mocks, tmp_path, rend
         )
     )
     secrets = [n for t, n, _i in mocks.created if t == "kubernetes:core/v1:Secret"]
-    assert secrets == (["shop-keys"] if render_secrets else []), secrets
+    assert secrets == (["shop-internal", "shop-keys"] if render_secrets else []), secrets
+
+
+def test_kubernetes_pods_take_the_internal_key_from_a_secret(mocks: Mocks, tmp_path) -> None:
+    _run(
+        lambda: mlinfra.CloudEndpoint(
+            "shop",
+            mlinfra.CloudEndpointArgs(
+                deployments={"blue": mlinfra.Deployment(image=IMAGE)},
+                target=mlinfra.Kubernetes(render_yaml_to=str(tmp_path)),
+            ),
+        )
+    )
+    dep = next(
+        i for t, n, i in mocks.created if t == "kubernetes:apps/v1:Deployment" and n == "shop-unit-blue"
+    )
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLINFRA_SERVE_KEYS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "shop-unit-internal",
+        "key": "key",
+    }
+    conf = next(i for t, n, i in mocks.created if t == "kubernetes:core/v1:ConfigMap" and n == "shop-router")
+    text = conf["data"]["nginx.conf"]
+    assert (
+        "include /etc/mlinfra/internal/auth.conf;" in text
+        and "Bearer" not in text.split("map $http_authorization")[0]
+    )
+    assert any(t == "kubernetes:networking.k8s.io/v1:NetworkPolicy" for t, _n, _i in mocks.created)
 
 
 def test_local_target_passes_keys_as_secrets(mocks: Mocks) -> None:

@@ -97,6 +97,27 @@ def test_router_config_has_no_keys_and_pins_by_name() -> None:
     assert "Bearer" in text and "keys/k.$mlinfra_bearer" in text
     assert "    blue pin-blue;" in text and "25.00% u_green_A" in text
     assert "reuseport" not in text  # a reload with reuseport drops queued connections
+    # Without an internal key the client's Authorization never reaches a replica.
+    assert text.count('proxy_set_header Authorization "";') == 2
+
+
+def test_router_presents_the_internal_key_to_replicas_and_mirrors() -> None:
+    import pytest
+
+    cfg = dict(
+        listen="127.0.0.1:8000",
+        generation="1",
+        upstreams={"u_blue_A": ("blue", ["127.0.0.1:1"]), "u_green_A": ("green", ["127.0.0.1:2"])},
+        state_dir="/etc/mlinfra",
+        mirror={"u_green_A": 25.0},
+    )
+    text = nginx.render(nginx.RouterConfig(**cfg, upstream_key="k" * 43))
+    assert text.count(f'proxy_set_header Authorization "Bearer {"k" * 43}";') == 2  # proxied and mirrored
+    assert 'proxy_set_header Authorization "";' not in text
+    with pytest.raises(ValueError, match="upstream key"):
+        nginx.render(nginx.RouterConfig(**cfg, upstream_key='x"; return 200; #' + "a" * 20))
+    text = nginx.render(nginx.RouterConfig(**cfg, upstream_auth_file="/etc/mlinfra/internal/auth.conf"))
+    assert text.count("include /etc/mlinfra/internal/auth.conf;") == 2 and "Bearer k" not in text
 
 
 def test_gates_from_metrics_deltas() -> None:

@@ -8,6 +8,7 @@ import mlinfra
 
 config = pulumi.Config()
 deployments = json.loads(config.require("deployments"))
+tls_dir = config.get("tls_dir")
 endpoint = mlinfra.CloudEndpoint(
     "scoring",
     mlinfra.CloudEndpointArgs(
@@ -23,6 +24,11 @@ endpoint = mlinfra.CloudEndpoint(
         },
         traffic=json.loads(config.get("traffic") or "null") or {next(iter(deployments)): 100},
         auth=config.get("auth") or "key",
+        tls=mlinfra.TlsAuth(
+            cert=f"{tls_dir}/server.pem", key=f"{tls_dir}/server.key", client_ca=f"{tls_dir}/ca.pem"
+        )
+        if tls_dir
+        else None,
         target=mlinfra.Kubernetes(
             namespace=config.require("namespace"), kubeconfig=config.require("kubeconfig")
         ),
