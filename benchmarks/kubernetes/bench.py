@@ -1,6 +1,6 @@
 """Kubernetes benchmark on the local single-node cluster (real pods): requests/s and p99 through the endpoint's
 router (nginx in its own pod, key check, route files, then the deployment's ClusterIP) vs straight to the scoring pod,
-side by side in one run (goal ≥ 0.8×); and the cluster's start time, cold (no cluster) and warm (resuming a stopped
+side by side in one run (goal at least 0.8 times); and the cluster's start time, cold (no cluster) and warm (resuming a stopped
 one), to a Ready node.
 
 Run: `.venv/bin/python benchmarks/kubernetes/bench.py` (it stops and starts the `kubernetes` service: run it alone).
@@ -55,7 +55,9 @@ def main() -> int:
     if args.report_only:
         report(json.loads((HERE / "results.json").read_text()))
         return 0
-    services.ensure(["docker", "registry", "python-base", "router-base", "kubernetes"], progress=lambda _m: None)
+    services.ensure(
+        ["docker", "registry", "python-base", "router-base", "kubernetes"], progress=lambda _m: None
+    )
     results: dict = {**run_meta(args.rounds), "start_s": start_times(args.rounds), "cells": {}}
     tmp = Path(tempfile.mkdtemp(prefix="mlinfra-bench-k8s-"))
     reg_uri = f"file://{tmp / 'registry'}"
@@ -77,7 +79,14 @@ def main() -> int:
         ns, ep = "bench-k8s", "bench-bench"
         router_ip = cluster.kubectl("get", "svc", ep, "-n", ns, "-o", "jsonpath={.spec.clusterIP}").stdout
         pod_ip = cluster.kubectl(
-            "get", "pods", "-n", ns, "-l", "mlinfra.io/deployment=blue", "-o", "jsonpath={.items[0].status.podIP}"
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            "mlinfra.io/deployment=blue",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
         ).stdout
         internal = base64.b64decode(
             cluster.kubectl("get", "secret", f"{ep}-internal", "-n", ns, "-o", "jsonpath={.data.key}").stdout
@@ -121,8 +130,12 @@ def report(r: dict) -> None:
     cells = r["cells"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [2, 1]})
     xs = range(len(cells))
-    ax.bar([x - 0.2 for x in xs], [c["direct"]["rps"] for c in cells.values()], 0.4, label="straight to the pod")
-    ax.bar([x + 0.2 for x in xs], [c["router"]["rps"] for c in cells.values()], 0.4, label="through the router")
+    ax.bar(
+        [x - 0.2 for x in xs], [c["direct"]["rps"] for c in cells.values()], 0.4, label="straight to the pod"
+    )
+    ax.bar(
+        [x + 0.2 for x in xs], [c["router"]["rps"] for c in cells.values()], 0.4, label="through the router"
+    )
     for x, c in zip(xs, cells.values(), strict=True):
         ax.text(x + 0.2, c["router"]["rps"], f"{c['ratio_rps']:.2f}×", ha="center", va="bottom")
     ax.set_xticks(list(xs), [f"{k[1:]} connections" for k in cells])

@@ -219,9 +219,9 @@ def build_kubernetes(
             "requests": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi", **devices},
             "limits": {"cpu": f"{spec['cpu']:g}", "memory": f"{spec['memory_mb']}Mi", **devices},
         }
-        probe = {
+        probe = {  # every 2 s: a new pod takes traffic (and a rollout moves on) soon after it is ready
             "httpGet": {"path": "/v2/health/ready", "port": 8080},
-            "periodSeconds": 5,
+            "periodSeconds": 2,
             "failureThreshold": 3,
         }
         deployment_spec: dict[str, Any] = {
@@ -253,6 +253,9 @@ def build_kubernetes(
                                 **probe,
                                 "httpGet": {"path": "/v2/health/live", "port": 8080},
                                 "initialDelaySeconds": 10,
+                                # slower than readiness: a pod busy at its CPU limit is not restarted for it
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 3,
                             },
                             "securityContext": {
                                 "readOnlyRootFilesystem": True,
@@ -415,7 +418,7 @@ def build_kubernetes(
                                     "port": ROUTER_PORT,
                                     "scheme": "HTTPS" if tls else "HTTP",
                                 },
-                                "periodSeconds": 5,
+                                "periodSeconds": 2,
                             },
                             "resources": {
                                 "requests": {"cpu": "100m", "memory": "64Mi"},

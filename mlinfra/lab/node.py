@@ -17,7 +17,8 @@ kube-proxy      iptables mode: ClusterIPs work from the host and from pods (ther
 metrics-server  on 127.0.0.1, registered as ``v1beta1.metrics.k8s.io``: HorizontalPodAutoscalers scale on real CPU.
 ==============  =====================================================================================================
 
-Every process is started detached with its PID in ``<state>/pids``; :func:`stop` stops those PIDs only, then
+Every process is started detached like the other services (:mod:`mlinfra.lab.services`: PID file and log in
+``<cache>/services/kubernetes-<component>/``); :func:`stop` stops those PIDs only, then
 removes what the kubelet, containerd and the CNI plugins leave on the host (pod sandboxes, mounts, the bridge, their
 iptables chains, kubepods cgroups, ``/var/lib/cni``/``/run/netns`` entries of ours) — never Docker's.
 """
@@ -31,7 +32,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import time
@@ -41,6 +41,7 @@ from pathlib import Path
 from mlinfra.defaults import registry_host, registry_url, state_dir
 from mlinfra.engine import pinned_versions
 from mlinfra.errors import ServiceError
+from mlinfra.lab import services
 from mlinfra.lab.cluster import LocalCluster, free_ports, kube_bin_dir
 
 NAME = "mlinfra"
@@ -76,46 +77,25 @@ def pause_image() -> str:
 # processes
 
 
-def _pidfile(component: str) -> Path:
-    d = home() / "pids"
-    d.mkdir(parents=True, exist_ok=True)
-    return d / component
+def _service(component: str) -> str:
+    """Each component is a process of :mod:`mlinfra.lab.services`' kind: PID file and log under its own name."""
+    return f"kubernetes-{component}"
 
 
 def _pid(component: str) -> int | None:
-    try:
-        pid = int(_pidfile(component).read_text())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return None
-    return pid
+    return services._read_pid(_service(component))
 
 
 def _log(component: str) -> Path:
-    return home() / "logs" / f"{component}.log"
+    return state_dir(_service(component)) / f"{_service(component)}.log"
 
 
-def _tail(component: str, lines: int = 12) -> str:
-    try:
-        return "\n".join(_log(component).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+def _tail(component: str) -> str:
+    return services._tail(_log(component), 12)
 
 
 def _spawn(component: str, argv: list[str]) -> int:
-    _log(component).parent.mkdir(parents=True, exist_ok=True)
-    with open(_log(component), "ab") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    _pidfile(component).write_text(f"{proc.pid}\n")
-    return proc.pid
+    return services._spawn(_service(component), argv)
 
 
 def _until(what: str, component: str, ok, timeout_s: float, watch: tuple[str, ...] = ()) -> None:
@@ -133,21 +113,8 @@ def _until(what: str, component: str, ok, timeout_s: float, watch: tuple[str, ..
         time.sleep(0.2)
 
 
-def _stop_pid(component: str, timeout_s: float = 20) -> bool:
-    pid = _pid(component)
-    if pid is None:
-        _pidfile(component).unlink(missing_ok=True)
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _pid(component) is not None:
-        time.sleep(0.1)
-    if _pid(component) is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    _pidfile(component).unlink(missing_ok=True)
-    return True
+def _stop_pid(component: str) -> bool:
+    return services._stop(_service(component), timeout=20)
 
 
 def _run(argv: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -80,9 +80,9 @@ def test_a_stack_recorded_before_the_move_previews_clean_and_destroys(
 
     preview = st.preview(diff=True)
     changes = {k: v for k, v in preview.change_summary.items() if k != "same" and v}
-    # One addition since: the endpoint's internal key (the router's credential towards its replicas, which new
-    # replicas require). Nothing else may change.
-    assert changes == {"create": 1} and "-internal" in preview.stdout, (
+    # One addition since, per endpoint (the CloudEndpoint and the FpgaEndpoint's): the internal key (the router's
+    # credential towards its replicas, which new replicas require). Nothing else may change.
+    assert changes == {"create": 2} and preview.stdout.count("-internal]") == 2, (
         f"the recorded stack must preview with no other change under the new code, got {changes}:\n{preview.stdout[-3000:]}"
     )
 
