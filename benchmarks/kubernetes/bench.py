@@ -170,6 +170,10 @@ def report(r: dict) -> None:
         )
     lines += [
         "",
+        "A ratio above 1 is not the router adding speed: the router is two nginx pods (1 CPU each at most) that keep",
+        "pooled keep-alive connections to the pod, and wrk, the pods and the control plane share 2 cores; the goal is",
+        "a floor, and single runs vary by ±15 % here.",
+        "",
         "Cluster start to a Ready node (`mlinfra services up kubernetes`): cold (no cluster: new certificates, etcd,"
         f" ServiceAccounts) median **{statistics.median(s['cold']):.1f} s**, warm (resuming a stopped cluster with its"
         f" etcd data) median **{statistics.median(s['warm']):.1f} s** ({', '.join(f'{x:.1f}' for x in s['cold'])} /"
