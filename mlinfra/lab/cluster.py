@@ -98,7 +98,7 @@ class LocalCluster:
             else ""
         )
         # HPAs re-evaluate every 5 s instead of 15 s: scale-outs show in tests and demos sooner.
-        hpa_sync = ", {key: horizontal-pod-autoscaler-sync-period, value: 5s}" if real_node else ""
+        hpa_sync = ", {key: horizontal-pod-autoscaler-sync-period, value: 5s}"
         config.write_text(f"""kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 componentsPatches:
