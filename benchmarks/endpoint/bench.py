@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from benchmarks.wrk import plot_router_vs_direct, router_vs_direct, router_vs_direct_table  # noqa: E402
 from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.endpoints.provider import EndpointKeysProvider, LocalEndpointProvider  # noqa: E402
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push  # noqa: E402
@@ -91,20 +91,9 @@ def main() -> int:
     results: dict = {"cells": {}}
     try:
         for conns in (8, 32):
-            wrk(router_url, body, keys["primary_key"], conns, 2)  # warm-up
-            rows = {"direct": [], "router": []}
-            for _ in range(args.rounds):  # alternate, so drift hits both alike
-                rows["direct"].append(wrk(direct_url, body, None, conns, args.duration))
-                rows["router"].append(wrk(router_url, body, keys["primary_key"], conns, args.duration))
-            cell = {
-                k: {
-                    "rps": statistics.median(r["rps"] for r in v),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in v),
-                    "non2xx": sum(r["non2xx"] for r in v),
-                }
-                for k, v in rows.items()
-            }
-            cell["ratio_rps"] = cell["router"]["rps"] / cell["direct"]["rps"]
+            cell = router_vs_direct(
+                (router_url, keys["primary_key"]), (direct_url, None), body, conns, args.rounds, args.duration
+            )
             results["cells"][f"c{conns}"] = cell
             print(f"c={conns}: {json.dumps(cell)}", flush=True)
         # A 3-step rollout to a new image: wall time minus its bake times.
@@ -156,25 +145,8 @@ def report(r: dict) -> None:
 
     cells = r["cells"]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    xs = range(len(cells))
-    ax.bar(
-        [x - 0.2 for x in xs],
-        [c["direct"]["rps"] for c in cells.values()],
-        0.4,
-        label="straight to the container",
-    )
-    ax.bar(
-        [x + 0.2 for x in xs],
-        [c["router"]["rps"] for c in cells.values()],
-        0.4,
-        label="through the endpoint router",
-    )
-    for x, c in zip(xs, cells.values(), strict=True):
-        ax.text(x + 0.2, c["router"]["rps"], f"{c['ratio_rps']:.2f}×", ha="center", va="bottom")
-    ax.set_xticks(list(xs), [f"{k[1:]} connections" for k in cells])
-    ax.set_ylabel("requests/s (/score, 1 row)")
+    plot_router_vs_direct(ax, cells, "straight to the container", "through the endpoint router")
     ax.set_title(f"CloudEndpoint router overhead ({r['date']})")
-    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(HERE / "endpoint.png", dpi=110)
     ro = r["rollout"]
@@ -188,14 +160,8 @@ def report(r: dict) -> None:
         "",
         "![router vs direct](endpoint.png)",
         "",
-        "| connections | direct rps | router rps | ratio (goal ≥ 0.8×) | direct p99 | router p99 |",
-        "|---|---|---|---|---|---|",
+        *router_vs_direct_table(cells),
     ]
-    for k, c in cells.items():
-        lines.append(
-            f"| {k[1:]} | {c['direct']['rps']:,.0f} | {c['router']['rps']:,.0f} | **{c['ratio_rps']:.2f}×** | "
-            f"{c['direct']['p99_ms']:.2f} ms | {c['router']['p99_ms']:.2f} ms |"
-        )
     if r.get("earlier_runs_same_day"):
         runs = ", ".join(f"{h['c8_ratio']:.2f}× / {h['c32_ratio']:.2f}×" for h in r["earlier_runs_same_day"])
         lines += [

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from benchmarks.common import run_meta  # noqa: E402
+from benchmarks.wrk import plot_router_vs_direct, router_vs_direct, router_vs_direct_table  # noqa: E402
 from benchmarks.wrk import run as wrk  # noqa: E402
 from mlinfra.automation import local_stack  # noqa: E402
 from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push  # noqa: E402
@@ -98,20 +99,9 @@ def main() -> int:
         while wrk(router_url, body, 1, 1, key)["rps"] <= 0 and time.monotonic() < deadline:
             time.sleep(1)
         for conns in (8, 32):
-            wrk(router_url, body, conns, 2, key)  # warm-up
-            rows: dict[str, list[dict]] = {"direct": [], "router": []}
-            for _ in range(args.rounds):  # alternate, so drift hits both alike
-                rows["direct"].append(wrk(direct_url, body, conns, args.duration, internal))
-                rows["router"].append(wrk(router_url, body, conns, args.duration, key))
-            cell = {
-                k: {
-                    "rps": statistics.median(r["rps"] for r in v),
-                    "p99_ms": statistics.median(r["p99_ms"] for r in v),
-                    "non2xx": sum(r["non2xx"] for r in v),
-                }
-                for k, v in rows.items()
-            }
-            cell["ratio_rps"] = cell["router"]["rps"] / cell["direct"]["rps"]
+            cell = router_vs_direct(
+                (router_url, key), (direct_url, internal), body, conns, args.rounds, args.duration
+            )
             results["cells"][f"c{conns}"] = cell
             print(f"c={conns}: {json.dumps(cell)}", flush=True)
     finally:
@@ -129,19 +119,8 @@ def report(r: dict) -> None:
 
     cells = r["cells"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [2, 1]})
-    xs = range(len(cells))
-    ax.bar(
-        [x - 0.2 for x in xs], [c["direct"]["rps"] for c in cells.values()], 0.4, label="straight to the pod"
-    )
-    ax.bar(
-        [x + 0.2 for x in xs], [c["router"]["rps"] for c in cells.values()], 0.4, label="through the router"
-    )
-    for x, c in zip(xs, cells.values(), strict=True):
-        ax.text(x + 0.2, c["router"]["rps"], f"{c['ratio_rps']:.2f}×", ha="center", va="bottom")
-    ax.set_xticks(list(xs), [f"{k[1:]} connections" for k in cells])
-    ax.set_ylabel("requests/s (/score, 1 row)")
+    plot_router_vs_direct(ax, cells, "straight to the pod", "through the router")
     ax.set_title("router vs pod")
-    ax.legend(loc="lower right")
     s = r["start_s"]
     ax2.boxplot([s["cold"], s["warm"]], tick_labels=["cold", "warm"])
     ax2.set_ylabel("seconds to a Ready node")
@@ -160,14 +139,8 @@ def report(r: dict) -> None:
         "",
         "![router vs pod, cluster start](kubernetes.png)",
         "",
-        "| connections | direct rps | router rps | ratio (goal ≥ 0.8×) | direct p99 | router p99 |",
-        "|---|---|---|---|---|---|",
+        *router_vs_direct_table(cells),
     ]
-    for k, c in cells.items():
-        lines.append(
-            f"| {k[1:]} | {c['direct']['rps']:,.0f} | {c['router']['rps']:,.0f} | **{c['ratio_rps']:.2f}×** | "
-            f"{c['direct']['p99_ms']:.2f} ms | {c['router']['p99_ms']:.2f} ms |"
-        )
     lines += [
         "",
         "A ratio above 1 is not the router adding speed: the router is two nginx pods (1 CPU each at most) that keep",
