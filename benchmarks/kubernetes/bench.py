@@ -70,7 +70,7 @@ def main() -> int:
             base=services.base_image_ref(),
         )
     ).image_ref
-    cluster = node._cluster()
+    cluster = node.local_cluster()
     work = tmp / "program"
     shutil.copytree(HERE / "program", work)
     (tmp / "state").mkdir()

@@ -312,7 +312,8 @@ class Status:
         }
 
 
-def _cluster() -> LocalCluster:
+def local_cluster() -> LocalCluster:
+    """The cluster as a :class:`LocalCluster` (for ``kubectl``), from its kubeconfig."""
     kc = kubeconfig_path()
     server = ""
     with contextlib.suppress(OSError):
@@ -326,14 +327,14 @@ def _cluster() -> LocalCluster:
 def node_ready() -> bool:
     if not kubeconfig_path().exists() or any(_pid(c) is None for c in COMPONENTS):
         return False
-    res = _cluster().kubectl(
+    res = local_cluster().kubectl(
         "get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False
     )
     return res.returncode == 0 and res.stdout.strip() == "True"
 
 
 def status() -> Status:
-    c = _cluster()
+    c = local_cluster()
     return Status(c.kubeconfig, c.server, node_ready(), {k: _pid(k) for k in COMPONENTS})
 
 
@@ -467,7 +468,7 @@ spec:
 
 def _control_plane(timeout_s: float) -> LocalCluster:
     ports_file = home() / "ports.json"
-    cluster = _cluster()
+    cluster = local_cluster()
     if cluster.server and cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0:
         return cluster
     if not ports_file.exists():
@@ -482,7 +483,7 @@ def _control_plane(timeout_s: float) -> LocalCluster:
             text=True,
             timeout=timeout_s,
         )
-        cluster = _cluster()
+        cluster = local_cluster()
         if res.returncode == 0 and cluster.wait_ready(timeout_s, check=False):
             return cluster
         LocalCluster(NAME, home() / "kwok", kubeconfig_path(), "").stop()

@@ -30,7 +30,7 @@ def cluster(local_services) -> LocalCluster:
     from mlinfra.lab import node
 
     local_services("registry", "python-base", "router-base", "kubernetes")
-    return node._cluster()
+    return node.local_cluster()
 
 
 @pytest.fixture(scope="module")
