@@ -1,7 +1,7 @@
 """The local Mosquitto's security: Mosquitto's dynamic security plugin, administered at run time over MQTT.
 
-Devices and their passwords live in the plugin's own configuration (``<cache>/services/mosquitto/
-dynamic-security.json``, written by the broker) and change with commands on the ``$CONTROL/dynamic-security/v1``
+Devices and their passwords live in the plugin's own configuration (``<broker dir>/dynamic-security.json``,
+written by the broker; see :func:`broker_dir`) and change with commands on the ``$CONTROL/dynamic-security/v1``
 topic: creating or rotating a device touches that device only. Nothing rewrites a password file and nothing
 reloads the broker — a reload (SIGHUP) re-checks every connected client, and provisioning used to send one each time
 (issue 26).
@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import threading
 import uuid
 from collections.abc import Iterable
@@ -51,8 +52,64 @@ def plugin_path() -> Path | None:
     return None
 
 
+BROKER_USER = "mosquitto"  # Debian's package creates it
+BROKER_ROOT = Path("/var/lib/mlinfra")
+
+
+def broker_user() -> tuple[int, int] | None:
+    """(uid, gid) the broker drops to when started by root; None when not root (it then runs as the caller)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        raise EdgeError(
+            f"user {BROKER_USER!r} does not exist: run `make setup` (Debian's mosquitto package creates it); the "
+            "broker never runs as root"
+        ) from None
+    return pw.pw_uid, pw.pw_gid
+
+
+def broker_dir() -> Path:
+    """The broker's own files: configuration, ACL, the plugin's clients file and the persistence database.
+
+    Started by root, Mosquitto drops to the ``mosquitto`` user, which cannot reach the cache under /root (0700): the
+    folder is then ``/var/lib/mlinfra/mosquitto`` for the default cache (``mosquitto-<12 hex of the cache's path>``
+    for another one, so a test's broker never shares it), owned by that user, mode 0700. Not root: the service's
+    folder in the cache. Its PID file and log stay in the cache (written by mlinfra, not by the broker)."""
+    if broker_user() is None:
+        return defaults.state_dir("mosquitto")
+    cache = defaults.cache_dir().resolve()
+    default = (Path.home() / ".cache" / "mlinfra").resolve()
+    name = "mosquitto" if cache == default else f"mosquitto-{hashlib.sha256(str(cache).encode()).hexdigest()[:12]}"
+    return BROKER_ROOT / name
+
+
+def prepare_broker_dir() -> Path:
+    """Create the broker's folder (0700, owned by the broker's user, every file in it too); move the files of a
+    broker that ran as root from the cache (its devices, passwords and sessions), once. Returns the folder."""
+    d = broker_dir()
+    old = defaults.state_dir("mosquitto")
+    owner = broker_user()
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if d != old:
+        BROKER_ROOT.chmod(0o755)
+        for name in ("dynamic-security.json", "data"):
+            if (old / name).exists() and not (d / name).exists():
+                shutil.move(str(old / name), str(d / name))
+        for name in ("mosquitto.conf", "acl"):  # the root broker's, rewritten in the new folder
+            (old / name).unlink(missing_ok=True)
+    d.chmod(0o700)
+    if owner is not None:
+        for path in [d, *d.rglob("*")]:
+            os.chown(path, *owner, follow_symlinks=False)
+    return d
+
+
 def config_path() -> Path:
-    return defaults.state_dir("mosquitto") / "dynamic-security.json"
+    return broker_dir() / "dynamic-security.json"
 
 
 def _hash(password: str) -> dict[str, Any]:
@@ -115,7 +172,7 @@ def write_config(admin: dict[str, str]) -> tuple[Path, Path]:
             "groups": [],
             "roles": [],
         }
-        for user, secret in migrate_password_file(path.parent / "passwd").items():
+        for user, secret in migrate_password_file(defaults.state_dir("mosquitto") / "passwd").items():
             if user != admin["username"]:
                 cfg["clients"].append(_client(user, secret))
     cfg["clients"] = [c for c in cfg["clients"] if c.get("username") != admin["username"]]
@@ -129,6 +186,9 @@ def write_config(admin: dict[str, str]) -> tuple[Path, Path]:
     os.replace(tmp, path)
     acl = path.parent / "acl"
     acl.write_text(acl_text(admin["username"]))
+    if (owner := broker_user()) is not None:
+        for p in (path, acl):
+            os.chown(p, *owner)
     return path, acl
 
 

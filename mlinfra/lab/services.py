@@ -285,11 +285,15 @@ def _start_azurite() -> None:
 def _mosquitto_outdated() -> bool:
     """A broker this module started earlier with an older configuration (a password file, before the dynamic security
     plugin; no packet size limit): restarted, devices keep their passwords and sessions."""
-    conf = state_dir("mosquitto") / "mosquitto.conf"
-    if _read_pid("mosquitto") is None or not conf.exists():
+    from mlinfra.lab import broker
+
+    if _read_pid("mosquitto") is None:
         return False
+    conf = broker.broker_dir() / "mosquitto.conf"
+    if not conf.exists():  # ours, but from before the broker left the cache (it ran as root)
+        return True
     text = conf.read_text()
-    return "dynamic_security" not in text or "max_packet_size" not in text
+    return "dynamic_security" not in text or "max_packet_size" not in text or "user root" in text
 
 
 def mosquitto_ok() -> bool:
@@ -335,9 +339,10 @@ def _start_mosquitto() -> None:
             "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) is not installed: run `make "
             "setup` (Debian's mosquitto ships it)"
         )
-    d = state_dir("mosquitto")
+    d = broker.prepare_broker_dir()
     dynsec, acl = broker.write_config(mosquitto_credentials())
-    (d / "data").mkdir(exist_ok=True)
+    owner = broker.broker_user()
+    (d / "data").mkdir(exist_ok=True, mode=0o700)
     conf = d / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
@@ -349,11 +354,17 @@ def _start_mosquitto() -> None:
         f"acl_file {acl}\n"
         "persistence true\n"
         f"persistence_location {d / 'data'}/\n"
-        # Still root: its state lives under the cache in /root (0700), which the `mosquitto` user cannot reach.
-        "user root\n"
-        "log_dest stdout\n"
+        # Started by root, it drops to the `mosquitto` user once its listener is open (see broker.broker_dir).
+        + (f"user {broker.BROKER_USER}\n" if owner is not None else "")
+        + "log_dest stdout\n"
     )
-    pid = _spawn("mosquitto", [binary, "-c", str(conf)])
+    if owner is not None:
+        for p in (d / "data", conf):
+            os.chown(p, *owner)
+    # Line-buffered: Mosquitto writes its stdout log with stdio and never flushes it, so without stdbuf the log (which
+    # tests and `services status` read) would reach the file only at exit. stdbuf execs: the PID is Mosquitto's.
+    stdbuf = shutil.which("stdbuf")
+    pid = _spawn("mosquitto", [*([stdbuf, "-oL"] if stdbuf else []), binary, "-c", str(conf)])
     _wait("mosquitto", mosquitto_ok, pid, 20)
 
 

@@ -9,6 +9,8 @@ time over ``$CONTROL/dynamic-security/v1`` (mlinfra.lab.broker): no reload, only
 from __future__ import annotations
 
 import base64
+import pwd
+import shutil
 import collections
 import hashlib
 import json
@@ -27,6 +29,7 @@ from pulumi import automation as auto
 from mlinfra.automation import local_stack
 from mlinfra.edge.fleet import Broker, read_fleet
 from mlinfra.lab import services
+from mlinfra.lab import broker as lab_broker
 from mlinfra.lab.broker import provision_devices, security_status
 from mlinfra.lab.samples import write_mlp
 from mlinfra_edge.agent import AgentConfig, EdgeAgent
@@ -200,6 +203,55 @@ def test_a_password_file_broker_is_migrated_with_its_devices(tmp_path: Path, mon
             read_fleet(wrong)
     finally:
         services.down(["mosquitto"], progress=lambda _m: None)
+        shutil.rmtree(lab_broker.broker_dir(), ignore_errors=True)
+
+
+def _device_logs_in(port: int, device: str, password: str) -> bool:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+    c.username_pw_set(device, password)
+    c.connect("127.0.0.1", port)
+    ok = c.loop(timeout=2.0) == 0 and c.is_connected()
+    c.disconnect()
+    return ok
+
+
+def test_the_broker_runs_unprivileged_and_keeps_the_devices_of_a_root_broker(tmp_path: Path, monkeypatch) -> None:
+    """Mosquitto drops to the `mosquitto` user, its files in a folder that user owns (0700) outside root's cache;
+    a broker that ran as root, its clients file and database in the cache, is moved there once: its devices keep
+    their passwords."""
+    monkeypatch.setenv("MLINFRA_CACHE", str(tmp_path / "cache"))
+    port = free_port()
+    monkeypatch.setenv("MLINFRA_MQTT_PORT", str(port))
+    old = services.state_dir("mosquitto")
+    admin = lab_broker.defaults.broker_credentials()
+    clients = [
+        lab_broker._client(admin["username"], lab_broker._hash(admin["password"]), device=False),
+        lab_broker._client("root-era", lab_broker._hash("root-era-password")),
+    ]
+    (old / "dynamic-security.json").write_text(
+        json.dumps({"clients": clients, "groups": [], "roles": [], "defaultACLAccess": {}})
+    )
+    (old / "mosquitto.conf").write_text("listener 1 127.0.0.1\nuser root\n")
+    try:
+        services.ensure(["mosquitto"], progress=lambda _m: None)
+        pid = services._read_pid("mosquitto")
+        uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[1])
+        assert uid == pwd.getpwnam("mosquitto").pw_uid != 0, "the broker runs as the mosquitto user, not root"
+        d = lab_broker.broker_dir()
+        assert not str(d).startswith(str(Path.home())), d
+        assert d.stat().st_uid == uid and d.stat().st_mode & 0o777 == 0o700
+        assert not (old / "dynamic-security.json").exists() and not (old / "mosquitto.conf").exists()
+        assert _device_logs_in(port, "root-era", "root-era-password"), "a device of the root broker logs in"
+        assert not _device_logs_in(port, "root-era", "guess")
+        # What the broker writes at run time (the plugin's clients file) it can write as its user.
+        provision_devices(["after-drop"], Broker.local())
+        time.sleep(0.5)
+        assert "after-drop" in (d / "dynamic-security.json").read_text(), "the plugin saved its new client"
+        log = (old / "mosquitto.log").read_text()
+        assert "Error" not in log and "after-drop" in log, "the log is written as it happens (line-buffered)"
+    finally:
+        services.down(["mosquitto"], progress=lambda _m: None)
+        shutil.rmtree(lab_broker.broker_dir(), ignore_errors=True)
 
 
 def _connect(port: int, username: str, password: str, client_id: str) -> tuple[mqtt.Client, str]:
