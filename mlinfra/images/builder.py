@@ -712,6 +712,43 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
             raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
 
 
+def _docker_login(spec: ImageSpec, host: str, config: Path) -> list[str]:
+    """With registry credentials, a private Docker CLI configuration logged in to HOST (under the caller's temporary
+    folder, so nothing outlives the build) and the CLI options that use it: ``--config DIR``. The password goes on
+    standard input, never on a command line; the caller's own configuration is copied first, so its logins (for a
+    base image elsewhere) still work. Without credentials: no options (Docker's own configuration)."""
+    import os
+
+    if not spec.username and not spec.password:
+        return []
+    if not (spec.username and spec.password):
+        raise ImageBuildError(
+            f"registry {host}: give both registry_username and registry_password, or neither (Docker's own login)"
+        )
+    config.mkdir(mode=0o700)
+    mine = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+    try:
+        cfg = json.loads(mine.read_text()) if mine.is_file() else {}
+    except (OSError, ValueError):
+        cfg = {}
+    # Our login must land in this folder's file, never in a credential store that outlives the build.
+    cfg.pop("credsStore", None)
+    (cfg.get("credHelpers") or {}).pop(host, None)
+    (cfg.get("auths") or {}).pop(host, None)
+    with os.fdopen(os.open(config / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        json.dump(cfg, f)
+    res = subprocess.run(
+        [DOCKER, "--config", str(config), "login", host, "--username", spec.username, "--password-stdin"],
+        input=spec.password,
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        why = res.stderr.strip().replace(spec.password, "[secret]")[-600:]
+        raise ImageBuildError(f"docker login to {host} as {spec.username!r} failed: {why}")
+    return ["--config", str(config)]
+
+
 def docker_build_and_push(
     spec: ImageSpec, dockerfile: Path, context: Path | None = None, progress: Progress = lambda _m: None
 ) -> BuildResult:
@@ -738,6 +775,7 @@ def docker_build_and_push(
     )[:16]
     tag = f"{host}/{repo}:build-{inputs}"
     with tempfile.TemporaryDirectory(prefix="mlinfra-docker-ctx-") as tmp:
+        cli = [DOCKER, *_docker_login(spec, host, Path(tmp) / "docker-config")]
         ctx = Path(tmp) / "ctx"
         docker_context(spec, context, ctx, progress)
         labels = [
@@ -759,7 +797,7 @@ def docker_build_and_push(
         progress(f"docker build -f {dockerfile.name} ({tag})")
         res = subprocess.run(
             [
-                DOCKER,
+                *cli,
                 "build",
                 "-q",
                 "-f",
@@ -777,9 +815,10 @@ def docker_build_and_push(
         )
         if res.returncode != 0:
             raise ImageBuildError(f"docker build of {dockerfile} failed:\n{res.stderr.strip()[-2000:]}")
-    res = subprocess.run([DOCKER, "push", tag], capture_output=True, text=True)
+        res = subprocess.run([*cli, "push", tag], capture_output=True, text=True)
     if res.returncode != 0:
-        raise ImageBuildError(f"docker push to {host} failed: {res.stderr.strip()[-800:]}")
+        hint = "" if spec.username else " (give registry_username and registry_password if it needs a login)"
+        raise ImageBuildError(f"docker push to {host} failed{hint}: {res.stderr.strip()[-800:]}")
     m = re.search(r"digest: (sha256:[0-9a-f]{64})", res.stdout)
     if not m:
         raise ImageBuildError(f"docker push to {host} printed no digest: {res.stdout[-400:]}")

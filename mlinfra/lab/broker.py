@@ -83,7 +83,11 @@ def broker_dir() -> Path:
         return defaults.state_dir("mosquitto")
     cache = defaults.cache_dir().resolve()
     default = (Path.home() / ".cache" / "mlinfra").resolve()
-    name = "mosquitto" if cache == default else f"mosquitto-{hashlib.sha256(str(cache).encode()).hexdigest()[:12]}"
+    name = (
+        "mosquitto"
+        if cache == default
+        else f"mosquitto-{hashlib.sha256(str(cache).encode()).hexdigest()[:12]}"
+    )
     return BROKER_ROOT / name
 
 

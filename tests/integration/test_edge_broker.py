@@ -9,12 +9,12 @@ time over ``$CONTROL/dynamic-security/v1`` (mlinfra.lab.broker): no reload, only
 from __future__ import annotations
 
 import base64
-import pwd
-import shutil
 import collections
 import hashlib
 import json
 import os
+import pwd
+import shutil
 import subprocess
 import sys
 import threading
@@ -28,8 +28,8 @@ from pulumi import automation as auto
 
 from mlinfra.automation import local_stack
 from mlinfra.edge.fleet import Broker, read_fleet
-from mlinfra.lab import services
 from mlinfra.lab import broker as lab_broker
+from mlinfra.lab import services
 from mlinfra.lab.broker import provision_devices, security_status
 from mlinfra.lab.samples import write_mlp
 from mlinfra_edge.agent import AgentConfig, EdgeAgent
@@ -215,7 +215,9 @@ def _device_logs_in(port: int, device: str, password: str) -> bool:
     return ok
 
 
-def test_the_broker_runs_unprivileged_and_keeps_the_devices_of_a_root_broker(tmp_path: Path, monkeypatch) -> None:
+def test_the_broker_runs_unprivileged_and_keeps_the_devices_of_a_root_broker(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Mosquitto drops to the `mosquitto` user, its files in a folder that user owns (0700) outside root's cache;
     a broker that ran as root, its clients file and database in the cache, is moved there once: its devices keep
     their passwords."""

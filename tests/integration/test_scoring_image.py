@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
+import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from mlinfra.lab import services
 from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelError, ModelRegistry
 from tests.scoring_helpers import free_port
+from tests.state_helpers import plaintext_secrets
 
 pytestmark = pytest.mark.integration
 DOCKER = "/usr/bin/docker"
@@ -278,4 +283,86 @@ def test_users_own_dockerfile_is_built_by_the_docker_engine(
     assert ref.startswith(f"{repo}@sha256:")
     _run_and_score(ref, model_file)
     assert stack.up().summary.resource_changes == {"same": 5}, "unchanged inputs must not rebuild"
+    stack.destroy()
+
+
+@pytest.fixture
+def login_registry(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """A second local registry that wants a login (htpasswd, bcrypt): (host, username, password)."""
+    import warnings
+
+    with warnings.catch_warnings():  # bcrypt through libxcrypt; deprecated in 3.11 but present (the registry
+        warnings.simplefilter("ignore", DeprecationWarning)  # takes only bcrypt)
+        import crypt
+
+    user, password = "pusher", f"pw-{uuid.uuid4().hex}"
+    d = tmp_path / "login-registry"
+    d.mkdir()
+    (d / "htpasswd").write_text(f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
+    port = free_port()
+    (d / "config.yml").write_text(
+        f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: mlinfra-test\n"
+        f"    path: {d / 'htpasswd'}\n"
+    )
+    proc = subprocess.Popen(
+        ["/usr/bin/docker-registry", "serve", str(d / "config.yml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while services.port_is_bound(port) is False and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}", user, password
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_dockerfile_image_is_pushed_with_the_stacks_registry_login(
+    tmp_path: Path, backend: Path, program, services_up, login_registry
+) -> None:
+    """`dockerfile=` pushes with registry_username/registry_password (they were ignored: Docker's own login was
+    used): logged in through a private Docker configuration that the build deletes, the password on standard input
+    only, nothing left in the user's Docker configuration, the password a secret in the state."""
+    host, user, password = login_registry
+    model_file = write_mlp(tmp_path / "model.onnx")
+    repo = f"{host}/test/byo-login"
+    stack = local_stack(
+        program("dockerfile-image"),
+        "byo-login",
+        backend_dir=backend,
+        config={"path": str(model_file), "registry": f"file://{tmp_path / 'registry'}", "repository": repo},
+    )
+    with pytest.raises(auto.CommandError) as e:
+        stack.up()
+    assert "registry_username and registry_password" in str(e.value), "an anonymous push names the fix"
+    stack.set_config("registry_username", auto.ConfigValue(user))
+    stack.set_config("registry_password", auto.ConfigValue(password, secret=True))
+    ref = stack.up().outputs["image_ref"].value
+    assert ref.startswith(f"{repo}@sha256:")
+    digest = ref.split("@", 1)[1]
+    url = f"http://{host}/v2/test/byo-login/manifests/{digest}"
+    accept = (
+        "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+    )
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": accept}), timeout=5)
+    assert denied.value.code == 401, "the registry really wants a login"
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(
+        url, method="HEAD", headers={"Accept": accept, "Authorization": f"Basic {basic}"}
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200, "the pushed image is in the registry that wanted a login"
+    mine = Path.home() / ".docker" / "config.json"
+    assert not mine.exists() or host not in mine.read_text(), (
+        "the login did not leak into Docker's configuration"
+    )
+    assert plaintext_secrets(backend, password) == [], "the password is a secret in the state"
+    assert not list(Path(tempfile.gettempdir()).glob("mlinfra-docker-ctx-*")), (
+        "the private configuration is gone"
+    )
+    assert stack.up().summary.resource_changes == {"same": 5}
     stack.destroy()
