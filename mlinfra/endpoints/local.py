@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,9 +145,10 @@ def start_upstream(
 ) -> list[dict[str, Any]]:
     """Start containers until UP has one per port in PORTS (its slot's loopback ports); returns the new ones.
 
-    With data collection (MLINFRA_SERVE_COLLECT in the env) a replica runs on the host network, its server bound to
-    127.0.0.1:<port>, so it reaches storage on loopback (Azurite) too; its spool is a host folder that survives
-    restarts (`<endpoint dir>/spool/<deployment>-<i>`), and a local-folder sink is mounted at its own path."""
+    With data collection (MLINFRA_SERVE_COLLECT in the env) a replica stays on Docker's bridge like the others: a
+    blob endpoint on this machine's loopback (Azurite) is addressed at the bridge's gateway instead
+    (:func:`container_sink`); its spool is a host folder that survives restarts
+    (`<endpoint dir>/spool/<deployment>-<i>`), and a local-folder sink is mounted at its own path."""
     spec = up.spec
     digest, models = image_info(spec["image"])
     spec["digest"], spec["models"] = digest, models
@@ -174,16 +176,16 @@ def start_upstream(
             spool = endpoint_dir(endpoint) / "spool" / f"{up.deployment}-{i}"
             spool.mkdir(parents=True, exist_ok=True)
             os.chown(spool, 10001, 10001)
-            args += ["--network", "host", "-v", f"{spool}:/var/lib/mlinfra/spool"]
-            env.update({"MLINFRA_SERVE_HOST": "127.0.0.1", "MLINFRA_SERVE_PORT": str(port)})
-            sink = json.loads(env["MLINFRA_SERVE_COLLECT"]).get("sink", "")
+            args += ["-v", f"{spool}:/var/lib/mlinfra/spool"]
+            collect = json.loads(env["MLINFRA_SERVE_COLLECT"])
+            sink = collect.get("sink", "")
             if sink.startswith("file://"):
                 folder = Path(sink[len("file://") :])
                 folder.mkdir(parents=True, exist_ok=True)
                 os.chown(folder, 10001, 10001)
                 args += ["-v", f"{folder}:{folder}"]
-        else:
-            args += ["-p", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
+            env["MLINFRA_SERVE_COLLECT"] = json.dumps({**collect, "sink": container_sink(sink)})
+        args += ["-p", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
         for k, v in sorted(labels.items()):
             args += ["--label", f"{k}={v}"]
         for k, v in sorted(env.items()):
@@ -200,6 +202,45 @@ def start_upstream(
         started.append(c)
         log(f"{up.key}: started {name} on 127.0.0.1:{port} (slot {up.slot})")
     return started
+
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def container_sink(sink: str) -> str:
+    """SINK as a container on Docker's bridge reaches it: an ``azblob://…?endpoint=URL`` whose URL is on this
+    machine's loopback gets the bridge's gateway address instead (`mlinfra services` forwards Azurite's port from
+    there to 127.0.0.1, see mlinfra.lab.services.forward_azurite_to_containers; another loopback service needs the
+    same forward). Anything else is returned unchanged."""
+    u = urllib.parse.urlsplit(sink)
+    if u.scheme != "azblob":
+        return sink
+    query = urllib.parse.parse_qsl(u.query, keep_blank_values=True)
+    out = []
+    for k, v in query:
+        if k == "endpoint":
+            e = urllib.parse.urlsplit(v)
+            if (e.hostname or "") in LOOPBACK_HOSTS or (e.hostname or "").startswith("127."):
+                netloc = bridge_gateway() + (f":{e.port}" if e.port else "")
+                v = urllib.parse.urlunsplit(e._replace(netloc=netloc))
+        out.append((k, v))
+    return urllib.parse.urlunsplit(u._replace(query=urllib.parse.urlencode(out, safe=":/")))
+
+
+_GATEWAY: list[str] = []
+
+
+def bridge_gateway() -> str:
+    """The address of Docker's default bridge on this machine, as its containers see it (cached per process)."""
+    if not _GATEWAY:
+        r = docker(
+            "network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", check=False
+        )
+        gw = r.stdout.strip()
+        if r.returncode != 0 or not gw:
+            raise EndpointError(f"Docker's default bridge has no gateway address: {r.stderr.strip()[-300:]}")
+        _GATEWAY.append(gw)
+    return _GATEWAY[0]
 
 
 def container_logs(name: str, lines: int = 8) -> str:

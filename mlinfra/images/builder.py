@@ -567,7 +567,7 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
             "CMD",
             "python3",
             "-c",
-            # The port the server listens on: replicas on the host network (data collection) move it.
+            # The port the server listens on (MLINFRA_SERVE_PORT may move it).
             "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % "
             f"os.environ.get('MLINFRA_SERVE_PORT', '{PORT}'), timeout=2)",
         ],

@@ -184,6 +184,8 @@ class Service:
     depends: list[str] = field(default_factory=list)
     stop: Callable[[], bool] | None = None
     """How to stop it when it is more than the one process in its PID file."""
+    after: Callable[[], None] | None = None
+    """What must hold beside the process whenever it is up (run by ensure, started or found running)."""
 
 
 def docker_ok() -> bool:
@@ -253,6 +255,50 @@ def azurite_ok() -> bool:
     # Any HTTP answer from the blob endpoint means Azurite is up (unauthenticated requests get 403).
     status = _http_status(f"{azurite_blob_url()}?comp=list")
     return status is not None and status < 500
+
+
+FORWARD_CHAIN = "MLINFRA-LOOPBACK"
+
+
+def forward_azurite_to_containers() -> None:
+    """Containers on Docker's default bridge reach Azurite (bound to 127.0.0.1 only) at the bridge's gateway
+    address, on Azurite's port: a DNAT in chain MLINFRA-LOOPBACK (nat PREROUTING) for packets that arrive *from
+    docker0* to that address and port, to 127.0.0.1, with route_localnet on docker0 only (never on `all`: a packet
+    from another interface to 127.0.0.1 stays a martian). Nothing outside this machine reaches it, nothing but
+    Azurite's port is forwarded, and a data-collecting replica needs no host network (it used to run on it, seeing
+    every loopback service). Idempotent; a no-op without docker0 (Docker not started) or without root."""
+    if os.geteuid() != 0 or not Path("/sys/class/net/docker0").exists():
+        return
+    gw = docker_bridge_gateway()
+    if not gw:
+        return
+    Path("/proc/sys/net/ipv4/conf/docker0/route_localnet").write_text("1\n")
+    port = str(azurite_port())
+
+    def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise ServiceError(f"iptables -t nat {' '.join(args)}: {r.stderr.strip()}")
+        return r
+
+    ipt("-N", FORWARD_CHAIN, check=False)
+    ipt("-F", FORWARD_CHAIN)
+    ipt(
+        "-A", FORWARD_CHAIN, "-i", "docker0", "-d", gw, "-p", "tcp", "--dport", port,
+        "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    if ipt("-C", "PREROUTING", "-j", FORWARD_CHAIN, check=False).returncode != 0:
+        ipt("-I", "PREROUTING", "1", "-j", FORWARD_CHAIN)
+
+
+def docker_bridge_gateway() -> str:
+    """The address of docker0 (the default bridge's gateway), as containers see this machine; "" without it."""
+    r = subprocess.run(
+        [docker_cli(), "network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
+        capture_output=True,
+        text=True,
+    )
+    return r.stdout.strip() if r.returncode == 0 else ""
 
 
 def _start_azurite() -> None:
@@ -549,6 +595,7 @@ SERVICES: dict[str, Service] = {
             _start_docker,
             _docker_address,
             "make services (starts dockerd; install with make setup)",
+            after=forward_azurite_to_containers,  # docker0 is new after a restart of dockerd
         ),
         Service(
             "registry",
@@ -565,6 +612,7 @@ SERVICES: dict[str, Service] = {
             _start_azurite,
             azurite_blob_url,
             "make services",
+            after=forward_azurite_to_containers,
         ),
         Service(
             "mosquitto", "MQTT broker (Mosquitto)", mosquitto_ok, _start_mosquitto, mqtt_url, "make services"
@@ -623,6 +671,8 @@ def ensure(names: Iterable[str] | None = None, progress: Callable[[str], None] =
     for n in order:
         svc = SERVICES[n]
         if svc.check():
+            if svc.after:
+                svc.after()
             progress(f"{n:12s} up       {svc.address()}")
             continue
         t0 = time.monotonic()
@@ -632,6 +682,8 @@ def ensure(names: Iterable[str] | None = None, progress: Callable[[str], None] =
             raise
         except Exception as e:  # surface any failure as the service's failure
             raise ServiceError(f"{n} ({svc.description}) could not start: {e}") from e
+        if svc.after:
+            svc.after()
         progress(f"{n:12s} started  {svc.address()}  ({time.monotonic() - t0:.1f} s)")
 
 

@@ -307,11 +307,36 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
         assert {k for k, v in pv.change_summary.items() if v} == {"same"}, pv.change_summary
         assert plaintext_secrets(backend, services.AZURITE_KEY, "sig=") == []
         assert find_containers("scoring-dc")
-        # Collecting replicas run on the host network on their own port: the image's health check must probe that
-        # port (it probed 8080 and reported them unhealthy for their whole life).
+        # Collecting replicas stay on Docker's bridge (they ran on the host network, where they saw every loopback
+        # service): Azurite is reached at the bridge's gateway, forwarded to its port only.
         replicas = [
             c["name"] for c in find_containers("scoring-dc") if c["labels"].get("mlinfra.io/role") != "router"
         ]
+        modes = {
+            n: subprocess.run(
+                ["docker", "inspect", "-f", "{{.HostConfig.NetworkMode}}", n], capture_output=True, text=True
+            ).stdout.strip()
+            for n in replicas
+        }
+        assert modes and set(modes.values()) == {"default"}, modes
+        probe = (
+            "import socket,sys\nfor p in map(int, sys.argv[2:]):\n"
+            "    s = socket.socket(); s.settimeout(2)\n"
+            "    print(p, s.connect_ex((sys.argv[1], p)) == 0)\n"
+        )
+        gw = subprocess.run(
+            ["docker", "network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
+            capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        reach = subprocess.run(
+            ["docker", "exec", replicas[0], "python3", "-c", probe, gw,
+             str(services.azurite_port()), str(services.registry_port()), str(services.mqtt_port())],
+            capture_output=True, text=True,
+        ).stdout.split()  # fmt: skip
+        assert reach == [str(services.azurite_port()), "True", str(services.registry_port()), "False",
+                         str(services.mqtt_port()), "False"], reach  # fmt: skip
+        # The image's health check probes the port the server listens on (it once probed the wrong one and
+        # reported collecting replicas unhealthy for their whole life).
         health: dict[str, str] = {}
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline:
