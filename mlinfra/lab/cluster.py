@@ -99,15 +99,18 @@ class LocalCluster:
         )
         # HPAs re-evaluate every 5 s instead of 15 s: scale-outs show in tests and demos sooner.
         hpa_sync = ", {key: horizontal-pod-autoscaler-sync-period, value: 5s}"
+        # One instance each, so no leader election: with it, an API server slowed down by a busy machine made the
+        # controller manager lose its lease and exit (nothing restarts it; namespaces then never finish deleting).
+        single = ', {key: leader-elect, value: "false"}'
         config.write_text(f"""kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 componentsPatches:
 - name: kube-apiserver
   extraArgs: [{{key: bind-address, value: 127.0.0.1}}{kubelet_client}]
 - name: kube-controller-manager
-  extraArgs: [{{key: bind-address, value: 127.0.0.1}}{hpa_sync}]
+  extraArgs: [{{key: bind-address, value: 127.0.0.1}}{hpa_sync}{single}]
 - name: kube-scheduler
-  extraArgs: [{{key: bind-address, value: 127.0.0.1}}]
+  extraArgs: [{{key: bind-address, value: 127.0.0.1}}{single}]
 - name: etcd
   extraArgs:
   - {{key: listen-client-urls, value: "http://127.0.0.1:{etcd}"}}

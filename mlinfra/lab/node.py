@@ -324,8 +324,39 @@ def local_cluster() -> LocalCluster:
     return LocalCluster(NAME, home() / "kwok", kc, server)
 
 
+def _control_plane_alive() -> bool:
+    """Every control-plane process kwokctl started is alive (the API server answering is not enough: a controller
+    manager that exited leaves Deployments without pods and namespaces never deleted)."""
+    pids = home() / "kwok" / "clusters" / NAME / "pids"
+    files = list(pids.glob("*.pid")) if pids.is_dir() else []
+    if not files:
+        return False
+    for f in files:
+        try:
+            os.kill(int(f.read_text().strip()), 0)
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _single_instance_config() -> None:
+    """A cluster created before leader election was turned off: turn it off in its saved configuration (the
+    controller manager's and the scheduler's arguments are the ones with --kubeconfig)."""
+    path = home() / "kwok" / "clusters" / NAME / "kwok.yaml"
+    if not path.exists() or "--leader-elect=false" in path.read_text():
+        return
+    out = []
+    for line in path.read_text().splitlines():
+        out.append(line)
+        if line.strip().startswith("- --kubeconfig="):
+            out.append(line.split("-", 1)[0] + "- --leader-elect=false")
+    path.write_text("\n".join(out) + "\n")
+
+
 def node_ready() -> bool:
     if not kubeconfig_path().exists() or any(_pid(c) is None for c in COMPONENTS):
+        return False
+    if not _control_plane_alive():
         return False
     res = local_cluster().kubectl(
         "get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}", check=False
@@ -469,13 +500,20 @@ spec:
 def _control_plane(timeout_s: float) -> LocalCluster:
     ports_file = home() / "ports.json"
     cluster = local_cluster()
-    if cluster.server and cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0:
+    _single_instance_config()
+    if (
+        cluster.server
+        and _control_plane_alive()
+        and cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0
+    ):
         return cluster
     if not ports_file.exists():
         names = ("kubelet", "kubelet_healthz", "proxy_metrics", "proxy_healthz", "metrics")
         ports_file.write_text(json.dumps(dict(zip(names, free_ports(len(names)), strict=True))))
     if (home() / "kwok" / "clusters" / NAME).exists():
-        # Stopped (machine restart, services down): start it again with its etcd data.
+        # Stopped (machine restart, services down) or a component died: start it again with its etcd data.
+        if cluster.server:
+            LocalCluster(NAME, home() / "kwok", kubeconfig_path(), "").stop(keep=True)
         res = subprocess.run(
             [str(kube_bin_dir() / "kwokctl"), "start", "cluster", "--name", NAME],
             env={**os.environ, "KWOK_WORKDIR": str(home() / "kwok")},
