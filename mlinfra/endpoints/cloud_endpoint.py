@@ -317,6 +317,7 @@ class CloudEndpoint(pulumi.ComponentResource):
                 keys_out,
                 args.deployments,
                 self.internal_key,
+                rollout,
             )
         else:
             port = args.target.port

@@ -62,6 +62,7 @@ def build_kubernetes(
     keys: list[Any],
     deployments: dict[str, Any],
     internal_key: Any,
+    rollout: Any,
 ) -> dict[str, Any]:
     from mlinfra.endpoints.cloud_endpoint import check_kubeconfig
 
@@ -130,12 +131,13 @@ def build_kubernetes(
     if dc is not None:
         # The write-only SAS reaches the pods through a Secret, never as a plain env value in the manifest.
         if write_secrets:
-            k8s.core.v1.Secret(
+            collect_secret = k8s.core.v1.Secret(
                 f"{name}-collect",
                 metadata={"name": f"{endpoint}-collect", "namespace": ns_name, "labels": base},
                 string_data={"sas": dc.sas.apply(lambda v: v or "")},
                 opts=nsopts,
             )
+            depends.append(collect_secret)
         collect_env = [
             {
                 "name": "MLINFRA_SERVE_COLLECT_CREDENTIAL",
@@ -203,6 +205,14 @@ def build_kubernetes(
         },
         opts=nsopts,
     )
+    # Applying to a cluster, the rollout engine moves traffic between two slot Deployments per deployment, gated
+    # (mlinfra.endpoints.kube_rollout); rendering YAML for GitOps, each deployment is one Deployment that the
+    # GitOps tool rolls.
+    live = not target.render_yaml_to
+    templates: dict[str, Any] = {}
+    replicas_in: dict[str, Any] = {}
+    autoscale_in: dict[str, Any] = {}
+    slot_ips: dict[str, Any] = {}
     services_out: dict[str, str] = {}
     service_objs: dict[str, k8s.core.v1.Service] = {}
     deployments_out: dict[str, Any] = {}
@@ -276,8 +286,56 @@ def build_kubernetes(
                 },
             },
         }
-        dopts = nsopts
         autoscale = spec["autoscale"]
+        templates[d] = deployment_spec["template"]
+        replicas_in[d] = spec["replicas"]
+        autoscale_in[d] = autoscale
+        deployments_out[d] = pulumi.Output.all(spec["image"], models).apply(
+            functools.partial(_deployment_out, spec)
+        )
+        svc = k8s.core.v1.Service(  # both slots' pods: what mirroring and users address as the deployment
+            obj,
+            # Applying, its pods come later (from the rollout, which needs this Service's address first).
+            metadata={
+                "name": obj,
+                "namespace": ns_name,
+                "labels": labels,
+                **({"annotations": {"pulumi.com/skipAwait": "true"}} if live else {}),
+            },
+            spec={"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            opts=nsopts,
+        )
+        depends.append(svc)
+        service_objs[d] = svc
+        services_out[d] = f"{obj}.{ns_name}.svc.cluster.local:80"
+        k8s.policy.v1.PodDisruptionBudget(
+            obj,
+            metadata={"name": obj, "namespace": ns_name, "labels": labels},
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+            opts=nsopts,
+        )
+        if live:
+            # The rollout's two slots: their Services are declared here, once (known addresses at preview, so the
+            # router's configuration never looks changed); their Deployments and HPAs are the rollout's
+            # (mlinfra.endpoints.kube_rollout).
+            for slot in ("a", "b"):
+                slot_svc = k8s.core.v1.Service(
+                    f"{obj}-{slot}",
+                    metadata={
+                        "name": f"{obj}-{slot}",
+                        "namespace": ns_name,
+                        "labels": {**base, "mlinfra.io/deployment": d},
+                        "annotations": {"pulumi.com/skipAwait": "true"},
+                    },
+                    spec={
+                        "selector": {**selector, "mlinfra.io/slot": slot},
+                        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                    },
+                    opts=nsopts,
+                )
+                slot_ips[nginx.upstream_name(d, slot.upper())] = slot_svc.spec.cluster_ip
+            continue
+        dopts = nsopts
         if autoscale is None:
             deployment_spec["replicas"] = spec["replicas"]
         else:
@@ -290,20 +348,6 @@ def build_kubernetes(
             metadata={"name": obj, "namespace": ns_name, "labels": labels},
             spec=deployment_spec,
             opts=dopts,
-        )
-        svc = k8s.core.v1.Service(
-            obj,
-            metadata={"name": obj, "namespace": ns_name, "labels": labels},
-            spec={"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-            opts=nsopts,
-        )
-        depends.append(svc)
-        service_objs[d] = svc
-        k8s.policy.v1.PodDisruptionBudget(
-            obj,
-            metadata={"name": obj, "namespace": ns_name, "labels": labels},
-            spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
-            opts=nsopts,
         )
         if autoscale is not None:
             k8s.autoscaling.v2.HorizontalPodAutoscaler(
@@ -328,24 +372,49 @@ def build_kubernetes(
                 },
                 opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=[kd])),
             )
-        services_out[d] = f"{obj}.{ns_name}.svc.cluster.local:80"
-        deployments_out[d] = pulumi.Output.all(spec["image"], models).apply(
-            functools.partial(_deployment_out, spec)
-        )
     # The router: nginx.conf in a ConfigMap (it holds no secret), the traffic map as route files in a ConfigMap and
     # the keys as file names in a Secret. The kubelet refreshes mounted ConfigMaps and Secrets in place, and nginx
     # checks the files on every request: traffic changes and key rotations reach running routers without a restart.
     # Upstreams are the Services' ClusterIPs when applying (a cluster needs no DNS for it, and an IP is fixed for a
     # Service's life), their DNS names when rendering YAML (no ClusterIP is known before the cluster assigns it).
     unames = {d: nginx.upstream_name(d, "svc") for d in services_out}
+    rollout_res = None
+    if live:
+        from mlinfra.endpoints.kube_rollout import KubernetesRollout
 
-    def _render(ips: dict[str, Any]) -> str:
+        rollout_res = KubernetesRollout(
+            f"{name}-rollout",
+            {
+                "endpoint": endpoint,
+                "namespace": ns_name,
+                "kubeconfig": target.kubeconfig,
+                "context": target.context,
+                "labels": base,
+                "tls": bool(tls),
+                "templates": templates,
+                "replicas": replicas_in,
+                "autoscale": autoscale_in,
+                "traffic": {d: int(w) for d, w in traffic.items()},
+                "rollout": rollout.model_dump(),
+            },
+            pulumi.ResourceOptions(parent=parent, depends_on=list(depends)),
+        )
+
+    def _render(ips: dict[str, Any], slot_ips: dict[str, str] | None = None) -> str:
         addresses = {d: f"{ips[d]}:80" if ips.get(d) else a for d, a in services_out.items()}
+        upstreams = {unames[d]: (d, [a]) for d, a in addresses.items()}
+        for (
+            d
+        ) in services_out:  # the rollout's slots (applying to a cluster): what the route files choose from
+            for slot in ("A", "B"):
+                u = nginx.upstream_name(d, slot)
+                if (slot_ips or {}).get(u):
+                    upstreams[u] = (d, [f"{slot_ips[u]}:80"])  # type: ignore[index]
         return nginx.render(
             nginx.RouterConfig(
                 listen=f"0.0.0.0:{ROUTER_PORT}",
                 generation="k8s",
-                upstreams={unames[d]: (d, [a]) for d, a in addresses.items()},
+                upstreams=upstreams,
                 state_dir="/etc/mlinfra",
                 mirror={unames[d]: float(p) for d, p in mirror.items() if p},
                 key_auth=args.auth == "key",
@@ -354,27 +423,32 @@ def build_kubernetes(
                 tls_cert="/etc/mlinfra/tls/cert.pem" if tls else None,
                 tls_key="/etc/mlinfra/tls/key.pem" if tls else None,
                 tls_client_ca="/etc/mlinfra/tls/client_ca.pem" if tls else None,
+                route_probe=slot_ips is not None,
             )
         ).replace("pid /tmp/nginx.pid;", "pid /tmp/nginx.pid;  # conf: /etc/mlinfra/conf/nginx.conf")
 
-    conf = (
-        pulumi.Output.all(**{d: svc.spec.cluster_ip for d, svc in service_objs.items()}).apply(_render)
-        if service_objs and not target.render_yaml_to
-        else pulumi.Output.from_input(_render({}))
-    )
-    routes = nginx.bucket_routes({unames[d]: float(w) for d, w in traffic.items() if w}, unames)
+    if rollout_res is not None:
+        conf = pulumi.Output.all(
+            pulumi.Output.all(**{d: svc.spec.cluster_ip for d, svc in service_objs.items()}),
+            pulumi.Output.all(**slot_ips),
+        ).apply(lambda a: _render(a[0], a[1] or {}))
+    else:
+        conf = pulumi.Output.from_input(_render({}))
     conf_map = k8s.core.v1.ConfigMap(
         f"{name}-router",
         metadata={"name": f"{endpoint}-router", "namespace": ns_name, "labels": base},
         data={"nginx.conf": conf},
         opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=depends)),
     )
-    routes_map = k8s.core.v1.ConfigMap(
-        f"{name}-routes",
-        metadata={"name": f"{endpoint}-routes", "namespace": ns_name, "labels": base},
-        data=dict.fromkeys(sorted(routes), ""),
-        opts=nsopts,
-    )
+    routes_map = None
+    if rollout_res is None:  # applying, the rollout writes the route files step by step
+        routes = nginx.bucket_routes({unames[d]: float(w) for d, w in traffic.items() if w}, unames)
+        routes_map = k8s.core.v1.ConfigMap(
+            f"{name}-routes",
+            metadata={"name": f"{endpoint}-routes", "namespace": ns_name, "labels": base},
+            data=dict.fromkeys(sorted(routes), ""),
+            opts=nsopts,
+        )
     keys_secret = (
         k8s.core.v1.Secret(
             f"{name}-keys",
@@ -468,7 +542,7 @@ def build_kubernetes(
             pulumi.ResourceOptions(
                 depends_on=[
                     r
-                    for r in (conf_map, routes_map, keys_secret, internal_secret, tls_secret)
+                    for r in (conf_map, routes_map, rollout_res, keys_secret, internal_secret, tls_secret)
                     if r is not None
                 ]
             ),
@@ -495,11 +569,13 @@ def build_kubernetes(
         "deployments": pulumi.Output.all(**deployments_out)
         if deployments_out
         else pulumi.Output.from_input({}),
-        "rollout_plan": pulumi.Output.from_input(
+        "rollout_plan": rollout_res.rollout_plan
+        if rollout_res is not None
+        else pulumi.Output.from_input(
             [
-                f"traffic {', '.join(f'{d} {w}%' for d, w in traffic.items() if w)} (on Kubernetes the map is applied "
-                "at once; each Deployment rolls its pods with maxUnavailable 0)"
+                f"traffic {', '.join(f'{d} {w}%' for d, w in traffic.items() if w)} (rendered for GitOps: the map "
+                "is applied at once; each Deployment rolls its pods with maxUnavailable 0)"
             ]
         ),
-        "last_rollout": pulumi.Output.from_input([]),
+        "last_rollout": rollout_res.last_rollout if rollout_res is not None else pulumi.Output.from_input([]),
     }

@@ -52,6 +52,10 @@ class RouterConfig:
     upstream_auth_file: str | None = None
     """Instead of ``upstream_key``: a file with the ``proxy_set_header Authorization …;`` line to include (Kubernetes
     mounts it from a Secret, so the configuration itself holds no secret)."""
+    route_probe: bool = False
+    """Answer ``/_mlinfra/routes/gen-<n>`` with 200 once that marker file is among the route files: how the
+    Kubernetes target confirms that a router pod sees a new traffic map (its ConfigMap volume updates on the
+    kubelet's sync). Reveals nothing but the marker's presence."""
 
 
 def upstream_name(deployment: str, slot: str) -> str:
@@ -129,6 +133,14 @@ def render(c: RouterConfig) -> str:
     lines += [
         "    default_type application/json;",
         f'    location = /_mlinfra/generation {{ return 200 "{c.generation}"; }}',
+        *(
+            [
+                "    location ~ ^/_mlinfra/routes/(gen-[0-9]+)$ { "
+                f'if (-f {c.state_dir}/routes/$1) {{ return 200 "$1"; }} return 404; }}'
+            ]
+            if c.route_probe
+            else []
+        ),
         '    location = /metrics { return 404 \'{"error": "metrics are read from each deployment, not the router"}\'; }',
         "    location / {",
     ]

@@ -103,6 +103,7 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
             "deployments": json.dumps({"blue": blue(images["v1"])}),
             "namespace": ns,
             "kubeconfig": str(cluster.kubeconfig),
+            "rollout": json.dumps({"steps": [25, 100], "bake_s": 3, "readiness_timeout_s": 90}),
         },
     )
     try:
@@ -141,17 +142,29 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
         pre = st.preview(on_output=lambda _m: None, diff=True)
         assert pre.change_summary.get("update", 0) >= 1, pre.change_summary
 
-        def replicas() -> int:
-            return int(
+        assert "step 1/2: blue@" in pre.stdout, "preview shows the rollout's planned steps"
+
+        def slots() -> dict[str, int]:
+            """The deployment's slot Deployments: {name: replicas} (one, except during a rollout)."""
+            items = json.loads(
                 cluster.kubectl(
-                    "get", "deploy/scoring-real-blue", "-n", ns, "-o", "jsonpath={.spec.replicas}"
+                    "get", "deploy", "-n", ns, "-l", "mlinfra.io/endpoint=scoring-real,mlinfra.io/deployment=blue",
+                    "-o", "json",
                 ).stdout
-            )
+            )["items"]  # fmt: skip
+            return {d["metadata"]["name"]: int(d["spec"].get("replicas") or 0) for d in items}
+
+        def replicas() -> int:
+            return max(slots().values())
 
         # Under continuous load: the roll to v2 fails no request, and the load's CPU makes the
         # HorizontalPodAutoscaler (metrics-server, real CPU) add a pod.
         with Load(f"{router}:80/score", key, threads=4) as load:
-            st.up(on_output=lambda _m: None)
+            rolled = st.up(on_output=lambda _m: None)
+            # The rollout engine moved traffic in the policy's steps, gated on the new pods' own metrics.
+            steps = rolled.outputs["last_rollout"].value
+            assert len(steps) == 2 and steps[0].startswith("step 1/2: blue@"), steps
+            assert "error_rate" in steps[0] and "no scoring requests" not in steps[0], steps
             # the Deployment completed: every pod that is not terminating runs v2
             serving = {
                 p["status"]["containerStatuses"][0]["imageID"].rsplit("@", 1)[-1]
@@ -169,6 +182,21 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
         )
         # `up` never resets what the autoscaler chose (it scales in only after its 5-minute stabilization window)
         assert replicas() == scaled
+        v2 = scored()
+
+        # A v3 whose image the node cannot pull: the readiness gate fails at once, naming the image and the pull
+        # error; no traffic moved, v2 serves 100 % and v3's slot is gone.
+        bad = images["v2"].split("@", 1)[0] + "@sha256:" + "0" * 64
+        st.set_config("deployments", auto.ConfigValue(json.dumps({"blue": blue(bad)})))
+        t0 = time.monotonic()
+        with pytest.raises(auto.CommandError) as failed:
+            st.up(on_output=lambda _m: None)
+        assert time.monotonic() - t0 < 75, "an unpullable image fails fast, not at the readiness timeout"
+        assert "gate readiness failed" in str(failed.value) and "cannot pull image" in str(failed.value)
+        assert bad in str(failed.value), str(failed.value)[-2000:]
+        assert len(slots()) == 1, slots()
+        assert all(scored() == v2 for _ in range(20)), "v2 still serves every request"
+        st.set_config("deployments", auto.ConfigValue(json.dumps({"blue": blue(images["v2"])})))
 
         # Pods reach this machine, never beyond it: a TEST-NET-2 address (RFC 5737) is refused at once.
         pod = _pods(cluster, ns, "mlinfra.io/deployment=blue")[0]["metadata"]["name"]

@@ -46,31 +46,53 @@ def mocks() -> Mocks:
     return m
 
 
-def test_kubernetes_target_objects_and_hpa_owned_replicas(mocks: Mocks) -> None:
-    uri = _run(
-        lambda: mlinfra.CloudEndpoint(
-            "shop",
-            mlinfra.CloudEndpointArgs(
-                deployments={
-                    "blue": mlinfra.Deployment(
-                        image=IMAGE, autoscale=mlinfra.Autoscale(min_replicas=2, max_replicas=6)
-                    ),
-                    "green": mlinfra.Deployment(image=IMAGE, replicas=3),
-                },
-                traffic={"blue": 80, "green": 20},
-                target=mlinfra.Kubernetes(provider=None, kubeconfig=None, namespace="ml"),
-            ),
-        )
+def _two_deployments(target: mlinfra.Kubernetes) -> mlinfra.CloudEndpoint:
+    return mlinfra.CloudEndpoint(
+        "shop",
+        mlinfra.CloudEndpointArgs(
+            deployments={
+                "blue": mlinfra.Deployment(
+                    image=IMAGE, autoscale=mlinfra.Autoscale(min_replicas=2, max_replicas=6)
+                ),
+                "green": mlinfra.Deployment(image=IMAGE, replicas=3),
+            },
+            traffic={"blue": 80, "green": 20},
+            target=target,
+        ),
     )
+
+
+def test_kubernetes_target_hands_the_scoring_pods_to_the_rollout(mocks: Mocks) -> None:
+    """Applying to a cluster: the router and the per-deployment Services and PDBs are declared; the scoring pods'
+    Deployments, HPAs and routes are the rollout engine's (one dynamic resource), which gets the pod templates."""
+    uri = _run(lambda: _two_deployments(mlinfra.Kubernetes(provider=None, kubeconfig=None, namespace="ml")))
+    kinds = sorted(t.split(":")[-1] for t, _n, _i in mocks.created if t.startswith("kubernetes:"))
+    assert kinds.count("Deployment") == 1 and "HorizontalPodAutoscaler" not in kinds, kinds  # the router only
+    assert kinds.count("PodDisruptionBudget") == 2 and "Namespace" in kinds and "Secret" in kinds, kinds
+    roll = next(i for _t, n, i in mocks.created if n == "shop-rollout")
+    assert roll["traffic"] == {"blue": 80, "green": 20} and roll["namespace"] == "ml"
+    assert roll["autoscale"]["blue"]["max_replicas"] == 6 and roll["autoscale"].get("green") is None
+    assert roll["replicas"]["green"] == 3
+    pod = roll["templates"]["blue"]["spec"]["containers"][0]
+    assert pod["image"] == IMAGE and pod["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert roll["rollout"]["steps"] == [10.0, 50.0, 100.0]
+    assert not any(n == "shop-routes" for _t, n, _i in mocks.created), "the rollout writes the routes"
+    conf = next(i for _t, n, i in mocks.created if n == "shop-router" and "data" in i)["data"]["nginx.conf"]
+    assert "/_mlinfra/routes/" in conf, "router pods confirm each traffic step"
+    assert uri == "http://shop-unit.ml.svc.cluster.local/score"
+
+
+def test_rendered_yaml_declares_deployments_and_hpa_owned_replicas(mocks: Mocks, tmp_path) -> None:
+    """Rendering for GitOps (no cluster): one Deployment per deployment, the HPA owning blue's replicas, the
+    traffic map as route files."""
+    _run(lambda: _two_deployments(mlinfra.Kubernetes(render_yaml_to=str(tmp_path), namespace="ml")))
     kinds = sorted(t.split(":")[-1] for t, _n, _i in mocks.created if t.startswith("kubernetes:"))
     assert kinds.count("Deployment") == 3 and kinds.count("HorizontalPodAutoscaler") == 1, kinds
-    assert kinds.count("PodDisruptionBudget") == 2 and "Namespace" in kinds and "Secret" in kinds, kinds
     deps = {n: i for t, n, i in mocks.created if t == "kubernetes:apps/v1:Deployment"}
     assert "replicas" not in deps["shop-unit-blue"]["spec"], "the HPA owns blue's replicas"
     assert deps["shop-unit-green"]["spec"]["replicas"] == 3
     routes = next(i for t, n, i in mocks.created if n == "shop-routes")["data"]
     assert sum(1 for r in routes if r.endswith("u_green_svc") and r[0].isdigit()) == 200
-    assert uri == "http://shop-unit.ml.svc.cluster.local/score"
 
 
 @pytest.mark.parametrize("render_secrets", [False, True])

@@ -9,6 +9,7 @@ import mlinfra
 config = pulumi.Config()
 deployments = json.loads(config.require("deployments"))
 tls_dir = config.get("tls_dir")
+rollout = json.loads(config.get("rollout") or "{}")
 endpoint = mlinfra.CloudEndpoint(
     "scoring",
     mlinfra.CloudEndpointArgs(
@@ -19,6 +20,7 @@ endpoint = mlinfra.CloudEndpoint(
                 cpu=d.get("cpu", 0.25),
                 memory_mb=d.get("memory_mb", 256),
                 autoscale=mlinfra.Autoscale(**d["autoscale"]) if d.get("autoscale") else None,
+                env=d.get("env") or {},
             )
             for name, d in deployments.items()
         },
@@ -33,8 +35,15 @@ endpoint = mlinfra.CloudEndpoint(
             namespace=config.require("namespace"), kubeconfig=config.require("kubeconfig")
         ),
         require_digest=True,
+        rollout=mlinfra.RolloutPolicy(
+            steps=rollout.get("steps", [10.0, 50.0, 100.0]),
+            bake_s=rollout.get("bake_s", 30.0),
+            gates=mlinfra.Gates(readiness_timeout_s=rollout.get("readiness_timeout_s", 120.0)),
+        ),
     ),
 )
 pulumi.export("scoring_uri", endpoint.scoring_uri)
 pulumi.export("deployments", endpoint.deployments)
 pulumi.export("primary_key", endpoint.primary_key)
+pulumi.export("rollout_plan", endpoint.rollout_plan)
+pulumi.export("last_rollout", endpoint.last_rollout)
