@@ -45,6 +45,8 @@ from mlinfra.endpoints.spec import RolloutSpec
 from mlinfra.errors import EndpointError
 
 SLOTS = ("A", "B")
+KUBE_PROXY_SYNC_S = 1.0
+"""After a new slot's endpoints are listed, kube-proxy's next sync (its minimum period is 1 s) programs them."""
 ROUTE_WAIT_S = 20.0
 """How long a traffic step waits for every router pod to see the new route files."""
 CONTENT_KEYS = ("templates", "replicas", "autoscale", "traffic", "rollout")
@@ -85,6 +87,7 @@ class KubernetesTarget:
         self.core = f"/api/v1/namespaces/{self.ns}"
         self.hpas = f"/apis/autoscaling/v2/namespaces/{self.ns}/horizontalpodautoscalers"
         self.labels = dict(props.get("labels") or {})
+        self._nodes: dict[str, bool] = {}
 
     # -- objects ----------------------------------------------------------------------------------------------
 
@@ -149,7 +152,8 @@ class KubernetesTarget:
                 "metadata": {
                     "name": name,
                     "namespace": self.ns,
-                    "labels": {**self.labels, **self._selector(rev.deployment, rev.slot)},
+                    # the pods' labels: model, version and image digest, as `kubectl get deploy -l` users expect
+                    "labels": {**self.labels, **template["metadata"]["labels"]},
                     "annotations": {"mlinfra.io/revision": rev.revision},
                 },
                 "spec": spec,
@@ -205,8 +209,11 @@ class KubernetesTarget:
         while True:
             pods = self._pods(rev)
             ready = sum(1 for p in pods if self._ready(p))
-            if ready >= want:
+            if ready >= want and self._served(
+                rev, {p["status"].get("podIP") for p in pods if self._ready(p)}
+            ):
                 self.log(f"{rev.key}: {ready} pod(s) ready in {name}")
+                time.sleep(KUBE_PROXY_SYNC_S)
                 return
             for p in pods:
                 why = self._failing(p, rev)
@@ -218,6 +225,21 @@ class KubernetesTarget:
                     f"gate readiness failed for {rev.key}: {last} after {timeout_s:g} s (Deployment {self.ns}/{name})"
                 )
             time.sleep(1.0)
+
+    def _served(self, rev: rollout.Revision, ips: set[str | None]) -> bool:
+        """The slot's Service lists IPS as ready endpoints (what kube-proxy programs next)."""
+        slices = self.kube.list(
+            f"/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices",
+            {"kubernetes.io/service-name": slot_name(self.endpoint, rev.deployment, rev.slot)},
+        )
+        listed = {
+            a
+            for sl in slices
+            for e in sl.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready")
+            for a in e.get("addresses") or []
+        }
+        return ips <= listed
 
     def _failing(self, pod: dict[str, Any], rev: rollout.Revision) -> str:
         """Why POD will not become ready without a change of the stack, or "" while it still may."""
@@ -270,13 +292,7 @@ class KubernetesTarget:
     def _reach_routers(self, gen: str) -> None:
         """Make every Ready router pod see the new route files now (annotating a pod makes its kubelet re-sync
         the pod's volumes), and wait until each one answers the generation marker."""
-        routers = [
-            p
-            for p in self.kube.list(
-                f"{self.core}/pods", {"mlinfra.io/endpoint": self.endpoint, "mlinfra.io/role": "router"}
-            )
-            if self._ready(p) and not p["metadata"].get("deletionTimestamp")
-        ]
+        routers = [p for p in self._routers() if not self._simulated(p.get("spec", {}).get("nodeName", ""))]
         scheme = "https:" if self.p.get("tls") else ""
         for p in routers:
             self.kube.patch(
@@ -305,6 +321,30 @@ class KubernetesTarget:
                     f"router pod {self.ns}/{name} did not see the new traffic map within {ROUTE_WAIT_S:g} s"
                 )
             time.sleep(0.2)
+
+    def _routers(self) -> list[dict[str, Any]]:
+        """The endpoint's Ready router pods (not those being deleted)."""
+        return [
+            p
+            for p in self.kube.list(
+                f"{self.core}/pods", {"mlinfra.io/endpoint": self.endpoint, "mlinfra.io/role": "router"}
+            )
+            if self._ready(p) and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def _simulated(self, node: str) -> bool:
+        """Whether NODE is one of kwok's simulated nodes (tests with many nodes): its pods run nothing, so there
+        is no router to confirm a step with."""
+        if node not in self._nodes:
+            obj = None
+            with contextlib.suppress(
+                ApiError
+            ):  # a namespace-scoped user may not read nodes: a real node then
+                obj = self.kube.get(f"/api/v1/nodes/{node}") if node else None
+            self._nodes[node] = ((obj or {}).get("metadata", {}).get("annotations") or {}).get(
+                "kwok.x-k8s.io/node"
+            ) == "fake"
+        return self._nodes[node]
 
     def scrape(self, rev: rollout.Revision) -> gates.Sample:
         total = gates.Sample()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pulumi_kubernetes as k8s
 
 from mlinfra import defaults
 from mlinfra.endpoints import nginx
-from mlinfra.endpoints.local import model_labels
+from mlinfra.endpoints.local import container_sink, model_labels
 from mlinfra.endpoints.plan import revision
 from mlinfra.images.scoring_image import ScoringImage
 
@@ -48,6 +49,29 @@ def _deployment_out(spec: dict[str, Any], a: list[Any]) -> dict[str, Any]:
         "revision": revision({**spec, "image": image}),
         "replicas": None if spec["autoscale"] else spec["replicas"],
     }
+
+
+NODE_IP_VAR = "MLINFRA_NODE_IP"
+
+
+def _pod_env(env: dict[str, Any]) -> list[dict[str, Any]]:
+    """A deployment's env as a pod's. A data-collection sink on loopback (Azurite on the machine that runs the
+    node) is addressed at the pod's node (its status.hostIP, expanded by Kubernetes from the variable before it):
+    a pod's own loopback is not the machine's."""
+    out: list[dict[str, Any]] = []
+    for k, v in env.items():
+        if k == "MLINFRA_SERVE_COLLECT":
+            out.append({"name": NODE_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})
+            v = pulumi.Output.from_input(v).apply(
+                lambda text: json.dumps(
+                    {
+                        **json.loads(text),
+                        "sink": container_sink(json.loads(text)["sink"], f"$({NODE_IP_VAR})"),
+                    }
+                )
+            )
+        out.append({"name": k, "value": v})
+    return out
 
 
 def build_kubernetes(
@@ -252,10 +276,12 @@ def build_kubernetes(
                             "name": "scorer",
                             "image": spec["image"],
                             "ports": [{"name": "http", "containerPort": 8080}],
-                            "env": [{"name": k, "value": v} for k, v in spec["env"].items()]
-                            + [{"name": "MLINFRA_SERVE_DRAIN_LINGER_S", "value": str(DRAIN_LINGER_S)}]
-                            + internal_env
-                            + collect_env,
+                            "env": [
+                                *_pod_env(spec["env"]),
+                                {"name": "MLINFRA_SERVE_DRAIN_LINGER_S", "value": str(DRAIN_LINGER_S)},
+                                *internal_env,
+                                *collect_env,
+                            ],
                             "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_S}}},
                             "resources": resources,
                             "readinessProbe": probe,
@@ -409,7 +435,9 @@ def build_kubernetes(
             for slot in ("A", "B"):
                 u = nginx.upstream_name(d, slot)
                 if (slot_ips or {}).get(u):
-                    upstreams[u] = (d, [f"{slot_ips[u]}:80"])  # type: ignore[index]
+                    # backup: the deployment's Service over both slots, tried only when a connection to the slot's
+                    # fails (kube-proxy not yet programming a new slot's pods, a pod that just left): never a 502
+                    upstreams[u] = (d, [f"{slot_ips[u]}:80", f"{addresses[d]} backup"])  # type: ignore[index]
         return nginx.render(
             nginx.RouterConfig(
                 listen=f"0.0.0.0:{ROUTER_PORT}",

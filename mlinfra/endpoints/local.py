@@ -207,11 +207,11 @@ def start_upstream(
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
-def container_sink(sink: str) -> str:
-    """SINK as a container on Docker's bridge reaches it: an ``azblob://…?endpoint=URL`` whose URL is on this
-    machine's loopback gets the bridge's gateway address instead (`mlinfra services` forwards Azurite's port from
-    there to 127.0.0.1, see mlinfra.lab.services.forward_azurite_to_containers; another loopback service needs the
-    same forward). Anything else is returned unchanged."""
+def container_sink(sink: str, host: str | None = None) -> str:
+    """SINK as a container reaches it: an ``azblob://…?endpoint=URL`` whose URL is on this machine's loopback gets
+    HOST instead (default: Docker's bridge gateway; a pod gets its node's address). `mlinfra services` forwards
+    Azurite's port from those addresses to 127.0.0.1 (mlinfra.lab.services.forward_azurite_to_containers); another
+    loopback service needs the same forward. Anything else is returned unchanged."""
     u = urllib.parse.urlsplit(sink)
     if u.scheme != "azblob":
         return sink
@@ -221,10 +221,11 @@ def container_sink(sink: str) -> str:
         if k == "endpoint":
             e = urllib.parse.urlsplit(v)
             if (e.hostname or "") in LOOPBACK_HOSTS or (e.hostname or "").startswith("127."):
-                netloc = bridge_gateway() + (f":{e.port}" if e.port else "")
+                netloc = (host or bridge_gateway()) + (f":{e.port}" if e.port else "")
                 v = urllib.parse.urlunsplit(e._replace(netloc=netloc))
         out.append((k, v))
-    return urllib.parse.urlunsplit(u._replace(query=urllib.parse.urlencode(out, safe=":/")))
+    # "$()" kept as is: Kubernetes expands $(VAR) in a pod's env values
+    return urllib.parse.urlunsplit(u._replace(query=urllib.parse.urlencode(out, safe=":/$()")))
 
 
 _GATEWAY: list[str] = []

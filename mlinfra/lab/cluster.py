@@ -67,6 +67,13 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+LEASE_ARGS = {"leader-elect-lease-duration": "60s", "leader-elect-renew-deadline": "45s"}
+"""The controller manager's and the scheduler's leader election, tolerant of a slow API server: with the defaults
+(renew within 10 s), an API server slowed down by a busy machine made the controller manager lose its lease and
+exit, and nothing restarts it (Deployments then get no pods, namespaces never finish deleting). Leader election
+itself stays on: without it the controller manager exits at once when the API server is not healthy yet."""
+
+
 @dataclass
 class LocalCluster:
     name: str
@@ -99,9 +106,7 @@ class LocalCluster:
         )
         # HPAs re-evaluate every 5 s instead of 15 s: scale-outs show in tests and demos sooner.
         hpa_sync = ", {key: horizontal-pod-autoscaler-sync-period, value: 5s}"
-        # One instance each, so no leader election: with it, an API server slowed down by a busy machine made the
-        # controller manager lose its lease and exit (nothing restarts it; namespaces then never finish deleting).
-        single = ', {key: leader-elect, value: "false"}'
+        single = "".join(f", {{key: {k}, value: {v}}}" for k, v in LEASE_ARGS.items())
         config.write_text(f"""kind: KwokctlConfiguration
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 componentsPatches:

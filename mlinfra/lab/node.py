@@ -340,16 +340,26 @@ def _control_plane_alive() -> bool:
 
 
 def _single_instance_config() -> None:
-    """A cluster created before leader election was turned off: turn it off in its saved configuration (the
-    controller manager's and the scheduler's arguments are the ones with --kubeconfig)."""
+    """A cluster created before the tolerant leader election (mlinfra.lab.cluster.LEASE_ARGS): add it to its saved
+    configuration (the controller manager's and the scheduler's arguments are the ones with --kubeconfig)."""
+    from mlinfra.lab.cluster import LEASE_ARGS
+
     path = home() / "kwok" / "clusters" / NAME / "kwok.yaml"
-    if not path.exists() or "--leader-elect=false" in path.read_text():
+    if not path.exists():
+        return
+    text = path.read_text()
+    if all(f"--{k}=" in text for k in LEASE_ARGS) and "--leader-elect=false" not in text:
         return
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
+        if line.strip() == "- --leader-elect=false" or any(
+            line.strip().startswith(f"- --{k}=") for k in LEASE_ARGS
+        ):
+            continue
         out.append(line)
         if line.strip().startswith("- --kubeconfig="):
-            out.append(line.split("-", 1)[0] + "- --leader-elect=false")
+            indent = line.split("-", 1)[0]
+            out += [f"{indent}- --{k}={v}" for k, v in LEASE_ARGS.items()]
     path.write_text("\n".join(out) + "\n")
 
 
@@ -394,6 +404,12 @@ def start(progress=print, timeout_s: float = 120) -> Status:
         _until("containerd started", "containerd", lambda: _sock().exists(), 30)
     _push_pause()
     _isolate()
+    # The pod bridge, before any pod (the CNI bridge plugin adopts it and adds the gateway address), so pods reach
+    # Azurite on this machine's addresses from the start (mlinfra.lab.services.forward_azurite_to_containers).
+    if not Path(f"/sys/class/net/{BRIDGE}").exists():
+        _run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False)
+    _run(["ip", "link", "set", BRIDGE, "up"], check=False)
+    services.forward_azurite_to_containers()
     if _pid("kubelet") is None:
         config = _kubelet_config(pki / "ca.crt", ports)
         _spawn(

@@ -260,19 +260,22 @@ def azurite_ok() -> bool:
 FORWARD_CHAIN = "MLINFRA-LOOPBACK"
 
 
+BRIDGES = ("docker0", "mlinfra0")
+"""Docker's default bridge and the local Kubernetes node's pod bridge (mlinfra.lab.node.BRIDGE)."""
+
+
 def forward_azurite_to_containers() -> None:
-    """Containers on Docker's default bridge reach Azurite (bound to 127.0.0.1 only) at the bridge's gateway
-    address, on Azurite's port: a DNAT in chain MLINFRA-LOOPBACK (nat PREROUTING) for packets that arrive *from
-    docker0* to that address and port, to 127.0.0.1, with route_localnet on docker0 only (never on `all`: a packet
-    from another interface to 127.0.0.1 stays a martian). Nothing outside this machine reaches it, nothing but
-    Azurite's port is forwarded, and a data-collecting replica needs no host network (it used to run on it, seeing
-    every loopback service). Idempotent; a no-op without docker0 (Docker not started) or without root."""
-    if os.geteuid() != 0 or not Path("/sys/class/net/docker0").exists():
+    """Containers on Docker's default bridge and pods on the local cluster reach Azurite (bound to 127.0.0.1 only)
+    at any address of this machine — the bridge's gateway, the node's address — on Azurite's port: a DNAT in chain
+    MLINFRA-LOOPBACK (nat PREROUTING) for packets that arrive *from those bridges* to a local address and that
+    port, to 127.0.0.1, with route_localnet on those bridges only (never on `all`: a packet from another interface
+    to 127.0.0.1 stays a martian). Nothing outside this machine reaches it and nothing but Azurite's port is
+    forwarded: a data-collecting replica needs no host network (it used to run on it, seeing every loopback
+    service). Idempotent; bridges that do not exist yet are skipped (Docker and the cluster call it again when
+    they start); a no-op without root."""
+    if os.geteuid() != 0:
         return
-    gw = docker_bridge_gateway()
-    if not gw:
-        return
-    Path("/proc/sys/net/ipv4/conf/docker0/route_localnet").write_text("1\n")
+    bridges = [b for b in BRIDGES if Path(f"/sys/class/net/{b}").exists()]
     port = str(azurite_port())
 
     def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -283,22 +286,14 @@ def forward_azurite_to_containers() -> None:
 
     ipt("-N", FORWARD_CHAIN, check=False)
     ipt("-F", FORWARD_CHAIN)
-    ipt(
-        "-A", FORWARD_CHAIN, "-i", "docker0", "-d", gw, "-p", "tcp", "--dport", port,
-        "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}",
-    )  # fmt: skip
+    for b in bridges:
+        Path(f"/proc/sys/net/ipv4/conf/{b}/route_localnet").write_text("1\n")
+        ipt(
+            "-A", FORWARD_CHAIN, "-i", b, "-m", "addrtype", "--dst-type", "LOCAL", "-p", "tcp", "--dport", port,
+            "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}",
+        )  # fmt: skip
     if ipt("-C", "PREROUTING", "-j", FORWARD_CHAIN, check=False).returncode != 0:
         ipt("-I", "PREROUTING", "1", "-j", FORWARD_CHAIN)
-
-
-def docker_bridge_gateway() -> str:
-    """The address of docker0 (the default bridge's gateway), as containers see this machine; "" without it."""
-    r = subprocess.run(
-        [docker_cli(), "network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
-        capture_output=True,
-        text=True,
-    )
-    return r.stdout.strip() if r.returncode == 0 else ""
 
 
 def _start_azurite() -> None:

@@ -333,12 +333,15 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
             for o in got["items"]
             if "mlinfra.io/endpoint" in o["metadata"].get("labels", {})
         )
+        # Each deployment runs in slot a of two (a new revision starts in b beside it: the gated rollout).
         assert kinds == sorted(
             [
                 "ConfigMap/scoring-k8s-router", "ConfigMap/scoring-k8s-routes", "Secret/scoring-k8s-keys",
-                "Deployment/scoring-k8s-blue", "Deployment/scoring-k8s-green", "Deployment/scoring-k8s-router",
+                "Deployment/scoring-k8s-blue-a", "Deployment/scoring-k8s-green-a", "Deployment/scoring-k8s-router",
                 "Service/scoring-k8s", "Service/scoring-k8s-blue", "Service/scoring-k8s-green",
-                "HorizontalPodAutoscaler/scoring-k8s-blue", "PodDisruptionBudget/scoring-k8s-blue",
+                "Service/scoring-k8s-blue-a", "Service/scoring-k8s-blue-b", "Service/scoring-k8s-green-a",
+                "Service/scoring-k8s-green-b",
+                "HorizontalPodAutoscaler/scoring-k8s-blue-a", "PodDisruptionBudget/scoring-k8s-blue",
                 "PodDisruptionBudget/scoring-k8s-green", "Secret/scoring-k8s-internal",
                 "NetworkPolicy/scoring-k8s-scorers",
             ]
@@ -346,13 +349,13 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
         blue = next(
             o
             for o in got["items"]
-            if o["metadata"]["name"] == "scoring-k8s-blue" and o["kind"] == "Deployment"
+            if o["metadata"]["name"] == "scoring-k8s-blue-a" and o["kind"] == "Deployment"
         )
         assert blue["metadata"]["labels"]["mlinfra.io/image-digest"] == ("ab" * 32)[:63]
         probe = blue["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"]
         assert probe == "/v2/health/ready"
         routes = next(o for o in got["items"] if o["metadata"]["name"] == "scoring-k8s-routes")["data"]
-        assert sum(1 for r in routes if r.endswith("u_blue_svc") and not r.startswith("pin")) == 900
+        assert sum(1 for r in routes if r.endswith("u_blue_A") and not r.startswith("pin")) == 900
         keys = next(o for o in got["items"] if o["metadata"]["name"] == "scoring-k8s-keys")["data"]
         assert len(keys) == 2  # key names only; the values are in Pulumi state as secrets
 
@@ -362,7 +365,7 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
 
         def blue_replicas() -> str:
             return kube_cluster.kubectl(
-                "get", "deploy/scoring-k8s-blue", "-n", "ep-k8s", "-o", "jsonpath={.spec.replicas}"
+                "get", "deploy/scoring-k8s-blue-a", "-n", "ep-k8s", "-o", "jsonpath={.spec.replicas}"
             ).stdout
 
         deadline = time.monotonic() + 90
@@ -372,19 +375,24 @@ def test_kubernetes_endpoint_on_the_local_control_plane(program, backend, kube_c
         assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
         assert blue_replicas() == "2"
         # … and a later decision (here made by hand, within min..max) survives the next `up` too.
-        kube_cluster.kubectl("scale", "deploy/scoring-k8s-blue", "-n", "ep-k8s", "--replicas=4")
+        kube_cluster.kubectl("scale", "deploy/scoring-k8s-blue-a", "-n", "ep-k8s", "--replicas=4")
         res = st.up(on_output=lambda _l: None)
         assert set(res.summary.resource_changes) == {"same"}, res.summary.resource_changes
         replicas = kube_cluster.kubectl(
-            "get", "deploy/scoring-k8s-blue", "-n", "ep-k8s", "-o", "jsonpath={.spec.replicas}"
+            "get", "deploy/scoring-k8s-blue-a", "-n", "ep-k8s", "-o", "jsonpath={.spec.replicas}"
         ).stdout
         assert replicas == "4"
 
         st.set_config("green_image", auto.ConfigValue(K8S_IMAGE.replace("ab", "cd")))
         res = st.up(on_output=lambda _l: None)
         changes = res.summary.resource_changes
-        # green's Deployment, Service and PDB labels (image digest), and the component's inputs
+        # the rollout (green's new revision, in slot b), green's Service and PDB labels (image digest), and the
+        # component's inputs
         assert changes.get("update") == 4, changes
+        green = kube_cluster.kubectl(
+            "get", "deploy", "-n", "ep-k8s", "-l", "mlinfra.io/deployment=green", "-o", "name"
+        ).stdout.split()
+        assert green == ["deployment.apps/scoring-k8s-green-b"], green
     finally:
         st.destroy(on_output=lambda _l: None)
     left = kube_cluster.kubectl("get", "deploy", "-n", "ep-k8s", "-o", "name", check=False).stdout

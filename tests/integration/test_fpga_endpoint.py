@@ -193,7 +193,7 @@ def test_kubernetes_pods_request_the_accelerator(
     try:
         st.up(on_output=lambda _l: None)
         dep = json.loads(
-            kube_cluster.kubectl("get", "deploy/fpga-k8s-blue", "-n", "fpga", "-o", "json").stdout
+            kube_cluster.kubectl("get", "deploy/fpga-k8s-blue-a", "-n", "fpga", "-o", "json").stdout
         )
         pod = dep["spec"]["template"]["spec"]
         assert pod["containers"][0]["resources"]["limits"]["xilinx.com/fpga"] == "1"

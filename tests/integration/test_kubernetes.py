@@ -289,3 +289,53 @@ def test_tls_client_certificates_on_kubernetes(cluster, images, program, backend
         assert "PRIVATE KEY" not in conf and "ssl_verify_client optional;" in conf
     finally:
         st.destroy(on_output=lambda _m: None)
+
+
+def test_pods_collect_data_into_azurite(cluster, images, program, backend, local_services) -> None:
+    """Pods record what they score into Azurite on this machine (bound to 127.0.0.1): a loopback sink is addressed
+    at the pod's node, whose Azurite port the lab forwards from the pod bridge to loopback."""
+    import os
+
+    from azure.storage.blob import ContainerClient
+
+    from mlinfra.lab import services
+
+    local_services("azurite")
+    ns = "ep-collect"
+    container = f"k8s-collected-{os.getpid()}"
+    st = local_stack(
+        program("k8s-endpoint"),
+        "collect",
+        backend,
+        {
+            "deployments": json.dumps({"blue": {"image": images["v1"], "cpu": 0.25}}),
+            "namespace": ns,
+            "kubeconfig": str(cluster.kubeconfig),
+            "storage": f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}",
+            "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
+        },
+    )
+    try:
+        res = st.up(on_output=lambda _m: None)
+        key = res.outputs["primary_key"].value
+        router = _router(cluster, ns, "scoring-collect")
+        _until("the router answers", lambda: _post(f"{router}/score", key, {"data": [ROW]})[0] == 200)
+        for _ in range(10):
+            assert _post(f"{router}/score", key, {"data": [ROW]})[0] == 200
+        c = ContainerClient(
+            services.azurite_blob_url(), container,
+            credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
+        )  # fmt: skip
+
+        def records() -> int:
+            lines = [
+                line
+                for b in c.list_blobs()
+                for line in c.download_blob(b.name).readall().decode().splitlines()
+                if line.strip()
+            ]
+            return len(lines) if len(lines) >= 10 else 0
+
+        assert _until("the pods' records reach Azurite", records, 60) >= 10
+    finally:
+        st.destroy(on_output=lambda _m: None)

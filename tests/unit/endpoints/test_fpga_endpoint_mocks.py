@@ -65,7 +65,9 @@ def test_quantized_model_image_and_accelerator_pods(tmp_path: Path) -> None:
     )
     assert q["max_accuracy_drop"] == 0.01
     assert outs == {"version": 2, "drop": 0.005, "ratio": 0.3}
-    roll = next(i for _t, n, i in mocks.created if n.endswith("-rollout"))  # the pods are the rollout engine's
+    roll = next(
+        i for _t, n, i in mocks.created if n.endswith("-rollout")
+    )  # the pods are the rollout engine's
     container = next(iter(roll["templates"].values()))["spec"]["containers"][0]
     assert container["resources"]["limits"]["xilinx.com/fpga"] == "1", container["resources"]
     env = {e["name"]: e.get("value") for e in container["env"]}

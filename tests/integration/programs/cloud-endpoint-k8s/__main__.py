@@ -28,6 +28,8 @@ endpoint = mlinfra.CloudEndpoint(
             tolerations=[{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
         ),
         require_digest=True,
+        # kwok's pods run nothing (no metrics to gate on): a new image takes its traffic in one step.
+        rollout=mlinfra.RolloutPolicy(steps=[100.0]),
     ),
 )
 pulumi.export("scoring_uri", endpoint.scoring_uri)

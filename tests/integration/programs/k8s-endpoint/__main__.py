@@ -10,6 +10,16 @@ config = pulumi.Config()
 deployments = json.loads(config.require("deployments"))
 tls_dir = config.get("tls_dir")
 rollout = json.loads(config.get("rollout") or "{}")
+collection = (
+    mlinfra.DataCollection(
+        "capture",
+        mlinfra.DataCollectionArgs(
+            storage=config.require("storage"), storage_credential=config.require_secret("storage_key")
+        ),
+    )
+    if config.get("storage")
+    else None
+)
 endpoint = mlinfra.CloudEndpoint(
     "scoring",
     mlinfra.CloudEndpointArgs(
@@ -35,6 +45,7 @@ endpoint = mlinfra.CloudEndpoint(
             namespace=config.require("namespace"), kubeconfig=config.require("kubeconfig")
         ),
         require_digest=True,
+        data_collection=collection,
         rollout=mlinfra.RolloutPolicy(
             steps=rollout.get("steps", [10.0, 50.0, 100.0]),
             bake_s=rollout.get("bake_s", 30.0),
