@@ -53,7 +53,7 @@ doctor: venv
 ## test: everything — the house's import contracts, unit tests, then the real engine against the real local services
 test: setup services
 	@$(BIN)/lint-imports --no-cache
-	@$(BIN)/pytest -q -rs --durations=15 tests
+	@$(BIN)/pytest -q -rs --durations=15 -n 2 --dist loadfile tests
 
 test-unit: venv
 	@$(BIN)/pytest -q tests/unit

@@ -1,10 +1,12 @@
-"""What every benchmark here records next to its figures: when, on which machine, how many repetitions."""
+"""What every benchmark here shares: what it records next to its figures (when, on which machine, how many
+repetitions), and the scoring images it measures."""
 
 from __future__ import annotations
 
 import os
 import platform
 from datetime import UTC, datetime
+from pathlib import Path
 
 
 def run_meta(reps: int) -> dict[str, object]:
@@ -13,3 +15,25 @@ def run_meta(reps: int) -> dict[str, object]:
         "machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.platform()}",
         "reps": reps,
     }
+
+
+def scoring_images(repository: str, seeds: tuple[int, ...], work: Path) -> list[str]:
+    """One scoring image per seed (a small MLP, registered in a registry under WORK), built on the local base image
+    and pushed to REPOSITORY in the local registry; their references by digest, in the order of SEEDS."""
+    from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
+    from mlinfra.lab import services
+    from mlinfra.lab.samples import write_mlp
+    from mlinfra.registry import ModelRegistry
+
+    reg_uri = f"file://{work / 'registry'}"
+    reg = ModelRegistry(reg_uri)
+    refs = []
+    for seed in seeds:
+        mv, _ = reg.register("mlp", write_mlp(work / f"m{seed}.onnx", seed=seed))
+        spec = ImageSpec(
+            repository=repository,
+            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
+            base=services.base_image_ref(),
+        )
+        refs.append(build_and_push(spec).image_ref)
+    return refs

@@ -20,3 +20,16 @@ def say_drift(what: str, found: str, repair: str) -> None:
     """One stderr line per drifted resource (shown in `pulumi refresh`'s diagnostics): what, what was found, how
     `pulumi up` repairs it."""
     print(f"{what}: drift: {found} ({repair})", file=sys.stderr, flush=True)
+
+
+def drift_phrases(observed: dict[str, Any], declared: dict[str, Any]) -> list[str]:
+    """What differs between an observation and the declared state, one phrase each: ``deployments.blue: 1 of 2
+    replicas running``, ``router: missing``."""
+    out = []
+    for k in sorted(set(observed) | set(declared)):
+        o, d = observed.get(k), declared.get(k)
+        if isinstance(o, dict) and isinstance(d, dict):
+            out += [f"{k}.{p}" for p in drift_phrases(o, d)]
+        elif o != d:
+            out.append(f"{k}: {o}")
+    return out

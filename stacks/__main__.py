@@ -13,11 +13,25 @@ import pulumi
 
 import mlinfra
 from mlinfra import defaults
-from mlinfra.gitops.config import image_repository, load, registry_uri
+from mlinfra.gitops.config import KubernetesConfig, image_repository, kubeconfig_path, load, registry_uri
+from mlinfra.lab.node import kubeconfig_path as local_cluster_kubeconfig
 
 HERE = Path(__file__).parent
 cfg = load(pulumi.Config().require_object("platform"))
 registry = registry_uri(cfg, HERE)
+
+
+def target(t):
+    """The endpoint's target from the config: Local Docker, or a Kubernetes cluster (``kubeconfig: local`` is the
+    single-node cluster of `mlinfra services up kubernetes`)."""
+    if isinstance(t, KubernetesConfig):
+        return mlinfra.Kubernetes(
+            namespace=t.namespace,
+            kubeconfig=kubeconfig_path(t, HERE, local_cluster_kubeconfig()),
+            context=t.context,
+        )
+    return mlinfra.LocalDocker(port=t.port)
+
 
 models = {
     m.name: mlinfra.RegisteredModel(
@@ -61,7 +75,12 @@ for e in cfg.endpoints:
         e.name,
         mlinfra.CloudEndpointArgs(
             deployments={
-                d: mlinfra.Deployment(image=images.get(dep.image) or dep.image, replicas=dep.replicas)
+                d: mlinfra.Deployment(
+                    image=images.get(dep.image) or dep.image,
+                    replicas=dep.replicas,
+                    cpu=dep.cpu,
+                    memory_mb=dep.memory_mb,
+                )
                 for d, dep in e.deployments.items()
             },
             traffic=e.traffic,
@@ -72,7 +91,7 @@ for e in cfg.endpoints:
                 bake_s=e.rollout.bake_s,
                 gates=mlinfra.Gates(max_error_rate=e.rollout.max_error_rate),
             ),
-            target=mlinfra.LocalDocker(port=e.port),
+            target=target(e.target),
         ),
     )
 edge = {

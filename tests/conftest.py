@@ -14,6 +14,37 @@ from mlinfra.lab import services
 os.environ["MLINFRA_PIP_OFFLINE"] = "1"
 
 
+# `make test` runs the files on two workers, each file on one (pytest -n 2 --dist loadfile: a file's module
+# fixtures are shared by its tests). Files are handed out in collection order, so the longest go first and the
+# short ones fill in around them (the figures: README.md).
+SLOW_FIRST = [
+    "integration/test_cloud_endpoint.py",
+    "integration/test_gitops.py",
+    "integration/test_kubernetes.py",
+    "integration/test_examples.py",
+    "integration/test_data_collection.py",
+    "integration/test_edge.py",
+    "integration/test_scoring_image.py",
+    "integration/test_drift.py",
+    "integration/test_fpga_endpoint.py",
+    "integration/test_edge_broker.py",
+    "integration/test_registered_model.py",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    here = Path(__file__).parent
+
+    def key(item: pytest.Item) -> int:
+        try:
+            return rank.get(item.path.relative_to(here).as_posix(), len(rank))
+        except ValueError:
+            return len(rank)
+
+    items.sort(key=key)  # stable: a file's tests keep their order
+
+
 @pytest.fixture(scope="session")
 def local_services() -> Callable[..., None]:
     """Call with service names; starts what is not running, fails the test with the reason when one cannot."""

@@ -21,13 +21,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
+from benchmarks.common import scoring_images  # noqa: E402
 from benchmarks.wrk import plot_router_vs_direct, router_vs_direct, router_vs_direct_table  # noqa: E402
 from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.endpoints.provider import EndpointKeysProvider, LocalEndpointProvider  # noqa: E402
-from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push  # noqa: E402
 from mlinfra.lab import services  # noqa: E402
-from mlinfra.lab.samples import write_mlp  # noqa: E402
-from mlinfra.registry import ModelRegistry  # noqa: E402
 
 
 def wrk(url: str, body: Path, key: str | None, conns: int, seconds: int) -> dict:
@@ -48,17 +46,7 @@ def main() -> int:
         return 0
     services.ensure(["docker", "registry", "python-base", "router-base"], progress=lambda _m: None)
     tmp = Path(tempfile.mkdtemp(prefix="mlinfra-bench-endpoint-"))
-    reg_uri = f"file://{tmp / 'registry'}"
-    reg = ModelRegistry(reg_uri)
-    refs = []
-    for seed in (1, 2):
-        mv, _ = reg.register("mlp", write_mlp(tmp / f"m{seed}.onnx", seed=seed))
-        spec = ImageSpec(
-            repository="127.0.0.1:5000/mlinfra-bench/endpoint",
-            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
-            base=services.base_image_ref(),
-        )
-        refs.append(build_and_push(spec).image_ref)
+    refs = scoring_images("127.0.0.1:5000/mlinfra-bench/endpoint", (1, 2), tmp)
     keys = EndpointKeysProvider().create({"key_version": 1}).outs
     dep = {
         "replicas": 1,

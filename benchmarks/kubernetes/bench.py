@@ -22,14 +22,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from benchmarks.common import run_meta  # noqa: E402
+from benchmarks.common import run_meta, scoring_images  # noqa: E402
 from benchmarks.wrk import plot_router_vs_direct, router_vs_direct, router_vs_direct_table  # noqa: E402
 from benchmarks.wrk import run as wrk  # noqa: E402
 from mlinfra.automation import local_stack  # noqa: E402
-from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push  # noqa: E402
 from mlinfra.lab import node, services  # noqa: E402
-from mlinfra.lab.samples import write_mlp  # noqa: E402
-from mlinfra.registry import ModelRegistry  # noqa: E402
 
 
 def start_times(rounds: int) -> dict[str, list[float]]:
@@ -61,15 +58,7 @@ def main() -> int:
     )
     results: dict = {**run_meta(args.rounds), "start_s": start_times(args.rounds), "cells": {}}
     tmp = Path(tempfile.mkdtemp(prefix="mlinfra-bench-k8s-"))
-    reg_uri = f"file://{tmp / 'registry'}"
-    mv, _ = ModelRegistry(reg_uri).register("mlp", write_mlp(tmp / "m.onnx", seed=1))
-    image = build_and_push(
-        ImageSpec(
-            repository="127.0.0.1:5000/mlinfra-bench/k8s",
-            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
-            base=services.base_image_ref(),
-        )
-    ).image_ref
+    (image,) = scoring_images("127.0.0.1:5000/mlinfra-bench/k8s", (1,), tmp)
     cluster = node.local_cluster()
     work = tmp / "program"
     shutil.copytree(HERE / "program", work)

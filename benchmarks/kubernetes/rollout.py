@@ -23,12 +23,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from benchmarks.common import run_meta  # noqa: E402
+from benchmarks.common import run_meta, scoring_images  # noqa: E402
 from mlinfra.automation import local_stack  # noqa: E402
-from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push  # noqa: E402
 from mlinfra.lab import node, services  # noqa: E402
-from mlinfra.lab.samples import write_mlp  # noqa: E402
-from mlinfra.registry import ModelRegistry  # noqa: E402
 
 STEPS = [10.0, 50.0, 100.0]
 
@@ -50,17 +47,7 @@ def main() -> int:
         ["docker", "registry", "python-base", "router-base", "kubernetes"], progress=lambda _m: None
     )
     tmp = Path(tempfile.mkdtemp(prefix="mlinfra-bench-rollout-"))
-    reg_uri = f"file://{tmp / 'registry'}"
-    reg = ModelRegistry(reg_uri)
-    images = []
-    for seed in (1, 2):
-        mv, _ = reg.register("mlp", write_mlp(tmp / f"m{seed}.onnx", seed=seed))
-        spec = ImageSpec(
-            repository="127.0.0.1:5000/mlinfra-bench/rollout",
-            models=[ModelInput("mlp", mv.version, mv.sha256, reg_uri)],
-            base=services.base_image_ref(),
-        )
-        images.append(build_and_push(spec).image_ref)
+    images = scoring_images("127.0.0.1:5000/mlinfra-bench/rollout", (1, 2), tmp)
     cluster = node.local_cluster()
     work = tmp / "program"
     shutil.copytree(HERE.parents[1] / "tests" / "integration" / "programs" / "k8s-endpoint", work)

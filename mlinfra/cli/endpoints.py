@@ -68,11 +68,23 @@ def _kubernetes(kubeconfig: str, context: str | None) -> list[dict[str, Any]]:
         )
         if lab.get("mlinfra.io/role") == "router":
             continue
-        d = _deployment(lab)
-        d["replicas"] = o["spec"].get("replicas", 0)
-        d["running"] = (o.get("status") or {}).get("readyReplicas", 0)
-        ep["deployments"][lab.get("mlinfra.io/deployment", "?")] = d
+        # During a rollout a deployment has two slot Deployments (old and new revision): counted together, and
+        # the model and digest shown are those of the slot with more ready pods.
+        d = ep["deployments"].setdefault(lab.get("mlinfra.io/deployment", "?"), _deployment(lab))
+        ready = (o.get("status") or {}).get("readyReplicas", 0)
+        if ready > d["running"] or not d["replicas"]:
+            d.update({k: v for k, v in _deployment(lab).items() if k not in ("replicas", "running")})
+        d["replicas"] += o["spec"].get("replicas", 0)
+        d["running"] += ready
     return list(by_ep.values())
+
+
+def _local_cluster() -> str | None:
+    """The kubeconfig of the local cluster (`mlinfra services up kubernetes`) when it runs, else None."""
+    from mlinfra.lab import node
+
+    path = node.kubeconfig_path()
+    return str(path) if path.is_file() and node.node_ready() else None
 
 
 def _matches(ep: dict[str, Any], model: str | None, image: str | None) -> bool:
@@ -85,7 +97,7 @@ def _matches(ep: dict[str, Any], model: str | None, image: str | None) -> bool:
 
 def cmd_list(args: argparse.Namespace) -> int:
     endpoints = _local()
-    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or _local_cluster()
     if kubeconfig:
         endpoints += _kubernetes(kubeconfig, args.context)
     endpoints = [e for e in endpoints if _matches(e, args.model, args.image)]
@@ -111,7 +123,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = esub.add_parser("list", help="endpoints with their deployments, models and image digests")
     p.add_argument("--model", help="only endpoints serving this model name")
     p.add_argument("--image", help="only endpoints running this image digest (sha256:… or a prefix)")
-    p.add_argument("--kubeconfig", help="also list a Kubernetes cluster's endpoints (default: $KUBECONFIG)")
+    p.add_argument(
+        "--kubeconfig",
+        help="also list a Kubernetes cluster's endpoints (default: $KUBECONFIG, else the local cluster of "
+        "`mlinfra services up kubernetes` when it runs)",
+    )
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)

@@ -154,9 +154,13 @@ class CloudEndpointArgs:
 
 def check_kubeconfig(kubeconfig: str, context: str | None, where: str) -> None:
     """The cluster a kubeconfig points at must answer: else name it, its server and the fix (at preview)."""
-    text = (
-        Path(kubeconfig).read_text() if "\n" not in kubeconfig and Path(kubeconfig).is_file() else kubeconfig
-    )
+    inline = "\n" in kubeconfig or kubeconfig.lstrip().startswith("{")
+    if not inline and not Path(kubeconfig).is_file():
+        raise EndpointError(
+            f"{where}: kubeconfig {kubeconfig!r} is not a file: give the path of the cluster's kubeconfig (or its "
+            "content)"
+        )
+    text = kubeconfig if inline else Path(kubeconfig).read_text()
     try:
         cfg = yaml.safe_load(text) or {}
         ctx_name = context or cfg.get("current-context")
@@ -227,6 +231,22 @@ class CloudEndpoint(pulumi.ComponentResource):
             raise EndpointError(f"{where}: max_body_mb = {args.max_body_mb} must be in (0, 1024]")
         specs: dict[str, DeploymentSpec] = {}
         k8s = isinstance(args.target, Kubernetes)
+        for d in args.deployments if k8s else ():
+            clash = [f"{d}-{slot}" for slot in ("a", "b") if f"{d}-{slot}" in args.deployments]
+            if clash:
+                raise EndpointError(
+                    f"{where}: deployment {clash[0]!r} would share its Kubernetes Service name with slot "
+                    f"{clash[0][-1]!r} of deployment {d!r} (<endpoint>-<deployment>-a|b): rename one of them"
+                )
+        if k8s and args.data_collection is not None:
+            sink = str(args.data_collection.settings["sink"])
+            if sink.startswith("file:"):
+                raise EndpointError(
+                    f"{where}: data collection to {sink} cannot work on Kubernetes (a pod's files are not this "
+                    "machine's): give the DataCollection blob storage, DataCollectionArgs(storage='azblob://ACCOUNT/"
+                    "CONTAINER?endpoint=URL'), or set the stack's mlinfra:collectionStorage and the secret "
+                    "mlinfra:collectionCredential"
+                )
         model_refs: list[Any] = []
         images: dict[str, Any] = {}
         for d, dep in args.deployments.items():

@@ -43,6 +43,7 @@ from mlinfra.endpoints.local import to_router
 from mlinfra.endpoints.plan import describe_plan, plan, upstream_weights
 from mlinfra.endpoints.spec import RolloutSpec
 from mlinfra.errors import EndpointError
+from mlinfra.observed import drift_phrases, observed_drift, say_drift
 
 SLOTS = ("A", "B")
 KUBE_PROXY_SYNC_S = 1.0
@@ -388,14 +389,42 @@ class KubernetesTarget:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Drift: what `pulumi refresh` finds on the cluster
+
+
+def healthy_observation(props: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`observe` reports for an endpoint running as PROPS declare."""
+    return {"routes": "present", "deployments": {d: "running" for d in sorted(props.get("templates") or {})}}
+
+
+def observe(props: dict[str, Any], kube: KubeClient) -> dict[str, Any]:
+    """The endpoint's moving parts as the cluster has them: per deployment, its serving slot Deployment (present,
+    with the recorded revision's image, not scaled to zero), and the routes ConfigMap. Pods come and go on their
+    own (Kubernetes replaces them); an object deleted or edited behind Pulumi's back is drift, which `up` repairs
+    by applying the recorded revision again."""
+    t = KubernetesTarget(props, kube, lambda _m: None)
+    live = [rollout.Revision.from_json(v) for v in (props.get("live") or {}).values()]
+    deployments: dict[str, str] = {}
+    for d in sorted(props.get("templates") or {}):
+        found = []
+        for rev in (r for r in live if r.deployment == d):
+            name = slot_name(t.endpoint, d, rev.slot)
+            obj = kube.get(f"{t.apps}/{name}")
+            if obj is None:
+                found.append(f"Deployment {name} missing")
+                continue
+            image = obj["spec"]["template"]["spec"]["containers"][0]["image"]
+            if image != rev.spec["image"]:
+                found.append(f"Deployment {name} runs {image}")
+            elif not (props.get("autoscale") or {}).get(d) and not obj["spec"].get("replicas"):
+                found.append(f"Deployment {name} scaled to 0")
+        deployments[d] = "; ".join(found) or "running"
+    routes = kube.get(f"{t.core}/configmaps/{t.endpoint}-routes")
+    return {"routes": "present" if routes is not None else "missing", "deployments": deployments}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The dynamic provider
-
-
-def _log(endpoint: str) -> rollout.Log:
-    def log(msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {endpoint}: {msg}", file=sys.stderr, flush=True)
-
-    return log
 
 
 def _policy(props: dict[str, Any]) -> rollout.Policy:
@@ -442,17 +471,27 @@ class KubernetesRolloutProvider(ResourceProvider):
         old_w = _targets(olds)[1] if olds.get("templates") and not _unknown(olds.get("templates")) else {}
         steps = plan(old_w, new_w, list(news["rollout"]["steps"]))
         return CheckResult(
-            {**news, "rollout_plan": describe_plan(old_w, steps, float(news["rollout"]["bake_s"]))}, []
+            {
+                **news,
+                "rollout_plan": describe_plan(old_w, steps, float(news["rollout"]["bake_s"])),
+                # What `up` brings the endpoint to; after a refresh found drift, preview shows observed → this.
+                "observed": healthy_observation(news),
+            },
+            [],
         )
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in CONTENT_KEYS if olds.get(k) != news.get(k)]
         moved = [k for k in ("endpoint", "namespace") if olds.get(k) != news.get(k)]
-        return DiffResult(changes=bool(changed or moved), replaces=moved, delete_before_replace=True)
+        return DiffResult(
+            changes=bool(changed or moved) or observed_drift(olds, news),
+            replaces=moved,
+            delete_before_replace=True,
+        )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         kube = _client(props)
-        log = _log(props["endpoint"])
+        log = rollout.progress_log(props["endpoint"])
         target = KubernetesTarget(props, kube, log)
         desired, weights = _targets(props)
         result = rollout.converge(target, {}, desired, {}, weights, _policy(props), log)
@@ -462,7 +501,7 @@ class KubernetesRolloutProvider(ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         kube = _client(news)
-        log = _log(news["endpoint"])
+        log = rollout.progress_log(news["endpoint"])
         target = KubernetesTarget(news, kube, log)
         live = {k: rollout.Revision.from_json(v) for k, v in (olds.get("live") or {}).items()}
         old_w = {k: float(v) for k, v in (olds.get("weights") or {}).items()}
@@ -472,7 +511,19 @@ class KubernetesRolloutProvider(ResourceProvider):
         return UpdateResult(outs=_outputs(news, result, weights))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        return ReadResult(id_, props)
+        """`pulumi refresh`: the slot Deployments and routes as the cluster has them, as ``observed``."""
+        try:
+            observed = observe(props, _client(props))
+        except (EndpointError, ApiError) as e:
+            print(
+                f"{props.get('endpoint')}: cannot read the cluster ({e}): state kept as it was",
+                file=sys.stderr,
+            )
+            return ReadResult(id_, props)
+        drift = drift_phrases(observed, healthy_observation(props))
+        if drift:
+            say_drift(props["endpoint"], "; ".join(drift), "`pulumi up` repairs it")
+        return ReadResult(id_, {**props, "observed": observed})
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         try:
@@ -480,21 +531,19 @@ class KubernetesRolloutProvider(ResourceProvider):
         except EndpointError as e:
             print(f"{props.get('endpoint')}: {e}: nothing to delete", file=sys.stderr)
             return
-        t = KubernetesTarget(props, kube, _log(props["endpoint"]))
-        for d in props.get("templates") or {}:
-            for slot in SLOTS:
-                name = slot_name(props["endpoint"], d, slot)
-                for path in (f"{t.hpas}/{name}", f"{t.apps}/{name}"):
-                    try:
-                        kube.delete(path)
-                    except ApiError as e:
-                        if e.status != 0:
-                            raise
-        try:
-            kube.delete(f"{t.core}/configmaps/{props['endpoint']}-routes")
-        except ApiError as e:
-            if e.status != 0:
-                raise
+        t = KubernetesTarget(props, kube, rollout.progress_log(props["endpoint"]))
+        paths = [
+            f"{collection}/{slot_name(props['endpoint'], d, slot)}"
+            for d in props.get("templates") or {}
+            for slot in SLOTS
+            for collection in (t.hpas, t.apps)
+        ]
+        for path in [*paths, f"{t.core}/configmaps/{props['endpoint']}-routes"]:
+            try:
+                kube.delete(path)
+            except ApiError as e:
+                if e.status != 0:  # 0: the cluster does not answer (gone with its objects): nothing to delete
+                    raise
 
 
 class KubernetesRollout(Resource):

@@ -8,8 +8,6 @@ import contextlib
 import hashlib
 import secrets
 import shutil
-import sys
-import time
 from typing import Any
 
 from pulumi import ResourceOptions
@@ -28,7 +26,7 @@ from pulumi.output import Unknown
 from mlinfra.endpoints import local, rollout
 from mlinfra.endpoints.plan import describe_plan, plan, revision, upstream_weights
 from mlinfra.endpoints.spec import EndpointSpec
-from mlinfra.observed import observed_drift, say_drift
+from mlinfra.observed import drift_phrases, observed_drift, say_drift
 from mlinfra.registry import ModelRegistry
 
 UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # how the engine passes a value not known until apply
@@ -115,15 +113,7 @@ CONTENT_KEYS = (
 
 def _log_to(endpoint: str) -> rollout.Log:
     """Progress goes to the engine's diagnostics (the provider's stderr) and to <endpoint dir>/rollout.log."""
-    path = local.endpoint_dir(endpoint) / "rollout.log"
-
-    def log(msg: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {endpoint}: {msg}"
-        print(line, file=sys.stderr, flush=True)
-        with open(path, "a") as f:
-            f.write(line + "\n")
-
-    return log
+    return rollout.progress_log(endpoint, local.endpoint_dir(endpoint) / "rollout.log")
 
 
 def _revisions(spec: EndpointSpec) -> dict[str, str]:
@@ -146,19 +136,6 @@ def _targets(spec: EndpointSpec) -> tuple[dict[str, rollout.Desired], dict[str, 
     revs = _revisions(spec)
     desired = {d: rollout.Desired(revs[d], s.props(), s.replicas) for d, s in spec.deployments.items()}
     return desired, upstream_weights(revs, spec.traffic)
-
-
-def _drift(observed: dict[str, Any], declared: dict[str, Any]) -> list[str]:
-    """What differs between an observation and the declared state, one phrase each: ``deployments.blue: 1 of 2
-    replicas running``, ``router: missing``."""
-    out = []
-    for k in sorted(set(observed) | set(declared)):
-        o, d = observed.get(k), declared.get(k)
-        if isinstance(o, dict) and isinstance(d, dict):
-            out += [f"{k}.{p}" for p in _drift(o, d)]
-        elif o != d:
-            out.append(f"{k}: {o}")
-    return out
 
 
 def _has_unknown(value: Any) -> bool:
@@ -311,7 +288,7 @@ class LocalEndpointProvider(ResourceProvider):
             for k, v in ((props.get("live") or {}).get("upstreams") or {}).items()
         }
         observed = local.observe(spec, live, local.containers_snapshot(spec.endpoint_name))
-        drift = _drift(observed, local.healthy_observation(spec))
+        drift = drift_phrases(observed, local.healthy_observation(spec))
         if drift:
             say_drift(spec.endpoint_name, "; ".join(drift), "`pulumi up` repairs it")
         return ReadResult(id_, {**props, "observed": observed})

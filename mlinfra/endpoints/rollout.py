@@ -22,9 +22,11 @@ configuration, how a replica is started and probed.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from mlinfra.endpoints import gates
@@ -33,6 +35,20 @@ from mlinfra.endpoints.spec import RolloutSpec
 from mlinfra.errors import RolloutFailed
 
 Log = Callable[[str], None]
+
+
+def progress_log(endpoint: str, also_to: Path | None = None) -> Log:
+    """Progress lines, time-stamped and named by ENDPOINT, to the engine's diagnostics (a provider's stderr, which
+    `pulumi up` shows) and, when given, appended to the file ALSO_TO."""
+
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {endpoint}: {msg}"
+        print(line, file=sys.stderr, flush=True)
+        if also_to is not None:
+            with open(also_to, "a") as f:
+                f.write(line + "\n")
+
+    return log
 
 
 @dataclass

@@ -8,12 +8,13 @@ valid key. `mlinfra promote` rewrites the pins (``version``/``sha256`` of models
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlinfra.errors import StackConfigError
 
@@ -66,7 +67,11 @@ class ImageConfig(Strict):
 class DeploymentConfig(Strict):
     image: str
     """The name of an image in `images`, or an image reference (host/repo@sha256:… or, policies permitting, a tag)."""
-    replicas: int = 1
+    replicas: int = Field(default=1, ge=0)
+    cpu: float = Field(default=1.0, gt=0)
+    """CPU cores per replica (the Kubernetes request and limit; the Docker limit)."""
+    memory_mb: int = Field(default=1024, ge=64)
+    """Memory per replica in MiB."""
 
 
 class RolloutConfig(Strict):
@@ -82,6 +87,38 @@ class CollectionConfig(Strict):
     """Blob container URI. Default: the `mlinfra:collectionStorage` config, else a local folder."""
 
 
+class LocalDockerConfig(Strict):
+    """The endpoint runs as containers on this machine's Docker engine, behind a router on 127.0.0.1."""
+
+    kind: Literal["local-docker"] = "local-docker"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """Router port on 127.0.0.1. Default: a free port chosen at the first `up`, kept afterwards."""
+
+
+class KubernetesConfig(Strict):
+    """The endpoint runs on a Kubernetes cluster: slot Deployments behind the router, rolled out in steps."""
+
+    kind: Literal["kubernetes"]
+    kubeconfig: str | None = None
+    """Path to the cluster's kubeconfig (``~`` and paths relative to the project folder allowed), or ``local``:
+    the single-node cluster of `mlinfra services up kubernetes`. Default: ``$KUBECONFIG``, else
+    ``~/.kube/config``."""
+    context: str | None = None
+    """kubeconfig context. Default: its current-context."""
+    namespace: str | None = None
+    """Namespace (a DNS label; created). Default: the endpoint's name (``<endpoint>-<stack>``)."""
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_label(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
+            raise ValueError(
+                f"namespace {v!r} is not a DNS label: use at most 63 lower-case letters, digits and '-', starting "
+                "and ending with a letter or digit"
+            )
+        return v
+
+
 class EndpointConfig(Strict):
     name: str
     deployments: dict[str, DeploymentConfig]
@@ -89,7 +126,27 @@ class EndpointConfig(Strict):
     auth: Literal["key", "none"] = "key"
     data_collection: CollectionConfig | None = None
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    target: LocalDockerConfig | KubernetesConfig = Field(
+        default_factory=LocalDockerConfig, discriminator="kind"
+    )
+    """Where the endpoint runs: ``{kind: local-docker, port: …}`` (the default) or ``{kind: kubernetes,
+    kubeconfig: …, namespace: …}``."""
     port: int | None = None
+    """Deprecated: use ``target: {kind: local-docker, port: …}``."""
+
+    @model_validator(mode="after")
+    def _port_in_target(self) -> EndpointConfig:
+        if self.port is not None:
+            if isinstance(self.target, KubernetesConfig):
+                raise ValueError(
+                    f"endpoint {self.name!r}: port is for a local-docker target; a kubernetes target is reached "
+                    "through its router Service: remove port"
+                )
+            if self.target.port is not None and self.target.port != self.port:
+                raise ValueError(f"endpoint {self.name!r}: port and target.port differ: keep target.port")
+            self.target = LocalDockerConfig(port=self.port)
+            self.port = None
+        return self
 
 
 class EdgeConfig(Strict):
@@ -150,12 +207,26 @@ def _unwrap(annotation: Any) -> Any:
 
 def _owner(loc: tuple[Any, ...]) -> type[BaseModel]:
     owner: type[BaseModel] = PlatformConfig
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, str) and part in owner.model_fields:
-            inner = _unwrap(owner.model_fields[part].annotation)
+            annotation = owner.model_fields[part].annotation
+            # A discriminated union (a target): the next part of the path is the chosen kind.
+            tagged = {
+                typing.get_args(m.model_fields["kind"].annotation)[0]: m
+                for m in _members(annotation)
+                if "kind" in m.model_fields
+            }
+            nxt = loc[i + 1] if i + 1 < len(loc) else None
+            inner = tagged.get(nxt) if nxt in tagged else _unwrap(annotation)
             if inner is not None:
                 owner = inner
     return owner
+
+
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return []
 
 
 def load(raw: Any) -> PlatformConfig:
@@ -165,12 +236,21 @@ def load(raw: Any) -> PlatformConfig:
     except ValidationError as e:
         msgs = []
         for err in e.errors():
-            path = ".".join(str(p) for p in err["loc"])
+            # A target's kind (the union's tag) is not a key of the file: leave it out of the path.
+            loc = [p for i, p in enumerate(err["loc"]) if not (i and err["loc"][i - 1] == "target")]
+            path = ".".join(str(p) for p in loc)
             if err["type"] == "extra_forbidden":
                 key = str(err["loc"][-1])
                 near = difflib.get_close_matches(key, list(_owner(err["loc"][:-1]).model_fields), n=1)
                 msgs.append(
                     f"platform.{path}: unknown key" + (f"; did you mean {near[0]!r}?" if near else "")
+                )
+            elif err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+                got = (err.get("ctx") or {}).get("tag")
+                msgs.append(
+                    f"platform.{path}: "
+                    + (f"kind {got!r} is not a target kind" if got else "the target needs a kind")
+                    + "; use kind: local-docker or kind: kubernetes"
                 )
             else:
                 msg = err["msg"].removeprefix("Value error, ")
@@ -204,6 +284,16 @@ def registry_uri(cfg: PlatformConfig, project_dir: Path) -> str:
     if "://" in reg:
         return reg
     return f"file://{(project_dir / reg).resolve()}"
+
+
+def kubeconfig_path(target: KubernetesConfig, project_dir: Path, local: Path) -> str | None:
+    """The kubeconfig file a kubernetes target names (``local`` is LOCAL), or None for the ambient one."""
+    if target.kubeconfig is None:
+        return None
+    if target.kubeconfig == "local":
+        return str(local)
+    path = Path(target.kubeconfig).expanduser()
+    return str(path if path.is_absolute() else (project_dir / path).resolve())
 
 
 def image_repository(cfg: PlatformConfig, image: str, registry_host: str) -> str:

@@ -1,19 +1,24 @@
-"""GitOps on the real engine: the platform project (stacks/) with dev, staging and prod on one local backend.
+"""GitOps on the real engine: the platform project (stacks/) with dev, staging and prod on one local backend; dev
+runs on Local Docker, staging and prod on the local Kubernetes cluster (real pods).
 
 dev deploys model v2 → staging's preview has nothing to do → `mlinfra promote --from dev --to staging --copy` pins
 v2 and its image digest (copied into staging's registries) → staging's preview markdown shows the version, digest
-and traffic change → `up` applies it and the next preview is empty → prod's policy pack blocks the promoted model,
-which has no evaluation metric, and the markdown says so.
+and traffic change → `up` rolls it out on Kubernetes (pods run the promoted digest, the router scores with the key)
+and the next preview is empty → a slot Deployment deleted by hand is drift a refreshed preview names and `up
+--refresh` repairs → prod's policy pack blocks the promoted model, which has no evaluation metric, and the markdown
+says so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,15 +30,17 @@ from mlinfra.edge.fleet import Broker, publish
 from mlinfra.endpoints.local import find_containers
 from mlinfra.engine import REPO_ROOT, engine_bin_dir
 from mlinfra.gitops.stacks import POLICY_PACK, Project
+from mlinfra.lab import node, services
 from mlinfra.lab.samples import write_mlp
 from mlinfra_edge.manifest import twin_topic
+from tests.endpoint_helpers import score
 
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
 
 
 @pytest.fixture
 def platform(tmp_path: Path, backend: Path, local_services, monkeypatch) -> Iterator[Project]:
-    local_services("docker", "registry", "mosquitto", "python-base", "router-base")
+    local_services("docker", "registry", "mosquitto", "python-base", "router-base", "azurite", "kubernetes")
     work = tmp_path / "stacks"
     shutil.copytree(REPO_ROOT / "stacks", work, ignore=shutil.ignore_patterns(".mlinfra", "__pycache__"))
     meta = work / "Pulumi.yaml"
@@ -46,6 +53,13 @@ def platform(tmp_path: Path, backend: Path, local_services, monkeypatch) -> Iter
         )
     monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{backend}")
     project = Project(work)
+    # staging and prod run on Kubernetes: their pods record into blob storage (Azurite), not a local folder.
+    container = "gitops-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
+    for env in ("staging", "prod"):
+        st = project.stack(env)
+        st.set_config("mlinfra:collectionStorage", auto.ConfigValue(storage))
+        st.set_config("mlinfra:collectionCredential", auto.ConfigValue(services.AZURITE_KEY, secret=True))
     yield project
     # Every test cleans up what it started, even when it failed: the stacks' endpoints, images' users, edge
     # deployments (they used to stay up after `make test`).
@@ -58,7 +72,36 @@ def platform(tmp_path: Path, backend: Path, local_services, monkeypatch) -> Iter
         except Exception as e:
             problems.append(f"{env}: {str(e)[-300:]}")
     left = [c["name"] for env in ("dev", "staging", "prod") for c in find_containers(f"churn-{env}")]
-    assert not problems and not left, f"cleanup failed: {problems}; containers left: {left}"
+    left += kube_objects("churn-staging")
+    assert not problems and not left, f"cleanup failed: {problems}; left: {left}"
+
+
+def kube_objects(namespace: str, *what: str) -> list[str]:
+    """Names of the namespace's objects (default: Deployments, Services, ConfigMaps; none when it is gone)."""
+    r = node.local_cluster().kubectl(
+        "get", ",".join(what or ("deploy", "svc", "cm")), "-n", namespace, "-o", "name", "--ignore-not-found",
+        check=False,
+    )  # fmt: skip
+    return [n for n in r.stdout.split() if not n.endswith("/kube-root-ca.crt")]
+
+
+def staging_router(project: Project) -> tuple[str, str]:
+    """staging's scoring URI as this machine reaches it (the router Service's ClusterIP) and its key."""
+    ip = (
+        node.local_cluster()
+        .kubectl("get", "svc", "churn-staging", "-n", "churn-staging", "-o", "jsonpath={.spec.clusterIP}")
+        .stdout.strip()
+    )
+    return f"http://{ip}:80/score", project.stack("staging").outputs()["endpoint:churn:key"].value
+
+
+def until(what: str, ok, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while not (got := ok()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.5)
+    return got
 
 
 GOLDEN = os.environ.get("MLINFRA_RECORD_GOLDEN")  # a folder: save each preview's events there (tests/golden)
@@ -152,14 +195,34 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     r = cli(p, "preview", "--stack", "staging")
     assert r.returncode == 0 and "**No changes**" in r.stdout, r.stdout
 
-    # Drift: staging's scoring replica removed by hand. A plain preview can't know; one with --refresh (a
+    # staging runs on Kubernetes: its pods run the promoted digest, and the router scores with the key (401 without).
+    pods = json.loads(
+        node.local_cluster().kubectl(
+            "get", "pods", "-n", "churn-staging", "-l", "mlinfra.io/deployment=blue", "-o", "json"
+        ).stdout
+    )["items"]  # fmt: skip
+    serving = [p for p in pods if p["metadata"].get("deletionTimestamp") is None]
+    assert serving and all(p["spec"]["containers"][0]["image"].endswith("@" + digest) for p in serving), (
+        serving
+    )
+    uri, key = staging_router(p)
+    until("staging's router scores", lambda: score(uri, key)[0] == 200)
+    assert score(uri, None)[0] == 401
+    # `mlinfra endpoints list` finds the digest on both targets (the local cluster is looked at when it runs).
+    r = subprocess.run(
+        [MLINFRA, "endpoints", "list", "--json", "--image", digest], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    found = {e["endpoint"]: e["target"] for e in json.loads(r.stdout)}
+    assert (
+        found.get("churn-staging") == "kubernetes:churn-staging" and found.get("churn-dev") == "local-docker"
+    ), found
+
+    # Drift: staging's serving Deployment deleted by hand. A plain preview can't know; one with --refresh (a
     # scheduled drift alarm) reports it and exits 1; `mlinfra up --refresh` repairs it; then all is clean again.
-    staging_eps = {c["labels"]["mlinfra.io/endpoint"] for c in find_containers() if "staging" in c["name"]}
-    replicas = [
-        c for ep in staging_eps for c in find_containers(ep) if c["labels"].get("mlinfra.io/role") != "router"
-    ]
-    assert replicas, staging_eps
-    subprocess.run(["docker", "rm", "-f", replicas[0]["name"]], check=True, capture_output=True)
+    slots = kube_objects("churn-staging", "deploy")
+    slot = next(n.split("/", 1)[1] for n in slots if n.split("/", 1)[1].startswith("churn-staging-blue-"))
+    node.local_cluster().kubectl("delete", "deploy", slot, "-n", "churn-staging", "--wait=false")
     r = cli(p, "preview", "--stack", "staging")
     assert r.returncode == 0 and "**No changes**" in r.stdout, r.stdout
     drift_md = tmp_path / "drift.md"
@@ -168,13 +231,12 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     text = drift_md.read_text()
     assert "#### Drift" in text and "🔧 1 resource(s) drifted" in text, text
     assert re.search(
-        r"\| CloudEndpoint \S+ \| deployments\.\w+: 0 of 1 replicas running \(declared: 1 of 1", text
+        rf"\| CloudEndpoint \S+ \| deployments\.blue: Deployment {slot} missing \(declared: running\)", text
     ), text
     r = cli(p, "up", "--stack", "staging", "--refresh")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
-    assert len([c for ep in staging_eps for c in find_containers(ep) if c["state"] == "running"]) == len(
-        [c for ep in staging_eps for c in find_containers(ep)]
-    )
+    assert f"deployment.apps/{slot}" in kube_objects("churn-staging", "deploy")
+    assert score(uri, key)[0] == 200  # up waited for the recreated pods before it finished
     r = cli(p, "preview", "--stack", "staging", "--refresh")
     assert r.returncode == 0 and "**No changes**" in r.stdout, r.stdout
 
@@ -296,6 +358,39 @@ def test_bad_input_is_named_and_changes_nothing(platform: Project) -> None:
     )
     r = cli(p, "promote", "--from", "dev", "--to", "prod")  # the target's config is checked too
     assert r.returncode == 2 and "model_metric.threshold" in r.stderr, r.stderr
+
+    # A target that is not one, a namespace that is not a DNS label, a kubeconfig that is not there.
+    kube = {"kind": "kubernetes", "kubeconfig": "local"}
+    edit(
+        p, "staging", lambda c: c["endpoints"][0].update(rollout={"steps": [20, 100]}, target={"kind": "k8s"})
+    )
+    r = cli(p, "preview", "--stack", "staging")
+    assert (
+        r.returncode == 2
+        and (
+            "platform.endpoints.0.target: kind 'k8s' is not a target kind; use kind: local-docker or kind: kubernetes"
+        )
+        in r.stderr
+    ), r.stderr
+    edit(p, "staging", lambda c: c["endpoints"][0].update(target={**kube, "namespace": "Churn_Staging"}))
+    r = cli(p, "preview", "--stack", "staging")
+    assert r.returncode == 2 and "namespace 'Churn_Staging' is not a DNS label" in r.stderr, r.stderr
+    edit(
+        p, "staging", lambda c: c["endpoints"][0].update(target={**kube, "kubeconfig": "clusters/gone.yaml"})
+    )
+    r = cli(p, "preview", "--stack", "staging")
+    assert r.returncode == 2, r.stdout
+    assert f"kubeconfig '{p.dir / 'clusters' / 'gone.yaml'}' is not a file" in r.stdout, r.stdout
+    # On Kubernetes, data collection into a local folder cannot work: the preview says what to configure.
+    edit(p, "staging", lambda c: c["endpoints"][0].update(target=kube))
+    p.stack("staging").remove_config("mlinfra:collectionStorage")
+    r = cli(p, "preview", "--stack", "staging")
+    assert (
+        r.returncode == 2
+        and "cannot work on Kubernetes" in r.stdout
+        and "mlinfra:collectionStorage" in r.stdout
+    ), r.stdout
+    assert kube_objects("churn-staging") == []  # previews create nothing
 
     # Nothing was written by the refused commands (the test's own edits aside).
     assert (p.dir / "Pulumi.dev.yaml").read_text() == before[p.dir / "Pulumi.dev.yaml"]

@@ -299,7 +299,9 @@ def test_tls_client_certificates_on_kubernetes(cluster, images, program, backend
         st.destroy(on_output=lambda _m: None)
 
 
-def test_pods_collect_data_into_azurite(cluster, images, program, backend, local_services) -> None:
+def test_pods_collect_data_into_azurite_and_bad_pods_fail_fast(
+    cluster, images, program, backend, local_services
+) -> None:
     """Pods record what they score into Azurite on this machine (bound to 127.0.0.1): a loopback sink is addressed
     at the pod's node, whose Azurite port the lab forwards from the pod bridge to loopback."""
     import os
@@ -345,5 +347,34 @@ def test_pods_collect_data_into_azurite(cluster, images, program, backend, local
             return len(lines) if len(lines) >= 10 else 0
 
         assert _until("the pods' records reach Azurite", records, 60) >= 10
+
+        # Bad pods fail the `up` fast, naming the reason, and v1 keeps serving: a pod the node cannot fit (the
+        # scheduler's message), then one that crash-loops (its last log lines).
+        for change, words in (
+            ({"cpu": 64}, ("cannot be scheduled", "Insufficient cpu")),
+            ({"env": {"MLINFRA_SERVE_MAX_BATCH_SIZE": "lots"}}, ("crash-loops", "is not a number")),
+        ):
+            st.set_config(
+                "deployments",
+                auto.ConfigValue(json.dumps({"blue": {"image": images["v2"], "cpu": 0.25, **change}})),
+            )
+            started = time.monotonic()
+            with pytest.raises(auto.CommandError) as e:
+                st.up(on_output=lambda _m: None)
+            took = time.monotonic() - started
+            assert all(w in str(e.value) for w in words), str(e.value)[-2000:]
+            assert took < 100, f"{change}: the up failed only after {took:.0f} s"
+            assert _post(f"{router}/score", key, {"data": [ROW]})[0] == 200
+            _until(  # the failed slot's pods are deleted in the background, a moment after the up
+                "only v1 pods are left",
+                lambda: (
+                    {
+                        p["spec"]["containers"][0]["image"]
+                        for p in _pods(cluster, ns, "mlinfra.io/deployment=blue")
+                    }
+                    == {images["v1"]}
+                ),
+                30,
+            )
     finally:
         st.destroy(on_output=lambda _m: None)

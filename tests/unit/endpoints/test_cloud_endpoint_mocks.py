@@ -172,9 +172,35 @@ def test_local_target_passes_keys_as_secrets(mocks: Mocks) -> None:
             "port=70000",
         ),
         ({"deployments": {}}, "deployments is empty"),
+        (
+            {
+                "deployments": {
+                    "blue": mlinfra.Deployment(image=IMAGE),
+                    "blue-b": mlinfra.Deployment(image=IMAGE),
+                },
+                "traffic": {"blue": 100, "blue-b": 0},
+                "target": mlinfra.Kubernetes(render_yaml_to="/nonexistent"),
+            },
+            "deployment 'blue-b' would share its Kubernetes Service name with slot 'b' of deployment 'blue'",
+        ),
+        (
+            {
+                "deployments": {"blue": mlinfra.Deployment(image=IMAGE)},
+                "data_collection": "file",
+                "target": mlinfra.Kubernetes(render_yaml_to="/nonexistent"),
+            },
+            "cannot work on Kubernetes",
+        ),
     ],
 )
-def test_bad_arguments_fail_with_the_value_and_the_fix(mocks: Mocks, args, needle) -> None:
+def test_bad_arguments_fail_with_the_value_and_the_fix(mocks: Mocks, args, needle, tmp_path) -> None:
+    if args.get("data_collection") == "file":
+        args = {
+            **args,
+            "data_collection": mlinfra.DataCollection(
+                "dc", mlinfra.DataCollectionArgs(storage=f"file://{tmp_path}")
+            ),
+        }
     with pytest.raises(EndpointError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         mlinfra.CloudEndpoint("bad", mlinfra.CloudEndpointArgs(**args))
 

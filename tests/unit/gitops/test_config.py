@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlinfra.gitops.config import StackConfigError, load, policy_pack_config
+from mlinfra.gitops.config import (
+    KubernetesConfig,
+    StackConfigError,
+    kubeconfig_path,
+    load,
+    policy_pack_config,
+)
 from mlinfra.gitops.stacks import _edit_yaml
 
 STACKS = Path(__file__).parents[3] / "stacks"
@@ -59,6 +65,43 @@ def test_misspelt_keys_name_the_nearest_valid_one() -> None:
         StackConfigError, match=r"'churn-scorr' is neither an image.*did you mean 'churn-scorer'\?"
     ):
         load(ep)
+
+
+def test_targets_are_typed() -> None:
+    """dev runs on Local Docker, staging and prod on Kubernetes; a wrong target names the key and the fix."""
+    assert load(raw("dev")).endpoints[0].target.kind == "local-docker"
+    for env in ("staging", "prod"):
+        t = load(raw(env)).endpoints[0].target
+        assert isinstance(t, KubernetesConfig) and t.kubeconfig == "local"
+        assert kubeconfig_path(t, STACKS, Path("/lab/kubeconfig.yaml")) == "/lab/kubeconfig.yaml"
+    t = KubernetesConfig(kind="kubernetes", kubeconfig="clusters/prod.yaml")
+    assert kubeconfig_path(t, Path("/proj"), Path("/lab")) == "/proj/clusters/prod.yaml"
+    assert kubeconfig_path(KubernetesConfig(kind="kubernetes"), Path("/proj"), Path("/lab")) is None
+
+    def with_target(target: dict, **more: object) -> str:
+        cfg = raw("staging")
+        cfg["endpoints"][0].update(target=target, **more)
+        with pytest.raises(StackConfigError) as e:
+            load(cfg)
+        return str(e.value)
+
+    assert "platform.endpoints.0.target: kind 'k8s' is not a target kind; use kind: local-docker or kind: " \
+        "kubernetes" in with_target({"kind": "k8s"})  # fmt: skip
+    assert "platform.endpoints.0.target: the target needs a kind" in with_target({"kubeconfig": "local"})
+    assert "platform.endpoints.0.target.namspace: unknown key; did you mean 'namespace'?" in with_target(
+        {"kind": "kubernetes", "namspace": "x"}
+    )
+    assert "platform.endpoints.0.target.prot: unknown key; did you mean 'port'?" in with_target(
+        {"kind": "local-docker", "prot": 80}
+    )
+    assert "namespace 'Churn_Staging' is not a DNS label" in with_target(
+        {"kind": "kubernetes", "namespace": "Churn_Staging"}
+    )
+    assert "port is for a local-docker target" in with_target({"kind": "kubernetes"}, port=8080)
+    # The old top-level port still works, as the local-docker target's port.
+    cfg = raw("dev")
+    cfg["endpoints"][0]["port"] = 8123
+    assert load(cfg).endpoints[0].target.port == 8123
 
 
 def test_a_missing_policy_threshold_names_the_key() -> None:
