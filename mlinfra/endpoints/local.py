@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -232,14 +233,29 @@ _GATEWAY: list[str] = []
 
 
 def bridge_gateway() -> str:
-    """The address of Docker's default bridge on this machine, as its containers see it (cached per process)."""
+    """The address of Docker's default bridge on this machine, as its containers see it (cached per process): the
+    network's IPAM gateway, else (a daemon that records none, as a freshly started one here did) the address of its
+    bridge interface (docker0), which is the gateway its containers route through."""
     if not _GATEWAY:
         r = docker(
-            "network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}", check=False
-        )
-        gw = r.stdout.strip()
+            "network", "inspect", "bridge", "-f",
+            '{{range .IPAM.Config}}{{.Gateway}}{{end}} {{index .Options "com.docker.network.bridge.name"}}',
+            check=False,
+        )  # fmt: skip
+        gw, _, bridge = r.stdout.strip("\n").partition(" ")  # "GATEWAY BRIDGE" or " BRIDGE"
+        if r.returncode == 0 and not gw:
+            ip = subprocess.run(
+                ["ip", "-4", "-o", "addr", "show", "dev", bridge.strip() or "docker0"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            found = re.search(r"\binet (\d+\.\d+\.\d+\.\d+)/", ip.stdout)
+            gw = found.group(1) if found else ""
         if r.returncode != 0 or not gw:
-            raise EndpointError(f"Docker's default bridge has no gateway address: {r.stderr.strip()[-300:]}")
+            raise EndpointError(
+                f"Docker's default bridge has no gateway address (neither in `docker network inspect bridge` nor on "
+                f"its interface): restart Docker (`mlinfra services down docker && mlinfra services up docker`) "
+                f"{r.stderr.strip()[-300:]}"
+            )
         _GATEWAY.append(gw)
     return _GATEWAY[0]
 

@@ -4,6 +4,7 @@ tests/integration/."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ class Mocks(pulumi.runtime.Mocks):
 
 
 def install(computed: dict[str, dict[str, Any]] | None = None, stack: str = "unit") -> Mocks:
+    # A fresh event loop: a test run earlier in this process (asyncio.run, an integration test's engine) may have
+    # left none, and the mocks register resources on the current one.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     m = Mocks(computed)
     pulumi.runtime.set_mocks(m, project="mlinfra-unit", stack=stack)
     return m
