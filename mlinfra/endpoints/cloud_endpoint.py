@@ -4,6 +4,7 @@ rolls itself back on a failed gate during `pulumi up`. See docs/cloud-endpoint.m
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
@@ -231,6 +232,12 @@ class CloudEndpoint(pulumi.ComponentResource):
             raise EndpointError(f"{where}: max_body_mb = {args.max_body_mb} must be in (0, 1024]")
         specs: dict[str, DeploymentSpec] = {}
         k8s = isinstance(args.target, Kubernetes)
+        ns = getattr(args.target, "namespace", None)
+        if k8s and ns is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", str(ns)):
+            raise EndpointError(
+                f"{where}: namespace {ns!r} is not a DNS label: use at most 63 lower-case letters, digits and '-', "
+                "starting and ending with a letter or digit (e.g. Kubernetes(namespace='fraud-prod'))"
+            )
         for d in args.deployments if k8s else ():
             clash = [f"{d}-{slot}" for slot in ("a", "b") if f"{d}-{slot}" in args.deployments]
             if clash:

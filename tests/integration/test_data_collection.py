@@ -253,7 +253,7 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
     from pulumi import automation as auto
 
     from mlinfra.automation import local_stack
-    from mlinfra.endpoints.local import find_containers
+    from mlinfra.endpoints.local import bridge_gateway, find_containers
     from tests.endpoint_helpers import score
     from tests.state_helpers import plaintext_secrets
 
@@ -324,10 +324,7 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
             "    s = socket.socket(); s.settimeout(2)\n"
             "    print(p, s.connect_ex((sys.argv[1], p)) == 0)\n"
         )
-        gw = subprocess.run(
-            ["docker", "network", "inspect", "bridge", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}"],
-            capture_output=True, text=True,
-        ).stdout.strip()  # fmt: skip
+        gw = bridge_gateway()
         reach = subprocess.run(
             ["docker", "exec", replicas[0], "python3", "-c", probe, gw,
              str(services.azurite_port()), str(services.registry_port()), str(services.mqtt_port())],

@@ -186,6 +186,13 @@ def test_local_target_passes_keys_as_secrets(mocks: Mocks) -> None:
         (
             {
                 "deployments": {"blue": mlinfra.Deployment(image=IMAGE)},
+                "target": mlinfra.Kubernetes(render_yaml_to="/nonexistent", namespace="Fraud_Prod"),
+            },
+            "namespace 'Fraud_Prod' is not a DNS label",
+        ),
+        (
+            {
+                "deployments": {"blue": mlinfra.Deployment(image=IMAGE)},
                 "data_collection": "file",
                 "target": mlinfra.Kubernetes(render_yaml_to="/nonexistent"),
             },
