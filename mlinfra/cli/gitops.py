@@ -83,10 +83,12 @@ def cmd_policy(args: argparse.Namespace) -> int:
         print(POLICY_PACK)
         return 0
     project = _project(args)
-    cfg = project.config(args.stack)
-    if cfg.policy is None:
-        raise GitOpsError(f"stack {args.stack} has no platform.policy section: the pack is off there")
-    print(json.dumps(policy_pack_config(cfg.policy), indent=1))
+    policy = project.policy(args.stack)
+    if policy is None:
+        raise GitOpsError(
+            f"stack {args.stack} has no platform.policy section nor an mlinfra:policy config: the pack is off there"
+        )
+    print(json.dumps(policy_pack_config(policy), indent=1))
     return 0
 
 

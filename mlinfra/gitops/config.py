@@ -278,6 +278,24 @@ def load(raw: Any) -> PlatformConfig:
     return cfg
 
 
+def load_policy(raw: Any) -> PolicyConfig:
+    """Validate an ``mlinfra:policy`` config object (the keys of the platform config's ``policy``)."""
+    try:
+        return PolicyConfig.model_validate(raw)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            path = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                near = difflib.get_close_matches(str(err["loc"][-1]), list(PolicyConfig.model_fields), n=1)
+                msgs.append(
+                    f"mlinfra:policy.{path}: unknown key" + (f"; did you mean {near[0]!r}?" if near else "")
+                )
+            else:
+                msgs.append(f"mlinfra:policy{'.' + path if path else ''}: {err['msg']}")
+        raise StackConfigError("invalid policy config:\n  " + "\n  ".join(msgs)) from None
+
+
 def registry_uri(cfg: PlatformConfig, project_dir: Path) -> str:
     """The stack's model registry URI; a plain folder is relative to the project folder."""
     reg = cfg.registry or ".mlinfra/registry"

@@ -616,6 +616,9 @@ def render_markdown(s: Summary, max_rows: int | None = None) -> str:
         out += ["#### Errors", ""]
         out += [f"- {_esc(e)}" for e in s.errors]
         out.append("")
+    if not (s.models or s.images or s.endpoints or s.edge or s.drift or s.violations or s.errors):
+        out += ["_Nothing of mlinfra's in this plan: the program declares no mlinfra component (the counts above "
+                "are the engine's own)._", ""]  # fmt: skip
     if s.exit_code() == 0:
         verdict = "✅ safe to apply"
     elif s.exit_code() == 2:

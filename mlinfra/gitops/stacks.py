@@ -26,15 +26,19 @@ from mlinfra.files import write_atomic
 from mlinfra.gitops import plan
 from mlinfra.gitops.config import (
     PlatformConfig,
+    PolicyConfig,
     StackConfigError,
     image_repository,
     load,
+    load_policy,
     policy_pack_config,
     registry_uri,
 )
 
 POLICY_PACK = Path(__file__).resolve().parent.parent / "policy"
 CONFIG_KEY = "platform"
+POLICY_KEY = "mlinfra:policy"
+"""Any stack's switch for the policy pack: a config object with the keys of the platform config's ``policy``."""
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: far faster on a big config
@@ -83,7 +87,7 @@ class Project:
         return sorted(names)
 
     def check_stack(self, stack: str) -> None:
-        if stack not in self.files():
+        if stack not in self.files() and stack not in self.known():
             known = self.known()
             near = difflib.get_close_matches(stack, known, n=1)
             raise GitOpsError(
@@ -107,8 +111,30 @@ class Project:
             self._configs[stack] = self._load_config(stack)
         return self._configs[stack]
 
+    def has_platform(self, stack: str) -> bool:
+        """Whether the stack's config holds the typed platform object (the bundled `stacks/` project's way)."""
+        return self._raw_key(stack, f"{self.name}:{CONFIG_KEY}") is not None
+
+    def policy(self, stack: str) -> PolicyConfig | None:
+        """The policy pack's settings for STACK, validated: the platform object's ``policy`` section, else the
+        ``mlinfra:policy`` config object any program's stack can set (same keys); None: the pack is off."""
+        if self.has_platform(stack):
+            return self.config(stack).policy
+        raw = self._raw_key(stack, POLICY_KEY)
+        if raw is None:
+            return None
+        try:
+            return load_policy(raw)
+        except StackConfigError as e:
+            raise GitOpsError(f"Pulumi.{stack}.yaml: {e}") from None
+
+    def _raw_key(self, stack: str, key: str) -> Any:
+        path = self.files().get(stack)
+        doc = (_yaml(path.read_text()) or {}) if path else {}
+        return (doc.get("config") or {}).get(key)
+
     def _load_config(self, stack: str) -> PlatformConfig:
-        doc = self.raw_config(stack)
+        doc = self.raw_config(stack) if stack in self.files() else {}
         key = f"{self.name}:{CONFIG_KEY}"
         raw = (doc.get("config") or {}).get(key)
         if raw is None:
@@ -129,10 +155,12 @@ def preview(
     progress: Callable[[str], None] | None = None,
     refresh: bool = False,
 ) -> plan.Summary:
-    """`pulumi preview` of STACK through the Automation API, with the policy pack when the stack's config has a
-    `policy` section, summarized in model terms. With REFRESH, every resource is read from the real world first
-    (`pulumi preview --refresh`): what changed outside Pulumi shows as drift (the state file is not written)."""
-    project.config(stack_name)  # validates before the engine runs
+    """`pulumi preview` of STACK through the Automation API, with the policy pack when the stack enables it
+    (:meth:`Project.policy`), summarized in model terms from the mlinfra components the plan holds — any program's,
+    not only the platform project's. With REFRESH, every resource is read from the real world first (`pulumi
+    preview --refresh`): what changed outside Pulumi shows as drift (the state file is not written)."""
+    project.check_stack(stack_name)
+    project.policy(stack_name)  # validates the config before the engine runs
     return _preview(project, project.stack(stack_name), events_file, progress, refresh)
 
 
@@ -155,7 +183,7 @@ def _preview(
 
     kwargs: dict[str, Any] = {"on_event": on_event, "diff": False, "refresh": refresh}
     with tempfile.TemporaryDirectory(prefix="mlinfra-policy-") as tmp:
-        kwargs.update(_policy_args(project.config(stack.name), stack.name, Path(tmp)))
+        kwargs.update(_policy_args(project.policy(stack.name), stack.name, Path(tmp)))
         failure = None
         try:
             stack.preview(**kwargs)
@@ -169,9 +197,9 @@ def _preview(
     return summary
 
 
-def _policy_args(cfg: PlatformConfig, stack_name: str, tmp: Path) -> dict[str, Any]:
+def _policy_args(policy: PolicyConfig | None, stack_name: str, tmp: Path) -> dict[str, Any]:
     """The Automation API arguments that enable the policy pack as the stack's config says (none when off)."""
-    if cfg.policy is None:
+    if policy is None:
         return {}
     if not policy_python().exists():
         raise GitOpsError(
@@ -179,7 +207,7 @@ def _policy_args(cfg: PlatformConfig, stack_name: str, tmp: Path) -> dict[str, A
             "missing: run `make setup`"
         )
     pack_cfg = tmp / "policy.json"
-    pack_cfg.write_text(json.dumps(policy_pack_config(cfg.policy)))
+    pack_cfg.write_text(json.dumps(policy_pack_config(policy)))
     return {"policy_packs": [str(POLICY_PACK)], "policy_pack_configs": [str(pack_cfg)]}
 
 
@@ -189,7 +217,7 @@ def up(
     """`pulumi up` of STACK, engine output streamed to SAY, with the stack's policy pack enforced. The engine's
     `up` does not preview first (Automation API), so this previews first and refuses a plan the policies block.
     With REFRESH, the real world is read first, so drift is repaired (`pulumi up --refresh`)."""
-    cfg = project.config(stack_name)
+    policy = project.policy(stack_name)
     stack = project.stack(stack_name)
     summary = _preview(project, stack, refresh=refresh)
     if summary.blocking or summary.errors:
@@ -202,7 +230,7 @@ def up(
             return stack.up(
                 on_output=lambda line: say(line.rstrip("\n")),
                 refresh=refresh,
-                **_policy_args(cfg, stack_name, Path(tmp)),
+                **_policy_args(policy, stack_name, Path(tmp)),
             )
         except auto.CommandError as e:
             raise GitOpsError(f"`pulumi up` of {stack_name} failed: {_failure_text(e)}") from None

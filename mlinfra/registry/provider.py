@@ -162,7 +162,11 @@ class ModelAliasProvider(ResourceProvider):
     """An alias (e.g. `champion`) pointing at a version; moving it is an in-place update."""
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        return CheckResult({**news, "observed": f"points at {int(news['version'])}"}, [])
+        try:
+            observed = f"points at {int(news.get('version'))}"  # type: ignore[arg-type]
+        except (TypeError, ValueError):  # registered by this same `up`: unknown at preview, nothing to compare yet
+            return CheckResult({k: v for k, v in news.items() if k != "observed"}, [])
+        return CheckResult({**news, "observed": observed}, [])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in ("model_name", "registry", "alias", "version") if olds.get(k) != news.get(k)]

@@ -394,3 +394,58 @@ def test_bad_input_is_named_and_changes_nothing(platform: Project) -> None:
 
     # Nothing was written by the refused commands (the test's own edits aside).
     assert (p.dir / "Pulumi.dev.yaml").read_text() == before[p.dir / "Pulumi.dev.yaml"]
+
+
+def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, monkeypatch) -> None:
+    """`mlinfra preview` / `up` on a program written like the README's tour (examples/registered-model), not the
+    platform project: the summary comes from its components; `mlinfra:policy` in its stack config turns the policy
+    pack on; a program without mlinfra components says so and exits 0."""
+    work = tmp_path / "tour"
+    shutil.copytree(
+        REPO_ROOT / "examples" / "registered-model", work, ignore=shutil.ignore_patterns(".mlinfra")
+    )
+    meta = work / "Pulumi.yaml"
+    meta.write_text(meta.read_text().replace("../../.venv", str(REPO_ROOT / ".venv")))
+    monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{backend}")
+    stack_file = work / "Pulumi.dev.yaml"
+    policy = {"model_metric": {"name": "accuracy", "threshold": 0.95}}
+    stack_file.write_text(yaml.safe_dump({"config": {"mlinfra:policy": policy}}))
+    p = Project(work, backend)
+
+    r = cli(p, "preview", "--stack", "dev")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "| churn-classifier | — → **_next (assigned at up)_** |" in r.stdout, r.stdout
+    assert "mlinfra-model-metric" in r.stdout and "0.91" in r.stdout, r.stdout
+    policy["model_metric"]["threshold"] = 0.9
+    policy["max_canary_pct"] = 5
+    stack_file.write_text(yaml.safe_dump({"config": {"mlinfra:policy": policy}}))
+    r = cli(p, "preview", "--stack", "dev")
+    assert (
+        r.returncode == 2
+        and "mlinfra:policy.max_canary_pct: unknown key; did you mean 'max_canary_percent'?" in (r.stderr)
+    ), r.stderr
+    del policy["max_canary_pct"]
+    stack_file.write_text(yaml.safe_dump({"config": {"mlinfra:policy": policy}}))
+    r = cli(p, "up", "--stack", "dev")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    v1 = p.stack("dev").outputs()["sha256"].value
+
+    # New weights, same signature: the version and sha256 move, exit 0.
+    write_mlp(work / ".mlinfra" / "model.onnx", seed=11)
+    r = cli(p, "preview", "--stack", "dev")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"`{v1[:12]}` → **" in r.stdout and "v1 → **_next" in r.stdout, r.stdout
+    # Another input width: breaking, exit 1.
+    write_mlp(work / ".mlinfra" / "model.onnx", inputs=16, seed=11)
+    r = cli(p, "preview", "--stack", "dev")
+    assert r.returncode == 1 and "⚠️ **breaking**" in r.stdout, r.stdout
+
+    # A program with no mlinfra component: the engine's counts, and a plain statement.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "Pulumi.yaml").write_text(meta.read_text().replace("mlinfra-example-registered-model", "plain"))
+    (plain / "__main__.py").write_text("import pulumi\n\npulumi.export('greeting', 'hello')\n")
+    (plain / "Pulumi.dev.yaml").write_text("config: {}\n")
+    r = cli(Project(plain, backend), "preview", "--stack", "dev")
+    assert r.returncode == 0 and "Nothing of mlinfra's in this plan" in r.stdout, r.stdout + r.stderr
+    p.stack("dev").destroy(on_output=lambda _l: None)
