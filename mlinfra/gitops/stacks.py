@@ -194,6 +194,15 @@ def _preview(
     summary = plan.summarize(records, stack.name, project.name)
     if failure is not None and not summary.errors and not summary.blocking:
         summary.errors.append(_failure_text(failure))
+    pins = project._raw_key(stack.name, PINS_CONFIG)
+    if isinstance(pins, dict) and not summary.errors:
+        have = sorted({m.name for m in summary.models} | {i.name for i in summary.images})
+        unknown = sorted(set(pins) - set(have))
+        if unknown:
+            summary.errors.append(
+                f"{PINS_CONFIG} names {', '.join(unknown)}, which the program does not declare (its models and "
+                f"images: {', '.join(have) or 'none'}): remove the pin or fix its name"
+            )
     return summary
 
 
@@ -265,23 +274,11 @@ def promote(
     if source == target:
         raise GitOpsError(f"--from and --to are both {source!r}: promote between two stacks")
     project.check_stack(source)
+    project.check_stack(target)
+    if not project.has_platform(target):
+        return _promote_pins(project, source, target, models, copy, write, say)
     tcfg = project.config(target)
-    src = project.stack(source)
-    history = src.history(page_size=1)
-    if not history:
-        raise GitOpsError(
-            f"stack {source!r} has no deployments: run `pulumi up` on {source} before promoting from it"
-        )
-    last = history[0]
-    if last.kind == "destroy":
-        raise GitOpsError(
-            f"stack {source!r} was destroyed (#{last.version}): it has no deployments to promote"
-        )
-    if last.result != "succeeded":
-        raise GitOpsError(
-            f"the last {last.kind} of stack {source!r} (#{last.version}, {last.start_time}) ended "
-            f"{last.result!r}: fix {source} and `pulumi up` it successfully before promoting from it"
-        )
+    src = _succeeded(project, source)
     outputs = src.outputs()
     state = outputs.get("mlinfra")
     if state is None or not isinstance(state.value, dict) or not state.value.get("models"):
@@ -376,17 +373,143 @@ def promote(
     if _yaml(after) != doc:  # a layout the line editor does not know: write it whole
         header = "".join(ln for ln in before.splitlines(keepends=True) if ln.startswith("#"))
         after = header + yaml.safe_dump(doc, sort_keys=False, width=120)
-    diff = "".join(
-        difflib.unified_diff(
-            before.splitlines(keepends=True),
-            after.splitlines(keepends=True),
-            f"a/{path.name}",
-            f"b/{path.name}",
-        )
-    )
+    diff = _file_diff(path.name, before, after)
     if write and diff:
         write_atomic(path, after)  # a crash or a full disk never leaves half a stack config
     return diff
+
+
+def _succeeded(project: Project, source: str) -> auto.Stack:
+    """SOURCE's stack, refused unless its last update succeeded (a failed, destroyed or empty stack has nothing
+    trustworthy to promote)."""
+    src = project.stack(source)
+    history = src.history(page_size=1)
+    if not history:
+        raise GitOpsError(
+            f"stack {source!r} has no deployments: run `pulumi up` on {source} before promoting from it"
+        )
+    last = history[0]
+    if last.kind == "destroy":
+        raise GitOpsError(
+            f"stack {source!r} was destroyed (#{last.version}): it has no deployments to promote"
+        )
+    if last.result != "succeeded":
+        raise GitOpsError(
+            f"the last {last.kind} of stack {source!r} (#{last.version}, {last.start_time}) ended "
+            f"{last.result!r}: fix {source} and `pulumi up` it successfully before promoting from it"
+        )
+    return src
+
+
+PINS_CONFIG = "mlinfra:pins"
+
+
+def _promote_pins(
+    project: Project,
+    source: str,
+    target: str,
+    models: list[str] | None,
+    copy: bool,
+    write: bool,
+    say: Callable[[str], None],
+) -> str:
+    """Promotion on any program (no platform object): TARGET's ``mlinfra:pins`` (mlinfra.pins) get the exact
+    version and sha256 of each RegisteredModel and the digest of each ScoringImage SOURCE runs, keyed by resource
+    name; with --model, only those models and the images that package them. The registries are the program's own:
+    TARGET's preview fails, naming the pin, unless they hold those artifacts."""
+    if copy:
+        raise GitOpsError(
+            f"--copy copies into the registries a platform config names; {target} pins artifacts for its program "
+            "(mlinfra:pins), which reads them from the registries it declares: copy them there, then promote "
+            "without --copy"
+        )
+    src = _succeeded(project, source)
+    found_models: dict[str, dict[str, Any]] = {}
+    model_names: dict[str, str] = {}
+    images: dict[str, tuple[str, set[str]]] = {}
+    for r in (src.export_stack().deployment or {}).get("resources") or []:
+        name, outs = str(r.get("urn", "")).rsplit("::", 1)[-1], r.get("outputs") or {}
+        if r.get("type") == "mlinfra:registry:RegisteredModel" and outs.get("version") is not None:
+            found_models[name] = {"version": int(outs["version"]), "sha256": str(outs["sha256"])}
+            model_names[str(outs.get("model_name") or name)] = name
+        elif r.get("type") == "mlinfra:images:ScoringImage" and "@sha256:" in str(
+            outs.get("image_ref") or ""
+        ):
+            packaged = {str(m.get("name")) for m in outs.get("models") or [] if isinstance(m, dict)}
+            images[name] = (str(outs["image_ref"]), packaged)
+    if not found_models and not images:
+        raise GitOpsError(f"stack {source!r} runs no RegisteredModel or ScoringImage: nothing to promote")
+    for m in models or []:
+        if m not in found_models:
+            near = difflib.get_close_matches(m, sorted(found_models), n=1)
+            raise GitOpsError(
+                f"--model {m!r}: stack {source!r} has no RegisteredModel of that name (it has "
+                f"{', '.join(sorted(found_models)) or 'none'})"
+                + (f"; did you mean {near[0]!r}?" if near else "")
+            )
+    pins = {n: v for n, v in found_models.items() if not models or n in models}
+    for n, (ref, packaged) in images.items():
+        resources = {model_names.get(m, m) for m in packaged}
+        if models and not resources & set(models):
+            continue
+        pins[n] = {"image": ref}
+        pins.update(
+            {m: found_models[m] for m in resources if m in found_models}
+        )  # an image moves with its models
+    path = project.files().get(target)
+    if path is None:
+        raise GitOpsError(f"stack {target!r} has no Pulumi.{target}.yaml to write its pins into: create it")
+    before = path.read_text()
+    old = dict(((_yaml(before) or {}).get("config") or {}).get(PINS_CONFIG) or {})
+    merged = {**old, **pins}
+    if merged == old:
+        return ""
+    after = _with_pins(before, merged)
+    diff = _file_diff(path.name, before, after)
+    for n, pin in sorted(pins.items()):
+        say(f"pinning {n}: " + ", ".join(f"{k} {v}" for k, v in pin.items()))
+    if write:
+        write_atomic(path, after)
+    return diff
+
+
+def _file_diff(name: str, before: str, after: str) -> str:
+    """The unified diff promotion shows (and prints) for Pulumi.<stack>.yaml."""
+    lines = difflib.unified_diff(
+        before.splitlines(keepends=True), after.splitlines(keepends=True), f"a/{name}", f"b/{name}"
+    )
+    return "".join(lines)
+
+
+def _with_pins(text: str, pins: dict[str, dict[str, Any]]) -> str:
+    """TEXT (a Pulumi.<stack>.yaml) with its ``mlinfra:pins`` block replaced by PINS; every other line (comments,
+    layout, other keys) kept."""
+    out: list[str] = []
+    skipping = False
+    config_at = None
+    for line in text.splitlines(keepends=True):
+        if skipping:
+            if line.strip() and _indent(line) <= 2:
+                skipping = False
+            else:
+                continue
+        if line.startswith("config:"):
+            config_at = len(out)
+        if line.startswith(f"  {PINS_CONFIG}:"):
+            skipping = True
+            continue
+        out.append(line)
+    block = [f"  {PINS_CONFIG}:\n"] + [
+        f"    {n}: {{{', '.join(f'{k}: {_scalar(v)}' for k, v in pin.items())}}}\n"
+        for n, pin in sorted(pins.items())
+    ]
+    if config_at is None:
+        if out and not out[-1].endswith("\n"):
+            out[-1] += "\n"
+        return "".join(out) + "config:\n" + "".join(block)
+    if out[config_at].split("#", 1)[0].strip() != "config:":  # `config: {}`
+        out[config_at] = "config:\n"
+    return "".join(out[: config_at + 1] + block + out[config_at + 1 :])
 
 
 def _edit_yaml(text: str, pins: dict[str, dict[str, Any]], image_pins: dict[str, str]) -> str:

@@ -3,6 +3,7 @@ Azure ML-style script and dependencies) as a reproducible OCI image, built witho
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -24,6 +25,7 @@ from mlinfra.images.builder import (
 )
 from mlinfra.images.oci import OciRegistryError
 from mlinfra.images.provider import ScoringImageResource
+from mlinfra.pins import PinError, pin_for
 from mlinfra.registry import ModelRegistry, validate_name
 
 
@@ -82,6 +84,12 @@ class ScoringImage(pulumi.ComponentResource):
     def __init__(self, name: str, args: ScoringImageArgs, opts: pulumi.ResourceOptions | None = None):
         if not args.models:
             raise ImageBuildError(f"ScoringImage {name}: models is empty; give at least one RegisteredModel")
+        try:
+            pin = pin_for(name, ("image",))
+        except PinError as e:
+            raise ImageBuildError(f"ScoringImage {name}: {e}") from None
+        if pin is not None:  # the stack pins this image (mlinfra:pins, written by `mlinfra promote`)
+            args = dataclasses.replace(args, pinned=str(pin["image"]))
         repository = args.repository or f"{defaults.registry_host()}/mlinfra/{name}"
         split_ref(repository + ":x")  # validates the form
         for req in args.requirements:

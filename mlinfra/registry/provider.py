@@ -164,7 +164,10 @@ class ModelAliasProvider(ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         try:
             observed = f"points at {int(news.get('version'))}"  # type: ignore[arg-type]
-        except (TypeError, ValueError):  # registered by this same `up`: unknown at preview, nothing to compare yet
+        except (
+            TypeError,
+            ValueError,
+        ):  # registered by this same `up`: unknown at preview, nothing to compare yet
             return CheckResult({k: v for k, v in news.items() if k != "observed"}, [])
         return CheckResult({**news, "observed": observed}, [])
 

@@ -3,6 +3,7 @@ found and used by images and endpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 import pulumi
 
 from mlinfra import defaults
+from mlinfra.pins import PinError, pin_for
 from mlinfra.registry import ModelError, onnx_signature, scan_content, validate_name, validate_tags
 from mlinfra.registry.provider import ModelAliasResource, ModelVersionResource
 from mlinfra.registry.registry import FRAMEWORKS, ModelRegistry
@@ -95,6 +97,20 @@ class RegisteredModel(pulumi.ComponentResource):
     registry: pulumi.Output[str]
 
     def __init__(self, name: str, args: RegisteredModelArgs, opts: pulumi.ResourceOptions | None = None):
+        try:
+            pin = pin_for(name, ("version", "sha256"))
+        except PinError as e:
+            raise ModelError(f"RegisteredModel {name}: {e}") from None
+        if pin is not None:  # the stack pins this model (mlinfra:pins, written by `mlinfra promote`)
+            args = dataclasses.replace(
+                args,
+                path=None,
+                version=pin["version"],
+                sha256=str(pin["sha256"]),
+                tags={},
+                properties={},
+                import_version=None,
+            )
         model_name = validate_name(args.model_name or name)
         tags = validate_tags(args.tags)
         properties = validate_tags(args.properties, "properties")

@@ -440,6 +440,38 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
     r = cli(p, "preview", "--stack", "dev")
     assert r.returncode == 1 and "⚠️ **breaking**" in r.stdout, r.stdout
 
+    # Promotion on that program: staging's mlinfra:pins get dev's exact version and sha256 (its comments kept).
+    staging_file = work / "Pulumi.staging.yaml"
+    staging_file.write_text("# staging: what dev ran, pinned by `mlinfra promote`\nconfig: {}\n")
+    r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
+    assert r.returncode == 2 and "copy them there, then promote without --copy" in r.stderr, r.stderr
+    r = cli(p, "promote", "--from", "dev", "--to", "staging")
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"^\+    churn-classifier: {{version: 1, sha256: {v1}}}$", r.stdout, re.M), r.stdout
+    assert staging_file.read_text().startswith("# staging: what dev ran")
+    r = cli(p, "promote", "--from", "dev", "--to", "staging")
+    assert r.returncode == 0 and "nothing to change" in r.stdout, r.stdout
+    r = cli(p, "preview", "--stack", "staging")
+    assert r.returncode == 0 and "| churn-classifier (pinned) |" in r.stdout, r.stdout + r.stderr
+    r = cli(p, "up", "--stack", "staging")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    staged = p.stack("staging").outputs()
+    assert (staged["version"].value, staged["sha256"].value) == (1, v1)  # not the file's newer content
+    # A pin naming a resource the program does not have is named, with those it has.
+    doc = yaml.safe_load(staging_file.read_text())
+    doc["config"]["mlinfra:pins"]["churn-clasifier"] = {"version": 1, "sha256": v1}
+    staging_file.write_text(yaml.safe_dump(doc))
+    r = cli(p, "preview", "--stack", "staging")
+    assert (
+        r.returncode == 2
+        and (
+            "mlinfra:pins names churn-clasifier, which the program does not declare (its models and images: "
+            "churn-classifier)"
+        )
+        in r.stdout
+    ), r.stdout
+    p.stack("staging").destroy(on_output=lambda _l: None)
+
     # A program with no mlinfra component: the engine's counts, and a plain statement.
     plain = tmp_path / "plain"
     plain.mkdir()
