@@ -4,7 +4,6 @@ rolls itself back on a failed gate during `pulumi up`. See docs/cloud-endpoint.m
 
 from __future__ import annotations
 
-import re
 import socket
 import urllib.parse
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from mlinfra import defaults
 from mlinfra.endpoints.plan import (
     ENDPOINT_RE,
     EndpointError,
+    namespace_problem,
     validate_names,
     validate_steps,
     validate_traffic,
@@ -233,11 +233,9 @@ class CloudEndpoint(pulumi.ComponentResource):
         specs: dict[str, DeploymentSpec] = {}
         k8s = isinstance(args.target, Kubernetes)
         ns = getattr(args.target, "namespace", None)
-        if k8s and ns is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", str(ns)):
-            raise EndpointError(
-                f"{where}: namespace {ns!r} is not a DNS label: use at most 63 lower-case letters, digits and '-', "
-                "starting and ending with a letter or digit (e.g. Kubernetes(namespace='fraud-prod'))"
-            )
+        problem = namespace_problem(str(ns)) if k8s and ns is not None else None
+        if problem:
+            raise EndpointError(f"{where}: {problem} (e.g. Kubernetes(namespace='fraud-prod'))")
         for d in args.deployments if k8s else ():
             clash = [f"{d}-{slot}" for slot in ("a", "b") if f"{d}-{slot}" in args.deployments]
             if clash:

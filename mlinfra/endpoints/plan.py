@@ -18,6 +18,17 @@ from mlinfra.errors import EndpointError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 ENDPOINT_RE = re.compile(r"^[a-z][a-z0-9-]{0,46}[a-z0-9]$")
+DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def namespace_problem(namespace: str) -> str | None:
+    """Why NAMESPACE cannot name a Kubernetes namespace (it must be a DNS label), or None when it can."""
+    if DNS_LABEL_RE.fullmatch(namespace):
+        return None
+    return (
+        f"namespace {namespace!r} is not a DNS label: use at most 63 lower-case letters, digits and '-', starting "
+        "and ending with a letter or digit"
+    )
 
 
 def validate_names(deployments: dict[str, Any], where: str) -> None:

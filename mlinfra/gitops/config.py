@@ -8,7 +8,6 @@ valid key. `mlinfra promote` rewrites the pins (``version``/``sha256`` of models
 from __future__ import annotations
 
 import difflib
-import re
 import types
 import typing
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlinfra.endpoints.plan import namespace_problem
 from mlinfra.errors import StackConfigError
 
 
@@ -111,11 +111,9 @@ class KubernetesConfig(Strict):
     @field_validator("namespace")
     @classmethod
     def _dns_label(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", v):
-            raise ValueError(
-                f"namespace {v!r} is not a DNS label: use at most 63 lower-case letters, digits and '-', starting "
-                "and ending with a letter or digit"
-            )
+        problem = namespace_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -205,8 +203,8 @@ def _unwrap(annotation: Any) -> Any:
     return None
 
 
-def _owner(loc: tuple[Any, ...]) -> type[BaseModel]:
-    owner: type[BaseModel] = PlatformConfig
+def _owner(loc: tuple[Any, ...], root: type[BaseModel] = PlatformConfig) -> type[BaseModel]:
+    owner: type[BaseModel] = root
     for i, part in enumerate(loc):
         if isinstance(part, str) and part in owner.model_fields:
             annotation = owner.model_fields[part].annotation
@@ -229,32 +227,37 @@ def _members(annotation: Any) -> list[type[BaseModel]]:
     return []
 
 
+def _messages(e: ValidationError, root: str, model: type[BaseModel]) -> list[str]:
+    """One line per error of MODEL's validation, naming the key path under ROOT (and, for an unknown key, the
+    nearest valid one)."""
+    msgs = []
+    for err in e.errors():
+        # A target's kind (the union's tag) is not a key of the file: leave it out of the path.
+        loc = [p for i, p in enumerate(err["loc"]) if not (i and err["loc"][i - 1] == "target")]
+        path = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            near = difflib.get_close_matches(key, list(_owner(err["loc"][:-1], model).model_fields), n=1)
+            msgs.append(f"{root}.{path}: unknown key" + (f"; did you mean {near[0]!r}?" if near else ""))
+        elif err["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            got = (err.get("ctx") or {}).get("tag")
+            msgs.append(
+                f"{root}.{path}: "
+                + (f"kind {got!r} is not a target kind" if got else "the target needs a kind")
+                + "; use kind: local-docker or kind: kubernetes"
+            )
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            msgs.append(f"{root}{'.' + path if path else ''}: {msg}")
+    return msgs
+
+
 def load(raw: Any) -> PlatformConfig:
     """Validate the whole config object; errors name the key path, and for unknown keys the nearest valid one."""
     try:
         cfg = PlatformConfig.model_validate(raw)
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            # A target's kind (the union's tag) is not a key of the file: leave it out of the path.
-            loc = [p for i, p in enumerate(err["loc"]) if not (i and err["loc"][i - 1] == "target")]
-            path = ".".join(str(p) for p in loc)
-            if err["type"] == "extra_forbidden":
-                key = str(err["loc"][-1])
-                near = difflib.get_close_matches(key, list(_owner(err["loc"][:-1]).model_fields), n=1)
-                msgs.append(
-                    f"platform.{path}: unknown key" + (f"; did you mean {near[0]!r}?" if near else "")
-                )
-            elif err["type"] in ("union_tag_not_found", "union_tag_invalid"):
-                got = (err.get("ctx") or {}).get("tag")
-                msgs.append(
-                    f"platform.{path}: "
-                    + (f"kind {got!r} is not a target kind" if got else "the target needs a kind")
-                    + "; use kind: local-docker or kind: kubernetes"
-                )
-            else:
-                msg = err["msg"].removeprefix("Value error, ")
-                msgs.append(f"platform{'.' + path if path else ''}: {msg}")
+        msgs = _messages(e, "platform", PlatformConfig)
         raise StackConfigError("invalid stack config:\n  " + "\n  ".join(msgs)) from None
     names = {m.name for m in cfg.models}
     images = {i.name for i in cfg.images}
@@ -283,16 +286,7 @@ def load_policy(raw: Any) -> PolicyConfig:
     try:
         return PolicyConfig.model_validate(raw)
     except ValidationError as e:
-        msgs = []
-        for err in e.errors():
-            path = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                near = difflib.get_close_matches(str(err["loc"][-1]), list(PolicyConfig.model_fields), n=1)
-                msgs.append(
-                    f"mlinfra:policy.{path}: unknown key" + (f"; did you mean {near[0]!r}?" if near else "")
-                )
-            else:
-                msgs.append(f"mlinfra:policy{'.' + path if path else ''}: {err['msg']}")
+        msgs = _messages(e, "mlinfra:policy", PolicyConfig)
         raise StackConfigError("invalid policy config:\n  " + "\n  ".join(msgs)) from None
 
 
