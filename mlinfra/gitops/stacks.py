@@ -34,9 +34,12 @@ from mlinfra.gitops.config import (
     policy_pack_config,
     registry_uri,
 )
+from mlinfra.pins import KEY as PINS_KEY
 
 POLICY_PACK = Path(__file__).resolve().parent.parent / "policy"
 CONFIG_KEY = "platform"
+PINS_CONFIG = f"mlinfra:{PINS_KEY}"
+"""Any program's pins (mlinfra.pins), written by promotion."""
 POLICY_KEY = "mlinfra:policy"
 """Any stack's switch for the policy pack: a config object with the keys of the platform config's ``policy``."""
 
@@ -66,6 +69,7 @@ class Project:
         self.env = engine_env(backend_dir)
         self._ws: auto.LocalWorkspace | None = None
         self._configs: dict[str, PlatformConfig] = {}
+        self._policies: dict[str, PolicyConfig | None] = {}
 
     @property
     def ws(self) -> auto.LocalWorkspace:
@@ -87,8 +91,10 @@ class Project:
         return sorted(names)
 
     def check_stack(self, stack: str) -> None:
-        if stack not in self.files() and stack not in self.known():
-            known = self.known()
+        if stack in self.files():
+            return
+        known = self.known()  # asks the backend
+        if stack not in known:
             near = difflib.get_close_matches(stack, known, n=1)
             raise GitOpsError(
                 f"unknown stack {stack!r} in {self.dir}: stacks are {', '.join(known) or '(none)'}"
@@ -99,11 +105,6 @@ class Project:
     def stack(self, stack: str) -> auto.Stack:
         self.check_stack(stack)
         return local_stack(self.dir, stack, self.backend_dir)
-
-    def raw_config(self, stack: str) -> dict[str, Any]:
-        self.check_stack(stack)
-        doc = _yaml(self.files()[stack].read_text()) or {}
-        return doc
 
     def config(self, stack: str) -> PlatformConfig:
         """The stack's validated platform config (read once per Project; promotion makes a new Project)."""
@@ -120,23 +121,23 @@ class Project:
         ``mlinfra:policy`` config object any program's stack can set (same keys); None: the pack is off."""
         if self.has_platform(stack):
             return self.config(stack).policy
-        raw = self._raw_key(stack, POLICY_KEY)
-        if raw is None:
-            return None
-        try:
-            return load_policy(raw)
-        except StackConfigError as e:
-            raise GitOpsError(f"Pulumi.{stack}.yaml: {e}") from None
+        if stack not in self._policies:  # read once per Project, like config()
+            raw = self._raw_key(stack, POLICY_KEY)
+            try:
+                self._policies[stack] = None if raw is None else load_policy(raw)
+            except StackConfigError as e:
+                raise GitOpsError(f"Pulumi.{stack}.yaml: {e}") from None
+        return self._policies[stack]
 
     def _raw_key(self, stack: str, key: str) -> Any:
+        """KEY of the config in Pulumi.<STACK>.yaml (None without that file or key)."""
         path = self.files().get(stack)
         doc = (_yaml(path.read_text()) or {}) if path else {}
         return (doc.get("config") or {}).get(key)
 
     def _load_config(self, stack: str) -> PlatformConfig:
-        doc = self.raw_config(stack) if stack in self.files() else {}
         key = f"{self.name}:{CONFIG_KEY}"
-        raw = (doc.get("config") or {}).get(key)
+        raw = self._raw_key(stack, key)
         if raw is None:
             raise GitOpsError(f"Pulumi.{stack}.yaml has no config key {key!r}: add the platform object there")
         try:
@@ -399,9 +400,6 @@ def _succeeded(project: Project, source: str) -> auto.Stack:
             f"{last.result!r}: fix {source} and `pulumi up` it successfully before promoting from it"
         )
     return src
-
-
-PINS_CONFIG = "mlinfra:pins"
 
 
 def _promote_pins(
