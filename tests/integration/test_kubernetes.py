@@ -85,6 +85,11 @@ def _pods(cluster: LocalCluster, ns: str, selector: str) -> list[dict]:
     return [p for p in json.loads(out)["items"] if p["metadata"].get("deletionTimestamp") is None]
 
 
+def _images(cluster: LocalCluster, ns: str, selector: str) -> set[str]:
+    """The images the serving pods are told to run (a pod just added has no imageID yet)."""
+    return {p["spec"]["containers"][0]["image"] for p in _pods(cluster, ns, selector)}
+
+
 def blue(image: str) -> dict:
     return {
         "image": image,
@@ -170,13 +175,7 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
             # imageID yet: compare what the pods are told to run)
             _until(
                 "only v2 pods serve",
-                lambda: (
-                    {
-                        p["spec"]["containers"][0]["image"]
-                        for p in _pods(cluster, ns, "mlinfra.io/deployment=blue")
-                    }
-                    == {images["v2"]}
-                ),
+                lambda: _images(cluster, ns, "mlinfra.io/deployment=blue") == {images["v2"]},
                 30,
             )
             _until("the HorizontalPodAutoscaler adds a pod under load", lambda: replicas() > 1, 180)
@@ -367,13 +366,7 @@ def test_pods_collect_data_into_azurite_and_bad_pods_fail_fast(
             assert _post(f"{router}/score", key, {"data": [ROW]})[0] == 200
             _until(  # the failed slot's pods are deleted in the background, a moment after the up
                 "only v1 pods are left",
-                lambda: (
-                    {
-                        p["spec"]["containers"][0]["image"]
-                        for p in _pods(cluster, ns, "mlinfra.io/deployment=blue")
-                    }
-                    == {images["v1"]}
-                ),
+                lambda: _images(cluster, ns, "mlinfra.io/deployment=blue") == {images["v1"]},
                 30,
             )
     finally:
