@@ -1,8 +1,9 @@
 """The platform team's ML stack: models, their scoring images, an endpoint with data collection and edge rollouts —
 all from the typed `platform` config object (mlinfra.gitops.config). Environments differ only in Pulumi.<stack>.yaml.
 
-Promotion (`mlinfra promote --from dev --to staging`) rewrites the pins in the target's config; the program
-turns a pinned model into a reference to that exact registry version and a pinned image into that exact digest.
+Promotion (`mlinfra promote --from dev --to staging`) writes the target's `mlinfra:pins` (mlinfra.pins), as for any
+program: each RegisteredModel and ScoringImage below reads its pin by resource name and becomes a reference to that
+exact registry version or image digest. Nothing in this program handles promotion.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ repository, not the backend, is the source of truth).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import json
 import tempfile
 from collections.abc import Callable
@@ -103,8 +105,16 @@ class Project:
             )
 
     def stack(self, stack: str) -> auto.Stack:
+        """STACK, created on the backend on first use. Creating it makes the engine rewrite Pulumi.<stack>.yaml
+        (adding e.g. ``encryptionsalt``) and drop its comments: the file is put back as written, with only the
+        engine's new top-level keys added."""
         self.check_stack(stack)
-        return local_stack(self.dir, stack, self.backend_dir)
+        path = self.files().get(stack)
+        before = path.read_text() if path else None
+        st = local_stack(self.dir, stack, self.backend_dir)
+        if path is not None and before is not None:
+            _keep_layout(path, before)
+        return st
 
     def config(self, stack: str) -> PlatformConfig:
         """The stack's validated platform config (read once per Project; promotion makes a new Project)."""
@@ -144,6 +154,29 @@ class Project:
             return load(raw)
         except StackConfigError as e:
             raise GitOpsError(f"Pulumi.{stack}.yaml: {e}") from None
+
+
+def _keep_layout(path: Path, before: str) -> None:
+    """Undo the engine's re-serialization of PATH (it was BEFORE): when the only change is new top-level keys, write
+    BEFORE with those keys' lines added after its leading comments."""
+    after = path.read_text()
+    if after == before:
+        return
+    old, new = _yaml(before) or {}, _yaml(after) or {}
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return
+    added = {k: v for k, v in new.items() if k not in old}
+    kept = {k: v for k, v in old.items() if v not in ({}, None)}  # the engine drops an empty `config: {}`
+    if {k: v for k, v in new.items() if k in old} != kept or not all(
+        isinstance(v, str | int | float | bool) for v in added.values()
+    ):
+        return
+    lines = before.splitlines(keepends=True)
+    head = next((i for i, ln in enumerate(lines) if not ln.startswith("#")), len(lines))
+    keys = [f"{k}: {_scalar(v)}\n" for k, v in added.items()]
+    text = "".join(lines[:head] + keys + lines[head:])
+    if {k: v for k, v in (_yaml(text) or {}).items() if v not in ({}, None)} == new:
+        write_atomic(path, text)
 
 
 # -- preview --------------------------------------------------------------------------------------------------------
@@ -268,116 +301,220 @@ def promote(
     write: bool = True,
     say: Callable[[str], None] = print,
 ) -> str:
-    """Pin in TARGET's config the exact model versions (and sha256) and image digests SOURCE runs. Returns the
-    unified diff of Pulumi.<target>.yaml (written unless write=False). Refuses when SOURCE's last update did not
-    succeed, has no deployment, or an artifact is missing from TARGET's registries (copy=True copies them by
-    content, verifying sha256)."""
+    """Pin in TARGET's ``mlinfra:pins`` (mlinfra.pins) the exact version and sha256 of each RegisteredModel and the
+    digest of each ScoringImage SOURCE runs, keyed by resource name; with MODELS, only those models and the images
+    that package them (an image moves with all of its models). Returns the unified diff of Pulumi.<target>.yaml
+    (written unless write=False; only the pins block changes, comments and layout stay).
+
+    Refuses when SOURCE's last update did not succeed or it runs nothing of mlinfra's, and when an artifact is not
+    in TARGET's registries — those its platform config names, or else those its program declares (read from a
+    preview of it without its pins) — unless COPY, which copies them there by content (sha256 and digest
+    verified)."""
     if source == target:
         raise GitOpsError(f"--from and --to are both {source!r}: promote between two stacks")
     project.check_stack(source)
     project.check_stack(target)
-    if not project.has_platform(target):
-        return _promote_pins(project, source, target, models, copy, write, say)
-    tcfg = project.config(target)
-    src = _succeeded(project, source)
-    outputs = src.outputs()
-    state = outputs.get("mlinfra")
-    if state is None or not isinstance(state.value, dict) or not state.value.get("models"):
+    tcfg = project.config(target) if project.has_platform(target) else None
+    path = project.files().get(target)
+    if path is None:
+        raise GitOpsError(f"stack {target!r} has no Pulumi.{target}.yaml to write its pins into: create it")
+    src = _deployed(_succeeded(project, source))
+    if not src.models and not src.images:
+        raise GitOpsError(f"stack {source!r} runs no RegisteredModel or ScoringImage: nothing to promote")
+    dst = _destinations(project, target, tcfg)
+    if dst.unknown is not None:
         raise GitOpsError(
-            f"stack {source!r} exports no deployed models (output 'mlinfra'): nothing to promote"
+            f"cannot tell which models and images stack {target!r} declares, nor where it keeps them: a preview of "
+            f"its program without its pins failed ({dst.unknown}); fix that first"
         )
-    deployed: dict[str, Any] = state.value
-    src_models: dict[str, Any] = deployed["models"]
-    src_images: dict[str, Any] = deployed.get("images") or {}
-    target_models = {m.name for m in tcfg.models}
-    wanted = set(models or [m for m in src_models if m in target_models])
-    for m in sorted(wanted):
-        if m not in src_models or m not in target_models:
-            where = source if m not in src_models else target
-            have = sorted(src_models if m not in src_models else target_models)
-            near = difflib.get_close_matches(m, have, n=1)
-            raise GitOpsError(
-                f"--model {m!r}: stack {where!r} has no model of that name (it has {', '.join(have)})"
-                + (f"; did you mean {near[0]!r}?" if near else "")
-            )
-    # An image moves with its models: pin every image that packages a promoted model (and all of its models).
-    images = [i for i in tcfg.images if wanted & set(i.models)]
-    for i in images:
-        if i.name not in src_images:
-            raise GitOpsError(
-                f"image {i.name!r} is in {target}'s config but stack {source!r} does not build it"
-            )
-        missing = sorted(set(i.models) - set(src_models))
-        if missing:
-            raise GitOpsError(
-                f"image {i.name!r} packages {', '.join(missing)} in {target}'s config, which stack {source!r} does "
-                "not run: the image and its models move together"
-            )
-        wanted |= set(i.models)
-    if not wanted:
-        raise GitOpsError(f"stacks {source!r} and {target!r} share no model: nothing to promote")
+    pins = _selected(src, source, target, models, dst, tcfg)
 
     from mlinfra.images.builder import copy_image, inspect_image
     from mlinfra.registry import ModelRegistry
 
-    src_registry = ModelRegistry(str(deployed["registry"]))
-    dst_uri = registry_uri(tcfg, project.dir)
-    dst_registry = ModelRegistry(dst_uri)
-    pins: dict[str, dict[str, Any]] = {}
-    for name in sorted(wanted):
-        version, sha = int(src_models[name]["version"]), str(src_models[name]["sha256"])
-        found = dst_registry.get(name, version)
+    copies: list[tuple[str, Callable[[], object]]] = []  # checked all first: a refusal copies nothing
+    for name, pin in sorted(pins.items()):
+        if "image" in pin:
+            ref, repo = pin["image"], dst.images[name]
+            pin["image"] = f"{repo}@{ref.split('@', 1)[1]}"
+            if inspect_image(pin["image"]) is None:
+                if not copy:
+                    raise GitOpsError(
+                        f"image {name} ({pin['image'].split('@', 1)[1][:19]}…) is not in {target}'s repository "
+                        f"{repo}: re-run with --copy to copy it there (verified by digest)"
+                    )
+                copies.append((f"copying image {ref} → {repo}", functools.partial(copy_image, ref, repo)))
+            continue
+        uri, src_uri = dst.models[name], src.models[name]["registry"]
+        if uri == src_uri:
+            continue
+        version, sha, model_name = pin["version"], pin["sha256"], src.models[name]["model_name"]
+        registry = ModelRegistry(uri)
+        found = registry.get(model_name, version)
         if found is not None and found.sha256 != sha:
             raise GitOpsError(
-                f"{name}:{version} in {dst_uri} has sha256 {found.sha256[:12]}…, not {sha[:12]}… as in {source}: the "
+                f"{name}:{version} in {uri} has sha256 {found.sha256[:12]}…, not {sha[:12]}… as in {source}: the "
                 "registries disagree on that version; promote into a registry that has no other content under it"
             )
         if found is None:
             if not copy:
                 raise GitOpsError(
-                    f"{name}:{version} (sha256 {sha[:12]}…) is not in {target}'s registry {dst_uri}: re-run with "
+                    f"{name}:{version} (sha256 {sha[:12]}…) is not in {target}'s registry {uri}: re-run with "
                     "--copy to copy it there (verified by sha256)"
                 )
-            say(f"copying model {name}:{version} into {dst_uri}")
-            dst_registry.copy_version(src_registry, name, version, sha)
-        pins[name] = {"version": version, "sha256": sha}
-    image_pins: dict[str, str] = {}
-    for i in images:
-        ref = str(src_images[i.name]["image_ref"])
-        repo = image_repository(tcfg, i.name, defaults.registry_host())
-        digest = ref.split("@", 1)[1]
-        dst_ref = f"{repo}@{digest}"
-        if inspect_image(dst_ref) is None:
-            if not copy:
-                raise GitOpsError(
-                    f"image {i.name} ({digest[:19]}…) is not in {target}'s repository {repo}: re-run with --copy to "
-                    "copy it there (verified by digest)"
-                )
-            say(f"copying image {ref} → {repo}")
-            dst_ref = copy_image(ref, repo)
-        image_pins[i.name] = dst_ref
+            copy_model = functools.partial(
+                registry.copy_version, ModelRegistry(src_uri), model_name, version, sha
+            )
+            copies.append((f"copying model {name}:{version} into {uri}", copy_model))
+    for what, do in copies:
+        say(what)
+        do()
 
-    path = project.files()[target]
     before = path.read_text()
-    doc = _yaml(before)
-    platform = doc["config"][f"{project.name}:{CONFIG_KEY}"]
-    for m in platform["models"]:
-        if m["name"] in pins:
-            for k in ("path", "tags", "properties"):
-                m.pop(k, None)
-            m.update(pins[m["name"]])
-    for i in platform.get("images") or []:
-        if i["name"] in image_pins:
-            i["pinned"] = image_pins[i["name"]]
-    load(platform)  # the result must still be valid
-    after = _edit_yaml(before, pins, image_pins)
-    if _yaml(after) != doc:  # a layout the line editor does not know: write it whole
-        header = "".join(ln for ln in before.splitlines(keepends=True) if ln.startswith("#"))
-        after = header + yaml.safe_dump(doc, sort_keys=False, width=120)
+    old = dict(((_yaml(before) or {}).get("config") or {}).get(PINS_CONFIG) or {})
+    merged = {**old, **pins}
+    if merged == old:
+        return ""
+    after = _with_pins(before, merged)
     diff = _file_diff(path.name, before, after)
-    if write and diff:
+    for n, pin in sorted(pins.items()):
+        if old.get(n) != pin:
+            say(f"pinning {n}: " + ", ".join(f"{k} {v}" for k, v in pin.items()))
+    if write:
         write_atomic(path, after)  # a crash or a full disk never leaves half a stack config
     return diff
+
+
+@dataclasses.dataclass
+class _Deployed:
+    """What a stack's state says it runs, by resource name."""
+
+    models: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """{version, sha256, registry, model_name}"""
+    images: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """{image_ref, repository, models: resource names of the RegisteredModels it packages}"""
+
+
+def _deployed(stack: auto.Stack) -> _Deployed:
+    found = _Deployed()
+    resources = (stack.export_stack().deployment or {}).get("resources") or []
+    by_model_name: dict[str, str] = {}
+    for r in resources:
+        outs = r.get("outputs") or {}
+        if r.get("type") == "mlinfra:registry:RegisteredModel" and outs.get("version") is not None:
+            name = str(r.get("urn", "")).rsplit("::", 1)[-1]
+            model_name = str(outs.get("model_name") or name)
+            found.models[name] = {
+                "version": int(outs["version"]),
+                "sha256": str(outs["sha256"]),
+                "registry": str(outs.get("registry") or ""),
+                "model_name": model_name,
+            }
+            by_model_name[model_name] = name
+    for r in resources:
+        outs = r.get("outputs") or {}
+        ref = str(outs.get("image_ref") or "")
+        if r.get("type") == "mlinfra:images:ScoringImage" and "@sha256:" in ref:
+            packaged = {str(m.get("name")) for m in outs.get("models") or [] if isinstance(m, dict)}
+            found.images[str(r.get("urn", "")).rsplit("::", 1)[-1]] = {
+                "image_ref": ref,
+                "repository": str((r.get("inputs") or {}).get("repository") or ref.split("@", 1)[0]),
+                "models": {by_model_name.get(m, m) for m in packaged},
+            }
+    return found
+
+
+def _selected(
+    src: _Deployed,
+    source: str,
+    target: str,
+    models: list[str] | None,
+    dst: _Destinations,
+    tcfg: PlatformConfig | None,
+) -> dict[str, dict[str, Any]]:
+    """The pins to write: every model and image SOURCE runs that TARGET declares too, or with MODELS those models and
+    every image that packages one of them, with all of that image's models."""
+    declared = (set(dst.models), set(dst.images))
+    for m in models or []:
+        if m not in src.models or m not in declared[0]:
+            where, have = (source, src.models) if m not in src.models else (target, declared[0])
+            near = difflib.get_close_matches(m, sorted(have), n=1)
+            raise GitOpsError(
+                f"--model {m!r}: stack {where!r} has no model of that name (it has {', '.join(sorted(have)) or 'none'})"
+                + (f"; did you mean {near[0]!r}?" if near else "")
+            )
+    wanted = set(models or (set(src.models) & declared[0]))
+    images = {
+        n: i for n, i in src.images.items() if n in declared[1] and (not models or i["models"] & wanted)
+    }
+    if tcfg:  # the target's config says which models each image packages: the source must run all of them
+        for ic in tcfg.images:
+            if not wanted & set(ic.models):
+                continue
+            if ic.name not in src.images:
+                raise GitOpsError(
+                    f"image {ic.name!r} is in {target}'s config but stack {source!r} does not build it"
+                )
+            missing = sorted(set(ic.models) - set(src.models))
+            if missing:
+                raise GitOpsError(
+                    f"image {ic.name!r} packages {', '.join(missing)} in {target}'s config, which stack {source!r} "
+                    "does not run: the image and its models move together"
+                )
+    for i in images.values():
+        wanted |= i["models"] & set(src.models)  # an image moves with its models
+    if not wanted and not images:
+        raise GitOpsError(f"stacks {source!r} and {target!r} share no model: nothing to promote")
+    pins: dict[str, dict[str, Any]] = {
+        n: {"version": src.models[n]["version"], "sha256": src.models[n]["sha256"]} for n in sorted(wanted)
+    }
+    pins.update({n: {"image": i["image_ref"]} for n, i in sorted(images.items())})
+    return pins
+
+
+@dataclasses.dataclass
+class _Destinations:
+    models: dict[str, str]
+    """resource name → the model registry's URI"""
+    images: dict[str, str]
+    """resource name → host/repository"""
+    unknown: str | None = None
+    """why they are not known (the target's program failed to preview)"""
+
+
+def _destinations(project: Project, target: str, tcfg: PlatformConfig | None) -> _Destinations:
+    """Where TARGET keeps its models and images: its platform config's registry and image repositories, or else
+    the registry and repository inputs of its program's RegisteredModels and ScoringImages, read from a preview of
+    TARGET with its current pins left out (nothing is registered, built or deployed)."""
+    if tcfg is not None:
+        uri = registry_uri(tcfg, project.dir)
+        return _Destinations(
+            {m.name: uri for m in tcfg.models},
+            {i.name: image_repository(tcfg, i.name, defaults.registry_host()) for i in tcfg.images},
+        )
+    path = project.files()[target]
+    records: list[dict[str, Any]] = []
+
+    def on_event(event: auto.EngineEvent) -> None:
+        r = plan.record(event)
+        if r is not None and r["kind"] == "step":
+            records.append(r)
+
+    with tempfile.TemporaryDirectory(prefix="mlinfra-promote-") as tmp:
+        unpinned = Path(tmp) / path.name
+        unpinned.write_text(_with_pins(path.read_text(), {}))
+        try:
+            project.stack(target).preview(on_event=on_event, diff=False, config_file=str(unpinned))
+        except auto.CommandError as e:
+            return _Destinations({}, {}, _failure_text(e))
+    found = _Destinations({}, {})
+    for r in records:
+        inputs, name = plan._inputs(r, "new"), plan._name(r["urn"])
+        if r["type"] == "mlinfra:registry:RegisteredModel" and inputs.get("registry"):
+            found.models[name] = str(inputs["registry"])
+        elif r["type"] == "mlinfra:images:ScoringImage" and inputs.get("repository"):
+            found.images[name] = str(inputs["repository"])
+    return found
 
 
 def _succeeded(project: Project, source: str) -> auto.Stack:
@@ -400,75 +537,6 @@ def _succeeded(project: Project, source: str) -> auto.Stack:
             f"{last.result!r}: fix {source} and `pulumi up` it successfully before promoting from it"
         )
     return src
-
-
-def _promote_pins(
-    project: Project,
-    source: str,
-    target: str,
-    models: list[str] | None,
-    copy: bool,
-    write: bool,
-    say: Callable[[str], None],
-) -> str:
-    """Promotion on any program (no platform object): TARGET's ``mlinfra:pins`` (mlinfra.pins) get the exact
-    version and sha256 of each RegisteredModel and the digest of each ScoringImage SOURCE runs, keyed by resource
-    name; with --model, only those models and the images that package them. The registries are the program's own:
-    TARGET's preview fails, naming the pin, unless they hold those artifacts."""
-    if copy:
-        raise GitOpsError(
-            f"--copy copies into the registries a platform config names; {target} pins artifacts for its program "
-            "(mlinfra:pins), which reads them from the registries it declares: copy them there, then promote "
-            "without --copy"
-        )
-    src = _succeeded(project, source)
-    found_models: dict[str, dict[str, Any]] = {}
-    model_names: dict[str, str] = {}
-    images: dict[str, tuple[str, set[str]]] = {}
-    for r in (src.export_stack().deployment or {}).get("resources") or []:
-        name, outs = str(r.get("urn", "")).rsplit("::", 1)[-1], r.get("outputs") or {}
-        if r.get("type") == "mlinfra:registry:RegisteredModel" and outs.get("version") is not None:
-            found_models[name] = {"version": int(outs["version"]), "sha256": str(outs["sha256"])}
-            model_names[str(outs.get("model_name") or name)] = name
-        elif r.get("type") == "mlinfra:images:ScoringImage" and "@sha256:" in str(
-            outs.get("image_ref") or ""
-        ):
-            packaged = {str(m.get("name")) for m in outs.get("models") or [] if isinstance(m, dict)}
-            images[name] = (str(outs["image_ref"]), packaged)
-    if not found_models and not images:
-        raise GitOpsError(f"stack {source!r} runs no RegisteredModel or ScoringImage: nothing to promote")
-    for m in models or []:
-        if m not in found_models:
-            near = difflib.get_close_matches(m, sorted(found_models), n=1)
-            raise GitOpsError(
-                f"--model {m!r}: stack {source!r} has no RegisteredModel of that name (it has "
-                f"{', '.join(sorted(found_models)) or 'none'})"
-                + (f"; did you mean {near[0]!r}?" if near else "")
-            )
-    pins = {n: v for n, v in found_models.items() if not models or n in models}
-    for n, (ref, packaged) in images.items():
-        resources = {model_names.get(m, m) for m in packaged}
-        if models and not resources & set(models):
-            continue
-        pins[n] = {"image": ref}
-        pins.update(
-            {m: found_models[m] for m in resources if m in found_models}
-        )  # an image moves with its models
-    path = project.files().get(target)
-    if path is None:
-        raise GitOpsError(f"stack {target!r} has no Pulumi.{target}.yaml to write its pins into: create it")
-    before = path.read_text()
-    old = dict(((_yaml(before) or {}).get("config") or {}).get(PINS_CONFIG) or {})
-    merged = {**old, **pins}
-    if merged == old:
-        return ""
-    after = _with_pins(before, merged)
-    diff = _file_diff(path.name, before, after)
-    for n, pin in sorted(pins.items()):
-        say(f"pinning {n}: " + ", ".join(f"{k} {v}" for k, v in pin.items()))
-    if write:
-        write_atomic(path, after)
-    return diff
 
 
 def _file_diff(name: str, before: str, after: str) -> str:
@@ -497,6 +565,8 @@ def _with_pins(text: str, pins: dict[str, dict[str, Any]]) -> str:
             skipping = True
             continue
         out.append(line)
+    if not pins:
+        return "".join(out)
     block = [f"  {PINS_CONFIG}:\n"] + [
         f"    {n}: {{{', '.join(f'{k}: {_scalar(v)}' for k, v in pin.items())}}}\n"
         for n, pin in sorted(pins.items())
@@ -510,68 +580,8 @@ def _with_pins(text: str, pins: dict[str, dict[str, Any]]) -> str:
     return "".join(out[: config_at + 1] + block + out[config_at + 1 :])
 
 
-def _edit_yaml(text: str, pins: dict[str, dict[str, Any]], image_pins: dict[str, str]) -> str:
-    """Rewrite only the lines a promotion changes (comments and layout stay, so the diff is the change): in each
-    pinned `models` item drop path/tags/properties and set version/sha256; in each pinned `images` item set
-    `pinned`. The caller checks the result parses to the intended document."""
-    lines = text.splitlines(keepends=True)
-    for section, wanted in (("models", pins), ("images", {k: {"pinned": v} for k, v in image_pins.items()})):
-        for name, values in wanted.items():
-            lines = _edit_item(
-                lines,
-                section,
-                name,
-                values,
-                drop=("path", "tags", "properties") if section == "models" else (),
-            )
-    return "".join(lines)
-
-
 def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
-
-
-def _edit_item(
-    lines: list[str], section: str, name: str, values: dict[str, Any], drop: tuple[str, ...]
-) -> list[str]:
-    values = dict(values)
-    start = next((i for i, ln in enumerate(lines) if ln.strip() == f"{section}:"), None)
-    if start is None:
-        return lines
-    names = {f"name: {name}", f"name: '{name}'", f'name: "{name}"'}
-    item = None
-    for i in range(start + 1, len(lines)):
-        ln = lines[i]
-        if ln.strip() and _indent(ln) <= _indent(lines[start]) and not ln.lstrip().startswith("- "):
-            break  # the next key of the platform object: the section ended
-        if ln.lstrip().startswith("- ") and ln.strip()[2:].strip() in names:
-            item = i
-            break
-    if item is None:
-        return lines
-    key_indent = _indent(lines[item]) + 2
-    end = item + 1
-    while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) >= key_indent):
-        end += 1
-    body = lines[item + 1 : end]
-    trailing: list[str] = []
-    while body and not body[-1].strip():
-        trailing.insert(0, body.pop())
-    out: list[str] = []
-    skipping = False
-    for ln in body:
-        if skipping and (not ln.strip() or _indent(ln) > key_indent):
-            continue  # the dropped key's nested lines
-        skipping = False
-        key = ln.strip().split(":", 1)[0] if _indent(ln) == key_indent else None
-        if key in drop:
-            skipping = True
-        elif key in values:
-            out.append(" " * key_indent + f"{key}: {_scalar(values.pop(key))}\n")
-        else:
-            out.append(ln)
-    out += [" " * key_indent + f"{k}: {_scalar(v)}\n" for k, v in values.items()]
-    return lines[: item + 1] + out + trailing + lines[end:]
 
 
 def _scalar(value: Any) -> str:

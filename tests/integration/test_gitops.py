@@ -140,7 +140,7 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     # The first promotion pins staging to dev's v1 (until then staging registers from the file, like dev).
     r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
     assert r.returncode == 0, r.stderr
-    assert re.search(r"^-\s+path: models/churn.onnx$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\+    churn: \{version: 1, sha256: [0-9a-f]{64}\}$", r.stdout, re.M), r.stdout
     staging1 = up(p, "staging")
     assert staging1["models"]["churn"]["version"] == 1
 
@@ -163,15 +163,15 @@ def test_dev_to_staging_to_prod(platform: Project, tmp_path: Path) -> None:
     assert r.returncode == 2 and "re-run with --copy" in r.stderr, r.stderr
     r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
     assert r.returncode == 0, r.stderr
-    assert re.search(r"^\+\s+version: 2$", r.stdout, re.M) and re.search(
-        rf"^\+\s+sha256: {v2_sha}$", r.stdout, re.M
-    )
-    assert re.search(r"^-\s+version: 1$", r.stdout, re.M), r.stdout
-    cfg = p.config("staging")
-    assert (cfg.models[0].version, cfg.models[0].sha256, cfg.models[0].path) == (2, v2_sha, None)
+    # Only staging's mlinfra:pins change (the mechanism any program's stacks use); the platform object stays.
+    assert re.search(rf"^\+    churn: {{version: 2, sha256: {v2_sha}}}$", r.stdout, re.M), r.stdout
+    assert re.search(r"^-    churn: \{version: 1, ", r.stdout, re.M), r.stdout
+    assert not re.search(r"^[-+] .*(path|platform):", r.stdout, re.M), r.stdout
+    pins = yaml.safe_load((p.dir / "Pulumi.staging.yaml").read_text())["config"]["mlinfra:pins"]
+    assert pins["churn"] == {"version": 2, "sha256": v2_sha}
     digest = v2_image.split("@", 1)[1]
-    assert cfg.images[0].pinned is not None and cfg.images[0].pinned.endswith("@" + digest)
-    assert "/staging/" in cfg.images[0].pinned  # copied into staging's own repository, same digest
+    assert pins["churn-scorer"]["image"].endswith("@" + digest)
+    assert "/staging/" in pins["churn-scorer"]["image"]  # copied into staging's own repository, same digest
     r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
     assert r.returncode == 0 and "nothing to change" in r.stdout
 
@@ -396,6 +396,28 @@ def test_bad_input_is_named_and_changes_nothing(platform: Project) -> None:
     assert (p.dir / "Pulumi.dev.yaml").read_text() == before[p.dir / "Pulumi.dev.yaml"]
 
 
+def workflow_preview(project_dir: Path, stack: str, runner: Path) -> tuple[str, str]:
+    """Run the `preview` step of examples/gitops/github-actions.yml as GitHub would (bash -eo pipefail, the
+    workflow's env with MLINFRA_PROJECT set to PROJECT_DIR, the matrix stack filled in) in the folder RUNNER.
+    Returns the exit code it recorded in $GITHUB_OUTPUT and the markdown it wrote."""
+    wf = yaml.safe_load((REPO_ROOT / "examples" / "gitops" / "github-actions.yml").read_text())
+    step = next(s for s in wf["jobs"]["preview"]["steps"] if s.get("id") == "preview")
+    script = step["run"].replace("${{ matrix.stack }}", stack)
+    assert "${{" not in script, script
+    runner.mkdir(exist_ok=True)
+    env = {k: str(v) for k, v in wf["env"].items() if "${{" not in str(v)}
+    env.update(MLINFRA=MLINFRA, MLINFRA_PROJECT=str(project_dir), GITHUB_OUTPUT=str(runner / "github_output"))
+    subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=runner,
+        env={**os.environ, **env, "MLINFRA_PIP_OFFLINE": "1"},
+        check=True,
+        timeout=600,
+    )
+    outputs = dict(ln.split("=", 1) for ln in (runner / "github_output").read_text().splitlines())
+    return outputs["code"], (runner / "preview.md").read_text()
+
+
 def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, monkeypatch) -> None:
     """`mlinfra preview` / `up` on a program written like the README's tour (examples/registered-model), not the
     platform project: the summary comes from its components; `mlinfra:policy` in its stack config turns the policy
@@ -430,11 +452,11 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     v1 = p.stack("dev").outputs()["sha256"].value
 
-    # New weights, same signature: the version and sha256 move, exit 0.
+    # New weights, same signature: the version and sha256 move, exit 0 — through the GitHub Actions example's
+    # preview step as written, pointed at this program by its MLINFRA_PROJECT.
     write_mlp(work / ".mlinfra" / "model.onnx", seed=11)
-    r = cli(p, "preview", "--stack", "dev")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"`{v1[:12]}` → **" in r.stdout and "v1 → **_next" in r.stdout, r.stdout
+    code, md = workflow_preview(work, "dev", tmp_path / "ci")
+    assert code == "0" and f"`{v1[:12]}` → **" in md and "v1 → **_next" in md, md
     # Another input width: breaking, exit 1.
     write_mlp(work / ".mlinfra" / "model.onnx", inputs=16, seed=11)
     r = cli(p, "preview", "--stack", "dev")
@@ -443,8 +465,6 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
     # Promotion on that program: staging's mlinfra:pins get dev's exact version and sha256 (its comments kept).
     staging_file = work / "Pulumi.staging.yaml"
     staging_file.write_text("# staging: what dev ran, pinned by `mlinfra promote`\nconfig: {}\n")
-    r = cli(p, "promote", "--from", "dev", "--to", "staging", "--copy")
-    assert r.returncode == 2 and "copy them there, then promote without --copy" in r.stderr, r.stderr
     r = cli(p, "promote", "--from", "dev", "--to", "staging")
     assert r.returncode == 0, r.stderr
     assert re.search(rf"^\+    churn-classifier: {{version: 1, sha256: {v1}}}$", r.stdout, re.M), r.stdout
@@ -457,6 +477,19 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     staged = p.stack("staging").outputs()
     assert (staged["version"].value, staged["sha256"].value) == (1, v1)  # not the file's newer content
+    # prod keeps its models in a registry of its own (its mlinfra:registry, read from a preview of prod's program):
+    # promotion names it, and --copy copies the exact version there (sha256 verified) before pinning it.
+    prod_registry = f"file://{tmp_path / 'prod-registry'}"
+    (work / "Pulumi.prod.yaml").write_text(yaml.safe_dump({"config": {"mlinfra:registry": prod_registry}}))
+    r = cli(p, "promote", "--from", "staging", "--to", "prod")
+    assert (
+        r.returncode == 2 and f"is not in prod's registry {prod_registry}: re-run with --copy" in r.stderr
+    ), r.stderr
+    assert "mlinfra:pins" not in (work / "Pulumi.prod.yaml").read_text()
+    r = cli(p, "promote", "--from", "staging", "--to", "prod", "--copy")
+    assert r.returncode == 0 and "copying model churn-classifier:1 into" in r.stderr, r.stdout + r.stderr
+    r = cli(p, "preview", "--stack", "prod")
+    assert r.returncode == 0 and "| churn-classifier (pinned) |" in r.stdout, r.stdout + r.stderr
     # A pin naming a resource the program does not have is named, with those it has.
     doc = yaml.safe_load(staging_file.read_text())
     doc["config"]["mlinfra:pins"]["churn-clasifier"] = {"version": 1, "sha256": v1}

@@ -15,7 +15,6 @@ from mlinfra.gitops.config import (
     load,
     policy_pack_config,
 )
-from mlinfra.gitops.stacks import _edit_yaml
 
 STACKS = Path(__file__).parents[3] / "stacks"
 sys.path.insert(0, str(Path(__file__).parents[3] / "mlinfra" / "policy"))
@@ -166,22 +165,6 @@ def test_policy_rules() -> None:
     assert rules.endpoint_auth(rules.MODEL, "m", ep, {}) == []  # rules look at their own types only
 
 
-def test_promotion_edits_only_the_pinned_lines() -> None:
-    text = (STACKS / "Pulumi.staging.yaml").read_text()
-    sha, ref = "ab" * 32, "127.0.0.1:5000/platform/staging/churn-scorer@sha256:" + "c" * 64
-    after = _edit_yaml(text, {"churn": {"version": 2, "sha256": sha}}, {"churn-scorer": ref})
-    removed = [ln for ln in text.splitlines() if ln not in after.splitlines()]
-    added = [ln for ln in after.splitlines() if ln not in text.splitlines()]
-    assert [ln.strip().split(":")[0] for ln in removed] == ["path", "tags", "properties"]
-    assert [ln.strip() for ln in added] == ["version: 2", f"sha256: {sha}", f"pinned: {ref}"]
-    assert text.splitlines()[0].startswith("#") and after.splitlines()[0] == text.splitlines()[0]
-    again = _edit_yaml(after, {"churn": {"version": 3, "sha256": "cd" * 32}}, {})
-    assert len([ln for ln in again.splitlines() if ln not in after.splitlines()]) == 2
-    doc = yaml.safe_load(again)["config"]["mlinfra-platform:platform"]
-    assert doc["models"][0] == {"name": "churn", "version": 3, "sha256": "cd" * 32}
-    assert doc["images"][0]["pinned"] == ref
-
-
 def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
     wf = yaml.safe_load(
         (Path(__file__).parents[3] / "examples" / "gitops" / "github-actions.yml").read_text()
@@ -189,7 +172,8 @@ def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
     jobs = wf["jobs"]
     preview = " ".join(str(step.get("run", "")) for step in jobs["preview"]["steps"])
     apply = " ".join(str(step.get("run", "")) for step in jobs["apply"]["steps"])
-    assert "mlinfra preview --stack ${{ matrix.stack }} --markdown preview.md" in preview
+    assert '"$MLINFRA" preview --dir "$MLINFRA_PROJECT" --stack ${{ matrix.stack }} --markdown preview.md' in preview
+    assert wf["env"]["MLINFRA_PROJECT"] == "stacks"  # as written: the platform project
     assert jobs["preview"]["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
     # untrusted pull-request code never meets deployment secrets or a write token
     triggers = wf[True]
@@ -202,7 +186,7 @@ def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
         checkout = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout"))
         assert checkout.get("with", {}).get("persist-credentials") is False
     assert any("comment" in str(step.get("uses", "")) for step in jobs["preview"]["steps"])
-    assert "mlinfra up --stack" in apply and jobs["apply"]["if"] == "github.event_name == 'push'"
+    assert '"$MLINFRA" up --dir "$MLINFRA_PROJECT" --stack' in apply and jobs["apply"]["if"] == "github.event_name == 'push'"
     # the scheduled drift alarm: a refreshed preview per stack, failing the run when drift is found
     drift = " ".join(str(step.get("run", "")) for step in jobs["drift"]["steps"])
     assert wf[True]["schedule"] and jobs["drift"]["if"] == "github.event_name == 'schedule'"

@@ -7,7 +7,9 @@ import json
 
 import pulumi
 import pytest
+import yaml
 
+from mlinfra.engine import REPO_ROOT
 from mlinfra.gitops.stacks import _with_pins
 from mlinfra.pins import PinError, pin_for
 
@@ -49,3 +51,19 @@ def test_promotion_rewrites_only_the_pins_block() -> None:
     assert _with_pins("# empty\n", {"i": {"image": "h/r@sha256:cc"}}) == (
         "# empty\nconfig:\n  mlinfra:pins:\n    i: {image: h/r@sha256:cc}\n"
     )
+
+
+def test_promotion_into_the_platform_project_adds_only_pins() -> None:
+    """stacks/ is promoted the same way: its platform object, comments and layout stay line for line."""
+    text = (REPO_ROOT / "stacks" / "Pulumi.staging.yaml").read_text()
+    pins = {"churn": {"version": 2, "sha256": "ab" * 32}, "churn-scorer": {"image": "h/r@sha256:" + "c" * 64}}
+    out = _with_pins(text, pins)
+    assert [ln for ln in text.splitlines() if ln not in out.splitlines()] == []
+    added = [ln for ln in out.splitlines() if ln not in text.splitlines()]
+    assert added == [
+        "  mlinfra:pins:",
+        f"    churn: {{version: 2, sha256: {'ab' * 32}}}",
+        f"    churn-scorer: {{image: h/r@sha256:{'c' * 64}}}",
+    ]
+    before, after = yaml.safe_load(text)["config"], yaml.safe_load(out)["config"]
+    assert after.pop("mlinfra:pins") == pins and after == before
