@@ -93,7 +93,7 @@ requests_ = st.fixed_dictionaries(
 @given(body=requests_ | json_values)
 def test_fuzz_inference_requests_through_the_data_plane(plane: DataPlane, body: object) -> None:
     try:
-        resp = asyncio.run(plane.infer(plane.repository.get("types"), body, "fuzz", {}))
+        resp, _ = asyncio.run(plane.infer(plane.repository.get("types"), body, "fuzz", {}))
     except RequestError as e:
         assert 400 <= e.status < 500, e
         return

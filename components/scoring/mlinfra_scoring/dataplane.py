@@ -20,11 +20,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from mlinfra_scoring import __version__
+from mlinfra_scoring import __version__, binary
 from mlinfra_scoring.metrics import Metrics
 from mlinfra_scoring.models import (
     LoadedModel,
     RequestError,
+    check_tensor,
     decode_input,
     encode_output,
     model_dir_env,
@@ -114,7 +115,7 @@ class DataPlane:
         return {
             "name": "mlinfra",
             "version": __version__,
-            "extensions": ["azureml_score", "dynamic_batching"],
+            "extensions": ["azureml_score", "dynamic_batching", binary.EXTENSION],
             "models": [
                 {"name": m.name, "version": m.version, "execution_providers": m.providers}
                 for m in self.repository
@@ -127,9 +128,15 @@ class DataPlane:
     # -- inference ---------------------------------------------------------------------------------------------
 
     async def infer(
-        self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]
-    ) -> dict[str, Any]:
-        """An Open Inference Protocol v2 request (decoded JSON) → its response object."""
+        self,
+        m: LoadedModel,
+        body: Any,
+        request_id: str,
+        headers: Mapping[str, str],
+        blob: memoryview | None = None,
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """An Open Inference Protocol v2 request (its decoded JSON; BLOB: the binary part after it, binary tensor
+        data extension) → its response object and the bytes of the outputs asked for in binary, in order."""
         self.require_ready()
         if not isinstance(body, dict):
             raise RequestError("request body must be a JSON object with an 'inputs' list")
@@ -138,6 +145,7 @@ class DataPlane:
             raise RequestError("'inputs' must be a non-empty list of tensors")
         specs = {s.name: s for s in m.inputs}
         feeds: dict[str, np.ndarray] = {}
+        pos = 0  # into BLOB: binary inputs follow each other in the order of the inputs
         for t in inputs:
             name = t.get("name") if isinstance(t, dict) else None
             if not isinstance(name, str):
@@ -149,7 +157,28 @@ class DataPlane:
                 raise RequestError(f"input {name!r} is not an input of {m.name} (inputs: {', '.join(specs)})")
             if name in feeds:
                 raise RequestError(f"input {name!r} is given twice")
-            feeds[name] = decode_input(specs[name], t)
+            size = binary.data_size(name, t)
+            if size is None:
+                feeds[name] = decode_input(specs[name], t)
+                continue
+            if blob is None:
+                raise RequestError(
+                    f"input {name!r} has binary_data_size, but the request has no binary part: send the JSON's "
+                    f"length in the {binary.HEADER} header and the tensor bytes after the JSON"
+                )
+            if size > len(blob) - pos:
+                raise RequestError(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the body ({len(blob) - pos} "
+                    "bytes left)"
+                )
+            shape = check_tensor(specs[name], t)
+            feeds[name] = binary.decode(name, specs[name].datatype, shape, blob[pos : pos + size])
+            pos += size
+        if blob is not None and pos != len(blob):
+            raise RequestError(
+                f"the body has {len(blob) - pos} bytes after the inputs' binary data: the binary_data_size values "
+                f"must add up to the body's length minus {binary.HEADER}"
+            )
         missing = [n for n in specs if n not in feeds]
         if missing:
             raise RequestError(f"missing input(s) {', '.join(missing)} for {m.name}")
@@ -166,9 +195,21 @@ class DataPlane:
         if not batcher:
             first = next(iter(feeds.values()))
             self.metrics.batch.observe(first.shape[0] if first.ndim else 1, (m.name, m.version))
-        outputs = [encode_output(k, v) for k, v in results.items()]
+        default, per = binary.wanted_outputs(body)
+        outputs, chunks, bad = [], [], 0
+        for k, v in results.items():
+            if per.get(
+                k, default
+            ):  # raw bytes after the JSON: NaN and ±Inf travel as they are, still counted
+                entry, raw = binary.output(k, v)
+                outputs.append(entry)
+                chunks.append(raw)
+                bad += non_finite(v)[0]
+            else:
+                out = encode_output(k, v)
+                outputs.append(out)
+                bad += out.get("parameters", {}).get("non_finite_values", 0)
         resp: dict[str, Any] = {"model_name": m.name, "model_version": m.version, "outputs": outputs}
-        bad = sum(o["parameters"]["non_finite_values"] for o in outputs if "parameters" in o)
         if bad:
             self.metrics.non_finite.inc((m.name, m.version), bad)
         if "id" in body:
@@ -177,7 +218,7 @@ class DataPlane:
             resp["parameters"] = body["parameters"]
         if self.hooks:
             self.collect(request_id, m, feeds, results, headers)
-        return resp
+        return resp, chunks
 
     async def score_script(self, raw: bytes) -> Any:
         """Azure ML-style: the user script's run(raw_data) gets the raw body text."""

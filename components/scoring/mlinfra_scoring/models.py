@@ -142,6 +142,16 @@ def load_onnx(
 
 def decode_input(spec: TensorSpec, tensor: Any) -> np.ndarray:
     """One OIP request input -> a numpy array of the spec's shape, or RequestError naming what is wrong."""
+    shape = check_tensor(spec, tensor)
+    if "data" not in tensor:
+        raise RequestError(f"input {spec.name!r} has no data")
+    count = math.prod(shape)
+    data = tensor["data"]
+    return _decode_json(spec, shape, count, data)
+
+
+def check_tensor(spec: TensorSpec, tensor: Any) -> list[int]:
+    """An input's name-independent header (datatype, shape) against the model's SPEC → its shape."""
     if not isinstance(tensor, dict):
         raise RequestError(f"input {spec.name!r}: expected an object with name, shape, datatype and data")
     datatype = tensor.get("datatype")
@@ -160,10 +170,10 @@ def decode_input(spec: TensorSpec, tensor: Any) -> np.ndarray:
         raise RequestError(
             f"input {spec.name!r} has shape {shape}; the model expects {spec.shape} (-1 = any)"
         )
-    if "data" not in tensor:
-        raise RequestError(f"input {spec.name!r} has no data")
-    count = math.prod(shape)
-    data = tensor["data"]
+    return shape
+
+
+def _decode_json(spec: TensorSpec, shape: list[int], count: int, data: Any) -> np.ndarray:
     dtype = OIP_TO_NUMPY[spec.datatype]
     try:
         arr = (

@@ -21,7 +21,7 @@ import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from mlinfra_scoring import __version__, collector, otel
+from mlinfra_scoring import __version__, binary, collector, otel
 from mlinfra_scoring.dataplane import DataPlane, Hook
 from mlinfra_scoring.metrics import Metrics
 from mlinfra_scoring.models import OIP_TO_NUMPY, LoadedModel, RequestError
@@ -248,11 +248,19 @@ class ScoringServer:
         return raw
 
     async def _body(self, request: web.Request) -> Any:
-        raw = await self._raw_body(request)
+        return self._json(await self._raw_body(request), "request body")
+
+    @staticmethod
+    def _json(raw: bytes, what: str) -> Any:
         try:
             return loads(raw)
         except (ValueError, TypeError) as e:
-            raise RequestError(f"request body is not valid JSON: {str(e)[:200]}") from None
+            hint = (
+                f" (binary tensors need the {binary.HEADER} header: the length of the JSON before them)"
+                if b"\x00" in raw[:4096] or b"binary_data_size" in raw[:65536]
+                else ""
+            )
+            raise RequestError(f"{what} is not valid JSON: {str(e)[:200]}{hint}") from None
 
     def _model(self, request: web.Request) -> LoadedModel:
         m = self.repository.get(request.match_info["name"], request.match_info.get("version"))
@@ -352,9 +360,24 @@ class ScoringServer:
     async def infer(self, request: web.Request) -> web.Response:
         m = self._model(request)
         self.dataplane.require_ready()
-        body = await self._body(request)
-        resp = await self.dataplane.infer(m, body, request["rid"], request.headers)
-        return web.Response(body=dumps(resp), content_type=JSON)
+        header_length = request.headers.get(binary.HEADER)
+        blob = None
+        if header_length is None:
+            body = await self._body(request)
+        else:  # the binary tensor data extension: a JSON header, then raw tensor bytes
+            head, blob = binary.split(await self._raw_body(request), header_length)
+            body = self._json(
+                head, f"the JSON part of the body (its first {len(head)} bytes, {binary.HEADER})"
+            )
+        resp, chunks = await self.dataplane.infer(m, body, request["rid"], request.headers, blob)
+        if not chunks:
+            return web.Response(body=dumps(resp), content_type=JSON)
+        head = dumps(resp)
+        return web.Response(
+            body=b"".join([head, *chunks]),
+            content_type=binary.CONTENT_TYPE,
+            headers={binary.HEADER: str(len(head))},
+        )
 
     async def score(self, request: web.Request) -> web.Response:
         """Azure ML-style /score: the user script's run(raw_data), else the first model's first output."""
@@ -528,7 +551,27 @@ def openapi_doc(server: ScoringServer) -> dict[str, Any]:
     ref = lambda n: {"$ref": f"#/components/schemas/{n}"}  # noqa: E731
     infer = {
         "summary": "Open Inference Protocol v2 inference",
-        "requestBody": {"required": True, "content": {JSON: {"schema": ref("InferenceRequest")}}},
+        "description": (
+            f"With the binary tensor data extension ({binary.EXTENSION}), the body is the JSON request followed by "
+            f"raw tensor bytes, and {binary.HEADER} gives the JSON's length; a tensor sent that way has "
+            "parameters.binary_data_size instead of data. Outputs come back in binary when the request's "
+            "parameters.binary_data_output or an output's parameters.binary_data is true."
+        ),
+        "parameters": [
+            {
+                "name": binary.HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                JSON: {"schema": ref("InferenceRequest")},
+                binary.CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
         "responses": _responses(400, 401, 404, 413, 503, ok=ref("InferenceResponse")),
     }
     model_meta = {"summary": "model metadata", "responses": _responses(401, 404, ok=ref("ModelMetadata"))}
@@ -574,7 +617,7 @@ def openapi_doc(server: ScoringServer) -> dict[str, Any]:
     }
     tensor = {
         "type": "object",
-        "required": ["name", "shape", "datatype", "data"],
+        "required": ["name", "shape", "datatype"],
         "properties": {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
