@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup venv policy-venv engine wheelhouse kube system services services-down doctor test test-unit test-integration check lint demo clean
+.PHONY: proto setup venv policy-venv engine wheelhouse kube system services services-down doctor test test-unit test-integration check lint demo clean
 
 ## setup: system packages, .venv with the project and its dev extras, the Pulumi engine and plugins
 setup: system venv policy-venv engine wheelhouse kube
@@ -71,6 +71,10 @@ lint: venv
 ## demo: set up, start services, `pulumi up` the quickstart with local defaults and print its outputs
 demo: setup services
 	@$(BIN)/python examples/quickstart/run.py
+
+## proto: regenerate the scoring server's gRPC messages (components/scoring/mlinfra_scoring/oip) from oip.proto
+proto: venv
+	@cd components/scoring/mlinfra_scoring/oip && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. oip.proto
 
 clean:
 	rm -rf $(VENV) .venv-policy .mlinfra *.egg-info

@@ -42,6 +42,9 @@ SERVER_REQUIREMENTS = [
     "onnxruntime==1.32.0",
     "orjson==3.13.0",
     "uvloop==0.23.0",
+    # The Open Inference Protocol over gRPC (mlinfra_scoring.grpc_server); protobuf ≥ what oip_pb2.py was made with.
+    "grpcio==1.85.3",
+    "protobuf==6.33.6",
 ]
 PLATFORMS = [
     "manylinux_2_28_x86_64",
@@ -392,7 +395,11 @@ def _cached(build: Callable[[Path], Layer], key: str, kind: str) -> Layer:
 def server_files() -> list[tuple[str, Path]]:
     """The scoring server package (mlinfra_scoring) as (path relative to the image's app folder, local file)."""
     src = Path(mlinfra_scoring.__file__).parent
-    return [(f"mlinfra_scoring/{p.name}", p) for p in sorted(src.glob("*.py"))]
+    return [
+        (f"mlinfra_scoring/{p.relative_to(src).as_posix()}", p)
+        for p in sorted(src.rglob("*.py"))
+        if "__pycache__" not in p.parts
+    ]
 
 
 # Dockerfiles written before the runtime became `mlinfra_scoring` COPY `mlinfra/components/` and run

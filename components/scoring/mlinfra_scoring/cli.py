@@ -37,6 +37,12 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the Open Inference Protocol over gRPC on this port (default: off)",
+    )
     p.add_argument("--key", action="append", help="accepted bearer key (repeat to rotate); default: no auth")
     p.add_argument("--script", help="Azure ML-style scoring script with init() and run(raw_data)")
     p.add_argument("--max-batch-size", type=int, default=None, help="rows per merged batch (default 1: off)")
@@ -109,10 +115,14 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     port = int(num(args.port, "PORT", 8080, int, 1))
     if port > 65535:
         raise ConfigError(f"--port must be ≤ 65535, got {port}")
+    grpc_port = int(num(args.grpc_port, "GRPC_PORT", 0, int, 0)) or None
+    if grpc_port is not None and (grpc_port > 65535 or grpc_port == port):
+        raise ConfigError(f"--grpc-port must be ≤ 65535 and differ from --port {port}, got {grpc_port}")
     return ServerConfig(
         models=specs,
         host=args.host or _env("HOST") or "127.0.0.1",
         port=port,
+        grpc_port=grpc_port,
         keys=keys,
         script=args.script or _env("SCRIPT"),
         max_batch_size=int(num(args.max_batch_size, "MAX_BATCH_SIZE", 1, int, 1)),

@@ -44,7 +44,8 @@ except ImportError:  # pragma: no cover - exercised only without orjson
     loads = json.loads
 
 JSON = "application/json"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+"""A client's request id is kept only if it is a short token (log safety)."""
 
 __all__ = ["ModelSpec", "ScoringServer", "ServerConfig", "run"]
 
@@ -54,6 +55,8 @@ class ServerConfig:
     models: list[ModelSpec]
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = None
+    """Also serve the Open Inference Protocol's gRPC service here (grpc_server.py); None: REST only."""
     keys: list[str] = field(default_factory=list)
     script: str | None = None
     max_batch_size: int = 1
@@ -204,9 +207,12 @@ class ScoringServer:
     # -- transport helpers -----------------------------------------------------------------------------------
 
     def _authorized(self, request: web.Request) -> bool:
+        return self.authorized_header(request.headers.get("Authorization", ""))
+
+    def authorized_header(self, header: str) -> bool:
+        """Whether an Authorization value (REST header or gRPC metadata) carries an accepted key."""
         if not self._keys:
             return True
-        header = request.headers.get("Authorization", "")
         if header[:7].lower() != "bearer ":  # the scheme is case-insensitive (RFC 9110 §11.1)
             return False
         given = header[7:].strip().encode()
@@ -273,7 +279,7 @@ class ScoringServer:
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         t0 = time.perf_counter()
         rid = request.headers.get("X-Request-Id", "")
-        if not _REQUEST_ID.fullmatch(rid):  # a client's id is kept only if it is a short token (log safety)
+        if not REQUEST_ID.fullmatch(rid):  # a client's id is kept only if it is a short token (log safety)
             rid = uuid.uuid4().hex
         request["rid"] = rid
         guard = self._conns.get(request.transport)
@@ -424,12 +430,20 @@ class ScoringServer:
     async def serve(self) -> None:
         """Listen, load models in the background, and on SIGTERM/SIGINT drain in-flight requests and return."""
         runner, listener = await self._listen()
+        grpc = None
+        if self.config.grpc_port is not None:
+            from mlinfra_scoring import grpc_server  # grpcio only when asked for
+
+            grpc = await grpc_server.start(
+                self, self.config.host, self.config.grpc_port, int(self.config.max_body_mb * 1024 * 1024)
+            )
         print(
             json.dumps(
                 {
                     "event": "listening",
                     "host": self.config.host,
                     "port": self.config.port,
+                    "grpc_port": self.config.grpc_port,
                     "models": [m.name for m in self.config.models],
                     "auth": bool(self._keys),
                     "max_batch_size": self.config.max_batch_size,
@@ -452,6 +466,8 @@ class ScoringServer:
             await asyncio.sleep(0.05)
         listener.close()  # no new connections; the ones open finish their requests
         deadline = time.monotonic() + self.config.drain_timeout_s
+        if grpc is not None:  # new calls refused, calls in flight finish (up to the drain timeout)
+            await grpc.stop(self.config.drain_timeout_s)
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await runner.cleanup()

@@ -172,7 +172,10 @@ def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
     jobs = wf["jobs"]
     preview = " ".join(str(step.get("run", "")) for step in jobs["preview"]["steps"])
     apply = " ".join(str(step.get("run", "")) for step in jobs["apply"]["steps"])
-    assert '"$MLINFRA" preview --dir "$MLINFRA_PROJECT" --stack ${{ matrix.stack }} --markdown preview.md' in preview
+    assert (
+        '"$MLINFRA" preview --dir "$MLINFRA_PROJECT" --stack ${{ matrix.stack }} --markdown preview.md'
+        in preview
+    )
     assert wf["env"]["MLINFRA_PROJECT"] == "stacks"  # as written: the platform project
     assert jobs["preview"]["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
     # untrusted pull-request code never meets deployment secrets or a write token
@@ -186,7 +189,10 @@ def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
         checkout = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout"))
         assert checkout.get("with", {}).get("persist-credentials") is False
     assert any("comment" in str(step.get("uses", "")) for step in jobs["preview"]["steps"])
-    assert '"$MLINFRA" up --dir "$MLINFRA_PROJECT" --stack' in apply and jobs["apply"]["if"] == "github.event_name == 'push'"
+    assert (
+        '"$MLINFRA" up --dir "$MLINFRA_PROJECT" --stack' in apply
+        and jobs["apply"]["if"] == "github.event_name == 'push'"
+    )
     # the scheduled drift alarm: a refreshed preview per stack, failing the run when drift is found
     drift = " ".join(str(step.get("run", "")) for step in jobs["drift"]["steps"])
     assert wf[True]["schedule"] and jobs["drift"]["if"] == "github.event_name == 'schedule'"

@@ -4,16 +4,16 @@ that get the extension wrong."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
 from mlinfra.lab.samples import write_mlp, write_types_model
 from tests.scoring_helpers import Server, start_server
@@ -27,6 +27,7 @@ def auth() -> dict[str, str]:
 
 
 HEADER = "Inference-Header-Content-Length"
+CLIENTS = Path(__file__).parents[2] / "clients"
 
 
 @pytest.fixture(scope="module")
@@ -109,24 +110,23 @@ def test_every_datatype_round_trips_in_binary(server: Server) -> None:
     client.close()
 
 
-def test_kserve_rest_client_default_binary_encoding(server: Server, models) -> None:
+def test_kserve_rest_client_default_binary_encoding(server: Server, models, tmp_path: Path) -> None:
     rows = np.random.default_rng(1).normal(size=(2, 64)).astype(np.float32)
-    x = InferInput("input", [2, 64], "FP32")
-    x.set_data_from_numpy(rows)  # KServe's default: binary_data=True
-    request = InferRequest(model_name="mlp", infer_inputs=[x])
-    assert request.to_rest()[1], "the client sends a JSON header length: binary"
+    got = kserve_call("rest", f"http://127.0.0.1:{server.port}", rows, tmp_path)
+    np.testing.assert_allclose(got, reference(models["mlp"], rows), rtol=1e-5)
 
-    async def call():
-        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0))
-        try:
-            return await client.infer(
-                f"http://127.0.0.1:{server.port}", request, model_name="mlp", headers=auth()
-            )
-        finally:
-            await client.close()
 
-    response = asyncio.run(call())
-    np.testing.assert_allclose(response.outputs[0].as_numpy(), reference(models["mlp"], rows), rtol=1e-5)
+def kserve_call(protocol: str, url: str, rows: np.ndarray, tmp: Path, key: str = KEY) -> np.ndarray:
+    """KServe's client (tests/clients/kserve_call.py, a process of its own) → the model's output."""
+    np.save(tmp / "rows.npy", rows)
+    r = subprocess.run(
+        [sys.executable, str(CLIENTS / "kserve_call.py"), protocol, url, key, "mlp", str(tmp / "rows.npy"),
+         str(tmp / "out.npy")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout) == {"binary_request": True}  # the client's default encoding is binary
+    return np.load(tmp / "out.npy")
 
 
 def body(tensors: list[dict], blob: bytes, **extra) -> tuple[bytes, dict[str, str]]:
