@@ -119,9 +119,12 @@ def write_sklearn_classifier(
     return paths
 
 
-def scoring_image(registry: str, repository: str, model: Path | str, name: str = "mlp") -> str:
-    """Register MODEL as NAME in the model REGISTRY (a URI) and build the scoring image serving it into REPOSITORY on
-    the local registry's default base: its digest reference (``host/repo@sha256:…``). For tests and benchmarks."""
+def scoring_image(
+    registry: str, repository: str, model: Path | str, name: str = "mlp", script: Path | None = None
+) -> str:
+    """Register MODEL as NAME in the model REGISTRY (a URI) and build the scoring image serving it (with SCRIPT, an
+    Azure ML-style scoring script, when given) into REPOSITORY on the local registry's default base: its digest
+    reference (``host/repo@sha256:…``). For tests and benchmarks."""
     from mlinfra import defaults
     from mlinfra.images.builder import ImageSpec, ModelInput, build_and_push
     from mlinfra.registry import ModelRegistry
@@ -131,5 +134,6 @@ def scoring_image(registry: str, repository: str, model: Path | str, name: str =
         repository=repository,
         models=[ModelInput(name, mv.version, mv.sha256, registry)],
         base=defaults.base_image_ref(),
+        script=script,
     )
     return build_and_push(spec).image_ref

@@ -88,6 +88,10 @@ def read_collected(
                 r = json.loads(line)
                 if since and str(r.get("time", "")) < since:
                     continue
+                if "collection" in r:  # a scoring script's record: its model_inputs are the features
+                    if r["collection"] != "model_inputs":
+                        continue
+                    r = {"inputs": {"data": r["data"]}}
                 x = np.asarray(next(iter(r["inputs"].values())), dtype=np.float64)
                 x = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
                 y = (

@@ -350,3 +350,58 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
         assert health and all(s == "healthy" for s in health.values()), health
     finally:
         st.destroy(on_output=lambda _l: None)
+
+
+def test_a_scoring_script_records_through_the_sdk(local_services, program, backend, tmp_path) -> None:
+    """examples/scoring-image/score.py collects its inputs and outputs (mlinfra_scoring.collection); deployed behind
+    a CloudEndpoint with a DataCollection on the real engine, its records land in blob storage, correlated by the
+    request id."""
+    from pulumi import automation as auto
+
+    from mlinfra.automation import local_stack
+    from tests.endpoint_helpers import score
+
+    local_services("docker", "registry", "python-base", "router-base", "azurite")
+    script = Path(__file__).parents[2] / "examples" / "scoring-image" / "score.py"
+    image = scoring_image(
+        f"file://{tmp_path / 'registry'}", "127.0.0.1:5000/mlinfra-test/collect-sdk",
+        write_mlp(tmp_path / "mlp.onnx"), script=script,
+    )  # fmt: skip
+    container = f"sdk-{os.getpid()}"
+    storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
+    st = local_stack(
+        program("data-collection"),
+        "sdk",
+        backend,
+        {
+            "image": image,
+            "storage": storage,
+            "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
+        },
+    )
+    try:
+        out = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
+        for i in range(5):
+            status, body, _ = score(
+                out["scoring_uri"], out["primary_key"], headers={"X-Request-Id": f"sdk-{i}"}
+            )
+            assert status == 200 and set(body) == {"label", "confidence"}, body
+        from azure.storage.blob import ContainerClient
+
+        c = ContainerClient(
+            services.azurite_blob_url(), container,
+            credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        records: list[dict] = []
+        while time.monotonic() < deadline and len(records) < 10:
+            records = _records({b.name: c.download_blob(b.name).readall() for b in c.list_blobs()})
+            time.sleep(0.5)
+        assert sorted((r["request_id"], r["collection"]) for r in records) == sorted(
+            (f"sdk-{i}", k) for i in range(5) for k in ("model_inputs", "model_outputs")
+        ), records[:4]
+        outputs = {r["request_id"]: r for r in records if r["collection"] == "model_outputs"}
+        assert set(outputs["sdk-0"]["data"]) == {"label", "confidence"}
+        assert all(r["model"] == "mlp" and r["correlation_id"] == r["request_id"] for r in records)
+    finally:
+        st.destroy(on_output=lambda _l: None)

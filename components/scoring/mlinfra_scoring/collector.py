@@ -295,6 +295,13 @@ class Collector:
             "model": r.get("model"),
             "version": r.get("version"),
         }
+        if (
+            "collection" in r
+        ):  # a scoring script's record (mlinfra_scoring.collection): what it chose to collect
+            out["collection"] = r["collection"]
+            out["correlation_id"] = r.get("correlation_id")
+            out["data"] = r.get("data")
+            return out
         if "inputs" in self.config.capture:
             out["inputs"] = r.get("inputs") or {}
         if "outputs" in self.config.capture:

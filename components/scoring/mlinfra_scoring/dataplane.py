@@ -9,6 +9,7 @@ dynamic batching is on), encodes the response, answers metadata and readiness, r
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib.util
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from mlinfra_scoring import __version__, binary
+from mlinfra_scoring import __version__, binary, collection
 from mlinfra_scoring.metrics import Metrics
 from mlinfra_scoring.models import (
     LoadedModel,
@@ -220,16 +221,26 @@ class DataPlane:
             self.collect(request_id, m, feeds, results, headers)
         return resp, chunks
 
-    async def score_script(self, raw: bytes) -> Any:
-        """Azure ML-style: the user script's run(raw_data) gets the raw body text."""
+    async def score_script(self, raw: bytes, request_id: str) -> Any:
+        """Azure ML-style: the user script's run(raw_data) gets the raw body text. What the script collects
+        (mlinfra_scoring.collection) is tied to REQUEST_ID; when it collects nothing and collection is on, the raw
+        request and response are recorded."""
         self.require_ready()
         loop = asyncio.get_running_loop()
+        text = raw.decode("utf-8", errors="replace")
+        m = self.repository.first() if len(self.repository) else None
+        model, version = (m.name, str(m.version)) if m is not None else ("script", "")
+        context = contextvars.copy_context()  # the script's thread sees this request (and only this one)
+        state = context.run(collection.begin, request_id, model, version)
         try:
-            return await loop.run_in_executor(
-                self._script_pool, self.script.run, raw.decode("utf-8", errors="replace")
-            )
+            result = await loop.run_in_executor(self._script_pool, context.run, self.script.run, text)
         except Exception as e:
             raise RequestError(f"scoring script failed: {type(e).__name__}: {e}", 500) from None
+        if collection.enabled() and not state.collected:  # as Azure ML: the payloads themselves
+            response = result.decode("utf-8", "replace") if isinstance(result, bytes) else result
+            context.run(collection.Collector("request").collect, _json_or_text(text))
+            context.run(collection.Collector("response").collect, _json_or_text(response))
+        return result
 
     async def score(
         self, m: LoadedModel, body: Any, request_id: str, headers: Mapping[str, str]
@@ -295,6 +306,16 @@ class DataPlane:
                 hook(record)
             except Exception:  # a collector must never break scoring
                 self.metrics.collector_dropped.inc((m.name,))
+
+
+def _json_or_text(value: Any) -> Any:
+    """A raw payload as a record holds it: parsed when it is JSON text, else as it is."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def jsonable(arr: np.ndarray, nulls: bool = False) -> Any:

@@ -21,7 +21,7 @@ import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from mlinfra_scoring import __version__, binary, collector, otel
+from mlinfra_scoring import __version__, binary, collection, collector, otel
 from mlinfra_scoring.dataplane import DataPlane, Hook
 from mlinfra_scoring.metrics import Metrics
 from mlinfra_scoring.models import OIP_TO_NUMPY, LoadedModel, RequestError
@@ -389,7 +389,7 @@ class ScoringServer:
         """Azure ML-style /score: the user script's run(raw_data), else the first model's first output."""
         self.dataplane.require_ready()
         if self.dataplane.script is not None:
-            result = await self.dataplane.score_script(await self._raw_body(request))
+            result = await self.dataplane.score_script(await self._raw_body(request), request["rid"])
             if isinstance(result, bytes | str):
                 return web.Response(body=result, content_type=JSON)
             return web.Response(body=dumps(result), content_type=JSON)
@@ -738,6 +738,9 @@ def run(config: ServerConfig, hooks: list[Hook] | None = None) -> int:
     server.otlp = otel.from_env(
         server.metrics, log=lambda event: print(json.dumps(event), file=server._log, flush=True)
     )
+    collection.install(
+        server.collector, on_drop=lambda model: server.metrics.collector_dropped.inc((model or "unknown",))
+    )  # scoring scripts' Collector(...).collect goes to the same collector (a no-op without one)
     if server.collector is not None:
         server.add_hook(server.collector)
         c = server.collector.config
