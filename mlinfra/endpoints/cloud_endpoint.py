@@ -94,6 +94,9 @@ class RolloutPolicy:
 class LocalDocker:
     port: int | None = None
     """Router port on 127.0.0.1. Default: a free port chosen at create, kept afterwards."""
+    grpc_port: int | None = None
+    """The router's gRPC port on 127.0.0.1 (the Open Inference Protocol's gRPC service, routed like REST). Default:
+    a free port chosen at create, kept afterwards."""
 
 
 @dataclass
@@ -185,11 +188,13 @@ def check_kubeconfig(kubeconfig: str, context: str | None, where: str) -> None:
 
 
 class CloudEndpoint(pulumi.ComponentResource):
-    """Outputs: ``scoring_uri``, ``openapi_uri``, ``primary_key`` and ``secondary_key`` (secrets; None when auth is
+    """Outputs: ``scoring_uri``, ``grpc_uri`` (host:port of the gRPC service, Local Docker; None on Kubernetes for
+    now), ``openapi_uri``, ``primary_key`` and ``secondary_key`` (secrets; None when auth is
     not "key"), ``traffic``, ``mirror``, ``deployments`` ({name: image, digest, models, revision, replicas}),
     ``rollout_plan`` (what this `up` will do), ``last_rollout`` (what the last one did)."""
 
     scoring_uri: pulumi.Output[str]
+    grpc_uri: pulumi.Output[str | None]
     openapi_uri: pulumi.Output[str]
     primary_key: pulumi.Output[str | None]
     secondary_key: pulumi.Output[str | None]
@@ -345,12 +350,22 @@ class CloudEndpoint(pulumi.ComponentResource):
                 rollout,
             )
         else:
-            port = args.target.port
-            if port is not None and not 0 < port < 65536:
-                raise EndpointError(f"{where}: LocalDocker(port={port}) must be in 1..65535")
+            port, grpc_port = args.target.port, args.target.grpc_port
+            for key, value in (("port", port), ("grpc_port", grpc_port)):
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536
+                ):
+                    raise EndpointError(
+                        f"{where}: LocalDocker({key}={value!r}) must be an integer in 1..65535"
+                    )
+            if port is not None and port == grpc_port:
+                raise EndpointError(
+                    f"{where}: LocalDocker(port=) and grpc_port= are both {port}: give two ports"
+                )
             spec = EndpointSpec(
                 endpoint_name=endpoint,
                 port=port,
+                grpc_port=grpc_port,
                 router_image=defaults.router_image_ref(),
                 auth=cast(Literal["key", "none", "tls"], args.auth),
                 keys=pulumi.Output.secret(pulumi.Output.all(*keys_out)) if keys_out else [],
@@ -385,12 +400,14 @@ class CloudEndpoint(pulumi.ComponentResource):
             self.local = res
             outs = {
                 "scoring_uri": res.scoring_uri,
+                "grpc_uri": res.grpc_uri,
                 "openapi_uri": res.openapi_uri,
                 "deployments": res.deployments_out,
                 "rollout_plan": res.rollout_plan,
                 "last_rollout": res.last_rollout,
             }
         self.scoring_uri = outs["scoring_uri"]
+        self.grpc_uri = outs.get("grpc_uri") or pulumi.Output.from_input(None)
         self.openapi_uri = outs["openapi_uri"]
         self.deployments = outs["deployments"]
         self.rollout_plan = outs["rollout_plan"]
@@ -403,6 +420,7 @@ class CloudEndpoint(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "scoring_uri": self.scoring_uri,
+                "grpc_uri": self.grpc_uri,
                 "openapi_uri": self.openapi_uri,
                 "primary_key": self.primary_key,
                 "secondary_key": self.secondary_key,

@@ -36,6 +36,8 @@ from mlinfra.errors import EndpointError
 
 Log = Callable[[str], None]
 CONTAINER_PORT = 8080
+CONTAINER_GRPC_PORT = 8081
+"""Where a replica serves the Open Inference Protocol's gRPC service (MLINFRA_SERVE_GRPC_PORT)."""
 
 
 def docker(
@@ -62,10 +64,14 @@ def docker(
     return r
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: set[int] | None = None) -> int:
+    """A port free on 127.0.0.1 now, other than those in AVOID."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in (avoid or set()):
+            return port
 
 
 def port_taken(port: int) -> bool:
@@ -142,9 +148,15 @@ def image_info(ref: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 def start_upstream(
-    endpoint: str, up: Revision, ports: list[int], log: Log, secret_env: dict[str, str] | None = None
+    endpoint: str,
+    up: Revision,
+    ports: list[int],
+    log: Log,
+    secret_env: dict[str, str] | None = None,
+    grpc_ports: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Start containers until UP has one per port in PORTS (its slot's loopback ports); returns the new ones.
+    """Start containers until UP has one per port in PORTS (its slot's loopback ports; replica i serves gRPC on
+    GRPC_PORTS[i]); returns the new ones.
 
     With data collection (MLINFRA_SERVE_COLLECT in the env) a replica stays on Docker's bridge like the others: a
     blob endpoint on this machine's loopback (Azurite) is addressed at the bridge's gateway instead
@@ -167,6 +179,8 @@ def start_upstream(
         name = f"mlinfra-ep-{endpoint}-{up.deployment}-{up.revision}-{i}"
         docker("rm", "-f", name, check=False)  # a leftover of an interrupted run, or of a replica that died
         env = dict(spec.get("env") or {})
+        if grpc_ports:
+            env["MLINFRA_SERVE_GRPC_PORT"] = str(CONTAINER_GRPC_PORT)
         args = [
             "run", "-d", "--name", name, "--restart", "unless-stopped",
             "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
@@ -187,6 +201,8 @@ def start_upstream(
                 args += ["-v", f"{folder}:{folder}"]
             env["MLINFRA_SERVE_COLLECT"] = json.dumps({**collect, "sink": container_sink(sink)})
         args += ["-p", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
+        if grpc_ports:
+            args += ["-p", f"127.0.0.1:{grpc_ports[i]}:{CONTAINER_GRPC_PORT}"]
         for k, v in sorted(labels.items()):
             args += ["--label", f"{k}={v}"]
         for k, v in sorted(env.items()):
@@ -344,6 +360,7 @@ class Router:
     tls: dict[str, str] = field(default_factory=dict)  # cert, key, client_ca: host paths
     max_body_mb: float = 10.0
     upstream_key: str | None = None  # presented to the replicas, which accept nothing else
+    grpc_port: int | None = None  # the gRPC listener on 127.0.0.1 (None: REST only)
 
     @property
     def scheme(self) -> str:
@@ -357,7 +374,12 @@ class Router:
     def dir(self) -> Path:
         return endpoint_dir(self.endpoint)
 
-    def render(self, upstreams: dict[str, tuple[str, list[str]]], mirror: dict[str, float]) -> str:
+    def render(
+        self,
+        upstreams: dict[str, tuple[str, list[str]]],
+        mirror: dict[str, float],
+        grpc_upstreams: dict[str, list[str]] | None = None,
+    ) -> str:
         tls = self.auth == "tls"
         return nginx.render(
             nginx.RouterConfig(
@@ -372,6 +394,8 @@ class Router:
                 tls_client_ca="/etc/mlinfra/tls/client_ca.pem" if tls and self.tls.get("client_ca") else None,
                 max_body_mb=self.max_body_mb,
                 upstream_key=self.upstream_key,
+                grpc_listen=f"127.0.0.1:{self.grpc_port}" if self.grpc_port else None,
+                grpc_upstreams=grpc_upstreams or {},
             )
         )
 
@@ -379,12 +403,18 @@ class Router:
         r = docker("inspect", "-f", "{{.State.Running}}", router_name(self.endpoint), check=False)
         return r.stdout.strip() == "true"
 
-    def configure(self, upstreams: dict[str, tuple[str, list[str]]], mirror: dict[str, float]) -> bool:
-        """Load a configuration with UPSTREAMS ({nginx name: (deployment, addresses)}) and MIRROR; starts the
-        router if needed. Reloads only when the configuration really changed (a reload makes old workers drop
-        idle keep-alive connections). Returns whether it reloaded or started."""
+    def configure(
+        self,
+        upstreams: dict[str, tuple[str, list[str]]],
+        mirror: dict[str, float],
+        grpc_upstreams: dict[str, list[str]] | None = None,
+    ) -> bool:
+        """Load a configuration with UPSTREAMS ({nginx name: (deployment, addresses)}), their replicas' gRPC
+        addresses (GRPC_UPSTREAMS, by the same names) and MIRROR; starts the router if needed. Reloads only when the
+        configuration really changed (a reload makes old workers drop idle keep-alive connections). Returns whether
+        it reloaded or started."""
         d = self.dir
-        text = self.render(upstreams, mirror)
+        text = self.render(upstreams, mirror, grpc_upstreams)
         conf = d / "nginx.conf"
 
         def body(t: str) -> str:
@@ -429,18 +459,19 @@ class Router:
             docker("kill", "-s", "HUP", router_name(self.endpoint))
         else:
             docker("rm", "-f", router_name(self.endpoint), check=False)
-            if port_taken(self.port):
-                raise EndpointError(
-                    f"port {self.port} on 127.0.0.1 is already taken by another process: choose another "
-                    "LocalDocker(port=...) or leave it unset to pick a free one"
-                )
+            for key, port in (("port", self.port), ("grpc_port", self.grpc_port)):
+                if port and port_taken(port):
+                    raise EndpointError(
+                        f"port {port} on 127.0.0.1 is already taken by another process: choose another "
+                        f"LocalDocker({key}=...) or leave it unset to pick a free one"
+                    )
             docker(
                 "run", "-d", "--name", router_name(self.endpoint), "--network", "host",
                 "--restart", "unless-stopped", "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/var/lib/nginx",
                 "--tmpfs", "/var/log/nginx", "--cap-drop", "ALL", "--cap-add", "SETUID", "--cap-add", "SETGID",
                 "--cap-add", "CHOWN", "--security-opt", "no-new-privileges",
                 "--label", f"mlinfra.io/endpoint={self.endpoint}", "--label", "mlinfra.io/role=router",
-                "--label", f"mlinfra.io/port={self.port}",
+                "--label", f"mlinfra.io/port={self.port}", "--label", f"mlinfra.io/grpc-port={self.grpc_port or ''}",
                 "-v", f"{d}:/etc/mlinfra:ro", "--log-opt", "max-size=10m", "--log-opt", "max-file=2",
                 self.image, "nginx", "-c", "/etc/mlinfra/nginx.conf", "-g", "daemon off;",
             )  # fmt: skip
@@ -585,12 +616,24 @@ def observe(
 # The Local Docker target of the rollout engine
 
 
+def _ports(slots: dict[str, dict[str, list[int]]]) -> set[int]:
+    return {int(p) for d in slots.values() for ports in d.values() for p in ports}
+
+
 class LocalDockerTarget:
     """Replicas as containers on 127.0.0.1 ports, traffic through the endpoint's nginx router (route files, no
     reloads while traffic moves). Each deployment has two port sets, slots A and B, one port per replica: a new
     revision starts in the slot the serving one does not use, so both run side by side during a rollout."""
 
-    def __init__(self, spec: EndpointSpec, port: int, old_slots: dict[str, dict[str, list[int]]], log: Log):
+    def __init__(
+        self,
+        spec: EndpointSpec,
+        port: int,
+        grpc_port: int,
+        old_slots: dict[str, dict[str, list[int]]],
+        old_grpc_slots: dict[str, dict[str, list[int]]],
+        log: Log,
+    ):
         self.spec = spec
         self.log = log
         self.router = Router(
@@ -601,18 +644,23 @@ class LocalDockerTarget:
             tls=spec.tls.model_dump() if spec.tls else {},
             max_body_mb=spec.max_body_mb,
             upstream_key=spec.internal_key or None,
+            grpc_port=grpc_port,
         )
         self.old_slots = old_slots
-        self.slots = self._allocate(old_slots)
+        self.old_grpc_slots = old_grpc_slots
+        taken = {port, grpc_port} | _ports(old_slots) | _ports(old_grpc_slots)
+        self.slots = self._allocate(old_slots, taken)
+        self.grpc_slots = self._allocate(old_grpc_slots, taken)  # replica i of a slot: REST and gRPC ports i
         self.reloaded = False
         sas = spec.collect_credential
         self.secret_env = {"MLINFRA_SERVE_COLLECT_CREDENTIAL": sas} if sas else {}
         if spec.internal_key:  # the replicas answer only the router (health and /metrics stay open)
             self.secret_env["MLINFRA_SERVE_KEYS"] = spec.internal_key
 
-    def _allocate(self, old: dict[str, dict[str, list[int]]]) -> dict[str, dict[str, list[int]]]:
-        """Ports per deployment and slot, one per replica; kept across updates."""
-        taken = {int(p) for d in old.values() for ports in d.values() for p in ports}
+    def _allocate(
+        self, old: dict[str, dict[str, list[int]]], taken: set[int]
+    ) -> dict[str, dict[str, list[int]]]:
+        """Ports per deployment and slot, one per replica; kept across updates. TAKEN grows with what it picks."""
         out: dict[str, dict[str, list[int]]] = {}
         for d, dep in self.spec.deployments.items():
             out[d] = {}
@@ -625,6 +673,14 @@ class LocalDockerTarget:
                         ports.append(p)
                 out[d][slot] = ports
         return out
+
+    @staticmethod
+    def _grpc_upstreams(slots: dict[str, dict[str, list[int]]]) -> dict[str, list[str]]:
+        return {
+            nginx.upstream_name(d, slot): [f"127.0.0.1:{p}" for p in ports]
+            for d, by_slot in slots.items()
+            for slot, ports in by_slot.items()
+        }
 
     @staticmethod
     def _upstreams(slots: dict[str, dict[str, list[int]]]) -> dict[str, tuple[str, list[str]]]:
@@ -651,7 +707,8 @@ class LocalDockerTarget:
 
     def scale(self, rev: Revision, replicas: int) -> list[dict[str, Any]]:
         ports = self.slots[rev.deployment][rev.slot][:replicas]
-        return start_upstream(self.spec.endpoint_name, rev, ports, self.log, self.secret_env)
+        grpc_ports = self.grpc_slots[rev.deployment][rev.slot][:replicas]
+        return start_upstream(self.spec.endpoint_name, rev, ports, self.log, self.secret_env, grpc_ports)
 
     def wait_ready(self, rev: Revision, replicas: list[dict[str, Any]], timeout_s: float) -> None:
         wait_ready(rev, replicas, timeout_s, self.log)
@@ -662,8 +719,16 @@ class LocalDockerTarget:
             **self._upstreams({d: v for d, v in self.old_slots.items() if d not in self.slots}),
             **self._upstreams(self.slots),
         }
+        grpc_transition = {
+            **self._grpc_upstreams(
+                {d: v for d, v in self.old_grpc_slots.items() if d not in self.grpc_slots}
+            ),
+            **self._grpc_upstreams(self.grpc_slots),
+        }
         self.router.set_keys(self.spec.user_keys())
-        self.reloaded = self.router.configure(transition, self._mirror(desired)) or self.reloaded
+        self.reloaded = (
+            self.router.configure(transition, self._mirror(desired), grpc_transition) or self.reloaded
+        )
 
     def route(self, weights: dict[str, float], everything: dict[str, Revision]) -> None:
         self.router.route(*to_router(everything, weights))
@@ -683,7 +748,9 @@ class LocalDockerTarget:
 
     def settle(self, desired: dict[str, Revision], weights: dict[str, float]) -> None:
         # The router forgets what left (a reload only if the upstream set shrank), then old workers drain.
-        reloaded = self.router.configure(self._upstreams(self.slots), self._mirror(desired))
+        reloaded = self.router.configure(
+            self._upstreams(self.slots), self._mirror(desired), self._grpc_upstreams(self.grpc_slots)
+        )
         self.router.route(*to_router(desired, weights))
         time.sleep(1.0)  # requests already on their way to what leaves finish first
         if reloaded or self.reloaded:

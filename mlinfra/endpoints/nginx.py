@@ -52,6 +52,11 @@ class RouterConfig:
     upstream_auth_file: str | None = None
     """Instead of ``upstream_key``: a file with the ``proxy_set_header Authorization …;`` line to include (Kubernetes
     mounts it from a Secret, so the configuration itself holds no secret)."""
+    grpc_listen: str | None = None
+    """host:port of the gRPC listener (HTTP/2; TLS like the REST one): the Open Inference Protocol's gRPC calls
+    get the same keys, traffic split, pins and mirror, to ``grpc_upstreams``. None: no gRPC."""
+    grpc_upstreams: dict[str, list[str]] = field(default_factory=dict)
+    """REST upstream name → its replicas' gRPC addresses (the same replicas, their gRPC port)."""
     route_probe: bool = False
     """Answer ``/_mlinfra/routes/gen-<n>`` with 200 once that marker file is among the route files: how the
     Kubernetes target confirms that a router pod sees a new traffic map (its ConfigMap volume updates on the
@@ -85,6 +90,10 @@ def render(c: RouterConfig) -> str:
         # Idle upstream connections close on nginx's side first (10 s < the scoring server's 15 s idle timeout), so a
         # request is never sent on a connection the server is closing (a 502 nginx could not retry for a POST).
         lines += ["    keepalive 32;", "    keepalive_timeout 10s;", "  }"]
+    for name, servers in sorted(c.grpc_upstreams.items()):
+        lines.append(f"  upstream {grpc_upstream(name)} {{")
+        lines += [f"    server {s} max_fails=0;" for s in servers] or ["    server 127.0.0.1:9 down;"]
+        lines += ["    keepalive 32;", "    keepalive_timeout 10s;", "  }"]
     # 1,000 buckets of 0.1 % each.
     lines.append('  split_clients "${request_id}" $mlinfra_split {')
     lines += [f"    0.1% {b};" for b in range(BUCKETS - 1)]
@@ -94,6 +103,7 @@ def render(c: RouterConfig) -> str:
     lines += [f"    {d} pin-{d};" for d in deployments]
     lines += ["  }", "  map $mlinfra_target $mlinfra_deployment {", '    default "";']
     lines += [f"    {name} {d};" for name, (d, _s) in sorted(c.upstreams.items())]
+    lines += [f"    {grpc_upstream(name)} {c.upstreams[name][0]};" for name in sorted(c.grpc_upstreams)]
     lines.append("  }")
     mirror = [(u, w) for u, w in c.mirror.items() if w > 0]
     if mirror:
@@ -190,8 +200,83 @@ def render(c: RouterConfig) -> str:
             "      proxy_read_timeout 5s;",
             "    }",
         ]
-    lines += ["  }", "}"]
+    lines.append("  }")
+    if c.grpc_listen:
+        lines += _grpc_server(c, mirror, tls)
+    lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def grpc_upstream(name: str) -> str:
+    return f"{name}_grpc"
+
+
+def _grpc_server(c: RouterConfig, mirror: list[tuple[str, float]], tls: bool) -> list[str]:
+    """The gRPC listener: the REST server's checks and routing with gRPC's answers. A refused call is an HTTP status
+    gRPC clients map to a code (401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED, 503 → UNAVAILABLE), with the reason
+    in ``grpc-message``."""
+    assert c.grpc_listen is not None
+    host, port = c.grpc_listen.rsplit(":", 1)
+    upstream_auth = (
+        f'      grpc_set_header authorization "Bearer {c.upstream_key}";'
+        if c.upstream_key
+        else '      grpc_set_header authorization "";'
+    )
+    lines = ["  server {", f"    listen {host}:{port}{' ssl' if tls else ''} http2;"]
+    if tls:
+        lines += [
+            f"    ssl_certificate {c.tls_cert};",
+            f"    ssl_certificate_key {c.tls_key};",
+            "    ssl_protocols TLSv1.2 TLSv1.3;",
+        ]
+        if c.tls_client_ca:
+            lines += [f"    ssl_client_certificate {c.tls_client_ca};", "    ssl_verify_client optional;"]
+    lines.append("    location / {")
+    if c.key_auth:
+        lines.append(
+            f"      if (!-f {c.state_dir}/keys/k.$mlinfra_bearer) {{ add_header grpc-message "
+            '"missing or wrong key: send metadata authorization: Bearer <key>" always; return 401; }'
+        )
+    if tls and c.tls_client_ca:
+        lines.append(
+            "      if ($ssl_client_verify != SUCCESS) { add_header grpc-message "
+            '"a client certificate signed by the endpoint CA is required" always; return 403; }'
+        )
+    lines.append('      set $mlinfra_target "";')
+    for name in sorted(c.grpc_upstreams):
+        lines.append(
+            f"      if (-f {c.state_dir}/routes/$mlinfra_bucket.{name}) {{ set $mlinfra_target {grpc_upstream(name)}; }}"
+        )
+    lines.append(
+        '      if ($mlinfra_target = "") { add_header grpc-message "no deployment takes traffic (or the '
+        'x-mlinfra-deployment metadata names one that does not exist)" always; return 503; }'
+    )
+    if mirror:
+        lines += ["      mirror /_mlinfra_mirror_grpc;", "      mirror_request_body on;"]
+    lines += [
+        "      grpc_pass grpc://$mlinfra_target;",
+        upstream_auth,
+        "      grpc_next_upstream error timeout http_502 http_503 non_idempotent;",
+        "      grpc_next_upstream_tries 3;",
+        "      grpc_connect_timeout 2s;",
+        "      grpc_read_timeout 60s;",
+        "      add_header x-mlinfra-deployment $mlinfra_deployment always;",
+        "    }",
+    ]
+    if mirror:
+        lines += [
+            "    location = /_mlinfra_mirror_grpc {",
+            "      internal;",
+            '      if ($mlinfra_mirror = "") { return 204; }',
+            "      rewrite ^ $request_uri break;  # the call's method path (a mirror subrequest has its own URI)",
+            "      grpc_pass grpc://${mlinfra_mirror}_grpc;",
+            upstream_auth,
+            "      grpc_connect_timeout 1s;",
+            "      grpc_read_timeout 5s;",
+            "    }",
+        ]
+    lines.append("  }")
+    return lines
 
 
 def bucket_routes(weights: dict[str, float], pins: dict[str, str]) -> set[str]:

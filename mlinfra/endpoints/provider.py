@@ -106,6 +106,7 @@ CONTENT_KEYS = (
     "router_image",
     "max_body_mb",
     "port",
+    "grpc_port",
     "rollout",
     "collect_credential",
 )
@@ -178,10 +179,13 @@ def _outputs(
     return {
         **props,
         "port": target.router.port,
+        "grpc_port": target.router.grpc_port,
         "scoring_uri": f"{url}/score",
+        "grpc_uri": f"127.0.0.1:{target.router.grpc_port}",
         "openapi_uri": f"{url}/openapi.json",
         "live": {
             "slots": target.slots,
+            "grpc_slots": target.grpc_slots,
             "upstreams": {k: u.to_json() for k, u in result.live.items()},
             "weights": weights,
         },
@@ -195,18 +199,20 @@ class LocalEndpointProvider(ResourceProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Validation that needs this machine (the port), and the rollout plan `pulumi preview --diff` shows."""
         failures = []
-        port = news.get("port")
-        if isinstance(port, int | float) and port != olds.get("port"):
+        for key in ("port", "grpc_port"):
+            port = news.get(key)
+            if not isinstance(port, int | float) or port == olds.get(key):
+                continue
             owner = local.docker(
-                "ps", "-q", "--filter", f"label=mlinfra.io/port={int(port)}",
+                "ps", "-q", "--filter", f"label=mlinfra.io/{key.replace('_', '-')}={int(port)}",
                 "--filter", f"label=mlinfra.io/endpoint={news['endpoint_name']}", check=False,
             ).stdout.strip()  # fmt: skip
             if not owner and local.port_taken(int(port)):
                 failures.append(
                     CheckFailure(
-                        "port",
+                        key,
                         f"port {int(port)} on 127.0.0.1 is already taken by another process: choose another "
-                        "LocalDocker(port=...) or leave it unset to pick a free one",
+                        f"LocalDocker({key}=...) or leave it unset to pick a free one",
                     )
                 )
         if _has_unknown(news.get("deployments")) or _has_unknown(news.get("traffic")):
@@ -227,8 +233,9 @@ class LocalEndpointProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         changed = [k for k in CONTENT_KEYS if olds.get(k) != news.get(k)]
-        if news.get("port") is None and "port" in changed:
-            changed.remove("port")  # an automatically chosen port stays
+        for key in ("port", "grpc_port"):
+            if news.get(key) is None and key in changed:
+                changed.remove(key)  # an automatically chosen port stays
         renamed = olds.get("endpoint_name") != news.get("endpoint_name")
         # Drift: `pulumi refresh` (read) recorded what really runs; anything short of the declared state is repaired.
         drifted = observed_drift(olds, news)
@@ -241,7 +248,9 @@ class LocalEndpointProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         spec = EndpointSpec.from_props(props)
         log = _log_to(spec.endpoint_name)
-        target = local.LocalDockerTarget(spec, spec.port or local.free_port(), {}, log)
+        port = spec.port or local.free_port()
+        grpc_port = spec.grpc_port or local.free_port(avoid={port})
+        target = local.LocalDockerTarget(spec, port, grpc_port, {}, {}, log)
         desired, weights = _targets(spec)
         try:
             result = rollout.converge(
@@ -262,7 +271,11 @@ class LocalEndpointProvider(ResourceProvider):
             local.Router(old.endpoint_name, int(olds["port"]), old.router_image, old.auth).remove()
         live = {k: rollout.Revision.from_json(v) for k, v in olds["live"]["upstreams"].items()}
         old_weights = {k: float(v) for k, v in olds["live"]["weights"].items()}
-        target = local.LocalDockerTarget(spec, port, olds["live"].get("slots") or {}, log)
+        # Endpoints created before gRPC routing get a gRPC port (and their replicas gRPC ports) now, kept afterwards.
+        grpc_port = spec.grpc_port or int(olds.get("grpc_port") or 0) or local.free_port(avoid={port})
+        target = local.LocalDockerTarget(
+            spec, port, grpc_port, olds["live"].get("slots") or {}, olds["live"].get("grpc_slots") or {}, log
+        )
         desired, new_weights = _targets(spec)
         result = rollout.converge(
             target,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 OUTPUT_KEYS = (
     "rollout_plan",
     "scoring_uri",
+    "grpc_uri",
     "openapi_uri",
     "live",
     "deployments_out",
@@ -99,6 +100,8 @@ class EndpointSpec(_Spec):
     endpoint_name: str
     port: int | None = None
     """Router port on 127.0.0.1 (Local Docker); None: chosen at create and kept."""
+    grpc_port: int | None = None
+    """The router's gRPC port on 127.0.0.1 (Local Docker); None: chosen at create and kept."""
     router_image: str
     auth: Literal["key", "none", "tls"]
     keys: Any = Field(default_factory=list)
@@ -123,6 +126,7 @@ class EndpointSpec(_Spec):
         out: dict[str, Any] = {
             "endpoint_name": self.endpoint_name,
             "port": self.port,
+            "grpc_port": self.grpc_port,
             "router_image": self.router_image,
             "auth": self.auth,
             "keys": self.keys,

@@ -58,6 +58,8 @@ _CODE = hashlib.sha256(
     Path(__file__).read_bytes() + (Path(__file__).parent / "layers.py").read_bytes()
 ).hexdigest()[:12]
 PORT = 8080
+GRPC_PORT = 8081
+"""The Open Inference Protocol's gRPC service in every image (MLINFRA_SERVE_GRPC_PORT), beside REST on PORT."""
 SITE = "/opt/mlinfra/site-packages"
 APP = "/opt/mlinfra/app"
 USER_DIR = "/opt/mlinfra/user"
@@ -558,6 +560,7 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         f"MLINFRA_SERVE_VERSION={','.join(str(m.version) for m in models)}",
         "MLINFRA_SERVE_HOST=0.0.0.0",
         f"MLINFRA_SERVE_PORT={PORT}",
+        f"MLINFRA_SERVE_GRPC_PORT={GRPC_PORT}",
     ]
     if spec.script:
         env.append(f"MLINFRA_SERVE_SCRIPT={USER_DIR}/{spec.script.name}")
@@ -569,7 +572,7 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         user="10001:10001",
         workdir="/opt/mlinfra",
         labels=labels,
-        exposed_ports=[PORT],
+        exposed_ports=[PORT, GRPC_PORT],
         healthcheck=[
             "CMD",
             "python3",

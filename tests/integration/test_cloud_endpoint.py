@@ -510,3 +510,58 @@ def test_tls_client_certificates(images, program, backend, tmp_path) -> None:
         assert post("rogue") in (400, 403)  # nginx refuses a certificate the endpoint CA did not sign
     finally:
         st.destroy(on_output=lambda _l: None)
+
+
+def test_grpc_through_the_router(images, program, backend) -> None:
+    """The Open Inference Protocol over gRPC through a Local Docker endpoint's router: keys checked, the traffic
+    split and x-mlinfra-deployment pins applied as for REST, each answer naming its deployment."""
+    import grpc
+    import tritonclient.grpc as triton
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    st = _stack(
+        program, backend, "grpc",
+        {"deployments": _deps(blue=images["v1"], green=images["v2"]), "traffic": json.dumps({"blue": 50, "green": 50})},
+    )  # fmt: skip
+    try:
+        out = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
+        target, key = out["grpc_uri"], out["primary_key"]
+        assert target.startswith("127.0.0.1:") and target != out["scoring_uri"].split("//")[1].split("/")[0]
+        auth = (("authorization", f"Bearer {key}"),)
+        request = service_pb2.ModelInferRequest(model_name="mlp")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+        request.raw_input_contents.append(np.array([ROW], dtype=np.float32).tobytes())
+        expected = {"blue": _expected(images["v1_model"]), "green": _expected(images["v2_model"])}
+        seen: dict[str, int] = {}
+        with grpc.insecure_channel(target) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(40):
+                resp, call = stub.ModelInfer.with_call(request, metadata=auth)
+                deployment = dict(call.initial_metadata())["x-mlinfra-deployment"]
+                seen[deployment] = seen.get(deployment, 0) + 1
+                got = np.frombuffer(resp.raw_output_contents[0], dtype="<f4").tolist()
+                assert _close(got, expected[deployment]), deployment
+            assert set(seen) == {"blue", "green"} and min(seen.values()) >= 5, seen  # 50/50 over 40 calls
+            for _ in range(10):  # a pin, as REST's header
+                _, call = stub.ModelInfer.with_call(
+                    request, metadata=(*auth, ("x-mlinfra-deployment", "green"))
+                )
+                assert dict(call.initial_metadata())["x-mlinfra-deployment"] == "green"
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, e.value
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request, metadata=(("authorization", "Bearer " + "x" * 32),))
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, e.value
+        # Triton's client as written, through the router.
+        client = triton.InferenceServerClient(url=target)
+        x = triton.InferInput("input", [1, 64], "FP32")
+        x.set_data_from_numpy(np.array([ROW], dtype=np.float32))
+        got = client.infer(
+            "mlp", [x], headers={"authorization": f"Bearer {key}", "x-mlinfra-deployment": "blue"}
+        )
+        assert _close(got.as_numpy("probabilities")[0].tolist(), expected["blue"])
+        client.close()
+        assert set(st.up(on_output=lambda _l: None).summary.resource_changes) == {"same"}
+    finally:
+        st.destroy(on_output=lambda _l: None)

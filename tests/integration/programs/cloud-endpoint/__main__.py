@@ -37,6 +37,7 @@ endpoint = mlinfra.CloudEndpoint(
     ),
 )
 pulumi.export("scoring_uri", endpoint.scoring_uri)
+pulumi.export("grpc_uri", endpoint.grpc_uri)
 pulumi.export("openapi_uri", endpoint.openapi_uri)
 pulumi.export("primary_key", endpoint.primary_key)
 pulumi.export("secondary_key", endpoint.secondary_key)
