@@ -188,8 +188,8 @@ def check_kubeconfig(kubeconfig: str, context: str | None, where: str) -> None:
 
 
 class CloudEndpoint(pulumi.ComponentResource):
-    """Outputs: ``scoring_uri``, ``grpc_uri`` (host:port of the gRPC service, Local Docker; None on Kubernetes for
-    now), ``openapi_uri``, ``primary_key`` and ``secondary_key`` (secrets; None when auth is
+    """Outputs: ``scoring_uri``, ``grpc_uri`` (the gRPC service's host:port: the router's loopback port on Local
+    Docker, its Service's port 81 on Kubernetes), ``openapi_uri``, ``primary_key`` and ``secondary_key`` (secrets; None when auth is
     not "key"), ``traffic``, ``mirror``, ``deployments`` ({name: image, digest, models, revision, replicas}),
     ``rollout_plan`` (what this `up` will do), ``last_rollout`` (what the last one did)."""
 

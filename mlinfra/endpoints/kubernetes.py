@@ -27,6 +27,14 @@ from mlinfra.endpoints.plan import revision
 from mlinfra.images.scoring_image import ScoringImage
 
 ROUTER_PORT = 8080
+ROUTER_GRPC_PORT = 8081
+"""The router pods' gRPC listener (the Service's port 81), and the scoring pods' gRPC port (MLINFRA_SERVE_GRPC_PORT)."""
+GRPC_SERVICE_PORT = 81
+SERVICE_PORTS = [
+    {"name": "http", "port": 80, "targetPort": 8080},
+    {"name": "grpc", "port": GRPC_SERVICE_PORT, "targetPort": ROUTER_GRPC_PORT, "appProtocol": "grpc"},
+]
+"""A deployment's (and a slot's) Service: REST on 80, the OIP gRPC service on 81."""
 TLS_FILES = {"cert.pem": "cert", "key.pem": "key", "client_ca.pem": "client_ca"}
 """The TLS Secret's entries and the TlsAuth fields they come from."""
 PRESTOP_S = 5
@@ -101,8 +109,9 @@ def build_kubernetes(
                 if args.auth == "tls"
                 else []
             ),
-            f"{endpoint}-internal (entries 'key': a random 43-character URL-safe key, and 'auth.conf': "
-            'proxy_set_header Authorization "Bearer <that key>";)',
+            f"{endpoint}-internal (entries 'key': a random 43-character URL-safe key, 'auth.conf': "
+            "proxy_set_header Authorization \"Bearer <that key>\"; and 'grpc-auth.conf': grpc_set_header "
+            'authorization "Bearer <that key>";)',
         ] + (
             [f"{endpoint}-collect (entry 'sas': the collection SAS)"]
             if args.data_collection is not None
@@ -176,7 +185,11 @@ def build_kubernetes(
             f"{name}-internal",
             metadata={"name": f"{endpoint}-internal", "namespace": ns_name, "labels": base},
             string_data=pulumi.Output.from_input(internal_key).apply(
-                lambda k: {"key": k, "auth.conf": f'proxy_set_header Authorization "Bearer {k}";\n'}
+                lambda k: {
+                    "key": k,
+                    "auth.conf": f'proxy_set_header Authorization "Bearer {k}";\n',
+                    "grpc-auth.conf": f'grpc_set_header authorization "Bearer {k}";\n',
+                }
             ),
             opts=nsopts,
         )
@@ -223,7 +236,7 @@ def build_kubernetes(
                             }
                         }
                     ],
-                    "ports": [{"port": 8080, "protocol": "TCP"}],
+                    "ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}],
                 }
             ],
         },
@@ -275,9 +288,13 @@ def build_kubernetes(
                         {
                             "name": "scorer",
                             "image": spec["image"],
-                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "ports": [
+                                {"name": "http", "containerPort": 8080},
+                                {"name": "grpc", "containerPort": ROUTER_GRPC_PORT},
+                            ],
                             "env": [
                                 *_pod_env(spec["env"]),
+                                {"name": "MLINFRA_SERVE_GRPC_PORT", "value": str(ROUTER_GRPC_PORT)},
                                 {"name": "MLINFRA_SERVE_DRAIN_LINGER_S", "value": str(DRAIN_LINGER_S)},
                                 *internal_env,
                                 *collect_env,
@@ -328,7 +345,7 @@ def build_kubernetes(
                 "labels": labels,
                 **({"annotations": {"pulumi.com/skipAwait": "true"}} if live else {}),
             },
-            spec={"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            spec={"selector": selector, "ports": SERVICE_PORTS},
             opts=nsopts,
         )
         depends.append(svc)
@@ -355,7 +372,7 @@ def build_kubernetes(
                     },
                     spec={
                         "selector": {**selector, "mlinfra.io/slot": slot},
-                        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                        "ports": SERVICE_PORTS,
                     },
                     opts=nsopts,
                 )
@@ -438,9 +455,15 @@ def build_kubernetes(
                     # backup: the deployment's Service over both slots, tried only when a connection to the slot's
                     # fails (kube-proxy not yet programming a new slot's pods, a pod that just left): never a 502
                     upstreams[u] = (d, [f"{slot_ips[u]}:80", f"{addresses[d]} backup"])  # type: ignore[index]
+        grpc_upstreams = {
+            u: [_grpc_address(a) for a in addrs] for u, (_d, addrs) in upstreams.items()
+        }  # the same Services' gRPC port (a backup stays a backup)
         return nginx.render(
             nginx.RouterConfig(
                 listen=f"0.0.0.0:{ROUTER_PORT}",
+                grpc_listen=f"0.0.0.0:{ROUTER_GRPC_PORT}",
+                grpc_upstreams=grpc_upstreams,
+                upstream_grpc_auth_file="/etc/mlinfra/internal/grpc-auth.conf",
                 generation="k8s",
                 upstreams=upstreams,
                 state_dir="/etc/mlinfra",
@@ -513,7 +536,10 @@ def build_kubernetes(
                             "name": "router",
                             "image": target.router_image or defaults.router_image_ref(),
                             "command": ["nginx", "-c", "/etc/mlinfra/conf/nginx.conf", "-g", "daemon off;"],
-                            "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+                            "ports": [
+                                {"name": "http", "containerPort": ROUTER_PORT},
+                                {"name": "grpc", "containerPort": ROUTER_GRPC_PORT},
+                            ],
                             "readinessProbe": {
                                 "httpGet": {
                                     "path": "/_mlinfra/generation",
@@ -585,7 +611,13 @@ def build_kubernetes(
             "ports": [
                 {"name": "https", "port": 443, "targetPort": ROUTER_PORT}
                 if tls
-                else {"name": "http", "port": 80, "targetPort": ROUTER_PORT}
+                else {"name": "http", "port": 80, "targetPort": ROUTER_PORT},
+                {
+                    "name": "grpc",
+                    "port": GRPC_SERVICE_PORT,
+                    "targetPort": ROUTER_GRPC_PORT,
+                    "appProtocol": "grpc",
+                },
             ],
         },
         opts=pulumi.ResourceOptions.merge(nsopts, pulumi.ResourceOptions(depends_on=[router])),
@@ -593,6 +625,7 @@ def build_kubernetes(
     uri = f"{'https' if tls else 'http'}://{endpoint}.{ns_name}.svc.cluster.local"
     return {
         "scoring_uri": pulumi.Output.from_input(f"{uri}/score"),
+        "grpc_uri": pulumi.Output.from_input(f"{endpoint}.{ns_name}.svc.cluster.local:{GRPC_SERVICE_PORT}"),
         "openapi_uri": pulumi.Output.from_input(f"{uri}/openapi.json"),
         "deployments": pulumi.Output.all(**deployments_out)
         if deployments_out
@@ -607,3 +640,10 @@ def build_kubernetes(
         ),
         "last_rollout": rollout_res.last_rollout if rollout_res is not None else pulumi.Output.from_input([]),
     }
+
+
+def _grpc_address(address: str) -> str:
+    """An nginx upstream server line for a Service's REST port (``host:80[ backup]``) → the same for its gRPC port."""
+    host_port, _, flags = address.partition(" ")
+    host = host_port.rsplit(":", 1)[0]
+    return f"{host}:{GRPC_SERVICE_PORT}" + (f" {flags}" if flags else "")

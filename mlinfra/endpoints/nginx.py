@@ -57,6 +57,8 @@ class RouterConfig:
     get the same keys, traffic split, pins and mirror, to ``grpc_upstreams``. None: no gRPC."""
     grpc_upstreams: dict[str, list[str]] = field(default_factory=dict)
     """REST upstream name → its replicas' gRPC addresses (the same replicas, their gRPC port)."""
+    upstream_grpc_auth_file: str | None = None
+    """As ``upstream_auth_file``, for gRPC: a file with the ``grpc_set_header authorization …;`` line."""
     route_probe: bool = False
     """Answer ``/_mlinfra/routes/gen-<n>`` with 200 once that marker file is among the route files: how the
     Kubernetes target confirms that a router pod sees a new traffic map (its ConfigMap volume updates on the
@@ -218,7 +220,9 @@ def _grpc_server(c: RouterConfig, mirror: list[tuple[str, float]], tls: bool) ->
     assert c.grpc_listen is not None
     host, port = c.grpc_listen.rsplit(":", 1)
     upstream_auth = (
-        f'      grpc_set_header authorization "Bearer {c.upstream_key}";'
+        f"      include {c.upstream_grpc_auth_file};"
+        if c.upstream_grpc_auth_file
+        else f'      grpc_set_header authorization "Bearer {c.upstream_key}";'
         if c.upstream_key
         else '      grpc_set_header authorization "";'
     )

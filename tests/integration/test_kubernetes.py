@@ -10,6 +10,8 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
+import numpy as np
 import pytest
 from pulumi import automation as auto
 
@@ -61,6 +63,26 @@ def _post(url: str, key: str | None, body: dict, timeout: float = 10) -> tuple[i
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, {}
+
+
+def _grpc_infer(target: str, key: str | None) -> tuple[str, list[float]] | None:
+    """One ModelInfer of ROW through TARGET: (the answering deployment, the output); None while not reachable."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+    request.raw_input_contents.append(np.array([ROW], dtype=np.float32).tobytes())
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    with grpc.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            resp, call = stub.ModelInfer.with_call(request, metadata=metadata, timeout=10)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE and key:
+                return None
+            raise
+    deployment = dict(call.initial_metadata()).get("x-mlinfra-deployment", "")
+    return str(deployment), np.frombuffer(resp.raw_output_contents[0], dtype="<f4").tolist()
 
 
 def _router(cluster: LocalCluster, ns: str, svc: str) -> str:
@@ -128,6 +150,14 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
         assert isinstance(first, list) and len(first[0]) > 0, first
         assert _post(f"{router}/score", None, {"data": [ROW]})[0] == 401
         assert _post(f"{router}/score", "not-the-key", {"data": [ROW]})[0] == 401
+        # gRPC through the router's Service (port 81), with the same key rule.
+        assert res.outputs["grpc_uri"].value == f"scoring-real.{ns}.svc.cluster.local:81"
+        grpc_target = router.removeprefix("http://") + ":81"
+        answer = _until("the router answers gRPC", lambda: _grpc_infer(grpc_target, key))
+        assert answer[0] == "blue" and len(answer[1]) == 10, answer
+        with pytest.raises(grpc.RpcError) as e:
+            _grpc_infer(grpc_target, None)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # The pods answer only the router (an internal key from a Secret): straight to a pod, a client key is refused.
         pod_ip = _pods(cluster, ns, "mlinfra.io/deployment=blue")[0]["status"]["podIP"]
         assert _post(f"http://{pod_ip}:8080/score", key, {"data": [ROW]})[0] == 401

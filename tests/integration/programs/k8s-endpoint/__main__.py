@@ -54,6 +54,7 @@ endpoint = mlinfra.CloudEndpoint(
     ),
 )
 pulumi.export("scoring_uri", endpoint.scoring_uri)
+pulumi.export("grpc_uri", endpoint.grpc_uri)
 pulumi.export("deployments", endpoint.deployments)
 pulumi.export("primary_key", endpoint.primary_key)
 pulumi.export("rollout_plan", endpoint.rollout_plan)
