@@ -418,14 +418,24 @@ def workflow_preview(project_dir: Path, stack: str, runner: Path) -> tuple[str, 
     return outputs["code"], (runner / "preview.md").read_text()
 
 
-def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, monkeypatch) -> None:
-    """`mlinfra preview` / `up` on a program written like the README's tour (examples/registered-model), not the
-    platform project: the summary comes from its components; `mlinfra:policy` in its stack config turns the policy
-    pack on; a program without mlinfra components says so and exits 0."""
+def test_preview_policy_and_up_on_any_program(
+    tmp_path: Path, backend: Path, monkeypatch, local_services
+) -> None:
+    """`mlinfra preview` / `up` / `promote` on a program written like the README's tour (examples/registered-model
+    plus a ScoringImage), not the platform project: the summary comes from its components; `mlinfra:policy` in its
+    stack config turns the policy pack on; promotion pins the model's version and sha256 and the image's digest; a
+    program without mlinfra components says so and exits 0."""
+    local_services("registry", "python-base")
     work = tmp_path / "tour"
     shutil.copytree(
         REPO_ROOT / "examples" / "registered-model", work, ignore=shutil.ignore_patterns(".mlinfra")
     )
+    with open(work / "__main__.py", "a") as f:  # the tour's next step: package the model
+        f.write(
+            "\nimage = mlinfra.ScoringImage(\n"
+            f"    'churn-scorer', mlinfra.ScoringImageArgs(models=[model], repository='127.0.0.1:5000/t{tmp_path.name[-8:]}/churn')\n"
+            ")\npulumi.export('image_ref', image.image_ref)\n"
+        )
     meta = work / "Pulumi.yaml"
     meta.write_text(meta.read_text().replace("../../.venv", str(REPO_ROOT / ".venv")))
     monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{backend}")
@@ -451,6 +461,7 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
     r = cli(p, "up", "--stack", "dev")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     v1 = p.stack("dev").outputs()["sha256"].value
+    dev_image = p.stack("dev").outputs()["image_ref"].value
 
     # New weights, same signature: the version and sha256 move, exit 0 — through the GitHub Actions example's
     # preview step as written, pointed at this program by its MLINFRA_PROJECT.
@@ -468,6 +479,9 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
     r = cli(p, "promote", "--from", "dev", "--to", "staging")
     assert r.returncode == 0, r.stderr
     assert re.search(rf"^\+    churn-classifier: {{version: 1, sha256: {v1}}}$", r.stdout, re.M), r.stdout
+    assert re.search(rf"^\+    churn-scorer: {{image: '?{re.escape(dev_image)}'?}}$", r.stdout, re.M), (
+        r.stdout
+    )
     assert staging_file.read_text().startswith("# staging: what dev ran")
     r = cli(p, "promote", "--from", "dev", "--to", "staging")
     assert r.returncode == 0 and "nothing to change" in r.stdout, r.stdout
@@ -477,6 +491,7 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     staged = p.stack("staging").outputs()
     assert (staged["version"].value, staged["sha256"].value) == (1, v1)  # not the file's newer content
+    assert staged["image_ref"].value == dev_image  # the exact digest dev runs: not rebuilt
     # prod keeps its models in a registry of its own (its mlinfra:registry, read from a preview of prod's program):
     # promotion names it, and --copy copies the exact version there (sha256 verified) before pinning it.
     prod_registry = f"file://{tmp_path / 'prod-registry'}"
@@ -499,7 +514,7 @@ def test_preview_policy_and_up_on_any_program(tmp_path: Path, backend: Path, mon
         r.returncode == 2
         and (
             "mlinfra:pins names churn-clasifier, which the program does not declare (its models and images: "
-            "churn-classifier)"
+            "churn-classifier, churn-scorer)"
         )
         in r.stdout
     ), r.stdout
