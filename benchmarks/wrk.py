@@ -13,8 +13,19 @@ from typing import Any
 POST_LUA = Path(__file__).resolve().parent / "serving" / "post.lua"
 
 
-def run(url: str, body: Path, conns: int, seconds: int, key: str | None = None, cpu: str = "1") -> dict:
+def run(
+    url: str,
+    body: Path,
+    conns: int,
+    seconds: int,
+    key: str | None = None,
+    cpu: str = "1",
+    binary_header_length: int | None = None,
+) -> dict:
+    """BINARY_HEADER_LENGTH: BODY is an OIP binary-extension body whose JSON part is that long."""
     env = {**os.environ, "WRK_BODY_FILE": str(body), "WRK_KEY": key or ""}
+    if binary_header_length is not None:
+        env.update(WRK_CONTENT_TYPE="application/octet-stream", WRK_HEADER_LENGTH=str(binary_header_length))
     out = subprocess.run(
         [
             "taskset",

@@ -27,6 +27,9 @@ def run(raw_data):
     rows = np.asarray(json.loads(raw_data)["data"], dtype=np.float32)
     context = inputs_collector.collect(rows)
     probabilities = session.run(None, {"input": rows})[0]
-    result = {"label": probabilities.argmax(axis=1).tolist(), "confidence": probabilities.max(axis=1).tolist()}
+    result = {
+        "label": probabilities.argmax(axis=1).tolist(),
+        "confidence": probabilities.max(axis=1).tolist(),
+    }
     outputs_collector.collect(result, context)
     return result

@@ -1,5 +1,7 @@
 """KServe model server (OIP v2 REST built in) wrapping the ONNX session."""
 
+import os
+
 import numpy as np
 from common import PORT, session
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
@@ -24,4 +26,7 @@ class MLP(Model):
 
 
 if __name__ == "__main__":
-    ModelServer(http_port=PORT, workers=1, enable_grpc=False).start([MLP("mlp")])
+    grpc = (
+        os.environ.get("BENCH_GRPC") == "1"
+    )  # benchmarks/serving/protocols.py: its gRPC front end on PORT + 1
+    ModelServer(http_port=PORT, grpc_port=PORT + 1, workers=1, enable_grpc=grpc).start([MLP("mlp")])

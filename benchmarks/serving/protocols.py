@@ -1,0 +1,307 @@
+"""Serving benchmark by protocol: OIP v2 REST with JSON, REST with binary tensors (Triton's and KServe's extension)
+and gRPC (``inference.GRPCInferenceService/ModelInfer`` with raw contents), side by side in one run, mlinfra against
+the peers' front ends that speak them: KServe, MLServer and PyTriton (each in its own venv: setup_peers.sh).
+
+The server is pinned to CPU 0, the load generator to CPU 1: wrk (one thread) for REST, ghz (Go, built from the Go
+module proxy into the cache on first use) for gRPC, 32 concurrent requests, one row of the reference MLP per
+request. A server that refuses a workload (no binary extension, say) is reported as such.
+
+    .venv/bin/python benchmarks/serving/protocols.py [--duration 8] [--only mlinfra,kserve]
+    .venv/bin/python benchmarks/serving/protocols.py --report     # re-render PROTOCOLS.md from protocols.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.serving.bench import PEER_ENV, free_port, servers, wait_ready  # noqa: E402
+from benchmarks.wrk import run as wrk_run  # noqa: E402
+from mlinfra.engine import cache_dir  # noqa: E402
+from mlinfra.lab.samples import write_mlp  # noqa: E402
+
+PROTO = REPO / "components" / "scoring" / "mlinfra_scoring" / "oip" / "oip.proto"
+GHZ_VERSION = "v0.121.0"
+GHZ = cache_dir() / "bench-tools" / f"ghz-{GHZ_VERSION}" / "ghz"
+CONNS = 32
+PEERS = ("mlinfra", "kserve", "mlserver", "pytriton")
+WORKLOADS = ("rest-json", "rest-binary", "grpc")
+
+
+def ghz_binary() -> Path:
+    """ghz, built once from the Go module proxy into the cache (no binary downloads here)."""
+    if not GHZ.exists():
+        GHZ.parent.mkdir(parents=True, exist_ok=True)
+        print(f"building ghz {GHZ_VERSION} (go install)…", flush=True)
+        subprocess.run(
+            ["go", "install", f"github.com/bojand/ghz/cmd/ghz@{GHZ_VERSION}"],
+            env={**os.environ, "GOBIN": str(GHZ.parent)},
+            check=True,
+        )
+    return GHZ
+
+
+def row() -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+
+
+def bodies(work: Path) -> dict[str, tuple[Path, int | None]]:
+    x = row()
+    json_body = {
+        "id": "bench",
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}],
+    }
+    head = json.dumps(
+        {
+            "id": "bench",
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 256},
+                }
+            ],
+            "parameters": {"binary_data_output": True},  # as tritonclient asks by default
+        }
+    ).encode()
+    (work / "json.body").write_bytes(json.dumps(json_body).encode())
+    (work / "binary.body").write_bytes(head + x.tobytes())
+    grpc = {
+        "model_name": "mlp",
+        "id": "bench",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64]}],
+        "raw_input_contents": [base64.b64encode(x.tobytes()).decode()],
+    }
+    (work / "grpc.json").write_text(json.dumps(grpc))
+    return {"rest-json": (work / "json.body", None), "rest-binary": (work / "binary.body", len(head))}
+
+
+def ghz(port: int, data: Path, seconds: int) -> dict:
+    out = subprocess.run(
+        [
+            "taskset", "-c", "1", str(ghz_binary()), "--insecure", "--proto", str(PROTO),
+            "--call", "inference.GRPCInferenceService.ModelInfer", "--data-file", str(data),
+            "--concurrency", str(CONNS), "--connections", "1", "--duration", f"{seconds}s", "--cpus", "1",
+            "--format", "json", f"127.0.0.1:{port}",
+        ],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )  # fmt: skip
+    r = json.loads(out.stdout)
+    lat = {d["percentage"]: d["latency"] / 1e6 for d in r.get("latencyDistribution") or []}
+    codes = r.get("statusCodeDistribution") or {}
+    return {
+        "rps": r["rps"],
+        "p50_ms": lat.get(50, float("nan")),
+        "p99_ms": lat.get(99, float("nan")),
+        "errors": sum(n for code, n in codes.items() if code != "OK"),
+        "error_kinds": sorted(r.get("errorDistribution") or {})[:3],
+        "requests": r["count"],
+    }
+
+
+def check_rest(port: int, body: Path, header_length: int | None) -> str | None:
+    """None when the server answers the workload with 200, else why not (it is then not measured)."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if header_length is not None:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(header_length),
+        }
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/mlp/infer", data=body.read_bytes(), headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return None if r.status == 200 else f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}: {e.read()[:160].decode(errors='replace')}"
+    except OSError as e:
+        return str(e)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    if args.report:
+        saved = json.loads((HERE / "protocols.json").read_text())
+        report(saved["results"], saved["duration"], saved["date"], saved["machine"])
+        return 0
+    ghz_binary()
+    work = Path(tempfile.mkdtemp(prefix="mlinfra-bench-protocols-"))
+    model = write_mlp(work / "mlp.onnx")
+    os.environ["BENCH_MODEL"] = str(model)
+    rest = bodies(work)
+    only = set(filter(None, args.only.split(",")))
+    results: dict[str, dict] = {}
+    for name in PEERS:
+        if only and name not in only:
+            continue
+        port = free_port()
+        while port + 2 > 65535:
+            port = free_port()
+        spec = servers(model, port, work)[name]
+        cmd = spec["cmd"] + (["--grpc-port", str(port + 1)] if name == "mlinfra" else [])
+        if not Path(cmd[0]).exists():
+            results[name] = {"error": f"not installed ({cmd[0]}): run benchmarks/serving/setup_peers.sh"}
+            continue
+        env = {**os.environ, **PEER_ENV, "BENCH_PORT": str(port), "BENCH_GRPC": "1"}
+        if spec.get("pythonpath"):
+            env["PYTHONPATH"] = spec["pythonpath"]
+        if name == "pytriton":
+            import sysconfig
+
+            env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}:{env.get('LD_LIBRARY_PATH', '')}"
+        log = open(work / f"{name}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            ["taskset", "-c", "0", *cmd], cwd=spec["cwd"], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        r: dict = {}
+        try:
+            wait_ready(port, rest["rest-json"][0].read_bytes(), proc)
+            for workload, (body, header_length) in rest.items():
+                why = check_rest(port, body, header_length)
+                if why is not None:
+                    r[workload] = {"error": why}
+                    continue
+                wrk_run(
+                    f"http://127.0.0.1:{port}/v2/models/mlp/infer",
+                    body,
+                    CONNS,
+                    2,
+                    binary_header_length=header_length,
+                )
+                r[workload] = wrk_run(
+                    f"http://127.0.0.1:{port}/v2/models/mlp/infer", body, CONNS, args.duration,
+                    binary_header_length=header_length,
+                )  # fmt: skip
+            ghz(port + 1, work / "grpc.json", 2)  # warm-up
+            r["grpc"] = ghz(port + 1, work / "grpc.json", args.duration)
+        except Exception as e:
+            r["error"] = (
+                f"{type(e).__name__}: {e}; log: " + (work / f"{name}.log").read_text(errors="replace")[-300:]
+            )
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=20)
+            except Exception:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
+        results[name] = r
+        print(name, json.dumps(r), flush=True)
+    date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    machine = f"{platform.node()} — {os.cpu_count()} cores ({platform.machine()})"
+    (HERE / "protocols.json").write_text(
+        json.dumps(
+            {"date": date, "machine": machine, "duration": args.duration, "results": results}, indent=1
+        )
+    )
+    report(results, args.duration, date, machine)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _cell(r: dict | None) -> tuple[str, str]:
+    if not r:
+        return "—", ""
+    if "error" in r:
+        return "refused", ""
+    bad = r.get("errors", 0) + r.get("non2xx", 0) + r.get("socket_errors", 0)
+    return f"{r['rps']:,.0f}" + (f" ({bad} errors)" if bad else ""), f"{r['p99_ms']:.1f}"
+
+
+def report(results: dict[str, dict], duration: int, date: str, machine: str) -> None:
+    lines = [
+        "# Serving benchmark by protocol",
+        "",
+        f"Measured {date} on {machine}; server pinned to CPU 0, load generator to CPU 1 (wrk 1 thread for REST, "
+        f"ghz {GHZ_VERSION} for gRPC over one HTTP/2 connection), {CONNS} concurrent requests, {duration} s per "
+        "cell, one row of the reference MLP (64→256→10) per request. Machines are shared and noisy: read the "
+        "ratios. Reproduce: `.venv/bin/python benchmarks/serving/protocols.py` (peers: `setup_peers.sh`).",
+        "",
+        "| server | REST JSON rps | p99 ms | REST binary rps | p99 ms | gRPC rps | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        if "error" in r and not any(w in r for w in WORKLOADS):
+            lines.append(f"| {name} | {r['error'][:80]} | | | | | |")
+            continue
+        cells = [c for w in WORKLOADS for c in _cell(r.get(w))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    ours = results.get("mlinfra", {})
+    for w in WORKLOADS:
+        mine = ours.get(w)
+        peers = {
+            n: r[w]
+            for n, r in results.items()
+            if n != "mlinfra" and isinstance(r.get(w), dict) and "rps" in r[w]
+        }
+        if not mine or "rps" not in mine or not peers:
+            continue
+        best = max(peers, key=lambda n: peers[n]["rps"])
+        ratio = mine["rps"] / peers[best]["rps"]
+        lines.append(
+            f"- {w}: mlinfra {mine['rps']:,.0f} rps vs the best peer {best} {peers[best]['rps']:,.0f} → "
+            f"**{ratio:.2f}×** (goal ≥ 3×: {'met' if ratio >= 3 else 'missed'}); p99 {mine['p99_ms']:.1f} ms vs "
+            f"{peers[best]['p99_ms']:.1f} ms."
+        )
+    refused = [f"{n} ({w}: {r[w]['error'][:100]})" for n, r in results.items() for w in WORKLOADS
+               if isinstance(r.get(w), dict) and "error" in r[w]]  # fmt: skip
+    if refused:
+        lines += ["", "Refused workloads (not measured): " + "; ".join(refused) + "."]
+    lines += ["", "![requests/s by protocol](protocols.png)", ""]
+    (HERE / "PROTOCOLS.md").write_text("\n".join(lines))
+    plot(results)
+
+
+def plot(results: dict[str, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.25
+    for i, w in enumerate(WORKLOADS):
+        vals = [
+            results[n][w]["rps"] if isinstance(results[n].get(w), dict) and "rps" in results[n][w] else 0
+            for n in names
+        ]
+        ax.bar([x + (i - 1) * width for x in range(len(names))], vals, width, label=w)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel(f"requests/s at c={CONNS}")
+    ax.set_title("OIP v2 by protocol (one-row MLP)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "protocols.png", dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
