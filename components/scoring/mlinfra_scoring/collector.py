@@ -61,6 +61,11 @@ class CollectorConfig:
     queue_max: int = 10000
     batch: int = 1000
     flush_s: float = 1.0
+    process: bool = True
+    """Run the collector in a process of its own, off the serving core (collector_process.py); False: threads in
+    the server's process."""
+    ring_mb: float = 16.0
+    """With ``process``: the shared-memory ring between the server and the collector process (in /dev/shm)."""
 
     @staticmethod
     def from_json(text: str) -> CollectorConfig:
@@ -364,6 +369,13 @@ class Collector:
             self.counts["spooled"] += len(lines)
         self._wake.set()
 
+    def spool_now(self, batch: list[dict[str, Any]]) -> None:
+        """Write BATCH (records already sampled) to the spool now, bypassing the queue: the collector process
+        (collector_process.py) consumes its ring only once they are on disk."""
+        self.counts["sampled"] += len(batch)
+        if batch:
+            self._write_batch(batch)
+
     def _write_loop(self) -> None:
         while not self._stop.is_set() or self.q:
             self._stop.wait(self.config.flush_s)  # sleeps without the GIL; wakes at once on close
@@ -454,5 +466,13 @@ def from_env(
     if not raw:
         return None
     config = CollectorConfig.from_json(raw)
-    sink = open_sink(config.sink, os.environ.get("MLINFRA_SERVE_COLLECT_CREDENTIAL"))
+    credential = os.environ.get("MLINFRA_SERVE_COLLECT_CREDENTIAL")
+    if config.process:
+        from mlinfra_scoring.collector_process import ProcessCollector
+
+        try:
+            return ProcessCollector(config, credential, on_drop, log, on_upload_error)  # type: ignore[return-value]
+        except OSError as e:  # no room in /dev/shm (a small container): the same collector, in threads
+            log({"event": "collector_process_unavailable", "error": str(e), "fallback": "threads"})
+    sink = open_sink(config.sink, credential)
     return Collector(config, sink, on_drop, log, on_upload_error)
