@@ -27,7 +27,7 @@ from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.endpoints.local import free_port  # noqa: E402
 from mlinfra.lab import services  # noqa: E402
 from mlinfra.lab.samples import write_mlp  # noqa: E402
-from mlinfra.monitoring.data_collection import provision  # noqa: E402
+from mlinfra.monitoring.provider import container_sas, provision  # noqa: E402
 
 
 def start(model: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
@@ -68,15 +68,16 @@ def main() -> int:
     body = tmp / "body.json"
     body.write_text(json.dumps({"data": [[0.1] * 64]}))
     sink = f"azblob://{services.AZURITE_ACCOUNT}/bench-collection?endpoint={services.azurite_blob_url()}"
-    sas = provision(sink, services.AZURITE_KEY, 2)["sas"]
+    sas = container_sas(sink, services.AZURITE_KEY, provision(sink, services.AZURITE_KEY, 2)["expires"])
 
-    def collect_env(sink_uri: str, spool: Path, rate: float = 1.0) -> dict[str, str]:
+    def collect_env(sink_uri: str, spool: Path, rate: float = 1.0, process: bool = True) -> dict[str, str]:
         cfg = {
             "sink": sink_uri,
             "endpoint": "bench",
             "deployment": "blue",
             "sample_rate": rate,
             "spool_dir": str(spool),
+            "process": process,
         }
         return {"MLINFRA_SERVE_COLLECT": json.dumps(cfg), "MLINFRA_SERVE_COLLECT_CREDENTIAL": sas}
 
@@ -95,6 +96,11 @@ def main() -> int:
         "reference MLP, collection off": (model, body, {}),
         "reference MLP, 10 % sampled": (model, body, collect_env(sink, tmp / "spool10", 0.1)),
         "reference MLP, 100 % sampled": (model, body, collect_env(sink, tmp / "spool100")),
+        "reference MLP, 100 % sampled, collector in the server's process": (
+            model,
+            body,
+            collect_env(sink, tmp / "spool100t", process=False),
+        ),
         "wide MLP, collection off": (wide, wide_body, {}),
         "wide MLP, 100 % sampled": (wide, wide_body, collect_env(sink, tmp / "spoolwide")),
     }
@@ -124,6 +130,7 @@ def main() -> int:
         "drop": drop("reference MLP", "100 % sampled"),
         "drop_10pct": drop("reference MLP", "10 % sampled"),
         "drop_wide": drop("wide MLP", "100 % sampled"),
+        "drop_threads": drop("reference MLP", "100 % sampled, collector in the server's process"),
     }
     print(json.dumps(results), flush=True)
     # Storage down: the same load against a sink nobody answers; sample RSS and the spool.
@@ -206,16 +213,22 @@ def report(r: dict) -> None:
         lines.append(f"| {k} | {v['rps']:,.0f} | {v['p99_ms']:.2f} ms | {v['non2xx']} |")
     lines += [
         "",
-        f"Drop with every request captured: **{r['drop']:.1%} for the reference MLP** (goal ≤ 10 %: missed),",
-        f"{r['drop_10pct']:.1%} at 10 % sampling, **{r['drop_wide']:.1%} for the wide MLP** (512→2048→2048→10).",
+        f"Drop with every request captured: **{r['drop']:.1%} for the reference MLP** (goal ≤ 10 %: "
+        f"{'met' if r['drop'] <= 0.10 else 'missed'}), {r['drop_10pct']:.1%} at 10 % sampling, "
+        f"**{r['drop_wide']:.1%} for the wide MLP** (512→2048→2048→10)."
+        + (
+            f" With the collector in the server's process (threads, as before): {r['drop_threads']:.1%}."
+            if "drop_threads" in r
+            else ""
+        ),
         "",
-        "Why the goal is missed for the small model: the request path only samples and appends to a deque (≈ 2 µs),",
-        "but encoding a record as JSON (74 floats ≈ 4 µs with orjson), spooling and uploading cost ≈ 13 µs of CPU per",
-        "record (measured in isolation), on the same pinned core as a server that spends only ≈ 120 µs per request —",
-        "plus GIL hand-offs between the event loop and the collector threads. The cost is per captured record, not",
-        "per unit of model work: heavier models (the wide MLP, ≈ 1 ms per request) lose a few percent, and sampling",
-        "scales it down. Moving the encoding to a sidecar process (Azure ML's collector design) would take it off the",
-        "serving core; not done yet.",
+        "The collector runs in a process of its own (components/scoring/mlinfra_scoring/collector_process.py), as",
+        "Azure ML's does: the request path samples and copies the record's bytes into a shared-memory ring (no JSON",
+        "encoding of tensors, no I/O), and the process — moved off the CPU the server is pinned to — encodes, spools",
+        "and uploads. In-process, encoding (≈ 4 µs per record with orjson), spooling and uploading (≈ 13 µs of CPU",
+        "per record) ran on the serving core, beside a server that spends only ≈ 120 µs per request. The cost is per",
+        "captured record, not per unit of model work: heavier models lose less, and sampling scales it down. Here",
+        "the collector process shares CPU 1 with wrk: on a machine with a spare core it costs the server even less.",
         "",
         f"**Storage down for {o['seconds']} s under the same load** ({o['requests']:,d} requests, {o['non2xx']} non-2xx):",
         f"server RSS {o['rss_idle_mb']:.0f} MB idle → peak {o['rss_peak_mb']:.0f} MB; the records went to the spool on",
