@@ -229,6 +229,8 @@ def report(r: dict) -> None:
         "per record) ran on the serving core, beside a server that spends only ≈ 120 µs per request. The cost is per",
         "captured record, not per unit of model work: heavier models lose less, and sampling scales it down. Here",
         "the collector process shares CPU 1 with wrk: on a machine with a spare core it costs the server even less.",
+        "The machine is shared and noisy (the wide MLP's drop moved between 4 % and 8 % from run to run): compare",
+        "within one run.",
         "",
         f"**Storage down for {o['seconds']} s under the same load** ({o['requests']:,d} requests, {o['non2xx']} non-2xx):",
         f"server RSS {o['rss_idle_mb']:.0f} MB idle → peak {o['rss_peak_mb']:.0f} MB; the records went to the spool on",
