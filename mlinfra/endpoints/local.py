@@ -674,13 +674,10 @@ class LocalDockerTarget:
                 out[d][slot] = ports
         return out
 
-    @staticmethod
-    def _grpc_upstreams(slots: dict[str, dict[str, list[int]]]) -> dict[str, list[str]]:
-        return {
-            nginx.upstream_name(d, slot): [f"127.0.0.1:{p}" for p in ports]
-            for d, by_slot in slots.items()
-            for slot, ports in by_slot.items()
-        }
+    @classmethod
+    def _grpc_upstreams(cls, slots: dict[str, dict[str, list[int]]]) -> dict[str, list[str]]:
+        """The replicas' gRPC addresses by REST upstream name (GRPC_SLOTS is shaped like the REST slots)."""
+        return {name: addresses for name, (_d, addresses) in cls._upstreams(slots).items()}
 
     @staticmethod
     def _upstreams(slots: dict[str, dict[str, list[int]]]) -> dict[str, tuple[str, list[str]]]:

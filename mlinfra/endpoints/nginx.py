@@ -87,15 +87,9 @@ def render(c: RouterConfig) -> str:
         "  map_hash_bucket_size 256;",
     ]
     for name, (_d, servers) in sorted(c.upstreams.items()):
-        lines.append(f"  upstream {name} {{")
-        lines += [f"    server {s} max_fails=0;" for s in servers] or ["    server 127.0.0.1:9 down;"]
-        # Idle upstream connections close on nginx's side first (10 s < the scoring server's 15 s idle timeout), so a
-        # request is never sent on a connection the server is closing (a 502 nginx could not retry for a POST).
-        lines += ["    keepalive 32;", "    keepalive_timeout 10s;", "  }"]
+        lines += _upstream_block(name, servers)
     for name, servers in sorted(c.grpc_upstreams.items()):
-        lines.append(f"  upstream {grpc_upstream(name)} {{")
-        lines += [f"    server {s} max_fails=0;" for s in servers] or ["    server 127.0.0.1:9 down;"]
-        lines += ["    keepalive 32;", "    keepalive_timeout 10s;", "  }"]
+        lines += _upstream_block(grpc_upstream(name), servers)
     # 1,000 buckets of 0.1 % each.
     lines.append('  split_clients "${request_id}" $mlinfra_split {')
     lines += [f"    0.1% {b};" for b in range(BUCKETS - 1)]
@@ -124,24 +118,10 @@ def render(c: RouterConfig) -> str:
         16 <= len(c.upstream_key) <= 128 and set(c.upstream_key) <= SECRET_SAFE
     ):
         raise ValueError("the router's upstream key must be 16-128 URL-safe base64 characters")
-    upstream_auth = (
-        f"      include {c.upstream_auth_file};"
-        if c.upstream_auth_file
-        else f'      proxy_set_header Authorization "Bearer {c.upstream_key}";'
-        if c.upstream_key
-        else '      proxy_set_header Authorization "";'
-    )
+    upstream_auth = _upstream_auth("proxy_set_header Authorization", c.upstream_auth_file, c.upstream_key)
     host, port = c.listen.rsplit(":", 1)
     tls = c.tls_cert is not None
-    lines += ["  server {", f"    listen {host}:{port}{' ssl' if tls else ''};"]
-    if tls:
-        lines += [
-            f"    ssl_certificate {c.tls_cert};",
-            f"    ssl_certificate_key {c.tls_key};",
-            "    ssl_protocols TLSv1.2 TLSv1.3;",
-        ]
-        if c.tls_client_ca:
-            lines += [f"    ssl_client_certificate {c.tls_client_ca};", "    ssl_verify_client optional;"]
+    lines += ["  server {", f"    listen {host}:{port}{' ssl' if tls else ''};", *_tls_lines(c)]
     lines += [
         "    default_type application/json;",
         f'    location = /_mlinfra/generation {{ return 200 "{c.generation}"; }}',
@@ -213,28 +193,49 @@ def grpc_upstream(name: str) -> str:
     return f"{name}_grpc"
 
 
+def _upstream_block(name: str, servers: list[str]) -> list[str]:
+    # Idle upstream connections close on nginx's side first (10 s < the scoring server's 15 s idle timeout), so a
+    # request is never sent on a connection the server is closing (a 502 nginx could not retry for a POST).
+    return [
+        f"  upstream {name} {{",
+        *([f"    server {s} max_fails=0;" for s in servers] or ["    server 127.0.0.1:9 down;"]),
+        "    keepalive 32;",
+        "    keepalive_timeout 10s;",
+        "  }",
+    ]
+
+
+def _tls_lines(c: RouterConfig) -> list[str]:
+    """A listener's TLS settings (none without a certificate)."""
+    if c.tls_cert is None:
+        return []
+    lines = [
+        f"    ssl_certificate {c.tls_cert};",
+        f"    ssl_certificate_key {c.tls_key};",
+        "    ssl_protocols TLSv1.2 TLSv1.3;",
+    ]
+    if c.tls_client_ca:
+        lines += [f"    ssl_client_certificate {c.tls_client_ca};", "    ssl_verify_client optional;"]
+    return lines
+
+
+def _upstream_auth(directive: str, include_file: str | None, key: str | None) -> str:
+    """The line that replaces the client's credential with the router's own towards the replicas: DIRECTIVE
+    (``proxy_set_header Authorization`` or ``grpc_set_header authorization``) with KEY, or INCLUDE_FILE holding
+    that line (a Secret on Kubernetes), or an empty value."""
+    if include_file:
+        return f"      include {include_file};"
+    return f'      {directive} "Bearer {key}";' if key else f'      {directive} "";'
+
+
 def _grpc_server(c: RouterConfig, mirror: list[tuple[str, float]], tls: bool) -> list[str]:
     """The gRPC listener: the REST server's checks and routing with gRPC's answers. A refused call is an HTTP status
     gRPC clients map to a code (401 → UNAUTHENTICATED, 403 → PERMISSION_DENIED, 503 → UNAVAILABLE), with the reason
     in ``grpc-message``."""
     assert c.grpc_listen is not None
     host, port = c.grpc_listen.rsplit(":", 1)
-    upstream_auth = (
-        f"      include {c.upstream_grpc_auth_file};"
-        if c.upstream_grpc_auth_file
-        else f'      grpc_set_header authorization "Bearer {c.upstream_key}";'
-        if c.upstream_key
-        else '      grpc_set_header authorization "";'
-    )
-    lines = ["  server {", f"    listen {host}:{port}{' ssl' if tls else ''} http2;"]
-    if tls:
-        lines += [
-            f"    ssl_certificate {c.tls_cert};",
-            f"    ssl_certificate_key {c.tls_key};",
-            "    ssl_protocols TLSv1.2 TLSv1.3;",
-        ]
-        if c.tls_client_ca:
-            lines += [f"    ssl_client_certificate {c.tls_client_ca};", "    ssl_verify_client optional;"]
+    upstream_auth = _upstream_auth("grpc_set_header authorization", c.upstream_grpc_auth_file, c.upstream_key)
+    lines = ["  server {", f"    listen {host}:{port}{' ssl' if tls else ''} http2;", *_tls_lines(c)]
     lines.append("    location / {")
     if c.key_auth:
         lines.append(

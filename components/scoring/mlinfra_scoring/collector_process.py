@@ -40,21 +40,15 @@ from typing import Any
 
 import numpy as np
 
-from mlinfra_scoring.collector import Collector, CollectorConfig, new_salt, open_sink, sampled
+from mlinfra_scoring.collector import Collector, CollectorConfig, _dumps, new_salt, open_sink, sampled
 
 try:
     import orjson
-
-    def _dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
     def _loads(data: bytes) -> Any:
         return orjson.loads(data)
 
 except ImportError:  # pragma: no cover
-
-    def _dumps(obj: Any) -> bytes:
-        return json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)).encode()
 
     def _loads(data: bytes) -> Any:
         return json.loads(data)

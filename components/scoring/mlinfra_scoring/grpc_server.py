@@ -57,11 +57,6 @@ PUBLIC = {"ServerLive", "ServerReady"}
 """RPCs answered without a key (as REST's health routes)."""
 
 
-def _param(p: pb.InferParameter) -> Any:
-    which = p.WhichOneof("parameter_choice")
-    return getattr(p, which) if which else None
-
-
 def request_body(req: pb.ModelInferRequest) -> tuple[dict[str, Any], memoryview | None]:
     """A ModelInferRequest as the data plane's request object (and the binary part, for raw contents)."""
     raw = list(req.raw_input_contents)
