@@ -90,3 +90,27 @@ def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None, wait_
         time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"server not ready: {log.read_text()}")
+
+
+def model_args(models: dict[str, Path], mlp_version: str | None = None) -> list[str]:
+    """`mlinfra serve` arguments serving MODELS' "mlp" (at MLP_VERSION) and "types"."""
+    version = ["--version", mlp_version] if mlp_version else []
+    return [
+        "--model",
+        str(models["mlp"]),
+        "--name",
+        "mlp",
+        *version,
+        "--model",
+        str(models["types"]),
+        "--name",
+        "types",
+    ]
+
+
+def reference(model: Path, rows: Any) -> Any:
+    """What onnxruntime itself answers for ROWS (the MLP's "input", as FP32)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(model)).run(None, {"input": np.asarray(rows, dtype=np.float32)})[0]

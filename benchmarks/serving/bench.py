@@ -26,6 +26,7 @@ import time
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -133,6 +134,46 @@ def body(rows: int) -> bytes:
     ).encode()
 
 
+def start_server(
+    name: str,
+    spec: dict,
+    port: int,
+    work: Path,
+    extra_env: dict[str, str] | None = None,
+    extra_args: tuple = (),
+) -> tuple[subprocess.Popen, IO[bytes]]:
+    """Start server NAME (SPEC from :func:`servers`) pinned to CPU 0, its output in WORK/<name>.log; stop it with
+    :func:`stop_server`."""
+    env = {**os.environ, **PEER_ENV, "BENCH_PORT": str(port), **(extra_env or {})}
+    if spec.get("pythonpath"):
+        env["PYTHONPATH"] = spec["pythonpath"]
+    if name == "pytriton":  # its stub must load this interpreter's libpython, not Debian's
+        import sysconfig
+
+        env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}:{env.get('LD_LIBRARY_PATH', '')}"
+    log = open(work / f"{name}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", *spec["cmd"], *extra_args],
+        cwd=spec["cwd"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return proc, log
+
+
+def stop_server(proc: subprocess.Popen, log: IO[bytes]) -> None:
+    """SIGTERM to the server's process group (SIGKILL after 20 s), then close its log."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except Exception:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
 def wait_ready(port: int, payload: bytes, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -212,22 +253,7 @@ def main() -> int:
             results[name] = {"error": f"not installed ({spec['cmd'][0]}): run setup_peers.sh"}
             print(name, results[name]["error"], flush=True)
             continue
-        env = {**os.environ, **PEER_ENV, "BENCH_PORT": str(port)}
-        if spec.get("pythonpath"):
-            env["PYTHONPATH"] = spec["pythonpath"]
-        if name == "pytriton":  # its stub must load this interpreter's libpython, not Debian's
-            import sysconfig
-
-            env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}:{env.get('LD_LIBRARY_PATH', '')}"
-        log = open(work / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            ["taskset", "-c", "0", *spec["cmd"]],
-            cwd=spec["cwd"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc, log = start_server(name, spec, port, work)
         try:
             wait_ready(port, b1.read_bytes(), proc)
             wrk(port, b1, 32, 2)  # warm-up
@@ -245,13 +271,7 @@ def main() -> int:
             }
             print(name, "FAILED:", results[name]["error"], flush=True)
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
-            except Exception:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
+            stop_server(proc, log)
             port = free_port()
     report(results, args.duration)
     return 0

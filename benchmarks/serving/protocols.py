@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving.bench import PEER_ENV, free_port, servers, wait_ready  # noqa: E402
+from benchmarks.serving.bench import free_port, servers, start_server, stop_server, wait_ready  # noqa: E402
 from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.engine import cache_dir  # noqa: E402
 from mlinfra.lab.samples import write_mlp  # noqa: E402
@@ -168,22 +167,13 @@ def main() -> int:
         while port + 2 > 65535:
             port = free_port()
         spec = servers(model, port, work)[name]
-        cmd = spec["cmd"] + (["--grpc-port", str(port + 1)] if name == "mlinfra" else [])
-        if not Path(cmd[0]).exists():
-            results[name] = {"error": f"not installed ({cmd[0]}): run benchmarks/serving/setup_peers.sh"}
+        if not Path(spec["cmd"][0]).exists():
+            results[name] = {
+                "error": f"not installed ({spec['cmd'][0]}): run benchmarks/serving/setup_peers.sh"
+            }
             continue
-        env = {**os.environ, **PEER_ENV, "BENCH_PORT": str(port), "BENCH_GRPC": "1"}
-        if spec.get("pythonpath"):
-            env["PYTHONPATH"] = spec["pythonpath"]
-        if name == "pytriton":
-            import sysconfig
-
-            env["LD_LIBRARY_PATH"] = f"{sysconfig.get_config_var('LIBDIR')}:{env.get('LD_LIBRARY_PATH', '')}"
-        log = open(work / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            ["taskset", "-c", "0", *cmd], cwd=spec["cwd"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        grpc_args = ("--grpc-port", str(port + 1)) if name == "mlinfra" else ()  # the peers read BENCH_GRPC
+        proc, log = start_server(name, spec, port, work, {"BENCH_GRPC": "1"}, grpc_args)
         r: dict = {}
         try:
             wait_ready(port, rest["rest-json"][0].read_bytes(), proc)
@@ -210,13 +200,7 @@ def main() -> int:
                 f"{type(e).__name__}: {e}; log: " + (work / f"{name}.log").read_text(errors="replace")[-300:]
             )
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
-            except Exception:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
+            stop_server(proc, log)
         results[name] = r
         print(name, json.dumps(r), flush=True)
     date = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())

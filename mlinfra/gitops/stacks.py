@@ -392,7 +392,7 @@ class _Deployed:
     models: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """{version, sha256, registry, model_name}"""
     images: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """{image_ref, repository, models: resource names of the RegisteredModels it packages}"""
+    """{image_ref, models: resource names of the RegisteredModels it packages}"""
 
 
 def _deployed(stack: auto.Stack) -> _Deployed:
@@ -418,7 +418,6 @@ def _deployed(stack: auto.Stack) -> _Deployed:
             packaged = {str(m.get("name")) for m in outs.get("models") or [] if isinstance(m, dict)}
             found.images[str(r.get("urn", "")).rsplit("::", 1)[-1]] = {
                 "image_ref": ref,
-                "repository": str((r.get("inputs") or {}).get("repository") or ref.split("@", 1)[0]),
                 "models": {by_model_name.get(m, m) for m in packaged},
             }
     return found

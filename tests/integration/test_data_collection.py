@@ -247,12 +247,42 @@ def test_bad_collection_input(tmp_path, azurite) -> None:
     assert r.returncode == 2 and "sample_rate = 2 must be in [0, 1]" in r.stderr
 
 
-def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, tmp_path) -> None:
-    """The real engine: the container and a write-only SAS are provisioned, the endpoint's servers capture what they
-    score; a second up changes nothing; the state holds no SAS or account key in plain text."""
+def _collecting_stack(program, backend, name: str, image: str, container: str):
+    """The data-collection test program: a CloudEndpoint on Local Docker serving IMAGE, capturing into Azurite's
+    CONTAINER (created with a write-only SAS)."""
     from pulumi import automation as auto
 
     from mlinfra.automation import local_stack
+
+    storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
+    config = {
+        "image": image,
+        "storage": storage,
+        "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
+    }
+    return local_stack(program("data-collection"), name, backend, config)
+
+
+def _collected_blobs(container: str, count: int, timeout_s: float = 30) -> dict[str, bytes]:
+    """Azurite CONTAINER's blobs once they hold COUNT records (or what they hold after TIMEOUT_S)."""
+    from azure.storage.blob import ContainerClient
+
+    c = ContainerClient(
+        services.azurite_blob_url(), container,
+        credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        blobs = {b.name: c.download_blob(b.name).readall() for b in c.list_blobs()}
+        if len(_records(blobs)) >= count or time.monotonic() > deadline:
+            return blobs
+        time.sleep(0.5)
+
+
+def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, tmp_path) -> None:
+    """The real engine: the container and a write-only SAS are provisioned, the endpoint's servers capture what they
+    score; a second up changes nothing; the state holds no SAS or account key in plain text."""
+
     from mlinfra.endpoints.local import bridge_gateway, find_containers
     from tests.endpoint_helpers import score
     from tests.state_helpers import plaintext_secrets
@@ -261,17 +291,7 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
     reg_uri = f"file://{tmp_path / 'registry'}"
     image = scoring_image(reg_uri, "127.0.0.1:5000/mlinfra-test/collect", write_mlp(tmp_path / "mlp.onnx"))
     container = f"collected-{os.getpid()}"
-    storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
-    st = local_stack(
-        program("data-collection"),
-        "dc",
-        backend,
-        {
-            "image": image,
-            "storage": storage,
-            "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
-        },
-    )
+    st = _collecting_stack(program, backend, "dc", image, container)
     try:
         out = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
         assert out["container_uri"] == f"{services.azurite_blob_url()}/{container}"
@@ -282,20 +302,8 @@ def test_data_collection_on_a_cloud_endpoint(local_services, program, backend, t
                 headers={"X-Request-Id": f"dc-{i}", "x-client-id": "acme"},
             )
             assert status == 200
-        from azure.storage.blob import ContainerClient
-
-        c = ContainerClient(
-            services.azurite_blob_url(), container,
-            credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        records: list[dict] = []
-        while time.monotonic() < deadline:
-            blobs = {b.name: c.download_blob(b.name).readall() for b in c.list_blobs()}
-            records = _records(blobs)
-            if len(records) >= 20:
-                break
-            time.sleep(0.5)
+        blobs = _collected_blobs(container, 20)
+        records = _records(blobs)
         assert sorted(r["request_id"] for r in records) == sorted(f"dc-{i}" for i in range(20))
         assert all(name.startswith("scoring-dc/blue/mlp/1/") for name in blobs), list(blobs)[:3]
         assert records[0]["headers"] == {"x-client-id": "acme"} and "authorization" not in json.dumps(
@@ -356,9 +364,7 @@ def test_a_scoring_script_records_through_the_sdk(local_services, program, backe
     """examples/scoring-image/score.py collects its inputs and outputs (mlinfra_scoring.collection); deployed behind
     a CloudEndpoint with a DataCollection on the real engine, its records land in blob storage, correlated by the
     request id."""
-    from pulumi import automation as auto
 
-    from mlinfra.automation import local_stack
     from tests.endpoint_helpers import score
 
     local_services("docker", "registry", "python-base", "router-base", "azurite")
@@ -368,17 +374,7 @@ def test_a_scoring_script_records_through_the_sdk(local_services, program, backe
         write_mlp(tmp_path / "mlp.onnx"), script=script,
     )  # fmt: skip
     container = f"sdk-{os.getpid()}"
-    storage = f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}"
-    st = local_stack(
-        program("data-collection"),
-        "sdk",
-        backend,
-        {
-            "image": image,
-            "storage": storage,
-            "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
-        },
-    )
+    st = _collecting_stack(program, backend, "sdk", image, container)
     try:
         out = {k: v.value for k, v in st.up(on_output=lambda _l: None).outputs.items()}
         for i in range(5):
@@ -386,17 +382,7 @@ def test_a_scoring_script_records_through_the_sdk(local_services, program, backe
                 out["scoring_uri"], out["primary_key"], headers={"X-Request-Id": f"sdk-{i}"}
             )
             assert status == 200 and set(body) == {"label", "confidence"}, body
-        from azure.storage.blob import ContainerClient
-
-        c = ContainerClient(
-            services.azurite_blob_url(), container,
-            credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        records: list[dict] = []
-        while time.monotonic() < deadline and len(records) < 10:
-            records = _records({b.name: c.download_blob(b.name).readall() for b in c.list_blobs()})
-            time.sleep(0.5)
+        records = _records(_collected_blobs(container, 10))
         assert sorted((r["request_id"], r["collection"]) for r in records) == sorted(
             (f"sdk-{i}", k) for i in range(5) for k in ("model_inputs", "model_outputs")
         ), records[:4]

@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from mlinfra.lab import node, services
 from mlinfra.lab.samples import write_mlp
 from mlinfra_edge.manifest import twin_topic
 from tests.endpoint_helpers import score
+from tests.waiting import until
 
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
 
@@ -93,15 +93,6 @@ def staging_router(project: Project) -> tuple[str, str]:
         .stdout.strip()
     )
     return f"http://{ip}:80/score", project.stack("staging").outputs()["endpoint:churn:key"].value
-
-
-def until(what: str, ok, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while not (got := ok()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.5)
-    return got
 
 
 GOLDEN = os.environ.get("MLINFRA_RECORD_GOLDEN")  # a folder: save each preview's events there (tests/golden)

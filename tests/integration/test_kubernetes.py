@@ -21,6 +21,7 @@ from mlinfra.lab.cluster import LocalCluster
 from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
 from tests.endpoint_helpers import ROW, Load
+from tests.waiting import until
 
 JSON = "application/json"
 
@@ -90,17 +91,6 @@ def _router(cluster: LocalCluster, ns: str, svc: str) -> str:
     return f"http://{ip}"
 
 
-def _until(what: str, ok, timeout_s: float = 60):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = ok()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.5)
-
-
 def _pods(cluster: LocalCluster, ns: str, selector: str) -> list[dict]:
     """The pods that serve (not those being deleted)."""
     out = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "json").stdout
@@ -146,14 +136,14 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
             code, body = _post(f"{router}/score", key, {"data": [ROW]})
             return body if code == 200 else None
 
-        first = _until("the router answers", scored)
+        first = until("the router answers", scored)
         assert isinstance(first, list) and len(first[0]) > 0, first
         assert _post(f"{router}/score", None, {"data": [ROW]})[0] == 401
         assert _post(f"{router}/score", "not-the-key", {"data": [ROW]})[0] == 401
         # gRPC through the router's Service (port 81), with the same key rule.
         assert res.outputs["grpc_uri"].value == f"scoring-real.{ns}.svc.cluster.local:81"
         grpc_target = router.removeprefix("http://") + ":81"
-        answer = _until("the router answers gRPC", lambda: _grpc_infer(grpc_target, key))
+        answer = until("the router answers gRPC", lambda: _grpc_infer(grpc_target, key))
         assert answer[0] == "blue" and len(answer[1]) == 10, answer
         with pytest.raises(grpc.RpcError) as e:
             _grpc_infer(grpc_target, None)
@@ -203,15 +193,15 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
             # the rollout completed: soon every pod that is not terminating runs v2 (the old slot's pods get their
             # deletion mark from the garbage collector a moment after `up`; a pod the HPA just added has no
             # imageID yet: compare what the pods are told to run)
-            _until(
+            until(
                 "only v2 pods serve",
                 lambda: _images(cluster, ns, "mlinfra.io/deployment=blue") == {images["v2"]},
                 30,
             )
-            _until("the HorizontalPodAutoscaler adds a pod under load", lambda: replicas() > 1, 180)
+            until("the HorizontalPodAutoscaler adds a pod under load", lambda: replicas() > 1, 180)
         assert load.total > 50 and load.failed == 0, (load.total, load.statuses, load.errors)
         # v2 answers (a v1 pod may still answer on the router's pooled connections while it drains: a few seconds)
-        _until("v2 answers", lambda: (b := scored()) is not None and b != first, 60)
+        until("v2 answers", lambda: (b := scored()) is not None and b != first, 60)
         scaled = replicas()
         res = st.up(on_output=lambda _m: None)
         assert not {k: v for k, v in res.summary.resource_changes.items() if k != "same"}, (
@@ -318,7 +308,7 @@ def test_tls_client_certificates_on_kubernetes(cluster, images, program, backend
             finally:
                 conn.close()
 
-        assert _until("the TLS router answers", lambda: post("client") == 200, 60)
+        assert until("the TLS router answers", lambda: post("client") == 200, 60)
         assert post(None) == 403
         assert post("rogue") in (400, 403)  # a certificate the endpoint CA did not sign
         # The key never reaches the cluster in plain sight: only in the Secret the router mounts.
@@ -358,7 +348,7 @@ def test_pods_collect_data_into_azurite_and_bad_pods_fail_fast(
         res = st.up(on_output=lambda _m: None)
         key = res.outputs["primary_key"].value
         router = _router(cluster, ns, "scoring-collect")
-        _until("the router answers", lambda: _post(f"{router}/score", key, {"data": [ROW]})[0] == 200)
+        until("the router answers", lambda: _post(f"{router}/score", key, {"data": [ROW]})[0] == 200)
         for _ in range(10):
             assert _post(f"{router}/score", key, {"data": [ROW]})[0] == 200
         c = ContainerClient(
@@ -375,7 +365,7 @@ def test_pods_collect_data_into_azurite_and_bad_pods_fail_fast(
             ]
             return len(lines) if len(lines) >= 10 else 0
 
-        assert _until("the pods' records reach Azurite", records, 60) >= 10
+        assert until("the pods' records reach Azurite", records, 60) >= 10
 
         # Bad pods fail the `up` fast, naming the reason, and v1 keeps serving: a pod the node cannot fit (the
         # scheduler's message), then one that crash-loops (its last log lines).
@@ -394,7 +384,7 @@ def test_pods_collect_data_into_azurite_and_bad_pods_fail_fast(
             assert all(w in str(e.value) for w in words), str(e.value)[-2000:]
             assert took < 100, f"{change}: the up failed only after {took:.0f} s"
             assert _post(f"{router}/score", key, {"data": [ROW]})[0] == 200
-            _until(  # the failed slot's pods are deleted in the background, a moment after the up
+            until(  # the failed slot's pods are deleted in the background, a moment after the up
                 "only v1 pods are left",
                 lambda: _images(cluster, ns, "mlinfra.io/deployment=blue") == {images["v1"]},
                 30,

@@ -67,6 +67,10 @@ class CollectorConfig:
     ring_mb: float = 16.0
     """With ``process``: the shared-memory ring between the server and the collector process (in /dev/shm)."""
 
+    def spool_path(self) -> Path:
+        """``spool_dir``, or this user's private default."""
+        return Path(self.spool_dir or Path(tempfile.gettempdir()) / f"mlinfra-spool-{os.getuid()}")
+
     @staticmethod
     def from_json(text: str) -> CollectorConfig:
         try:
@@ -256,9 +260,7 @@ class Collector:
         self.on_drop = on_drop
         self.on_upload_error = on_upload_error
         self.log = log
-        self.spool = private_dir(
-            Path(config.spool_dir or Path(tempfile.gettempdir()) / f"mlinfra-spool-{os.getuid()}")
-        )
+        self.spool = private_dir(config.spool_path())
         for part in self.spool.rglob(".*.part"):  # a write cut short (full disk, kill -9): never a record
             part.unlink(missing_ok=True)
         # A deque: append/popleft are atomic under the GIL and ~20x cheaper than queue.Queue on the request path.

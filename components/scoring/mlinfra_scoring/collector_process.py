@@ -30,7 +30,6 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -317,7 +316,7 @@ class ProcessCollector:
     # -- shutdown -----------------------------------------------------------------------------------------------
 
     def pending(self) -> list[Path]:
-        spool = Path(self.config.spool_dir or Path(tempfile.gettempdir()) / f"mlinfra-spool-{os.getuid()}")
+        spool = self.config.spool_path()
         return sorted(p for p in spool.rglob("*.jsonl") if p.is_file()) if spool.is_dir() else []
 
     def close(self, timeout: float = 5.0) -> None:

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import numpy as np
 from google.protobuf.message import Message
 
 from mlinfra_scoring.models import RequestError
@@ -91,7 +90,7 @@ def request_body(req: pb.ModelInferRequest) -> tuple[dict[str, Any], memoryview 
                         f"input {t.name!r}: a BYTES element is not UTF-8 text (the model's string tensors hold text)"
                     ) from None
             else:
-                tensor["data"] = np.asarray(values).tolist() if len(values) else []
+                tensor["data"] = list(values)
         inputs.append(tensor)
     body: dict[str, Any] = {"inputs": inputs, "parameters": {"binary_data_output": True}}
     if req.outputs:

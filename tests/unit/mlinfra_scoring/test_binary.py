@@ -11,12 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
-from mlinfra.lab.samples import write_mlp, write_types_model
-from tests.scoring_helpers import Server, start_server
+from tests.scoring_helpers import Server, model_args, reference, start_server
 
 KEY = "binary-key"
 
@@ -31,23 +29,10 @@ CLIENTS = Path(__file__).parents[2] / "clients"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("models")
-    return {"mlp": write_mlp(d / "mlp.onnx"), "types": write_types_model(d / "types.onnx")}
-
-
-@pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
     srv = start_server(
         tmp_path_factory.mktemp("srv"),
-        "--model",
-        str(models["mlp"]),
-        "--name",
-        "mlp",
-        "--model",
-        str(models["types"]),
-        "--name",
-        "types",
+        *model_args(models),
         "--key",
         KEY,
         "--max-body-mb",
@@ -55,10 +40,6 @@ def server(models, tmp_path_factory):
     )
     yield srv
     assert srv.stop() == 0
-
-
-def reference(model: Path, rows: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(model)).run(None, {"input": rows})[0]
 
 
 def test_triton_http_client_sends_and_receives_binary_tensors(server: Server, models) -> None:

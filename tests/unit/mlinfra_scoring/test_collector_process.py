@@ -16,6 +16,7 @@ import pytest
 
 from mlinfra_scoring.collector import CollectorConfig
 from mlinfra_scoring.collector_process import ProcessCollector, Ring, pack, unpack
+from tests.waiting import until
 
 
 def test_ring_frames_wrap_and_refuse_when_full() -> None:
@@ -70,15 +71,6 @@ def records(folder: Path) -> list[dict]:
     ]
 
 
-def until(what: str, ok, timeout: float = 20):
-    deadline = time.monotonic() + timeout
-    while not (got := ok()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
-    return got
-
-
 def record(i: int, size: int = 64) -> dict:
     return {
         "request_id": f"r{i}",
@@ -116,20 +108,23 @@ def test_the_process_leaves_the_servers_cpu(collector, tmp_path: Path) -> None:
     try:
         c = collector()
         assert c._proc is not None
-        child = until(
-            "the process moved",
-            lambda: (
-                os.sched_getaffinity(c._proc.pid) - {min(mine)} == os.sched_getaffinity(c._proc.pid) or None
-            ),
-        )  # type: ignore[union-attr]
-        assert child
+        server_cpu = min(mine)
+        until(
+            "the process moved off the server's CPU",
+            lambda: server_cpu not in os.sched_getaffinity(c._proc.pid),  # type: ignore[union-attr]
+            timeout_s=20,
+            every_s=0.05,
+        )
     finally:
         os.sched_setaffinity(0, mine)
     for i in range(100):
         c(record(i))
-    got = until(
-        "records in the sink", lambda: len(records(tmp_path / "sink")) == 100 and records(tmp_path / "sink")
-    )
+
+    def all_in_sink() -> list[dict] | None:
+        found = records(tmp_path / "sink")
+        return found if len(found) == 100 else None
+
+    got = until("records in the sink", all_in_sink, timeout_s=20, every_s=0.05)
     assert sorted(r["request_id"] for r in got) == sorted(f"r{i}" for i in range(100))
 
 
@@ -144,12 +139,13 @@ def test_a_full_ring_drops_and_counts_and_a_killed_process_loses_nothing(collect
         os.kill(c._proc.pid, signal.SIGCONT)
     dropped = c.counts["dropped"]
     assert 200 < dropped < 400 and len(collector.drops) == dropped, dropped
-    os.kill(
-        c._proc.pid, signal.SIGKILL
-    )  # it dies with records still in the ring: restarted, they still arrive
+    # It dies with records still in the ring: restarted, they still arrive.
+    os.kill(c._proc.pid, signal.SIGKILL)
     until(
         "a new collector process",
         lambda: any(e.get("event") == "collector_process_restarted" for e in collector.logs),
+        timeout_s=20,
+        every_s=0.05,
     )
     c.close()
     got = {r["request_id"] for r in records(tmp_path / "sink")} | {

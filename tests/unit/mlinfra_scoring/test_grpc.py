@@ -11,14 +11,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from mlinfra.lab.samples import write_mlp, write_types_model
-from tests.scoring_helpers import Server, free_port, start_server
+from tests.scoring_helpers import Server, free_port, model_args, reference, start_server
 from tests.unit.mlinfra_scoring.test_binary import kserve_call
 
 KEY = "grpc-key"
@@ -27,26 +25,11 @@ OIP = Path(__file__).parents[3] / "components" / "scoring" / "mlinfra_scoring" /
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("models")
-    return {"mlp": write_mlp(d / "mlp.onnx"), "types": write_types_model(d / "types.onnx")}
-
-
-@pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
     grpc_port = free_port()
     srv = start_server(
         tmp_path_factory.mktemp("srv"),
-        "--model",
-        str(models["mlp"]),
-        "--name",
-        "mlp",
-        "--version",
-        "3",
-        "--model",
-        str(models["types"]),
-        "--name",
-        "types",
+        *model_args(models, "3"),
         "--key",
         KEY,
         "--max-body-mb",
@@ -60,10 +43,6 @@ def server(models, tmp_path_factory):
     srv.grpc = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
     yield srv
     assert srv.stop() == 0
-
-
-def reference(model: Path, rows: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(model)).run(None, {"input": rows})[0]
 
 
 def test_triton_grpc_client(server: Server, models) -> None:

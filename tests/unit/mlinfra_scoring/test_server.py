@@ -8,35 +8,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from mlinfra.lab.samples import write_mlp, write_types_model
-from tests.scoring_helpers import Server, start_server
+from tests.scoring_helpers import Server, model_args, reference, start_server
 
 KEYS = ("key-one", "key-two")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("models")
-    return {"mlp": write_mlp(d / "mlp.onnx"), "types": write_types_model(d / "types.onnx")}
 
 
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
     srv = start_server(
         tmp_path_factory.mktemp("srv"),
-        "--model",
-        str(models["mlp"]),
-        "--name",
-        "mlp",
-        "--version",
-        "3",
-        "--model",
-        str(models["types"]),
-        "--name",
-        "types",
+        *model_args(models, "3"),
         "--key",
         KEYS[0],
         "--key",
@@ -55,10 +38,6 @@ def infer_body(rows: np.ndarray, **extra) -> dict:
         ],
         **extra,
     }
-
-
-def reference(model: Path, rows: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(model)).run(None, {"input": rows.astype(np.float32)})[0]
 
 
 def test_health_and_metadata(server: Server) -> None:
