@@ -114,3 +114,15 @@ def reference(model: Path, rows: Any) -> Any:
     import onnxruntime as ort
 
     return ort.InferenceSession(str(model)).run(None, {"input": np.asarray(rows, dtype=np.float32)})[0]
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample NAME with exactly LABELS in a /metrics exposition (parsed with prometheus-client, so label
+    order and number formatting do not matter); None when there is none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None

@@ -4,12 +4,9 @@ both over the bake window only (a delta between two scrapes), for scoring routes
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 SCORING_ROUTES = {"infer", "infer_version", "score"}
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -64,27 +61,25 @@ class Sample:
 
 
 def parse(text: str) -> Sample:
+    """The scoring routes' request, 5xx and latency-bucket totals of one scrape. Parsed with prometheus-client's
+    parser; a scrape that is not valid exposition text counts as nothing (the gate then sees no requests)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     s = Sample()
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        name, labels_raw, value = m.group(1), m.group(3) or "", m.group(4)
-        if not name.startswith(("mlinfra_requests_total", "mlinfra_request_duration_seconds_bucket")):
-            continue
-        labels = dict(_LABEL.findall(labels_raw))
-        if labels.get("route") not in SCORING_ROUTES:
-            continue
-        v = float(value)
-        if name == "mlinfra_requests_total":
-            s.requests += v
-            if labels.get("code", "").startswith("5"):
-                s.errors += v
-        elif name == "mlinfra_request_duration_seconds_bucket":
-            le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
-            s.buckets[le] = s.buckets.get(le, 0.0) + v
+    try:
+        for family in text_string_to_metric_families(text):
+            for m in family.samples:
+                if m.labels.get("route") not in SCORING_ROUTES:
+                    continue
+                if m.name == "mlinfra_requests_total":
+                    s.requests += m.value
+                    if m.labels.get("code", "").startswith("5"):
+                        s.errors += m.value
+                elif m.name == "mlinfra_request_duration_seconds_bucket":
+                    le = float(m.labels["le"])  # "+Inf" parses as inf
+                    s.buckets[le] = s.buckets.get(le, 0.0) + m.value
+    except ValueError:
+        return Sample()
     return s
 
 

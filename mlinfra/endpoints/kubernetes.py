@@ -22,7 +22,7 @@ import pulumi_kubernetes as k8s
 
 from mlinfra import defaults
 from mlinfra.endpoints import nginx
-from mlinfra.endpoints.local import container_sink, model_labels
+from mlinfra.endpoints.local import container_sink, container_url, model_labels
 from mlinfra.endpoints.plan import revision
 from mlinfra.images.scoring_image import ScoringImage
 
@@ -63,21 +63,22 @@ NODE_IP_VAR = "MLINFRA_NODE_IP"
 
 
 def _pod_env(env: dict[str, Any]) -> list[dict[str, Any]]:
-    """A deployment's env as a pod's. A data-collection sink on loopback (Azurite on the machine that runs the
-    node) is addressed at the pod's node (its status.hostIP, expanded by Kubernetes from the variable before it):
-    a pod's own loopback is not the machine's."""
+    """A deployment's env as a pod's. A data-collection sink or an OTLP endpoint on loopback (Azurite or a collector
+    on the machine that runs the node) is addressed at the pod's node (its status.hostIP, expanded by Kubernetes
+    from the variable before it): a pod's own loopback is not the machine's."""
     out: list[dict[str, Any]] = []
+    node = f"$({NODE_IP_VAR})"
+    if "MLINFRA_SERVE_COLLECT" in env or "MLINFRA_SERVE_OTLP_ENDPOINT" in env:
+        out.append({"name": NODE_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})
     for k, v in env.items():
         if k == "MLINFRA_SERVE_COLLECT":
-            out.append({"name": NODE_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}})
             v = pulumi.Output.from_input(v).apply(
                 lambda text: json.dumps(
-                    {
-                        **json.loads(text),
-                        "sink": container_sink(json.loads(text)["sink"], f"$({NODE_IP_VAR})"),
-                    }
+                    {**json.loads(text), "sink": container_sink(json.loads(text)["sink"], node)}
                 )
             )
+        elif k == "MLINFRA_SERVE_OTLP_ENDPOINT":
+            v = pulumi.Output.from_input(v).apply(lambda url: container_url(url, node))
         out.append({"name": k, "value": v})
     return out
 

@@ -200,6 +200,8 @@ def start_upstream(
                 os.chown(folder, 10001, 10001)
                 args += ["-v", f"{folder}:{folder}"]
             env["MLINFRA_SERVE_COLLECT"] = json.dumps({**collect, "sink": container_sink(sink)})
+        if "MLINFRA_SERVE_OTLP_ENDPOINT" in env:  # a collector on this machine's loopback
+            env["MLINFRA_SERVE_OTLP_ENDPOINT"] = container_url(env["MLINFRA_SERVE_OTLP_ENDPOINT"])
         args += ["-p", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
         if grpc_ports:
             args += ["-p", f"127.0.0.1:{grpc_ports[i]}:{CONTAINER_GRPC_PORT}"]
@@ -224,25 +226,30 @@ def start_upstream(
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
+def container_url(url: str, host: str | None = None) -> str:
+    """URL as a container reaches it: on this machine's loopback it gets HOST instead (default: Docker's bridge
+    gateway; a pod gets its node's address), port and path kept. `mlinfra services` forwards Azurite's port and
+    OTLP's 4318 from those addresses to 127.0.0.1 (mlinfra.lab.services.forward_loopback_to_containers); another
+    loopback service needs the same forward. Any other URL is returned unchanged."""
+    e = urllib.parse.urlsplit(url)
+    if (e.hostname or "") in LOOPBACK_HOSTS or (e.hostname or "").startswith("127."):
+        netloc = (host or bridge_gateway()) + (f":{e.port}" if e.port else "")
+        return urllib.parse.urlunsplit(e._replace(netloc=netloc))
+    return url
+
+
 def container_sink(sink: str, host: str | None = None) -> str:
-    """SINK as a container reaches it: an ``azblob://…?endpoint=URL`` whose URL is on this machine's loopback gets
-    HOST instead (default: Docker's bridge gateway; a pod gets its node's address). `mlinfra services` forwards
-    Azurite's port from those addresses to 127.0.0.1 (mlinfra.lab.services.forward_azurite_to_containers); another
-    loopback service needs the same forward. Anything else is returned unchanged."""
+    """SINK as a container reaches it: an ``azblob://…?endpoint=URL`` gets the endpoint :func:`container_url`
+    gives. Anything else is returned unchanged."""
     u = urllib.parse.urlsplit(sink)
     if u.scheme != "azblob":
         return sink
-    query = urllib.parse.parse_qsl(u.query, keep_blank_values=True)
-    out = []
-    for k, v in query:
-        if k == "endpoint":
-            e = urllib.parse.urlsplit(v)
-            if (e.hostname or "") in LOOPBACK_HOSTS or (e.hostname or "").startswith("127."):
-                netloc = (host or bridge_gateway()) + (f":{e.port}" if e.port else "")
-                v = urllib.parse.urlunsplit(e._replace(netloc=netloc))
-        out.append((k, v))
+    query = [
+        (k, container_url(v, host) if k == "endpoint" else v)
+        for k, v in urllib.parse.parse_qsl(u.query, keep_blank_values=True)
+    ]
     # "$()" kept as is: Kubernetes expands $(VAR) in a pod's env values
-    return urllib.parse.urlunsplit(u._replace(query=urllib.parse.urlencode(out, safe=":/$()")))
+    return urllib.parse.urlunsplit(u._replace(query=urllib.parse.urlencode(query, safe=":/$()")))
 
 
 _GATEWAY: list[str] = []

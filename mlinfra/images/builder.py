@@ -45,6 +45,10 @@ SERVER_REQUIREMENTS = [
     # The Open Inference Protocol over gRPC (mlinfra_scoring.grpc_server); protobuf ≥ what oip_pb2.py was made with.
     "grpcio==1.85.3",
     "protobuf==6.33.6",
+    # /metrics (prometheus-client) and OTLP export of metrics and request traces (the OpenTelemetry SDK).
+    "prometheus-client==0.26.0",
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
 ]
 PLATFORMS = [
     "manylinux_2_28_x86_64",

@@ -405,11 +405,11 @@ def start(progress=print, timeout_s: float = 120) -> Status:
     _push_pause()
     _isolate()
     # The pod bridge, before any pod (the CNI bridge plugin adopts it and adds the gateway address), so pods reach
-    # Azurite on this machine's addresses from the start (mlinfra.lab.services.forward_azurite_to_containers).
+    # Azurite on this machine's addresses from the start (mlinfra.lab.services.forward_loopback_to_containers).
     if not Path(f"/sys/class/net/{BRIDGE}").exists():
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False)
     _run(["ip", "link", "set", BRIDGE, "up"], check=False)
-    services.forward_azurite_to_containers()
+    services.forward_loopback_to_containers()
     if _pid("kubelet") is None:
         config = _kubelet_config(pki / "ca.crt", ports)
         _spawn(

@@ -264,19 +264,25 @@ BRIDGES = ("docker0", "mlinfra0")
 """Docker's default bridge and the local Kubernetes node's pod bridge (mlinfra.lab.node.BRIDGE)."""
 
 
-def forward_azurite_to_containers() -> None:
-    """Containers on Docker's default bridge and pods on the local cluster reach Azurite (bound to 127.0.0.1 only)
-    at any address of this machine — the bridge's gateway, the node's address — on Azurite's port: a DNAT in chain
+OTLP_PORT = 4318
+"""OTLP/HTTP's standard port: an OpenTelemetry Collector (or a test's receiver) on this machine's loopback, which
+scoring containers reach like Azurite (a DataCollection's `otlp_endpoint` on 127.0.0.1 is rewritten for them)."""
+
+
+def forward_loopback_to_containers() -> None:
+    """Containers on Docker's default bridge and pods on the local cluster reach Azurite and an OTLP receiver on
+    port 4318 (bound to 127.0.0.1 only) at any address of this machine — the bridge's gateway, the node's address —
+    on their ports: a DNAT in chain
     MLINFRA-LOOPBACK (nat PREROUTING) for packets that arrive *from those bridges* to a local address and that
     port, to 127.0.0.1, with route_localnet on those bridges only (never on `all`: a packet from another interface
-    to 127.0.0.1 stays a martian). Nothing outside this machine reaches it and nothing but Azurite's port is
+    to 127.0.0.1 stays a martian). Nothing outside this machine reaches them and nothing but those two ports is
     forwarded: a data-collecting replica needs no host network (it used to run on it, seeing every loopback
     service). Idempotent; bridges that do not exist yet are skipped (Docker and the cluster call it again when
     they start); a no-op without root."""
     if os.geteuid() != 0:
         return
     bridges = [b for b in BRIDGES if Path(f"/sys/class/net/{b}").exists()]
-    port = str(azurite_port())
+    ports = [str(azurite_port()), str(OTLP_PORT)]
 
     def ipt(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(["iptables", "-w", "-t", "nat", *args], capture_output=True, text=True)
@@ -288,10 +294,11 @@ def forward_azurite_to_containers() -> None:
     ipt("-F", FORWARD_CHAIN)
     for b in bridges:
         Path(f"/proc/sys/net/ipv4/conf/{b}/route_localnet").write_text("1\n")
-        ipt(
-            "-A", FORWARD_CHAIN, "-i", b, "-m", "addrtype", "--dst-type", "LOCAL", "-p", "tcp", "--dport", port,
-            "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}",
-        )  # fmt: skip
+        for port in ports:
+            ipt(
+                "-A", FORWARD_CHAIN, "-i", b, "-m", "addrtype", "--dst-type", "LOCAL", "-p", "tcp", "--dport", port,
+                "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}",
+            )  # fmt: skip
     if ipt("-C", "PREROUTING", "-j", FORWARD_CHAIN, check=False).returncode != 0:
         ipt("-I", "PREROUTING", "1", "-j", FORWARD_CHAIN)
 
@@ -590,7 +597,7 @@ SERVICES: dict[str, Service] = {
             _start_docker,
             _docker_address,
             "make services (starts dockerd; install with make setup)",
-            after=forward_azurite_to_containers,  # docker0 is new after a restart of dockerd
+            after=forward_loopback_to_containers,  # docker0 is new after a restart of dockerd
         ),
         Service(
             "registry",
@@ -607,7 +614,7 @@ SERVICES: dict[str, Service] = {
             _start_azurite,
             azurite_blob_url,
             "make services",
-            after=forward_azurite_to_containers,
+            after=forward_loopback_to_containers,
         ),
         Service(
             "mosquitto", "MQTT broker (Mosquitto)", mosquitto_ok, _start_mosquitto, mqtt_url, "make services"

@@ -47,9 +47,15 @@ class DataCollectionArgs:
     policy (mlinfra itself deletes nothing). Default: kept."""
     spool_max_mb: float = 256.0
     otlp_endpoint: str | None = None
-    """Also export the servers' metrics (requests, latency, batch sizes, drops; by model and version) over
-    OTLP/HTTP to this OpenTelemetry endpoint, e.g. http://127.0.0.1:4318. Default: off (Prometheus /metrics only)."""
+    """Also export the servers' metrics (requests, latency, batch sizes, drops; by model and version) and a trace
+    span per request (linked to the caller's W3C `traceparent`) over OTLP/HTTP to this OpenTelemetry endpoint, e.g.
+    http://127.0.0.1:4318 (on this machine's loopback: containers and pods reach it at their gateway or node, port
+    4318 forwarded by `mlinfra services`). Default: off (Prometheus /metrics only)."""
     otlp_interval_s: float = 15.0
+    otlp_trace_sample: float = 0.05
+    """Share of requests traced when the caller sends no sampling decision (a caller's `traceparent` flag is always
+    followed): 1 traces every request, 0 only those whose caller asks. A traced request costs the server ≈ 110 µs
+    of CPU (benchmarks/serving/LIBRARIES.md), so the default keeps tracing near 2 % of throughput."""
 
 
 class DataCollection(pulumi.ComponentResource):
@@ -75,7 +81,11 @@ class DataCollection(pulumi.ComponentResource):
             raise CollectionError(f"{where}: otlp_endpoint = {args.otlp_endpoint!r} must be an http(s) URL")
         if not 0.1 <= args.otlp_interval_s <= 3600:
             raise CollectionError(f"{where}: otlp_interval_s = {args.otlp_interval_s} must be in 0.1..3600")
-        self.otlp = (args.otlp_endpoint, args.otlp_interval_s)
+        if isinstance(args.otlp_trace_sample, bool) or not 0 <= args.otlp_trace_sample <= 1:
+            raise CollectionError(
+                f"{where}: otlp_trace_sample = {args.otlp_trace_sample!r} must be in [0, 1] (e.g. 0.05 for 5 %)"
+            )
+        self.otlp = (args.otlp_endpoint, args.otlp_interval_s, args.otlp_trace_sample)
         super().__init__(
             "mlinfra:monitoring:DataCollection",
             name,
@@ -143,4 +153,5 @@ class DataCollection(pulumi.ComponentResource):
             env["MLINFRA_SERVE_OTLP_ENDPOINT"] = self.otlp[0]
             env["MLINFRA_SERVE_OTLP_INTERVAL_S"] = f"{self.otlp[1]:g}"
             env["MLINFRA_SERVE_OTLP_RESOURCE"] = f"endpoint={endpoint},deployment={deployment}"
+            env["MLINFRA_SERVE_TRACE_SAMPLE"] = f"{self.otlp[2]:g}"
         return env

@@ -6,6 +6,7 @@ The password comes from $MLINFRA_EDGE_PASSWORD or --password-file (never the com
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -14,6 +15,22 @@ import threading
 from pathlib import Path
 
 from mlinfra_edge.agent import AgentConfig, EdgeAgent
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, made by a JSON encoder: a message holding quotes, newlines or a forged
+    `","level":"...` stays inside its own "msg" string."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def main(argv: list[str] | None = None, prog: str = "mlinfra edge-agent") -> int:
@@ -32,9 +49,9 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra edge-agent") -> int
         "--serve-port", type=int, default=8080, help="local scoring server port (0: any free port)"
     )
     args = p.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format='{"ts":"%(asctime)s","level":"%(levelname)s","msg":%(message)r}'
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     password = os.environ.get("MLINFRA_EDGE_PASSWORD", "")
     if args.password_file:
         try:

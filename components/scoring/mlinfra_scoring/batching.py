@@ -11,10 +11,15 @@ batch that fails is run again request by request: a bad request fails alone, nev
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+
+# Rows of the model execution the current request's input joined (its own rows when it ran alone): request traces
+# carry it as mlinfra.batch_size. Set in the request's own task, so its middleware reads it after the handler.
+EXECUTION_ROWS: contextvars.ContextVar[int] = contextvars.ContextVar("mlinfra_execution_rows", default=0)
 
 Item = tuple[dict[str, np.ndarray], list[str] | None, asyncio.Future, int]
 
@@ -48,6 +53,7 @@ class Batcher:
         if rows >= self.max_batch_size or any(v.ndim == 0 for v in feeds.values()):
             if self._on_batch:
                 self._on_batch(rows)
+            EXECUTION_ROWS.set(rows)
             return await self._run(feeds, outputs)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
@@ -66,7 +72,9 @@ class Batcher:
                 if self.max_delay_s > 0
                 else loop.call_soon(self._flush, key)
             )
-        return await fut
+        result, executed = await fut
+        EXECUTION_ROWS.set(executed)
+        return result
 
     def _flush(self, key: Any) -> None:
         timer = self._timers.pop(key, None)
@@ -104,15 +112,15 @@ class Batcher:
             return
         start = 0
         for _f, _o, fut, rows in items:
-            _settle(fut, result={k: v[start : start + rows] for k, v in results.items()})
+            _settle(fut, result=({k: v[start : start + rows] for k, v in results.items()}, total))
             start += rows
 
     async def _alone(self, item: Item) -> None:
-        feeds, outputs, fut, _rows = item
+        feeds, outputs, fut, rows = item
         if fut.done():
             return
         try:
-            _settle(fut, result=await self._run(feeds, outputs))
+            _settle(fut, result=(await self._run(feeds, outputs), rows))
         except Exception as e:
             _settle(fut, error=e)
 

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from mlinfra_scoring import __version__, binary, collection
+from mlinfra_scoring.batching import EXECUTION_ROWS
 from mlinfra_scoring.metrics import Metrics
 from mlinfra_scoring.models import (
     LoadedModel,
@@ -195,7 +196,9 @@ class DataPlane:
             raise RequestError(f"model {m.name} failed on this input: {str(e)[:300]}", 400) from None
         if not batcher:
             first = next(iter(feeds.values()))
-            self.metrics.batch.observe(first.shape[0] if first.ndim else 1, (m.name, m.version))
+            rows = first.shape[0] if first.ndim else 1
+            self.metrics.batch.observe(rows, (m.name, m.version))
+            EXECUTION_ROWS.set(rows)
         default, per = binary.wanted_outputs(body)
         outputs, chunks, bad = [], [], 0
         for k, v in results.items():

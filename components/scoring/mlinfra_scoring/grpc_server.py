@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import Message
 
+from mlinfra_scoring.batching import EXECUTION_ROWS
 from mlinfra_scoring.models import RequestError
 from mlinfra_scoring.oip import oip_pb2 as pb
 from mlinfra_scoring.server import REQUEST_ID
@@ -35,6 +36,14 @@ STATUS = {
     503: grpc.StatusCode.UNAVAILABLE,
 }
 """The data plane's HTTP statuses as gRPC codes (anything else: INTERNAL)."""
+
+
+def grpc_code(status: int) -> int:
+    """The numeric gRPC status code for the data plane's HTTP STATUS (0: OK)."""
+    if status < 400:
+        return grpc.StatusCode.OK.value[0]
+    return STATUS.get(status, grpc.StatusCode.INTERNAL).value[0]
+
 
 # Which InferTensorContents field carries each datatype (FP16 has none: it travels raw).
 CONTENTS = {
@@ -187,6 +196,15 @@ def _wrap(
         meta = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
         rid = meta.get("x-request-id", "")
         call = Call(rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex)
+        span = None
+        if server.otlp is not None:  # the traceparent comes as gRPC metadata
+            EXECUTION_ROWS.set(0)
+            span = server.otlp.start_span(
+                f"inference.GRPCInferenceService/{name}",
+                meta,
+                time.time_ns(),
+                {"rpc.system": "grpc", "rpc.method": name, "mlinfra.request_id": call.rid},
+            )
         server.in_flight += 1
         status = 200
         try:
@@ -206,6 +224,17 @@ def _wrap(
             model, version = (call.model, str(call.version)) if status != 401 else ("unknown", "")
             server.metrics.requests.inc((route, model, version, str(status)))
             server.metrics.latency.observe(time.perf_counter() - t0, (route, model, version))
+            if span is not None:
+                server.otlp.end_span(
+                    span,
+                    {
+                        "mlinfra.model": model,
+                        "mlinfra.model.version": version,
+                        "mlinfra.batch_size": EXECUTION_ROWS.get(),
+                        "rpc.grpc.status_code": grpc_code(status),
+                    },
+                    error=status >= 500,
+                )
 
     return handler
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from mlinfra_scoring import __version__, binary, collection, collector, otel
+from mlinfra_scoring.batching import EXECUTION_ROWS
 from mlinfra_scoring.dataplane import DataPlane, Hook
 from mlinfra_scoring.metrics import Metrics
 from mlinfra_scoring.models import OIP_TO_NUMPY, LoadedModel, RequestError
@@ -132,8 +133,9 @@ class ScoringServer:
         self._conns: dict[Any, _Guard] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self.collector: Any = None  # mlinfra_scoring.collector.Collector when MLINFRA_SERVE_COLLECT is set
-        self.otlp: Any = None  # mlinfra_scoring.otel.Exporter when MLINFRA_SERVE_OTLP_ENDPOINT is set
-        self.in_flight = 0
+        self.otlp: Any = None  # mlinfra_scoring.telemetry.Telemetry when MLINFRA_SERVE_OTLP_ENDPOINT is set
+        self.in_flight = 0  # REST and gRPC requests being handled; read by the gauge at scrape time
+        self.metrics.in_flight.track(lambda: self.in_flight)
         self._keys = [k.encode() for k in config.keys if k]
 
     # -- what the edge agent and tests reach: the repository and the data plane ------------------------------
@@ -282,11 +284,20 @@ class ScoringServer:
         if not REQUEST_ID.fullmatch(rid):  # a client's id is kept only if it is a short token (log safety)
             rid = uuid.uuid4().hex
         request["rid"] = rid
+        span = None
+        if self.otlp is not None:  # a SERVER span, child of the caller's traceparent (otel.py)
+            EXECUTION_ROWS.set(0)
+            route_name = request.match_info.route.resource
+            span = self.otlp.start_span(
+                f"{request.method} {route_name.canonical if route_name else 'other'}",
+                request.headers,
+                time.time_ns(),
+                {"http.request.method": request.method, "mlinfra.request_id": rid},
+            )
         guard = self._conns.get(request.transport)
         if guard is not None:
             guard.busy += 1
         self.in_flight += 1
-        self.metrics.in_flight.set((), self.in_flight)
         status = 500
         try:
             route = request.match_info.route.name or "other"
@@ -310,7 +321,6 @@ class ScoringServer:
             )
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.set((), self.in_flight)
             if guard is not None:
                 guard.busy -= 1
                 guard.since = time.monotonic()
@@ -329,6 +339,18 @@ class ScoringServer:
         route = request.match_info.route.name or "other"
         self.metrics.requests.inc((route, model, version, str(status)))
         self.metrics.latency.observe(dt, (route, model, version))
+        if span is not None:
+            self.otlp.end_span(
+                span,
+                {
+                    "mlinfra.model": model,
+                    "mlinfra.model.version": version,
+                    "mlinfra.batch_size": EXECUTION_ROWS.get(),
+                    "http.route": route,
+                    "http.response.status_code": status,
+                },
+                error=status >= 500,
+            )
         if self.config.access_log:
             entry = {
                 "ts": round(time.time(), 3),

@@ -232,6 +232,7 @@ def test_data_collection_wires_collector_and_otlp_into_every_deployment(mocks: M
     assert json.loads(env["MLINFRA_SERVE_COLLECT"])["deployment"] == "blue"
     assert env["MLINFRA_SERVE_OTLP_ENDPOINT"] == "http://127.0.0.1:4318"
     assert env["MLINFRA_SERVE_OTLP_RESOURCE"] == "endpoint=api-unit,deployment=blue"
+    assert env["MLINFRA_SERVE_TRACE_SAMPLE"] == "0.05"
     with pytest.raises(
         mlinfra.monitoring.data_collection.CollectionError, match=r"sample_rate = 1.5 must be in \[0, 1\]"
     ):

@@ -11,7 +11,7 @@ import pytest
 
 from mlinfra.lab.samples import write_mlp
 from mlinfra_scoring import collector
-from tests.scoring_helpers import start_server
+from tests.scoring_helpers import metric, start_server
 
 KEY = "hardening-key"
 
@@ -300,8 +300,8 @@ def test_one_bad_request_in_a_merged_batch_fails_alone(tmp_path: Path) -> None:
             assert got[i][0] == 200, (i, got[i])
             assert got[i][1]["outputs"][0]["data"] == [4.0 * i + k for k in range(4)]
         text = srv.request("GET", "/metrics")[1]
-        merged = [ln for ln in text.splitlines() if ln.startswith('mlinfra_batch_size_count{model="lookup"')]
-        assert merged and float(merged[0].rsplit(" ", 1)[1]) < 8, f"requests were not merged: {merged}"
+        merged = metric(text, "mlinfra_batch_size_count", model="lookup", version="1")
+        assert merged is not None and merged < 8, f"requests were not merged: {merged} executions"
     finally:
         srv.stop()
 
@@ -333,7 +333,7 @@ def test_non_finite_outputs_are_reported_not_silently_null(tmp_path: Path) -> No
         status, scored, headers = srv.request("POST", "/score", body={"data": [[1.0, -1.0, 0.0]]})
         assert status == 200 and scored == [[0.0, None, None]] and headers.get("X-Non-Finite-Values") == "2"
         metrics = srv.request("GET", "/metrics")[1]
-        assert 'mlinfra_non_finite_outputs_total{model="log",version="1"} 4' in metrics, metrics
+        assert metric(metrics, "mlinfra_non_finite_outputs_total", model="log", version="1") == 4, metrics
     finally:
         srv.stop()
 

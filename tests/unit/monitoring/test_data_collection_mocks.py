@@ -51,6 +51,7 @@ def test_folder_storage_and_server_settings(tmp_path: Path) -> None:
         ({"headers": ["Authorization"]}, "must not include Authorization"),
         ({"storage": "s3://bucket"}, "storage 's3://bucket'"),
         ({"otlp_endpoint": "127.0.0.1:4318"}, "must be an http(s) URL"),
+        ({"otlp_trace_sample": 2.0}, "otlp_trace_sample = 2.0 must be in [0, 1]"),
     ],
 )
 def test_bad_input_names_the_value(tmp_path: Path, kw: dict, message: str) -> None:

@@ -49,6 +49,13 @@ def test_drift_report_flags_only_the_shifted_feature(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "report" / "drift.json").read_text())
     assert summary["drifted"] == ["c"]
     assert summary["malformed_records"] == 2 and summary["records"] == 2000
+    # The report's KS values are SciPy's on the same data (statistic and p-value).
+    from scipy.stats import ks_2samp
+
+    x = read_collected(f"file://{tmp_path / 'collected'}").x
+    for i, f in enumerate(summary["features"]):
+        ref = ks_2samp(baseline[:, i], x[:, i])
+        assert (f["ks"], f["ks_p"]) == (float(ref.statistic), float(ref.pvalue)), (f, ref)
     assert (tmp_path / "report" / "drift-features.png").stat().st_size > 10_000
     assert "DRIFT" not in out.read_text().split("<table>")[0] or "c" in summary["drifted"]
     assert "data:image/png;base64," in out.read_text()

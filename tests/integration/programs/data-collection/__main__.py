@@ -12,6 +12,8 @@ collection = mlinfra.DataCollection(
         storage_credential=config.require_secret("storage_key"),
         sample_rate=float(config.get("sample_rate") or 1.0),
         headers=["x-client-id"],
+        otlp_endpoint=config.get("otlp_endpoint"),
+        otlp_interval_s=0.5 if config.get("otlp_endpoint") else 15.0,
     ),
 )
 endpoint = mlinfra.CloudEndpoint(
