@@ -130,6 +130,21 @@ def _run(argv: list[str], check: bool = True, timeout: float = 60) -> subprocess
 # pieces
 
 
+def _spawn_kubelet(argv: list[str], tries: int = 5) -> None:
+    """Start the kubelet; start it again while it exits because containerd's CRI service, whose socket already
+    answers, has not finished initializing ("server is not initialized yet": seen on a cold `make services`, the
+    kubelet validates the runtime within a second of starting). Any other exit is left for the caller's wait to
+    report with the log."""
+    for _ in range(tries):
+        _spawn("kubelet", argv)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and _pid("kubelet") is not None:
+            time.sleep(0.2)
+        if _pid("kubelet") is not None or "not initialized yet" not in _tail("kubelet"):
+            return
+        time.sleep(1)
+
+
 def _push_pause() -> str:
     """The kubelet's sandbox image: the pause binary as a one-file image in the local registry."""
     from mlinfra.images.oci import RegistryClient, image_config, push_image
@@ -412,8 +427,7 @@ def start(progress=print, timeout_s: float = 120) -> Status:
     services.forward_loopback_to_containers()
     if _pid("kubelet") is None:
         config = _kubelet_config(pki / "ca.crt", ports)
-        _spawn(
-            "kubelet",
+        _spawn_kubelet(
             [
                 str(bins / "kubelet"),
                 "--config",
@@ -428,7 +442,7 @@ def start(progress=print, timeout_s: float = 120) -> Status:
                 NODE,
                 "--v",
                 "1",
-            ],
+            ]
         )
     if _pid("kube-proxy") is None:
         _spawn(

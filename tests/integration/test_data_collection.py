@@ -52,13 +52,20 @@ class Azurite:
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while not services.port_is_bound(self.port):
-            assert time.monotonic() < deadline, "azurite did not start"
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()  # never leave it running behind a failed test
+                raise AssertionError(f"azurite did not start on 127.0.0.1:{self.port} within 30 s")
             time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
             self.proc = None
 
     def blobs(self, container: str = "collected") -> dict[str, bytes]:
