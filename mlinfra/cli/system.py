@@ -39,6 +39,17 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
             f"make setup (builds pulumi v{st.expected} from Go modules)",
         )
     )
+    from importlib.metadata import version
+
+    sdk, want_sdk = version("pulumi"), pins.get("PULUMI_SDK_VERSION", "?")
+    checks.append(
+        (
+            "pulumi Python SDK",
+            sdk == want_sdk,
+            f"{sdk} (engine/versions.env pins {want_sdk}; the CLI may be newer, never older)",
+            "make setup (reinstalls the project's virtualenv)",
+        )
+    )
     bin_dir = st.bin_dir
     for name, what in [
         ("pulumi-language-python", "Python language host"),

@@ -24,9 +24,30 @@ def test_engine_is_the_pinned_version() -> None:
     out = subprocess.run(
         [str(bin_dir / "pulumi"), "version"], capture_output=True, text=True, env=engine_env(), check=True
     ).stdout.strip()
-    assert out == f"v{pinned_versions()['PULUMI_VERSION']}"
-    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
-    assert f'"pulumi=={out[1:]}"' in pyproject, "pyproject's pulumi pin and engine/versions.env disagree"
+    pins = pinned_versions()
+    assert out == f"v{pins['PULUMI_VERSION']}"
+    sdk = pins["PULUMI_SDK_VERSION"]
+    repo = Path(__file__).parents[2]
+    assert f'"pulumi=={sdk}"' in (repo / "pyproject.toml").read_text(), (
+        "pyproject's pulumi pin != PULUMI_SDK_VERSION"
+    )
+    assert f"pulumi=={sdk}\n" in (repo / "mlinfra/policy/requirements.txt").read_text(), (
+        "the policy pack's pin"
+    )
+    from importlib.metadata import version
+
+    assert version("pulumi") == sdk
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert as_tuple(sdk) <= as_tuple(out[1:]), f"the Python SDK {sdk} is newer than the CLI {out}"
+    from mlinfra.cli.system import doctor_checks
+
+    checks = {name: (ok, detail) for name, ok, detail, _fix in doctor_checks()}
+    assert checks["pulumi CLI"][0] and checks["pulumi CLI"][1].startswith(out), checks["pulumi CLI"]
+    assert (
+        checks["pulumi Python SDK"] == (True, checks["pulumi Python SDK"][1])
+        and sdk in checks["pulumi Python SDK"][1]
+    )
+    assert checks["kubernetes plugin"][0], checks["kubernetes plugin"]
 
 
 def test_component_with_dynamic_child_round_trip(tmp_path: Path, backend: Path) -> None:
