@@ -37,3 +37,13 @@ def scoring_images(repository: str, seeds: tuple[int, ...], work: Path) -> list[
         )
         refs.append(build_and_push(spec).image_ref)
     return refs
+
+
+def file_at(rev: str, path: str) -> str:
+    """PATH (relative to the repository) as it was at git revision REV: the "before" side of an A/B."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        ["git", "-C", str(repo), "show", f"{rev}:{path}"], capture_output=True, text=True, check=True
+    ).stdout

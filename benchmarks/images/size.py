@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,19 +19,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import run_meta  # noqa: E402
+from benchmarks.common import file_at, run_meta  # noqa: E402
 from mlinfra import defaults  # noqa: E402
 from mlinfra.images.builder import SERVER_REQUIREMENTS, SITE, pip_target, resolve_base  # noqa: E402
 from mlinfra.images.layers import layer_from_dir  # noqa: E402
 
 
 def requirements_at(rev: str) -> list[str]:
-    src = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:mlinfra/images/builder.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    src = file_at(rev, "mlinfra/images/builder.py")
     for node in ast.parse(src).body:
         if isinstance(node, ast.Assign) and any(
             getattr(t, "id", "") == "SERVER_REQUIREMENTS" for t in node.targets

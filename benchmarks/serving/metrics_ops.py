@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import file_at  # noqa: E402
+
 N = 200_000
 
 
@@ -49,12 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rev", default="9d8c615")
     args = ap.parse_args()
-    old_src = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{args.rev}:components/scoring/mlinfra_scoring/metrics.py"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    old_src = file_at(args.rev, "components/scoring/mlinfra_scoring/metrics.py")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "old_metrics.py").write_text(old_src)
         old = load(Path(tmp) / "old_metrics.py", "old_metrics").Metrics()

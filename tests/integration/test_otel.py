@@ -31,14 +31,16 @@ def traceparent(sampled: bool = True) -> tuple[str, str, str]:
     return f"00-{trace}-{span}-{'01' if sampled else '00'}", trace, span
 
 
+def otlp_server(tmp_path, endpoint: str, *args: str, **env: str):
+    """The scoring server on the sample MLP ("mlp") exporting to ENDPOINT every 0.3 s, with ENV's extra variables."""
+    env = {"MLINFRA_SERVE_OTLP_ENDPOINT": endpoint, "MLINFRA_SERVE_OTLP_INTERVAL_S": "0.3", **env}
+    model = str(write_mlp(tmp_path / "m.onnx"))
+    return start_server(tmp_path, "--model", model, "--name", "mlp", *args, env=env)
+
+
 def test_metrics_reach_an_otlp_receiver(tmp_path) -> None:
     receiver = OtlpReceiver()
-    env = {
-        "MLINFRA_SERVE_OTLP_ENDPOINT": receiver.url,
-        "MLINFRA_SERVE_OTLP_INTERVAL_S": "0.3",
-        "MLINFRA_SERVE_OTLP_RESOURCE": "endpoint=fraud,deployment=blue",
-    }
-    server = start_server(tmp_path, "--model", str(write_mlp(tmp_path / "m.onnx")), "--name", "mlp", env=env)
+    server = otlp_server(tmp_path, receiver.url, MLINFRA_SERVE_OTLP_RESOURCE="endpoint=fraud,deployment=blue")
     try:
         for _ in range(10):
             assert server.request("POST", "/score", ROW)[0] == 200
@@ -86,11 +88,7 @@ def test_metrics_reach_an_otlp_receiver(tmp_path) -> None:
 
 
 def test_a_down_receiver_never_fails_a_request(tmp_path) -> None:
-    env = {
-        "MLINFRA_SERVE_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "MLINFRA_SERVE_OTLP_INTERVAL_S": "0.2",
-    }
-    server = start_server(tmp_path, "--model", str(write_mlp(tmp_path / "m.onnx")), "--name", "mlp", env=env)
+    server = otlp_server(tmp_path, f"http://127.0.0.1:{free_port()}")
     try:
         t0 = time.perf_counter()
         for _ in range(20):
@@ -109,17 +107,11 @@ def test_one_span_per_request_linked_to_the_callers_traceparent(tmp_path) -> Non
 
     receiver = OtlpReceiver()
     grpc_port = free_port()
-    env = {
-        "MLINFRA_SERVE_OTLP_ENDPOINT": receiver.url,
-        "MLINFRA_SERVE_OTLP_INTERVAL_S": "0.3",
-        "MLINFRA_SERVE_OTLP_RESOURCE": "endpoint=fraud,deployment=green",
-        "MLINFRA_SERVE_TRACE_SAMPLE": "1",  # every root request too (default 0.05)
-    }
-    server = start_server(
-        tmp_path,
-        "--model", str(write_mlp(tmp_path / "m.onnx")), "--name", "mlp",
+    server = otlp_server(
+        tmp_path, receiver.url,
         "--grpc-port", str(grpc_port), "--max-batch-size", "16", "--max-batch-delay-ms", "40",
-        env=env,
+        MLINFRA_SERVE_OTLP_RESOURCE="endpoint=fraud,deployment=green",
+        MLINFRA_SERVE_TRACE_SAMPLE="1",  # every root request too (default 0.05)
     )  # fmt: skip
     try:
         parents = {}
@@ -202,12 +194,7 @@ def test_one_span_per_request_linked_to_the_callers_traceparent(tmp_path) -> Non
 
 def test_trace_sampling_ratio_zero_traces_only_callers_that_ask(tmp_path) -> None:
     receiver = OtlpReceiver()
-    env = {
-        "MLINFRA_SERVE_OTLP_ENDPOINT": receiver.url,
-        "MLINFRA_SERVE_OTLP_INTERVAL_S": "0.3",
-        "MLINFRA_SERVE_TRACE_SAMPLE": "0",
-    }
-    server = start_server(tmp_path, "--model", str(write_mlp(tmp_path / "m.onnx")), "--name", "mlp", env=env)
+    server = otlp_server(tmp_path, receiver.url, MLINFRA_SERVE_TRACE_SAMPLE="0")
     try:
         for i in range(5):
             assert server.request("POST", "/score", ROW, headers={"X-Request-Id": f"r{i}"})[0] == 200
