@@ -17,7 +17,10 @@ def test_help_lists_commands(capsys) -> None:
 def test_version_json_names_sdk_and_engine(capsys) -> None:
     assert cli.main(["version", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["pulumi_sdk"] == "3.259.0"
+    from mlinfra.engine import pinned_versions
+
+    assert info["pulumi_sdk"] == pinned_versions()["PULUMI_SDK_VERSION"]
+    assert info["engine"] == f"v{pinned_versions()['PULUMI_VERSION']}" or info["engine"] is None
     assert set(info) >= {"mlinfra", "engine"}
 
 
