@@ -7,6 +7,7 @@
 #      version and source hash, with the SDK's helper scripts beside them. A second run takes seconds.
 #   3. The kubernetes resource plugin is built (engine/kubernetes) and installed into PULUMI_HOME at exactly the
 #      version the pulumi-kubernetes Python SDK asks for.
+#   4. The docker-build resource plugin is built (engine/docker-build) and installed the same way.
 #
 # The result is recorded as the symlink .mlinfra/engine -> BINDIR, which mlinfra.engine reads. See docs/engine.md.
 set -euo pipefail
@@ -90,4 +91,25 @@ PY
   "$BIN/pulumi" plugin install resource kubernetes "$KV" --file "$KBIN/pulumi-resource-kubernetes" >/dev/null
 fi
 echo "engine: kubernetes plugin v$KV installed in $PULUMI_HOME"
+
+# --- 4: docker-build resource plugin -------------------------------------------------------------------------
+DV=$PULUMI_DOCKER_BUILD_VERSION
+if [ ! -x "$PULUMI_HOME/plugins/resource-docker-build-v$DV/pulumi-resource-docker-build" ]; then
+  need_go
+  key=$(hash_of engine/versions.env engine/docker-build/go.mod engine/docker-build/go.sum \
+        engine/docker-build/cmd/pulumi-resource-docker-build/main.go \
+        engine/docker-build/stubs/java/pkg/codegen/java/package_info.go \
+        engine/docker-build/stubs/dotnet/codegen/package_info.go)
+  DBIN="$CACHE/plugins/docker-build-v$DV-$key"
+  if [ ! -x "$DBIN/pulumi-resource-docker-build" ]; then
+    echo "engine: building the docker-build plugin v$DV into $DBIN (cold: a few minutes; ~2 min with warm Go caches)"
+    mkdir -p "$DBIN"
+    (cd "$ROOT/engine/docker-build"
+     CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
+       -ldflags "-s -w -X github.com/pulumi/pulumi-docker-build/provider.Version=$DV" \
+       -o "$DBIN/" ./cmd/pulumi-resource-docker-build)
+  fi
+  "$BIN/pulumi" plugin install resource docker-build "$DV" --file "$DBIN/pulumi-resource-docker-build" >/dev/null
+fi
+echo "engine: docker-build plugin v$DV installed in $PULUMI_HOME"
 echo "engine: ready in $(( $(date +%s) - t0 )) s"

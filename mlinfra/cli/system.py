@@ -58,18 +58,22 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
     ]:
         present = bin_dir is not None and (bin_dir / name).exists()
         checks.append((name, present, what + (f" in {bin_dir}" if present else " is missing"), "make setup"))
-    kv = pins.get("PULUMI_KUBERNETES_VERSION", "?")
-    plugin = engine.pulumi_home() / "plugins" / f"resource-kubernetes-v{kv}" / "pulumi-resource-kubernetes"
-    checks.append(
-        (
-            "kubernetes plugin",
-            plugin.exists(),
-            f"v{kv} in {plugin.parent}"
-            if plugin.exists()
-            else f"v{kv} is not installed in {engine.pulumi_home()}",
-            "make setup",
+    for name, key in (
+        ("kubernetes", "PULUMI_KUBERNETES_VERSION"),
+        ("docker-build", "PULUMI_DOCKER_BUILD_VERSION"),
+    ):
+        v = pins.get(key, "?")
+        plugin = engine.pulumi_home() / "plugins" / f"resource-{name}-v{v}" / f"pulumi-resource-{name}"
+        checks.append(
+            (
+                f"{name} plugin",
+                plugin.exists(),
+                f"v{v} in {plugin.parent}"
+                if plugin.exists()
+                else f"v{v} is not installed in {engine.pulumi_home()}",
+                "make setup",
+            )
         )
-    )
     from mlinfra.lab.cluster import BINARIES, kube_bin_dir
     from mlinfra.lab.node import NODE_BINARIES
 

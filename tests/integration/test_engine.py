@@ -48,6 +48,33 @@ def test_engine_is_the_pinned_version() -> None:
         and sdk in checks["pulumi Python SDK"][1]
     )
     assert checks["kubernetes plugin"][0], checks["kubernetes plugin"]
+    assert checks["docker-build plugin"][0], checks["docker-build plugin"]
+
+
+def test_the_docker_build_plugin_serves_upstreams_schema() -> None:
+    """pulumi-docker-build built here (two metadata packages are local stand-ins, engine/docker-build) answers the
+    engine with the schema upstream ships: same resources, same language metadata."""
+    import json
+
+    from mlinfra.engine import pulumi_home
+
+    v = pinned_versions()["PULUMI_DOCKER_BUILD_VERSION"]
+    plugin = pulumi_home() / "plugins" / f"resource-docker-build-v{v}" / "pulumi-resource-docker-build"
+    out = subprocess.run(
+        [str(engine_bin_dir() / "pulumi"), "package", "get-schema", str(plugin)],
+        capture_output=True, text=True, env=engine_env(), check=True, timeout=120,
+    ).stdout  # fmt: skip
+    schema = json.loads(out)
+    assert (schema["name"], schema["version"]) == ("docker-build", v)
+    assert {"docker-build:index:Image", "docker-build:index:Index"} <= set(schema["resources"])
+    java = schema["language"]["java"]
+    assert (
+        java["buildFiles"] == "gradle" and "basePackage" in java and "gradleTest" in java
+    )  # upstream's shape
+    assert schema["language"]["csharp"] == {
+        "respectSchemaVersion": True,
+        "packageReferences": {"Pulumi": "3.*"},
+    }
 
 
 def test_component_with_dynamic_child_round_trip(tmp_path: Path, backend: Path) -> None:
