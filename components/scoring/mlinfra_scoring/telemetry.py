@@ -177,14 +177,6 @@ class Telemetry:
 
     # -- metrics ---------------------------------------------------------------------------------------------
 
-    @property
-    def sent(self) -> int:
-        return self.metric_failures.sent
-
-    @property
-    def failed(self) -> int:
-        return self.metric_failures.failed
-
     def export(self) -> bool:
         try:
             data = metrics_data(self.metrics, self.resource, self.start_ns)
