@@ -58,6 +58,20 @@ def registry_host() -> str:
     return f"127.0.0.1:{registry_port()}"
 
 
+def buildx_builder() -> str:
+    """The BuildKit builder `ScoringImage(dockerfile=)` builds with (a buildx builder instance name): $MLINFRA_BUILDER,
+    else ``mlinfra`` — the local buildkitd that `make services` runs and registers under that name."""
+    return os.environ.get("MLINFRA_BUILDER") or "mlinfra"
+
+
+def buildx_config_dir() -> Path:
+    """Where buildx (and the docker-build provider) keep builder instances: $BUILDX_CONFIG, else
+    $DOCKER_CONFIG/buildx, else ~/.docker/buildx."""
+    if os.environ.get("BUILDX_CONFIG"):
+        return Path(os.environ["BUILDX_CONFIG"])
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "buildx"
+
+
 def azurite_blob_url() -> str:
     return f"http://127.0.0.1:{azurite_port()}/{AZURITE_ACCOUNT}"
 

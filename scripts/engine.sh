@@ -8,6 +8,10 @@
 #   3. The kubernetes resource plugin is built (engine/kubernetes) and installed into PULUMI_HOME at exactly the
 #      version the pulumi-kubernetes Python SDK asks for.
 #   4. The docker-build resource plugin is built (engine/docker-build) and installed the same way.
+#   5. BuildKit's daemon (buildkitd, engine/buildkit), which docker-build builds with (`mlinfra services up buildkit`
+#      runs it on a unix socket and registers it as the buildx builder "mlinfra"), is built into the cache.
+#   6. The Pulumi YAML language host (engine/yaml: github.com/pulumi/pulumi-yaml) is built and installed as the
+#      language plugin yaml, so Pulumi YAML programs can use mlinfra's component package (mlinfra/package).
 #
 # The result is recorded as the symlink .mlinfra/engine -> BINDIR, which mlinfra.engine reads. See docs/engine.md.
 set -euo pipefail
@@ -112,4 +116,41 @@ if [ ! -x "$PULUMI_HOME/plugins/resource-docker-build-v$DV/pulumi-resource-docke
   "$BIN/pulumi" plugin install resource docker-build "$DV" --file "$DBIN/pulumi-resource-docker-build" >/dev/null
 fi
 echo "engine: docker-build plugin v$DV installed in $PULUMI_HOME"
+# --- 5: buildkitd ------------------------------------------------------------------------------------------------
+BV=$BUILDKIT_VERSION
+key=$(hash_of engine/versions.env engine/buildkit/go.mod engine/buildkit/go.sum)
+BKBIN="$CACHE/engine/buildkit-$BV-$key"
+if [ ! -x "$BKBIN/buildkitd" ]; then
+  need_go
+  echo "engine: building buildkitd $BV into $BKBIN (cold: a few minutes; ~1 min with warm Go caches)"
+  mkdir -p "$BKBIN.tmp"
+  (cd "$ROOT/engine/buildkit"
+   CGO_ENABLED=0 go build -trimpath -tags osusergo,netgo \
+     -ldflags "-s -w -X github.com/moby/buildkit/version.Version=$BV" -o "$BKBIN.tmp/" github.com/moby/buildkit/cmd/buildkitd)
+  rm -rf "$BKBIN" && mv "$BKBIN.tmp" "$BKBIN"
+fi
+ln -sfn "$BKBIN" "$CACHE/engine/buildkit-$BV"
+echo "engine: buildkitd $BV at $BKBIN"
+# --- 6: Pulumi YAML language host --------------------------------------------------------------------------------
+# Pulumi treats yaml as a bundled language plugin: it must sit beside the `pulumi` binary (plugin install refuses it).
+YV=$PULUMI_YAML_VERSION
+if [ "$("$BIN/pulumi-language-yaml" -version 2>/dev/null || true)" != "v$YV" ] \
+   && [ "$(cat "$BIN/.yaml-version" 2>/dev/null || true)" != "$YV" ]; then
+  need_go
+  key=$(hash_of engine/versions.env engine/yaml/go.mod engine/yaml/go.sum)
+  YBIN="$CACHE/plugins/yaml-v$YV-$key"
+  if [ ! -x "$YBIN/pulumi-language-yaml" ]; then
+    echo "engine: building the Pulumi YAML language host v$YV into $YBIN (cold: a few minutes; ~1 min with warm Go caches)"
+    mkdir -p "$YBIN"
+    (cd "$ROOT/engine/yaml"
+     CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
+       -ldflags "-s -w -X github.com/pulumi/pulumi-yaml/pkg/version.Version=v$YV" \
+       -o "$YBIN/" github.com/pulumi/pulumi-yaml/cmd/pulumi-language-yaml)
+  fi
+  case "$BIN" in
+    "$CACHE"/*) install -m 0755 "$YBIN/pulumi-language-yaml" "$BIN/" && echo "$YV" > "$BIN/.yaml-version" ;;
+    *) echo "engine: note: $BIN is not mlinfra's; put $YBIN on PATH for Pulumi YAML programs" ;;
+  esac
+fi
+echo "engine: Pulumi YAML language host v$YV beside pulumi in $BIN"
 echo "engine: ready in $(( $(date +%s) - t0 )) s"

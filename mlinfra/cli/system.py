@@ -74,6 +74,29 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
                 "make setup",
             )
         )
+    yv = pins.get("PULUMI_YAML_VERSION", "?")
+    yaml_host = bin_dir / "pulumi-language-yaml" if bin_dir is not None else None
+    checks.append(
+        (
+            "pulumi-language-yaml",
+            yaml_host is not None and yaml_host.exists(),
+            f"Pulumi YAML language host v{yv} in {bin_dir} (YAML programs use the mlinfra package)"
+            if yaml_host is not None and yaml_host.exists()
+            else f"the Pulumi YAML language host v{yv} is missing",
+            "make setup",
+        )
+    )
+    buildkitd = services.buildkitd_binary()
+    checks.append(
+        (
+            "buildkitd",
+            buildkitd.exists(),
+            f"BuildKit {pins.get('BUILDKIT_VERSION', '?')} at {buildkitd}"
+            if buildkitd.exists()
+            else f"buildkitd is not built at {buildkitd}",
+            "make setup",
+        )
+    )
     from mlinfra.lab.cluster import BINARIES, kube_bin_dir
     from mlinfra.lab.node import NODE_BINARIES
 

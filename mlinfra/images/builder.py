@@ -704,7 +704,10 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
     `mlinfra/app/` (the scoring server package mlinfra_scoring; also as `mlinfra/components/` for older Dockerfiles) and `mlinfra/models/<name>/<version>/` (verified model files)."""
     import shutil
 
-    shutil.copytree(context, dest, dirs_exist_ok=True)
+    # .mlinfra/ (state, staged contexts) and bytecode are never part of a build context (nor of its hash).
+    shutil.copytree(
+        context, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".mlinfra", "__pycache__")
+    )
     for rel, p in server_files():
         for layout in ("app", "components"):  # app/: today's layout; components/: Dockerfiles from before
             (dest / "mlinfra" / layout / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -726,125 +729,56 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
             raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
 
 
-def _docker_login(spec: ImageSpec, host: str, config: Path) -> list[str]:
-    """With registry credentials, a private Docker CLI configuration logged in to HOST (under the caller's temporary
-    folder, so nothing outlives the build) and the CLI options that use it: ``--config DIR``. The password goes on
-    standard input, never on a command line; the caller's own configuration is copied first, so its logins (for a
-    base image elsewhere) still work. Without credentials: no options (Docker's own configuration)."""
+def stage_docker_context(spec: ImageSpec, context: Path, dest: Path, context_sha256: str) -> str:
+    """Stage the build context of a user's Dockerfile in DEST (see :func:`docker_context`) unless DEST already holds
+    exactly these inputs; returns their key (sha256 of the models, requirements, scoring server and the user's
+    context). The docker-build provider hashes DEST at every preview: staging is byte-for-byte deterministic (file
+    modes kept, no bytecode, no build paths), so unchanged inputs are no change."""
     import os
+    import shutil
 
-    if not spec.username and not spec.password:
-        return []
-    if not (spec.username and spec.password):
-        raise ImageBuildError(
-            f"registry {host}: give both registry_username and registry_password, or neither (Docker's own login)"
-        )
-    config.mkdir(mode=0o700)
-    mine = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
-    try:
-        cfg = json.loads(mine.read_text()) if mine.is_file() else {}
-    except (OSError, ValueError):
-        cfg = {}
-    # Our login must land in this folder's file, never in a credential store that outlives the build.
-    cfg.pop("credsStore", None)
-    (cfg.get("credHelpers") or {}).pop(host, None)
-    (cfg.get("auths") or {}).pop(host, None)
-    with os.fdopen(os.open(config / "config.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-        json.dump(cfg, f)
-    res = subprocess.run(
-        [DOCKER, "--config", str(config), "login", host, "--username", spec.username, "--password-stdin"],
-        input=spec.password,
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        why = res.stderr.strip().replace(spec.password, "[secret]")[-600:]
-        raise ImageBuildError(f"docker login to {host} as {spec.username!r} failed: {why}")
-    return ["--config", str(config)]
-
-
-def docker_build_and_push(
-    spec: ImageSpec, dockerfile: Path, context: Path | None = None, progress: Progress = lambda _m: None
-) -> BuildResult:
-    """Build a user's Dockerfile with the Docker engine (BuildKit) and push it; returns the pushed digest.
-
-    The Docker engine's images are not byte-reproducible (layer timestamps): callers decide when to rebuild from
-    the inputs' content, as the ScoringImage provider does."""
-    import os
-
-    if not dockerfile.is_file():
-        raise ImageBuildError(f"Dockerfile {dockerfile} does not exist")
-    context = context or dockerfile.parent
-    host, repo, _ = split_ref(spec.repository + ":latest")
-    inputs = _sha(
+    server = [(rel, sha256_file(p)) for rel, p in server_files()]
+    key = _sha(
         json.dumps(
             [
                 FORMAT,
-                spec.repository,
-                [(m.name, m.version, m.sha256) for m in spec.models],
-                dockerfile.read_text(),
-                spec.requirements,
+                [
+                    (m.name, m.version, m.sha256)
+                    for m in sorted(spec.models, key=lambda m: (m.name, m.version))
+                ],
+                image_requirements(spec.requirements),
+                server,
+                context_sha256,
             ]
         ).encode()
-    )[:16]
-    tag = f"{host}/{repo}:build-{inputs}"
-    with tempfile.TemporaryDirectory(prefix="mlinfra-docker-ctx-") as tmp:
-        cli = [DOCKER, *_docker_login(spec, host, Path(tmp) / "docker-config")]
-        ctx = Path(tmp) / "ctx"
-        docker_context(spec, context, ctx, progress)
-        labels = [
-            arg
-            for i, m in enumerate(sorted(spec.models, key=lambda m: m.name))
-            for arg in (
-                "--label",
-                f"mlinfra.model.{i}.name={m.name}",
-                "--label",
-                f"mlinfra.model.{i}.version={m.version}",
-                "--label",
-                f"mlinfra.model.{i}.sha256={m.sha256}",
-            )
-        ]
-        labels += ["--label", f"mlinfra.image.format={FORMAT}-dockerfile"]
-        for k, v in sorted(spec.labels.items()):
-            labels += ["--label", f"{k}={v}"]
-        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-        progress(f"docker build -f {dockerfile.name} ({tag})")
-        res = subprocess.run(
-            [
-                *cli,
-                "build",
-                "-q",
-                "-f",
-                str(dockerfile),
-                "-t",
-                tag,
-                *labels,
-                "--build-arg",
-                f"MLINFRA_BASE={spec.base}",
-                str(ctx),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        if res.returncode != 0:
-            raise ImageBuildError(f"docker build of {dockerfile} failed:\n{res.stderr.strip()[-2000:]}")
-        res = subprocess.run([*cli, "push", tag], capture_output=True, text=True)
-    if res.returncode != 0:
-        hint = "" if spec.username else " (give registry_username and registry_password if it needs a login)"
-        raise ImageBuildError(f"docker push to {host} failed{hint}: {res.stderr.strip()[-800:]}")
-    m = re.search(r"digest: (sha256:[0-9a-f]{64})", res.stdout)
-    if not m:
-        raise ImageBuildError(f"docker push to {host} printed no digest: {res.stdout[-400:]}")
-    digest = m.group(1)
-    return BuildResult(
-        image_ref=f"{host}/{repo}@{digest}",
-        digest=digest,
-        labels={"mlinfra.image.format": f"{FORMAT}-dockerfile"},
-        layers=[],
-        bytes_pushed=-1,
-        models=[{"name": x.name, "version": x.version, "sha256": x.sha256} for x in spec.models],
     )
+    marker = dest.with_name(dest.name + ".key")
+    if dest.is_dir() and marker.is_file() and marker.read_text() == key:
+        return key
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.staging-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        docker_context(spec, context, tmp)
+        marker.unlink(missing_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        marker.write_text(key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return key
+
+
+def model_labels(models: list[ModelInput], extra: dict[str, str]) -> dict[str, str]:
+    """The OCI labels of an image built from a user's Dockerfile: each model's name, version and sha256 (what
+    `mlinfra images list`, promotion and the pinned-image check read), the format, then the user's own."""
+    labels = {}
+    for i, m in enumerate(sorted(models, key=lambda m: m.name)):
+        labels[f"mlinfra.model.{i}.name"] = m.name
+        labels[f"mlinfra.model.{i}.version"] = str(m.version)
+        labels[f"mlinfra.model.{i}.sha256"] = m.sha256
+    labels["mlinfra.image.format"] = f"{FORMAT}-dockerfile"
+    return {**labels, **dict(sorted(extra.items()))}
 
 
 def models_of(labels: dict[str, str]) -> list[dict[str, Any]]:
@@ -866,10 +800,11 @@ def models_of(labels: dict[str, str]) -> list[dict[str, Any]]:
 DIGEST_REF = re.compile(r"^[^\s@]+/[^\s@]+@sha256:[0-9a-f]{64}$")
 
 
-def inspect_image(ref: str) -> dict[str, Any] | None:
-    """host/repo@sha256:… → {digest, labels, models} from the registry, or None when it does not hold it."""
+def inspect_image(ref: str, spec: ImageSpec | None = None) -> dict[str, Any] | None:
+    """host/repo@sha256:… → {digest, labels, models} from the registry, or None when it does not hold it (with
+    SPEC's credentials when it is SPEC's own registry)."""
     host, repo, reference = split_ref(ref)
-    client = _client(host)
+    client = _client(host, spec)
     got = client.get_manifest(repo, reference)
     if got is None:
         return None

@@ -1,5 +1,5 @@
-"""Dynamic provider for ScoringImage: builds and pushes at create/update; records the image as a user of each
-model version in its registry."""
+"""Dynamic provider for ScoringImage: builds and pushes at create/update (or, for a user's Dockerfile, checks the image
+its docker-build child pushed); records the image as a user of each model version in its registry."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from mlinfra.images.builder import (
     ModelInput,
     _client,
     build_and_push,
-    docker_build_and_push,
     inspect_image,
     pin_base,
     split_ref,
@@ -48,6 +47,7 @@ BUILD_KEYS = (
     "registry_username",
     "dockerfile_sha256",
     "context_sha256",
+    "built_digest",
 )
 
 
@@ -122,33 +122,35 @@ class ScoringImageProvider(ResourceProvider):
         drifted = observed_drift(olds, news)
         return DiffResult(changes=bool(changed) or drifted, replaces=[], delete_before_replace=False)
 
-    def _adopt(self, props: dict[str, Any]) -> BuildResult:
+    def _adopt(self, props: dict[str, Any], digest: str, what: str = "import") -> BuildResult:
         """An image already in the repository, checked: it exists and packages exactly the declared versions."""
-        ref = f"{props['repository']}@{props['import_digest']}"
-        found = inspect_image(ref)
+        ref = f"{props['repository']}@{digest}"
+        found = inspect_image(ref, _spec(props))
         if found is None:
-            raise ImageBuildError(f"cannot import {ref}: the registry does not hold it (check import_digest)")
+            hint = (
+                "check import_digest"
+                if what == "import"
+                else "`pulumi refresh`, then `pulumi up` rebuilds it"
+            )
+            raise ImageBuildError(f"cannot {what} {ref}: the registry does not hold it ({hint})")
         packaged = {(m["name"], int(m["version"]), m["sha256"]) for m in found["models"]}
         wanted = {(m["name"], int(m["version"]), m["sha256"]) for m in props["models"]}
         if packaged != wanted:
             has = ", ".join(f"{n}:{v}" for n, v, _ in sorted(packaged)) or "no mlinfra model"
             declared = ", ".join(f"{n}:{v}" for n, v, _ in sorted(wanted))
             raise ImageBuildError(
-                f"cannot import {ref}: it packages {has}, the stack declares {declared}: import the image built "
+                f"cannot {what} {ref}: it packages {has}, the stack declares {declared}: import the image built "
                 "from these versions, or drop import_digest to build one"
             )
         return BuildResult(ref, found["digest"], found["labels"], [], 0, sorted(found["models"], key=str))
 
     def _build(self, props: dict[str, Any], adopt: bool = False) -> dict[str, Any]:
         if adopt and props.get("import_digest"):
-            result = self._adopt(props)
+            result = self._adopt(props, props["import_digest"])
             print(f"imported {result.image_ref} (not rebuilt)", file=sys.stderr, flush=True)
         elif props.get("dockerfile"):
-            result = docker_build_and_push(
-                _spec(props),
-                Path(props["dockerfile"]),
-                Path(props["context"]) if props.get("context") else None,
-            )
+            # The docker-build child built and pushed it: check it is there and packages the declared versions.
+            result = self._adopt(props, props["built_digest"], what="record the docker-build image")
         else:
             result = build_and_push(_spec(props))
         _users(props, result.image_ref, add=True)
@@ -169,7 +171,10 @@ class ScoringImageProvider(ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         repair = (
-            olds.get("observed", "present") != "present"
+            not news.get(
+                "dockerfile"
+            )  # Docker builds are not reproducible: a rebuilt one is a visible update
+            and olds.get("observed", "present") != "present"
             and not self.diff(_id, {**olds, "observed": None}, news).changes
         )
         outs = self._build(news)

@@ -7,6 +7,8 @@ import dataclasses
 import functools
 import hashlib
 import re
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,15 @@ from mlinfra.files import sha256_file
 from mlinfra.images.builder import (
     DIGEST_REF,
     ImageBuildError,
+    ImageSpec,
+    ModelInput,
     check_requirement,
     check_script,
     inspect_image,
+    model_labels,
+    pin_base,
     split_ref,
+    stage_docker_context,
 )
 from mlinfra.images.oci import OciRegistryError
 from mlinfra.images.provider import ScoringImageResource
@@ -33,7 +40,7 @@ from mlinfra.registry import ModelRegistry, validate_name
 class ScoringImageArgs:
     models: list[Any]
     """RegisteredModels (or anything with a `model_ref` output, such as FpgaEndpoint's quantized model), or
-    "name:version" refs resolved in `model_registry`. Required (at least one)."""
+    "name:version" refs (strings or Outputs) resolved in `model_registry`. Required (at least one)."""
     repository: str | None = None
     """Target, host[:port]/path. Default: <local registry>/mlinfra/<resource name>."""
     tag: str | None = None
@@ -58,11 +65,16 @@ class ScoringImageArgs:
     model_registry_credential: pulumi.Input[str] | None = None
     """Credential of model_registry (made a secret). Default: mlinfra:registryCredential."""
     dockerfile: str | None = None
-    """Build your own Dockerfile with the Docker engine instead of the daemonless build. Its context also holds
-    mlinfra/app/mlinfra_scoring/ (the scoring server), mlinfra/requirements.txt and mlinfra/models/<name>/<version>/ (the
-    verified model files); build arg MLINFRA_BASE is the base image. Default: daemonless, reproducible build."""
+    """Build your own Dockerfile with BuildKit instead of the daemonless build: a ``pulumi_docker_build.Image`` child
+    (``<name>-build``) builds and pushes it. Its context also holds mlinfra/app/mlinfra_scoring/ (the scoring
+    server), mlinfra/site-packages/ and mlinfra/requirements.txt (its dependencies) and
+    mlinfra/models/<name>/<version>/ (the verified model files), staged under .mlinfra/contexts/; build arg
+    MLINFRA_BASE is the base image by digest. Default: daemonless, reproducible build."""
     context: str | None = None
     """Docker build context. Default: the Dockerfile's folder."""
+    builder: str | None = None
+    """The buildx builder instance ``dockerfile=`` builds with. Default: $MLINFRA_BUILDER, else ``mlinfra`` (the local
+    buildkitd `make services` runs and registers)."""
     pinned: str | None = None
     """Pin: use this already built image (host/repo@sha256:<64 hex>) instead of building — what `mlinfra promote`
     writes. Preview fails unless the registry holds it and its labels name exactly the versions of ``models``."""
@@ -102,7 +114,8 @@ class ScoringImage(pulumi.ComponentResource):
             "repository": repository,
             "pinned": args.pinned,
             "models": [
-                m if isinstance(m, str) else {"name": m.model_name, "version": m.version} for m in args.models
+                m if isinstance(m, str | pulumi.Output) else {"name": m.model_name, "version": m.version}
+                for m in args.models
             ],
         }
         super().__init__("mlinfra:images:ScoringImage", name, props, opts)
@@ -127,6 +140,12 @@ class ScoringImage(pulumi.ComponentResource):
             Path(args.context).resolve() if args.context else (dockerfile.parent if dockerfile else None)
         )
         models = _model_refs(name, args)
+        self.build: Any = None
+        built_digest: Any = None
+        if dockerfile is not None:
+            assert context is not None
+            self.build = _docker_build(self, name, args, repository, dockerfile, context, models)
+            built_digest = self.build.digest
         self.image: ScoringImageResource | None = ScoringImageResource(
             f"{name}-image",
             {
@@ -148,6 +167,7 @@ class ScoringImage(pulumi.ComponentResource):
                 if args.registry_password is not None
                 else None,
                 "import_digest": _import_digest(name, args.import_digest),
+                "built_digest": built_digest,
                 "image_ref": None,
                 "digest": None,
                 "image_labels": None,
@@ -157,7 +177,8 @@ class ScoringImage(pulumi.ComponentResource):
             },
             pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[m for m in args.models if isinstance(m, pulumi.Resource)],
+                depends_on=[m for m in args.models if isinstance(m, pulumi.Resource)]
+                + ([self.build] if self.build is not None else []),
                 additional_secret_outputs=["registry_password", "models"],
             ),
         )
@@ -212,6 +233,89 @@ class ScoringImage(pulumi.ComponentResource):
         )
 
 
+def _docker_build(
+    parent: ScoringImage,
+    name: str,
+    args: ScoringImageArgs,
+    repository: str,
+    dockerfile: Path,
+    context: Path,
+    models: list[Any],
+) -> Any:
+    """The ``pulumi_docker_build.Image`` child that builds a user's Dockerfile with BuildKit and pushes it.
+
+    Its context is staged under ``.mlinfra/contexts/<stack>/<name>`` (relative, so the state does not depend on
+    the checkout's path) once the models' refs are known; docker-build hashes it at every preview, so unchanged
+    inputs are no change and any changed byte is a rebuild."""
+    import pulumi_docker_build as docker_build
+
+    base = args.base or defaults.base_image_ref()
+    try:
+        base_pinned = pin_base(base)
+    except (ImageBuildError, OciRegistryError) as e:
+        raise ImageBuildError(f"ScoringImage {name}: base image {base}: {e}") from None
+    host = split_ref(repository + ":x")[0]
+    if not args.registry_username:
+        _check_anonymous_push(name, host)
+    where = Path(".mlinfra") / "contexts" / pulumi.get_stack() / name
+    context_sha = _sha_dir(context, dockerfile)
+
+    def inputs(refs: list[dict[str, Any]]) -> list[ModelInput]:
+        return [
+            ModelInput(r["name"], int(r["version"]), r["sha256"], r["registry"], r.get("credential") or None)
+            for r in refs
+        ]
+
+    def stage(refs: list[dict[str, Any]]) -> dict[str, Any]:
+        spec = ImageSpec(repository, inputs(refs), base_pinned, requirements=sorted(args.requirements))
+        key = stage_docker_context(spec, context, where.resolve(), context_sha)
+        tags = [f"{repository}:build-{key[:16]}"] + ([f"{repository}:{args.tag}"] if args.tag else [])
+        return {"location": where.as_posix(), "tags": tags, "labels": model_labels(spec.models, args.labels)}
+
+    # The refs carry the model registries' credentials (secrets); what is staged from them is not secret.
+    staged = pulumi.Output.unsecret(pulumi.Output.all(*models).apply(stage))
+    registries = None
+    if args.registry_username:
+        registries = [
+            docker_build.RegistryArgs(
+                address=host,
+                username=args.registry_username,
+                password=pulumi.Output.secret(args.registry_password or ""),
+            )
+        ]
+    return docker_build.Image(
+        f"{name}-build",
+        context=docker_build.BuildContextArgs(location=staged["location"]),
+        dockerfile=docker_build.DockerfileArgs(inline=dockerfile.read_text()),
+        build_args={"MLINFRA_BASE": base_pinned, "SOURCE_DATE_EPOCH": "0"},
+        labels=staged["labels"],
+        tags=staged["tags"],
+        push=True,
+        builder=docker_build.BuilderConfigArgs(name=args.builder or defaults.buildx_builder()),
+        registries=registries,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def _check_anonymous_push(name: str, host: str) -> None:
+    """Without credentials, a registry that wants a login fails the preview naming the fix (not a 401 mid-push)."""
+    from mlinfra.images.oci import registry_url
+
+    url = registry_url(host) + "/v2/"
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code != 401:
+            return
+    except (OSError, ValueError):
+        return  # unreachable now: the build reports it with BuildKit's own words
+    raise ImageBuildError(
+        f"ScoringImage {name}: registry {host} wants a login: give registry_username and registry_password "
+        "(the password as a secret)"
+    )
+
+
 def _import_digest(name: str, digest: str | None) -> str | None:
     if digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", str(digest)):
         raise ImageBuildError(
@@ -225,7 +329,12 @@ def _model_refs(name: str, args: ScoringImageArgs) -> list[Any]:
     cfg = pulumi.Config("mlinfra")
     models: list[Any] = []
     for m in args.models:
-        if hasattr(m, "model_ref"):
+        if isinstance(
+            m, pulumi.Output
+        ):  # a "name:version" another resource computes (before hasattr: an Output
+            # lifts any attribute)
+            models.append(m.apply(lambda ref: _model_refs(name, dataclasses.replace(args, models=[ref]))[0]))
+        elif hasattr(m, "model_ref"):
             models.append(m.model_ref)
         else:
             if ":" not in m:

@@ -11,6 +11,8 @@ python-base    scoring images' base (debootstrap), pushed   registry/mlinfra/pyt
 router-base    endpoints' router: Debian nginx, pushed      registry/mlinfra/router      —
 kubernetes     one real node (kubelet, containerd), kwok's  kubeconfig in the state dir  —
                control plane: :mod:`mlinfra.lab.node`
+buildkit       BuildKit's buildkitd (engine/buildkit), the  unix socket in the state    —
+               buildx builder ``mlinfra`` for docker-build  dir
 =============  ==========================================  ===========================  ====================
 
 A service that already answers is reused; one that does not is started detached, its PID written to
@@ -45,6 +47,8 @@ from mlinfra.defaults import (  # noqa: F401  (re-exported: the lab's callers re
     azurite_connection_string,
     azurite_port,
     base_image_ref,
+    buildx_builder,
+    buildx_config_dir,
     docker_cli,
     mqtt_port,
     mqtt_url,
@@ -583,6 +587,87 @@ def router_image_ok() -> bool:
         return False
 
 
+def buildkit_socket() -> Path:
+    return state_dir("buildkit") / "buildkitd.sock"
+
+
+def buildkitd_binary() -> Path:
+    version = pinned_versions().get("BUILDKIT_VERSION", "")
+    return cache_dir() / "engine" / f"buildkit-{version}" / "buildkitd"
+
+
+def _builder_instance() -> dict[str, object]:
+    """The buildx builder instance (buildx's store format) that names our buildkitd: what
+    `docker buildx create --name mlinfra --driver remote unix://SOCKET` would write."""
+    return {
+        "Name": buildx_builder(),
+        "Driver": "remote",
+        "Nodes": [
+            {
+                "Name": f"{buildx_builder()}0",
+                "Endpoint": f"unix://{buildkit_socket()}",
+                "Platforms": None,
+                "DriverOpts": {},
+                "Flags": None,
+                "Files": None,
+            }
+        ],
+        "Dynamic": False,
+    }
+
+
+def _register_builder() -> None:
+    """Register (or correct) the buildx builder instance docker-build resolves by name."""
+    import json
+
+    path = buildx_config_dir() / "instances" / buildx_builder()
+    want = _builder_instance()
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()) == want:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(want))
+    tmp.replace(path)
+
+
+def buildkit_ok() -> bool:
+    pid = _read_pid("buildkit")
+    if pid is None or not buildkit_socket().exists():
+        return False
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(str(buildkit_socket()))
+        except OSError:
+            return False
+    return True
+
+
+def _start_buildkit() -> None:
+    binary = buildkitd_binary()
+    if not binary.exists():
+        raise ServiceError(
+            f"buildkitd is not built at {binary}: run `make setup` (scripts/engine.sh builds it)"
+        )
+    if shutil.which("runc") is None:
+        raise ServiceError("runc is not installed (buildkitd runs build steps with it): run `make setup`")
+    d = state_dir("buildkit")
+    buildkit_socket().unlink(missing_ok=True)
+    config = d / "buildkitd.toml"
+    # Build steps run in the host's network namespace, so they reach loopback services (the local registry,
+    # over plain HTTP) exactly as the host does.
+    config.write_text(
+        f'root = "{d / "root"}"\n'
+        f'[grpc]\n  address = ["unix://{buildkit_socket()}"]\n'
+        '[worker.oci]\n  enabled = true\n  snapshotter = "auto"\n  gc = true\n  gckeepstorage = "10GB"\n'
+        "[worker.containerd]\n  enabled = false\n"
+        f'[registry."{registry_host()}"]\n  http = true\n  insecure = true\n'
+    )
+    pid = _spawn("buildkit", [str(binary), "--config", str(config)])
+    _wait("buildkit", buildkit_ok, pid, 60)
+
+
 def _docker_address() -> str:
     return "unix:///var/run/docker.sock"
 
@@ -646,6 +731,16 @@ SERVICES: dict[str, Service] = {
             "mlinfra services up kubernetes (binaries: make kube; containerd, CNI plugins: make setup)",
             depends=["registry"],
             stop=lambda: _node().stop(progress=lambda _m: None),
+        ),
+        Service(
+            "buildkit",
+            "BuildKit daemon (buildx builder for docker-build)",
+            buildkit_ok,
+            _start_buildkit,
+            lambda: f"unix://{buildkit_socket()} (buildx builder {buildx_builder()!r})",
+            "make services (buildkitd: make setup)",
+            depends=["registry"],
+            after=_register_builder,
         ),
     ]
 }

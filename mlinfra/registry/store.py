@@ -408,9 +408,14 @@ def open_store(uri: str, credential: str | None = None) -> Store:
     """
     u = urllib.parse.urlsplit(uri)
     if u.scheme == "file":
-        if not u.path.startswith("/"):
+        if not u.path.startswith("/") or u.netloc not in ("", "localhost"):
             raise ModelRegistryError(
                 f"registry URI {uri!r}: a file registry needs an absolute path, file:///abs/path"
+                + (
+                    f" ({u.netloc!r} would be read as a host name)"
+                    if u.netloc not in ("", "localhost")
+                    else ""
+                )
             )
         return LocalStore(Path(urllib.parse.unquote(u.path)))
     if u.scheme == "azblob":

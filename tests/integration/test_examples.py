@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pulumi import automation as auto
 
 from mlinfra.automation import local_stack
 
@@ -86,3 +87,47 @@ def test_platform_stack_previews_on_the_real_engine(tmp_path: Path, backend: Pat
     stack = local_stack(work, "dev", backend_dir=backend)
     preview = stack.preview()
     assert preview.change_summary.get("create", 0) >= 5, preview.change_summary
+
+
+def test_yaml_program_uses_mlinfras_components(tmp_path: Path, backend: Path, local_services) -> None:
+    """examples/yaml: a Pulumi YAML program registers a model, builds its image and serves it through mlinfra's
+    multi-language component package — real engine, YAML language host, component provider, Local Docker."""
+    from mlinfra.lab.samples import write_mlp
+    from mlinfra.registry import ModelRegistry
+    from tests.endpoint_helpers import score
+
+    local_services("docker", "registry", "python-base", "router-base")
+    work = tmp_path / "yaml"
+    shutil.copytree(
+        EXAMPLES / "yaml", work, ignore=shutil.ignore_patterns(".mlinfra", "Pulumi.*.yaml", "*.onnx")
+    )
+    project = work / "Pulumi.yaml"
+    project.write_text(
+        project.read_text().replace("../../mlinfra/package", str(EXAMPLES.parent / "mlinfra/package"))
+    )
+    stack = local_stack(work, "test", backend_dir=backend)
+    with pytest.raises(auto.CommandError) as missing:
+        stack.up()
+    assert "model.onnx" in str(missing.value) and "does not exist" in str(missing.value), (
+        "a wrong input in YAML gets mlinfra's own error, naming the value"
+    )
+    write_mlp(work / "model.onnx")  # the program's default modelPath, relative to the project
+    up = stack.up()
+    out = {k: v.value for k, v in up.outputs.items()}
+    assert out["modelRef"] == "yaml-mlp:1"
+    assert up.outputs["primaryKey"].secret, "the endpoint key stays a secret through the package"
+    status, body, _ = score(out["scoringUri"], out["primaryKey"])
+    assert status == 200 and len(body[0]) == 10, (status, body)
+    assert score(out["scoringUri"], None)[0] == 401
+    types = {r["type"] for r in stack.export_stack().deployment["resources"]}
+    for component in ("RegisteredModel", "ScoringImage", "CloudEndpoint"):
+        assert f"mlinfra:index:{component}" in types, f"{component} is served by the mlinfra package"
+    assert {"mlinfra:registry:RegisteredModel", "mlinfra:endpoints:CloudEndpoint"} <= types, (
+        "the Python components"
+    )
+    version = ModelRegistry(f"file://{work / '.mlinfra' / 'registry'}").resolve("yaml-mlp:1")
+    assert version.tags == {"team": "platform"}, "YAML maps reach the registry"
+    preview = stack.preview()
+    assert set(preview.change_summary) == {"same"}, preview.change_summary
+    stack.destroy()
+    assert stack.export_stack().deployment.get("resources") in (None, [])

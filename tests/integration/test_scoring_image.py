@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ import pytest
 from pulumi import automation as auto
 
 from mlinfra.automation import local_stack
-from mlinfra.images.builder import ImageBuildError, ImageSpec, ModelInput, build_and_push
+from mlinfra.images.builder import ImageBuildError, ImageSpec, ModelInput, build_and_push, inspect_image
 from mlinfra.lab import services
 from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelError, ModelRegistry
@@ -267,13 +266,16 @@ def test_images_list_finds_images_by_model(tmp_path: Path, services_up) -> None:
     assert result.image_ref not in {i["image_ref"] for i in json.loads(none)}
 
 
-def test_users_own_dockerfile_is_built_by_the_docker_engine(
+def test_users_own_dockerfile_is_built_by_docker_build(
     tmp_path: Path, backend: Path, program, services_up
 ) -> None:
+    """`dockerfile=` is a pulumi_docker_build.Image child built by BuildKit (the local buildkitd) and pushed: the image
+    runs and scores; a second `up` changes nothing; an edited Dockerfile rebuilds exactly the build and the image."""
     model_file = write_mlp(tmp_path / "model.onnx")
     repo = f"{services.registry_host()}/test/byo-{uuid.uuid4().hex[:8]}"
+    project = program("dockerfile-image")
     stack = local_stack(
-        program("dockerfile-image"),
+        project,
         "byo",
         backend_dir=backend,
         config={"path": str(model_file), "registry": f"file://{tmp_path / 'registry'}", "repository": repo},
@@ -281,9 +283,32 @@ def test_users_own_dockerfile_is_built_by_the_docker_engine(
     up = stack.up()
     ref = up.outputs["image_ref"].value
     assert ref.startswith(f"{repo}@sha256:")
+    resources = {r["urn"].rsplit("::", 1)[1]: r for r in stack.export_stack().deployment["resources"]}
+    build = resources["byo-build"]
+    assert build["type"] == "docker-build:index:Image", "the Dockerfile is built by a docker-build resource"
+    assert build["parent"] == resources["byo"]["urn"], "as the ScoringImage's child"
+    assert ref == f"{repo}@{build['outputs']['digest']}", (
+        "the image the component outputs is the one it pushed"
+    )
     _run_and_score(ref, model_file)
-    assert stack.up().summary.resource_changes == {"same": 5}, "unchanged inputs must not rebuild"
+    assert stack.up().summary.resource_changes == {"same": 6}, "unchanged inputs must not rebuild"
+
+    dockerfile = project / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + 'LABEL org.opencontainers.image.title="byo, edited"\n')
+    events: list = []
+    preview = stack.preview(on_event=events.append)
+    steps = {
+        e.resource_pre_event.metadata.urn.rsplit("::", 1)[1]: str(e.resource_pre_event.metadata.op)
+        for e in events
+        if e.resource_pre_event is not None
+    }
+    assert preview.change_summary == {"same": 4, "update": 2}, preview.change_summary
+    assert "update" in steps["byo-build"].lower() and "update" in steps["byo-image"].lower(), steps
+    edited = stack.up().outputs["image_ref"].value
+    assert edited != ref and edited.startswith(f"{repo}@sha256:"), "the edited Dockerfile is a new image"
+    assert inspect_image(edited)["labels"]["org.opencontainers.image.title"] == "byo, edited"
     stack.destroy()
+    assert stack.export_stack().deployment.get("resources") in (None, [])
 
 
 @pytest.fixture
@@ -361,8 +386,5 @@ def test_a_dockerfile_image_is_pushed_with_the_stacks_registry_login(
         "the login did not leak into Docker's configuration"
     )
     assert plaintext_secrets(backend, password) == [], "the password is a secret in the state"
-    assert not list(Path(tempfile.gettempdir()).glob("mlinfra-docker-ctx-*")), (
-        "the private configuration is gone"
-    )
-    assert stack.up().summary.resource_changes == {"same": 5}
+    assert stack.up().summary.resource_changes == {"same": 6}
     stack.destroy()

@@ -314,3 +314,13 @@ def test_a_version_being_deleted_gets_no_new_user(tmp_path: Path, reg: ModelRegi
     assert real_users("m", 1) == [], "the refused user left a record"
     with pytest.raises(ModelError, match="is being deleted \\(or is gone\\)"):
         other.add_user("m", 1, "late")
+
+
+@pytest.mark.parametrize("uri", ["file://relative/folder", "file://.mlinfra/registry", "file:relative"])
+def test_a_file_registry_uri_must_be_absolute(uri: str) -> None:
+    """file://.mlinfra/registry reads ".mlinfra" as a host and would write under /registry: refused, naming why."""
+    from mlinfra.errors import ModelRegistryError
+    from mlinfra.registry.store import open_store
+
+    with pytest.raises(ModelRegistryError, match="absolute path, file:///abs/path"):
+        open_store(uri)
