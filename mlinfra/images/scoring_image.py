@@ -255,6 +255,8 @@ def _docker_build(
     except (ImageBuildError, OciRegistryError) as e:
         raise ImageBuildError(f"ScoringImage {name}: base image {base}: {e}") from None
     host = split_ref(repository + ":x")[0]
+    builder = args.builder or defaults.buildx_builder()
+    check_builder(f"ScoringImage {name}", builder)
     if not args.registry_username:
         _check_anonymous_push(name, host)
     where = Path(".mlinfra") / "contexts" / pulumi.get_stack() / name
@@ -291,10 +293,40 @@ def _docker_build(
         labels=staged["labels"],
         tags=staged["tags"],
         push=True,
-        builder=docker_build.BuilderConfigArgs(name=args.builder or defaults.buildx_builder()),
+        builder=docker_build.BuilderConfigArgs(name=builder),
         registries=registries,
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+def check_builder(where: str, builder: str) -> None:
+    """The buildx builder instance BUILDER must be registered, and a local one (unix socket) must answer: else the
+    preview fails naming it and the fix, not BuildKit's "failed to find driver" mid-build."""
+    import json
+    import socket
+
+    path = defaults.buildx_config_dir() / "instances" / builder
+    try:
+        instance = json.loads(path.read_text())
+        endpoints = [str(n.get("Endpoint") or "") for n in instance.get("Nodes") or []]
+    except FileNotFoundError:
+        raise ImageBuildError(
+            f"{where}: no buildx builder {builder!r} in {path.parent}: `make services` (or `mlinfra services up "
+            "buildkit`) runs and registers the local one; or give `builder` the name of one of yours"
+        ) from None
+    except (OSError, ValueError, AttributeError) as e:
+        raise ImageBuildError(f"{where}: buildx builder {builder!r} ({path}) cannot be read: {e}") from None
+    for endpoint in endpoints:
+        if endpoint.startswith("unix://"):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(2)
+                try:
+                    sock.connect(endpoint.removeprefix("unix://"))
+                except OSError as e:
+                    raise ImageBuildError(
+                        f"{where}: buildx builder {builder!r} does not answer at {endpoint} ({e.strerror or e}): "
+                        "start it (`mlinfra services up buildkit` for the local one)"
+                    ) from None
 
 
 def _check_anonymous_push(name: str, host: str) -> None:

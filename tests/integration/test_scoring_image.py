@@ -31,7 +31,7 @@ DOCKER = "/usr/bin/docker"
 
 @pytest.fixture
 def services_up(local_services) -> None:
-    local_services("docker", "registry", "python-base")
+    local_services("docker", "registry", "python-base", "buildkit")
 
 
 def _infer(port: int, rows: np.ndarray) -> np.ndarray:

@@ -72,3 +72,24 @@ def test_bad_input_names_the_value(tmp_path: Path, kwargs: dict, message: str) -
         resolve(build)
     assert message in str(e.value)
     assert "pulumi-python:dynamic:Resource" not in [t for t, n, _ in mocks.created if n == "scorer-image"]
+
+
+def test_a_missing_or_silent_buildx_builder_is_named_with_the_fix(tmp_path, monkeypatch) -> None:
+    import json
+
+    from mlinfra.errors import ImageBuildError
+    from mlinfra.images.scoring_image import check_builder
+
+    monkeypatch.setenv("BUILDX_CONFIG", str(tmp_path))
+    with pytest.raises(ImageBuildError, match=r"no buildx builder 'mine'.*mlinfra services up buildkit"):
+        check_builder("ScoringImage x", "mine")
+    (tmp_path / "instances").mkdir()
+    sock = tmp_path / "gone.sock"
+    (tmp_path / "instances" / "mine").write_text(
+        json.dumps({"Name": "mine", "Driver": "remote", "Nodes": [{"Endpoint": f"unix://{sock}"}]})
+    )
+    with pytest.raises(ImageBuildError, match=r"'mine' does not answer at unix://"):
+        check_builder("ScoringImage x", "mine")
+    (tmp_path / "instances" / "mine").write_text("{not json")
+    with pytest.raises(ImageBuildError, match="cannot be read"):
+        check_builder("ScoringImage x", "mine")
