@@ -194,6 +194,20 @@ class ScoringImageProvider(ResourceProvider):
         # The image stays in the OCI registry (a record, like model versions); the models are no longer used by it.
         if props.get("image_ref"):
             _users(props, props["image_ref"], add=False)
+        _remove_staged_context(props.get("staged_context"))
+
+
+def _remove_staged_context(staged: str | None) -> None:
+    """The staged build context of a Dockerfile image (under the project's .mlinfra/contexts/) goes with it."""
+    import shutil
+
+    if not staged:
+        return
+    path = Path(staged)
+    if path.is_absolute() or ".." in path.parts or path.parts[:2] != (".mlinfra", "contexts"):
+        return  # only ever a folder this provider's component staged
+    shutil.rmtree(path, ignore_errors=True)
+    path.with_name(path.name + ".key").unlink(missing_ok=True)
 
 
 class ScoringImageResource(Resource):

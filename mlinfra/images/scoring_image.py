@@ -142,10 +142,12 @@ class ScoringImage(pulumi.ComponentResource):
         models = _model_refs(name, args)
         self.build: Any = None
         built_digest: Any = None
+        staged_at: str | None = None
         if dockerfile is not None:
             assert context is not None
             self.build = _docker_build(self, name, args, repository, dockerfile, context, models)
             built_digest = self.build.digest
+            staged_at = _staging_folder(name).as_posix()
         self.image: ScoringImageResource | None = ScoringImageResource(
             f"{name}-image",
             {
@@ -168,6 +170,7 @@ class ScoringImage(pulumi.ComponentResource):
                 else None,
                 "import_digest": _import_digest(name, args.import_digest),
                 "built_digest": built_digest,
+                "staged_context": staged_at,
                 "image_ref": None,
                 "digest": None,
                 "image_labels": None,
@@ -259,7 +262,7 @@ def _docker_build(
     check_builder(f"ScoringImage {name}", builder)
     if not args.registry_username:
         _check_anonymous_push(name, host)
-    where = Path(".mlinfra") / "contexts" / pulumi.get_stack() / name
+    where = _staging_folder(name)
     context_sha = _sha_dir(context, dockerfile)
 
     def inputs(refs: list[dict[str, Any]]) -> list[ModelInput]:
@@ -297,6 +300,12 @@ def _docker_build(
         registries=registries,
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+def _staging_folder(name: str) -> Path:
+    """Where a Dockerfile's build context is staged, relative to the project (the engine runs programs and
+    providers there), so the state does not depend on the checkout's path."""
+    return Path(".mlinfra") / "contexts" / pulumi.get_stack() / name
 
 
 def check_builder(where: str, builder: str) -> None:

@@ -20,6 +20,8 @@ from mlinfra.endpoints.cloud_endpoint import LocalDocker as _LocalDocker
 from mlinfra.errors import UserError
 from mlinfra.images.scoring_image import ScoringImage as _ScoringImage
 from mlinfra.images.scoring_image import ScoringImageArgs as _ScoringImageArgs
+from mlinfra.monitoring.data_collection import DataCollection as _DataCollection
+from mlinfra.monitoring.data_collection import DataCollectionArgs as _DataCollectionArgs
 from mlinfra.registry.registered_model import RegisteredModel as _RegisteredModel
 from mlinfra.registry.registered_model import RegisteredModelArgs as _RegisteredModelArgs
 
@@ -131,6 +133,21 @@ class ScoringImage(pulumi.ComponentResource):
         self.register_outputs({"image_ref": self.image_ref, "digest": self.digest})
 
 
+class DataCollectionArgs(TypedDict):
+    storage: NotRequired[str]
+    """azblob://ACCOUNT/CONTAINER[/PREFIX]?endpoint=URL or file:///folder. Default: the stack's
+    mlinfra:collectionStorage config, else the project's .mlinfra/collected. The account key is the stack's secret
+    config mlinfra:collectionCredential (never a plain input)."""
+    sample_rate: NotRequired[float]
+    """Share of scored requests captured, in [0, 1]. Default: 1."""
+    capture: NotRequired[list[str]]
+    """"inputs", "outputs" or both (the default)."""
+    headers: NotRequired[list[str]]
+    """Request headers recorded with each record (never Authorization)."""
+    otlp_endpoint: NotRequired[str]
+    """Also export metrics and request traces over OTLP/HTTP to this collector."""
+
+
 class CloudEndpointArgs(TypedDict):
     image: pulumi.Input[str]
     """The image to serve (a ScoringImage's ``image_ref``)."""
@@ -148,6 +165,8 @@ class CloudEndpointArgs(TypedDict):
     """Default: <resource name>-<stack>."""
     env: NotRequired[dict[str, str]]
     """Extra environment of the scoring servers."""
+    data_collection: NotRequired[DataCollectionArgs]
+    """Capture sampled inputs/outputs to blob storage (a DataCollection child, ``<name>-collection``)."""
 
 
 class CloudEndpoint(pulumi.ComponentResource):
@@ -161,12 +180,32 @@ class CloudEndpoint(pulumi.ComponentResource):
     """host:port of the gRPC service."""
     primary_key: pulumi.Output[str]
     """Bearer key (a secret)."""
+    collected_to: pulumi.Output[str]
+    """Where the data collection writes (its container URI); empty without one."""
 
     def __init__(self, name: str, args: CloudEndpointArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlinfra:index:CloudEndpoint", name, {}, opts)
         target: _LocalDocker | _Kubernetes = _LocalDocker(port=args.get("port"))
         if args.get("kubeconfig"):
             target = _Kubernetes(kubeconfig=args.get("kubeconfig"), namespace=args.get("namespace"))
+        collection = None
+        wanted = args.get("data_collection")
+        if wanted is not None:
+            if not isinstance(wanted, dict):
+                raise UserError(
+                    f"CloudEndpoint {name}: data_collection must be an object of literal settings"
+                )
+            collection = _DataCollection(
+                f"{name}-collection",
+                _DataCollectionArgs(
+                    storage=wanted.get("storage"),
+                    sample_rate=wanted.get("sample_rate", 1.0),
+                    capture=list(wanted.get("capture") or ["inputs", "outputs"]),
+                    headers=list(wanted.get("headers") or []),
+                    otlp_endpoint=wanted.get("otlp_endpoint"),
+                ),
+                _child(self),
+            )
         endpoint = _CloudEndpoint(
             name,
             _CloudEndpointArgs(
@@ -180,6 +219,7 @@ class CloudEndpoint(pulumi.ComponentResource):
                 target=target,
                 auth=args.get("auth") or "key",
                 endpoint_name=args.get("endpoint_name"),
+                data_collection=collection,
             ),
             _child(self),
         )
@@ -187,6 +227,9 @@ class CloudEndpoint(pulumi.ComponentResource):
         self.openapi_uri = endpoint.openapi_uri
         self.grpc_uri = endpoint.grpc_uri.apply(lambda u: u or "")
         self.primary_key = endpoint.primary_key.apply(lambda k: k or "")
+        self.collected_to = (
+            collection.container_uri if collection is not None else pulumi.Output.from_input("")
+        )
         self.register_outputs(
             {
                 "scoring_uri": self.scoring_uri,

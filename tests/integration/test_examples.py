@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,16 @@ def test_yaml_program_uses_mlinfras_components(tmp_path: Path, backend: Path, lo
     status, body, _ = score(out["scoringUri"], out["primaryKey"])
     assert status == 200 and len(body[0]) == 10, (status, body)
     assert score(out["scoringUri"], None)[0] == 401
+    collected = Path(out["collectedTo"].removeprefix("file://"))
+    assert collected.is_relative_to(work), "the default collection folder is the project's"
+    deadline = time.monotonic() + 60
+    while (
+        not (records := [p for p in collected.rglob("*.jsonl") if p.stat().st_size])
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    assert records, f"the scored request is captured under {collected}"
+    assert "yaml-mlp" in records[0].as_posix(), records[0]
     types = {r["type"] for r in stack.export_stack().deployment["resources"]}
     for component in ("RegisteredModel", "ScoringImage", "CloudEndpoint"):
         assert f"mlinfra:index:{component}" in types, f"{component} is served by the mlinfra package"

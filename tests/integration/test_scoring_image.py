@@ -307,8 +307,13 @@ def test_users_own_dockerfile_is_built_by_docker_build(
     edited = stack.up().outputs["image_ref"].value
     assert edited != ref and edited.startswith(f"{repo}@sha256:"), "the edited Dockerfile is a new image"
     assert inspect_image(edited)["labels"]["org.opencontainers.image.title"] == "byo, edited"
+    staged = project / ".mlinfra" / "contexts" / "byo" / "byo"
+    assert (staged / "mlinfra" / "models" / "mlp" / "1").is_dir(), (
+        "the verified model is staged in the context"
+    )
     stack.destroy()
     assert stack.export_stack().deployment.get("resources") in (None, [])
+    assert not staged.exists(), "destroy removes the staged build context"
 
 
 @pytest.fixture

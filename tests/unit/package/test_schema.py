@@ -33,7 +33,12 @@ def test_the_package_serves_three_components_with_language_neutral_inputs() -> N
     assert {"imageRef", "digest"} <= set(image["properties"])
     endpoint = resources["mlinfra:index:CloudEndpoint"]
     assert endpoint["requiredInputs"] == ["image"]
-    assert {"scoringUri", "primaryKey", "grpcUri"} <= set(endpoint["properties"])
+    assert {"scoringUri", "primaryKey", "grpcUri", "collectedTo"} <= set(endpoint["properties"])
+    collection = endpoint["inputProperties"]["dataCollection"]["$ref"].rsplit("/", 1)[1]
+    assert {"storage", "sampleRate", "capture", "headers"} <= set(schema["types"][collection]["properties"])
+    assert "storageCredential" not in schema["types"][collection]["properties"], (
+        "keys come from secret config"
+    )
 
 
 def test_the_plugin_folder_is_a_python_plugin() -> None:
