@@ -37,6 +37,9 @@ MSG
     exit 1
   fi
 }
+gobuild() { # gobuild MODULE_DIR TAGS VERSION_VAR=VALUE OUTDIR PKG: a plugin or daemon, release flags, in its wrapper module
+  (cd "$ROOT/$1" && CGO_ENABLED=0 go build -trimpath -tags "$2" -ldflags "-s -w -X $3" -o "$4/" "$5")
+}
 build() { # build OUTDIR PKG... (release flags)
   local out=$1; shift
   CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
@@ -108,10 +111,8 @@ if [ ! -x "$PULUMI_HOME/plugins/resource-docker-build-v$DV/pulumi-resource-docke
   if [ ! -x "$DBIN/pulumi-resource-docker-build" ]; then
     echo "engine: building the docker-build plugin v$DV into $DBIN (cold: a few minutes; ~2 min with warm Go caches)"
     mkdir -p "$DBIN"
-    (cd "$ROOT/engine/docker-build"
-     CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
-       -ldflags "-s -w -X github.com/pulumi/pulumi-docker-build/provider.Version=$DV" \
-       -o "$DBIN/" ./cmd/pulumi-resource-docker-build)
+    gobuild engine/docker-build osusergo,grpcnotrace "github.com/pulumi/pulumi-docker-build/provider.Version=$DV" \
+      "$DBIN" ./cmd/pulumi-resource-docker-build
   fi
   "$BIN/pulumi" plugin install resource docker-build "$DV" --file "$DBIN/pulumi-resource-docker-build" >/dev/null
 fi
@@ -124,9 +125,8 @@ if [ ! -x "$BKBIN/buildkitd" ]; then
   need_go
   echo "engine: building buildkitd $BV into $BKBIN (cold: a few minutes; ~1 min with warm Go caches)"
   mkdir -p "$BKBIN.tmp"
-  (cd "$ROOT/engine/buildkit"
-   CGO_ENABLED=0 go build -trimpath -tags osusergo,netgo \
-     -ldflags "-s -w -X github.com/moby/buildkit/version.Version=$BV" -o "$BKBIN.tmp/" github.com/moby/buildkit/cmd/buildkitd)
+  gobuild engine/buildkit osusergo,netgo "github.com/moby/buildkit/version.Version=$BV" "$BKBIN.tmp" \
+    github.com/moby/buildkit/cmd/buildkitd
   rm -rf "$BKBIN" && mv "$BKBIN.tmp" "$BKBIN"
 fi
 ln -sfn "$BKBIN" "$CACHE/engine/buildkit-$BV"
@@ -142,10 +142,8 @@ if [ "$("$BIN/pulumi-language-yaml" -version 2>/dev/null || true)" != "v$YV" ] \
   if [ ! -x "$YBIN/pulumi-language-yaml" ]; then
     echo "engine: building the Pulumi YAML language host v$YV into $YBIN (cold: a few minutes; ~1 min with warm Go caches)"
     mkdir -p "$YBIN"
-    (cd "$ROOT/engine/yaml"
-     CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
-       -ldflags "-s -w -X github.com/pulumi/pulumi-yaml/pkg/version.Version=v$YV" \
-       -o "$YBIN/" github.com/pulumi/pulumi-yaml/cmd/pulumi-language-yaml)
+    gobuild engine/yaml osusergo,grpcnotrace "github.com/pulumi/pulumi-yaml/pkg/version.Version=v$YV" "$YBIN" \
+      github.com/pulumi/pulumi-yaml/cmd/pulumi-language-yaml
   fi
   case "$BIN" in
     "$CACHE"/*) install -m 0755 "$YBIN/pulumi-language-yaml" "$BIN/" && echo "$YV" > "$BIN/.yaml-version" ;;
