@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -292,6 +293,12 @@ def test_users_own_dockerfile_is_built_by_docker_build(
     )
     _run_and_score(ref, model_file)
     assert stack.up().summary.resource_changes == {"same": 6}, "unchanged inputs must not rebuild"
+    moved = tmp_path / "another-checkout"
+    shutil.copytree(project, moved, ignore=shutil.ignore_patterns(".mlinfra"))
+    elsewhere = local_stack(moved, "byo", backend_dir=backend).preview()
+    assert elsewhere.change_summary == {"same": 6}, (
+        "the same program in another folder stages a byte-identical context: no change"
+    )
 
     dockerfile = project / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + 'LABEL org.opencontainers.image.title="byo, edited"\n')
