@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,5 +144,31 @@ def test_yaml_program_uses_mlinfras_components(tmp_path: Path, backend: Path, lo
     assert version.tags == {"team": "platform"}, "YAML maps reach the registry"
     preview = stack.preview()
     assert set(preview.change_summary) == {"same"}, preview.change_summary
+    # GitOps on a YAML stack: `mlinfra preview` reads the Python components under the package's wrappers.
+    summary = tmp_path / "preview.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlinfra.cli",
+            "preview",
+            "--stack",
+            "test",
+            "--dir",
+            str(work),
+            "--json",
+            str(summary),
+        ],
+        env={**os.environ, "PULUMI_BACKEND_URL": f"file://{backend}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    plan = json.loads(summary.read_text())
+    assert [m["name"] for m in plan["models"]] == ["model"] and plan["models"][0]["op"] == "same", plan[
+        "models"
+    ]
+    assert plan["endpoints"][0]["traffic_after"] == {"main": 100.0}, plan["endpoints"]
     stack.destroy()
     assert stack.export_stack().deployment.get("resources") in (None, [])
