@@ -132,8 +132,43 @@ def cmd_alias(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_key(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{what} {path!r} cannot be read: {e}") from None
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from mlinfra.registry.signing import sign_version
+
+    reg = _registry(args)
+    mv = reg.resolve(args.ref)
+    password = os.environ.get("MLINFRA_SIGNING_KEY_PASSWORD") or None
+    kid = sign_version(reg, mv.name, mv.version, _read_key(args.key, "--key"), password)
+    if args.json:
+        print(json.dumps({"model": f"{mv.name}:{mv.version}", "key_id": kid}))
+    else:
+        print(f"signed {mv.name}:{mv.version} with key {kid[:16]}… (the version is unchanged)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mlinfra.registry.signing import verify_version
+
+    reg = _registry(args)
+    mv = reg.resolve(args.ref)
+    result = verify_version(reg, mv.name, mv.version, _read_key(args.public_key, "--public-key"))
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        verdict = "verified" if result.ok else "REFUSED"
+        print(f"{mv.name}:{mv.version} {verdict} for key {result.key_id[:16]}…: {result.reason}")
+    return 0 if result.ok else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="register, list, show, download and search models")
+    models = sub.add_parser("models", help="register, list, show, download, search, sign and verify models")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -183,6 +218,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--delete", action="store_true")
     common(p)
     p.set_defaults(func=cmd_alias)
+
+    p = msub.add_parser(
+        "sign",
+        help="sign NAME[:VERSION|@ALIAS] with an EC private key (PEM file; its password in "
+        "$MLINFRA_SIGNING_KEY_PASSWORD): adds an OpenSSF model-signing bundle, never changes the version",
+    )
+    p.add_argument("ref")
+    p.add_argument("--key", required=True, help="private key (PEM) file")
+    common(p)
+    p.set_defaults(func=cmd_sign)
+
+    p = msub.add_parser(
+        "verify",
+        help="check a version's files against its signature by the owner of PUBLIC_KEY (exit 1: refused)",
+    )
+    p.add_argument("ref")
+    p.add_argument("--public-key", required=True, help="public key (PEM) file")
+    common(p)
+    p.set_defaults(func=cmd_verify)
 
     p = msub.add_parser("search", help="versions whose tags and properties match all of the given ones")
     p.add_argument("--tag", action="append", metavar="K=V")

@@ -207,6 +207,52 @@ class ModelAliasProvider(ResourceProvider):
         _registry(props).delete_alias(props["model_name"], props["alias"])
 
 
+class ModelSignatureProvider(ResourceProvider):
+    """One signer's signature of a RegisteredModel's current version (mlinfra.registry.signing). A new version or
+    another key signs again; the bundles stay in the registry when the resource goes (signatures are a record)."""
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        keys = ("model_name", "registry", "version", "sha256", "key_id")
+        changed = [k for k in keys if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(changed) or observed_drift(olds, news), replaces=[])
+
+    def _sign(self, props: dict[str, Any]) -> dict[str, Any]:
+        from mlinfra.registry.signing import sign_version
+
+        kid = sign_version(_registry(props), props["model_name"], int(props["version"]), props["signing_key"])
+        if kid != props["key_id"]:  # the key changed between preview and update
+            raise ModelError("the signing key changed between preview and update: run the update again")
+        return {**props, "observed": "present"}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(
+            id_=f"{props['model_name']}:{int(props['version'])}:{props['key_id']}", outs=self._sign(props)
+        )
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._sign(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """`pulumi refresh`: the bundle is still beside the version."""
+        from mlinfra.registry.signing import signatures
+
+        present = props["key_id"] in signatures(_registry(props), props["model_name"], int(props["version"]))
+        observed = "present" if present else "signature missing"
+        if not present:
+            say_drift(
+                f"{props['model_name']}:{int(props['version'])}", observed, "`pulumi up` signs it again"
+            )
+        return ReadResult(id_, {**props, "observed": observed})
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        pass
+
+
+class ModelSignatureResource(Resource):
+    def __init__(self, name: str, props: dict[str, Any], opts: ResourceOptions | None = None):
+        super().__init__(ModelSignatureProvider(), name, props, opts)
+
+
 class ModelVersionResource(Resource):
     """The dynamic resource behind RegisteredModel (type pulumi-python:dynamic:ModelVersionResource)."""
 

@@ -51,6 +51,10 @@ class RegisteredModelArgs:
     (its metadata set as declared), nothing uploaded; fails if the version's content is not ``path``'s. mlinfra's
     form of `pulumi import` (the engine can't import dynamic-provider resources: pulumi/pulumi#16175). Without the
     file: `mlinfra models download NAME:VERSION FILE` first. Read only at create."""
+    signing_key: pulumi.Input[str] | None = None
+    """Sign the version with this elliptic-curve private key (PEM; made a Pulumi secret): an OpenSSF model-signing
+    bundle over every file, stored beside the version (docs/provenance.md). A new version is signed at its `up`;
+    a new key adds its signature. Default: the stack's secret `mlinfra:signingKey`, else unsigned."""
     delete_versions_on_destroy: bool = False
     """Default: False — `pulumi destroy` keeps every stored version (a registry is a record). True deletes the
     versions of this model that no image or endpoint uses."""
@@ -175,6 +179,14 @@ class RegisteredModel(pulumi.ComponentResource):
             pulumi.ResourceOptions(parent=self, additional_secret_outputs=["registry_credential"]),
         )
         mv: Any = self.model_version
+        self.signed_by: pulumi.Output[list[str]] = pulumi.Output.from_input([])
+        key = (
+            args.signing_key
+            if args.signing_key is not None
+            else pulumi.Config("mlinfra").get_secret("signingKey")
+        )
+        if key is not None:
+            self.signed_by = self._sign(name, model_name, registry, credential, mv, key)
         # Numbers cross the engine as float64: give users the ints they expect.
         self._finish(
             version=mv.version.apply(as_int),
@@ -189,6 +201,36 @@ class RegisteredModel(pulumi.ComponentResource):
             credential=credential,
             properties=mv.properties,
         )
+
+    def _sign(self, name: str, model_name: str, registry: str, credential: Any, mv: Any, key: Any) -> Any:
+        from mlinfra.registry.provider import ModelSignatureResource
+        from mlinfra.registry.signing import SignatureError, key_id, public_key_of
+
+        def kid(pem: str) -> str:
+            try:
+                return key_id(public_key_of(pem))
+            except SignatureError as e:
+                raise ModelError(f"RegisteredModel {name}: signing_key: {e}") from None
+
+        secret_key = pulumi.Output.secret(key)
+        signer = ModelSignatureResource(
+            f"{name}-signature",
+            {
+                "model_name": model_name,
+                "registry": registry,
+                "registry_credential": credential,
+                "version": mv.version,
+                "sha256": mv.sha256,
+                "signing_key": secret_key,
+                # The key's id is public (it names the signer in previews and refusals).
+                "key_id": pulumi.Output.unsecret(secret_key.apply(kid)),
+            },
+            pulumi.ResourceOptions(
+                parent=self, additional_secret_outputs=["signing_key", "registry_credential"]
+            ),
+        )
+        sig: Any = signer
+        return sig.key_id.apply(lambda k: [k])
 
     def _init_pinned(
         self,
@@ -279,6 +321,7 @@ class RegisteredModel(pulumi.ComponentResource):
                 "properties": self.properties,
                 "model_name": self.model_name,
                 "registry": self.registry,
+                "signed_by": getattr(self, "signed_by", None),
             }
         )
 

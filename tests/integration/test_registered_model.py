@@ -214,3 +214,70 @@ def test_wrong_key_and_unreachable_registry_name_the_registry_not_the_key(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "is unreachable at http://127.0.0.1:9" in err
     assert services.AZURITE_KEY not in err
+
+
+def _ec_keypair(d: Path, name: str) -> tuple[str, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    k = ec.generate_private_key(ec.SECP256R1())
+    private = k.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = d / f"{name}.pub.pem"
+    public.write_bytes(
+        k.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+def test_a_version_is_signed_at_up_and_a_new_signer_adds_a_signature(
+    tmp_path: Path, backend: Path, registry, program
+) -> None:
+    """signing_key (a secret) signs the version at `up`; `mlinfra models verify` accepts it with the public key and
+    refuses another key; a second up changes nothing; a new key adds its signature without a new version; a
+    tampered blob is refused; the key never reaches the state in plain text."""
+    from mlinfra.registry.signing import key_id
+    from tests.state_helpers import plaintext_secrets
+
+    key_a, pub_a = _ec_keypair(tmp_path, "a")
+    key_b, pub_b = _ec_keypair(tmp_path, "b")
+    model = write_mlp(tmp_path / "mlp.onnx")
+    stack = _stack(
+        program("registered-model"), backend, registry, model,
+        signing_key=auto.ConfigValue(value=key_a, secret=True),
+    )  # fmt: skip
+    up = stack.up()
+    assert up.outputs["signed_by"].value == [key_id(pub_a.read_text())]
+    uri, cred = registry
+    env = {**os.environ, **({"MLINFRA_REGISTRY_CREDENTIAL": cred} if cred else {})}
+
+    def verify(public: Path) -> tuple[int, dict]:
+        res = subprocess.run(
+            [sys.executable, "-m", "mlinfra.cli", "models", "verify", "mlp:1", "--public-key", str(public),
+             "--registry", uri, "--json"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        return res.returncode, json.loads(res.stdout or "{}")
+
+    assert verify(pub_a) == (0, verify(pub_a)[1]) and verify(pub_a)[1]["ok"]
+    rc, out = verify(pub_b)
+    assert rc == 1 and "no signature by key" in out["reason"], out
+    assert plaintext_secrets(backend, key_a.strip().splitlines()[1]) == [], "the signing key is a secret"
+    assert stack.up().summary.resource_changes == {"same": 4}
+
+    stack.set_config("signing_key", auto.ConfigValue(value=key_b, secret=True))
+    up = stack.up()
+    assert up.summary.resource_changes == {"same": 3, "update": 1}, "only the signature changes"
+    assert up.outputs["version"].value == 1, "signing never makes a new version"
+    assert verify(pub_a)[0] == 0 and verify(pub_b)[0] == 0, "the first signer's signature stays"
+
+    reg = ModelRegistry(uri, cred)
+    blob = next(k for k in reg.store.list("blobs/"))
+    data, _ = reg.store.get(blob)
+    reg.store.put(blob, data[:-1] + bytes([data[-1] ^ 1]))
+    rc, out = verify(pub_b)
+    assert rc == 1 and "corrupt" in out["reason"], out
+    stack.destroy()

@@ -15,6 +15,7 @@ model = mlinfra.RegisteredModel(
         description=config.get("description") or "",
         framework=config.get("framework") or "onnx",
         delete_versions_on_destroy=config.get_bool("delete_on_destroy") or False,
+        signing_key=config.get_secret("signing_key"),
     ),
 )
 if config.get("alias_version"):
@@ -27,3 +28,4 @@ pulumi.export("sha256", model.sha256)
 pulumi.export("uri", model.uri)
 pulumi.export("signature", model.signature)
 pulumi.export("tags", model.tags)
+pulumi.export("signed_by", model.signed_by)

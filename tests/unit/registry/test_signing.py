@@ -1,0 +1,121 @@
+"""Signed versions: model-signing bundles made with an EC key, kept beside the version, checked on its files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from mlinfra.lab.samples import write_mlp
+from mlinfra.registry import ModelRegistry
+from mlinfra.registry.signing import SignatureError, key_id, sign_version, signatures, verify_version
+
+
+def _keypair() -> tuple[str, str]:
+    k = ec.generate_private_key(ec.SECP256R1())
+    private = k.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        k.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> ModelRegistry:
+    r = ModelRegistry(f"file://{tmp_path / 'registry'}")
+    r.register("mlp", write_mlp(tmp_path / "mlp.onnx"))
+    return r
+
+
+def test_a_signed_version_verifies_with_its_key_only(reg: ModelRegistry) -> None:
+    private, public = _keypair()
+    record_before = reg.get("mlp", 1)
+    kid = sign_version(reg, "mlp", 1, private)
+    assert kid == key_id(public)
+    assert reg.get("mlp", 1) == record_before, "signing never changes the version"
+    ok = verify_version(reg, "mlp", 1, public)
+    assert ok.ok and ok.signers == [kid], ok
+    _, other = _keypair()
+    refused = verify_version(reg, "mlp", 1, other)
+    assert not refused.ok and f"no signature by key {key_id(other)[:16]}" in refused.reason
+    assert kid[:16] in refused.reason, "the refusal names who did sign"
+
+
+def test_a_second_signer_adds_a_signature(reg: ModelRegistry) -> None:
+    (p1, pub1), (p2, pub2) = _keypair(), _keypair()
+    sign_version(reg, "mlp", 1, p1)
+    sign_version(reg, "mlp", 1, p2)
+    assert set(signatures(reg, "mlp", 1)) == {key_id(pub1), key_id(pub2)}
+    assert verify_version(reg, "mlp", 1, pub1).ok and verify_version(reg, "mlp", 1, pub2).ok
+
+
+def test_unsigned_tampered_and_bad_keys_are_refused_with_the_reason(
+    reg: ModelRegistry, tmp_path: Path
+) -> None:
+    private, public = _keypair()
+    assert verify_version(reg, "mlp", 1, public).reason == "the version is not signed"
+    sign_version(reg, "mlp", 1, private)
+    # A forged bundle: the signed statement of another model's files, stored under this key's id.
+    reg.register("other", write_mlp(tmp_path / "other.onnx", hidden=32))
+    sign_version(reg, "other", 1, private)
+    forged = signatures(reg, "other", 1)[key_id(public)]
+    reg.store.put(f"models/mlp/signatures/{1:010d}/{key_id(public)}.json", forged)
+    bad = verify_version(reg, "mlp", 1, public)
+    assert not bad.ok and "does not match" in bad.reason, bad.reason
+    with pytest.raises(SignatureError, match="not a PEM public key"):
+        verify_version(reg, "mlp", 1, "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    with pytest.raises(SignatureError, match="elliptic-curve") as e:
+        sign_version(reg, "mlp", 1, pem)
+    assert "PRIVATE KEY" not in str(e.value), "the key never appears in an error"
+    with pytest.raises(SignatureError, match="not a PEM private key"):
+        sign_version(reg, "mlp", 1, "garbage")
+
+
+def test_a_tampered_blob_fails_verification(reg: ModelRegistry) -> None:
+    private, public = _keypair()
+    sign_version(reg, "mlp", 1, private)
+    blob = next(k for k in reg.store.list("blobs/"))
+    data, _ = reg.store.get(blob)
+    reg.store.put(blob, data[:-1] + bytes([data[-1] ^ 1]))
+    bad = verify_version(reg, "mlp", 1, public)
+    assert not bad.ok and "corrupt" in bad.reason, bad.reason
+
+
+def test_the_model_signing_cli_accepts_mlinfras_bundle(reg: ModelRegistry, tmp_path: Path) -> None:
+    """Interop: upstream's own verifier (the `model_signing` CLI) accepts the bundle on the downloaded files."""
+    private, public = _keypair()
+    kid = sign_version(reg, "mlp", 1, private)
+    (tmp_path / "pub.pem").write_text(public)
+    (tmp_path / "sig.json").write_bytes(signatures(reg, "mlp", 1)[kid])
+    assert json.loads((tmp_path / "sig.json").read_text())["mediaType"].startswith(
+        "application/vnd.dev.sigstore"
+    )
+    model = reg.download("mlp:1", (tmp_path / "dl").mkdir() or tmp_path / "dl")
+    cli = Path(sys.executable).parent / "model_signing"
+    res = subprocess.run(
+        [str(cli), "verify", "key", "--signature", str(tmp_path / "sig.json"), "--public_key",
+         str(tmp_path / "pub.pem"), str(model)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    _, other = _keypair()
+    (tmp_path / "other.pem").write_text(other)
+    res = subprocess.run(
+        [str(cli), "verify", "key", "--signature", str(tmp_path / "sig.json"), "--public_key",
+         str(tmp_path / "other.pem"), str(model)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode != 0, "another key is refused by upstream too"
