@@ -729,6 +729,21 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
             raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
 
 
+def check_trusted(models: list[ModelInput], trusted: list[str]) -> None:
+    """With trusted keys, every model must carry a valid signature by one of them: else ImageBuildError naming the
+    version and why (mlinfra.registry.signing). Nothing is packaged before this passes."""
+    if not trusted:
+        return
+    from mlinfra.registry.signing import SignatureError, require_trusted
+
+    for m in models:
+        reg, _mv = _resolve_model(m)
+        try:
+            require_trusted(reg, m.name, m.version, trusted)
+        except SignatureError as e:
+            raise ImageBuildError(f"refusing to package: {e}") from None
+
+
 def stage_docker_context(spec: ImageSpec, context: Path, dest: Path, context_sha256: str) -> str:
     """Stage the build context of a user's Dockerfile in DEST (see :func:`docker_context`) unless DEST already holds
     exactly these inputs; returns their key (sha256 of the models, requirements, scoring server and the user's

@@ -25,6 +25,7 @@ from mlinfra.images.builder import (
     ModelInput,
     _client,
     build_and_push,
+    check_trusted,
     inspect_image,
     pin_base,
     split_ref,
@@ -152,6 +153,7 @@ class ScoringImageProvider(ResourceProvider):
             # The docker-build child built and pushed it: check it is there and packages the declared versions.
             result = self._adopt(props, props["built_digest"], what="record the docker-build image")
         else:
+            check_trusted(_spec(props).models, list(props.get("trusted_keys") or []))
             result = build_and_push(_spec(props))
         _users(props, result.image_ref, add=True)
         return {

@@ -24,6 +24,7 @@ from mlinfra.images.builder import (
     ModelInput,
     check_requirement,
     check_script,
+    check_trusted,
     inspect_image,
     model_labels,
     pin_base,
@@ -72,6 +73,10 @@ class ScoringImageArgs:
     MLINFRA_BASE is the base image by digest. Default: daemonless, reproducible build."""
     context: str | None = None
     """Docker build context. Default: the Dockerfile's folder."""
+    trusted_keys: list[str] | None = None
+    """Public keys (PEM) trusted to sign models: every model must carry a valid signature by one of them
+    (mlinfra.registry.signing) or the build is refused before anything is packaged. Default: the stack's
+    `mlinfra:trustedKeys` config (a list of PEM strings), else no check."""
     builder: str | None = None
     """The buildx builder instance ``dockerfile=`` builds with. Default: $MLINFRA_BUILDER, else ``mlinfra`` (the local
     buildkitd `make services` runs and registers)."""
@@ -140,6 +145,7 @@ class ScoringImage(pulumi.ComponentResource):
             Path(args.context).resolve() if args.context else (dockerfile.parent if dockerfile else None)
         )
         models = _model_refs(name, args)
+        trusted = _trusted_keys(name, args)
         self.build: Any = None
         built_digest: Any = None
         staged_at: str | None = None
@@ -170,6 +176,7 @@ class ScoringImage(pulumi.ComponentResource):
                 else None,
                 "import_digest": _import_digest(name, args.import_digest),
                 "built_digest": built_digest,
+                "trusted_keys": trusted,
                 "staged_context": staged_at,
                 "image_ref": None,
                 "digest": None,
@@ -263,6 +270,7 @@ def _docker_build(
     if not args.registry_username:
         _check_anonymous_push(name, host)
     where = _staging_folder(name)
+    trusted = _trusted_keys(name, args)
     context_sha = _sha_dir(context, dockerfile)
 
     def inputs(refs: list[dict[str, Any]]) -> list[ModelInput]:
@@ -273,6 +281,7 @@ def _docker_build(
 
     def stage(refs: list[dict[str, Any]]) -> dict[str, Any]:
         spec = ImageSpec(repository, inputs(refs), base_pinned, requirements=sorted(args.requirements))
+        check_trusted(spec.models, trusted)
         key = stage_docker_context(spec, context, where.resolve(), context_sha)
         tags = [f"{repository}:build-{key[:16]}"] + ([f"{repository}:{args.tag}"] if args.tag else [])
         return {"location": where.as_posix(), "tags": tags, "labels": model_labels(spec.models, args.labels)}
@@ -300,6 +309,22 @@ def _docker_build(
         registries=registries,
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+def _trusted_keys(name: str, args: ScoringImageArgs) -> list[str]:
+    from mlinfra.registry.signing import SignatureError, key_id
+
+    keys = args.trusted_keys
+    if keys is None:
+        keys = pulumi.Config("mlinfra").get_object("trustedKeys") or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ImageBuildError(f"ScoringImage {name}: trusted_keys must be a list of PEM public keys")
+    for k in keys:
+        try:
+            key_id(k)
+        except SignatureError as e:
+            raise ImageBuildError(f"ScoringImage {name}: trusted_keys: {e}") from None
+    return list(keys)
 
 
 def _staging_folder(name: str) -> Path:

@@ -197,3 +197,22 @@ def verify_version(reg: ModelRegistry, name: str, version: int, public_key_pem: 
                 False, name, version, kid, f"the signature does not match: {e}"[:600], signers
             )
     return Verification(True, name, version, kid, "signature verified", signers)
+
+
+def require_trusted(reg: ModelRegistry, name: str, version: int, trusted: list[str]) -> str:
+    """NAME:VERSION must verify with one of the TRUSTED public keys (PEM); returns that key's id, else raises
+    SignatureError naming the version, the keys trusted, who signed and what failed."""
+    if not trusted:
+        raise SignatureError("no trusted keys given")
+    reasons = []
+    signers: list[str] = []
+    for pem in trusted:
+        result = verify_version(reg, name, version, pem)
+        if result.ok:
+            return result.key_id
+        signers = result.signers
+        reasons.append(f"{result.key_id[:16]}…: {result.reason}")
+    raise SignatureError(
+        f"model {name}:{version} is not signed by a trusted key (signed by: "
+        f"{', '.join(s[:16] + '…' for s in signers) or 'nobody'}); " + "; ".join(reasons)
+    )

@@ -400,3 +400,50 @@ def test_a_dockerfile_image_is_pushed_with_the_stacks_registry_login(
     assert plaintext_secrets(backend, password) == [], "the password is a secret in the state"
     assert stack.up().summary.resource_changes == {"same": 6}
     stack.destroy()
+
+
+def test_an_image_packages_only_models_signed_by_a_trusted_key(
+    tmp_path: Path, backend: Path, program, services_up
+) -> None:
+    """trusted_keys: a model signed by another key is refused before anything is packaged (the error names the
+    version, the signer and the reason); trusting the signer builds; the image runs and scores."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from mlinfra.registry.signing import key_id
+
+    def keypair() -> tuple[str, str]:
+        k = ec.generate_private_key(ec.SECP256R1())
+        return (
+            k.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+            k.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode(),
+        )
+
+    (key_a, pub_a), (_key_b, pub_b) = keypair(), keypair()
+    model_file = write_mlp(tmp_path / "model.onnx")
+    repo = f"{services.registry_host()}/test/signed-{uuid.uuid4().hex[:8]}"
+    cfg = {
+        "path": str(model_file),
+        "registry": f"file://{tmp_path / 'registry'}",
+        "repository": repo,
+        "signing_key": auto.ConfigValue(key_a, secret=True),
+        "trusted_keys": json.dumps([pub_b]),
+    }
+    stack = local_stack(program("scoring-image"), "signed", backend_dir=backend, config=cfg)
+    with pytest.raises(auto.CommandError) as refused:
+        stack.up()
+    msg = str(refused.value)
+    assert "refusing to package: model mlp:1 is not signed by a trusted key" in msg, msg[-1500:]
+    assert key_id(pub_a)[:16] in msg and key_id(pub_b)[:16] in msg, "names who signed and the key expected"
+    outputs = stack.outputs()
+    assert "image_ref" not in outputs, "no image was built"
+    stack.set_config("trusted_keys", auto.ConfigValue(json.dumps([pub_b, pub_a])))
+    up = stack.up()
+    ref = up.outputs["image_ref"].value
+    assert ref.startswith(f"{repo}@sha256:")
+    _run_and_score(ref, model_file)
+    stack.destroy()

@@ -9,6 +9,7 @@ model = mlinfra.RegisteredModel(
         path=config.require("path"),
         registry=config.require("registry"),
         import_version=config.get_int("import_version"),
+        signing_key=config.get_secret("signing_key"),
     ),
 )
 image = mlinfra.ScoringImage(
@@ -18,6 +19,7 @@ image = mlinfra.ScoringImage(
         repository=config.require("repository"),
         script=config.get("script"),
         import_digest=config.get("import_digest"),
+        trusted_keys=config.get_object("trusted_keys"),
     ),
 )
 pulumi.export("image_ref", image.image_ref)
