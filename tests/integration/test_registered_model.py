@@ -217,20 +217,11 @@ def test_wrong_key_and_unreachable_registry_name_the_registry_not_the_key(
 
 
 def _ec_keypair(d: Path, name: str) -> tuple[str, Path]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from tests.signing_helpers import ec_keypair
 
-    k = ec.generate_private_key(ec.SECP256R1())
-    private = k.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = d / f"{name}.pub.pem"
-    public.write_bytes(
-        k.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return private, public
+    private, public = ec_keypair()
+    (d / f"{name}.pub.pem").write_text(public)
+    return private, d / f"{name}.pub.pem"
 
 
 def test_a_version_is_signed_at_up_and_a_new_signer_adds_a_signature(

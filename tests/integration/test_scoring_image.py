@@ -407,23 +407,10 @@ def test_an_image_packages_only_models_signed_by_a_trusted_key(
 ) -> None:
     """trusted_keys: a model signed by another key is refused before anything is packaged (the error names the
     version, the signer and the reason); trusting the signer builds; the image runs and scores."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     from mlinfra.registry.signing import key_id
+    from tests.signing_helpers import ec_keypair
 
-    def keypair() -> tuple[str, str]:
-        k = ec.generate_private_key(ec.SECP256R1())
-        return (
-            k.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ).decode(),
-            k.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            .decode(),
-        )
-
-    (key_a, pub_a), (_key_b, pub_b) = keypair(), keypair()
+    (key_a, pub_a), (_key_b, pub_b) = ec_keypair(), ec_keypair()
     model_file = write_mlp(tmp_path / "model.onnx")
     repo = f"{services.registry_host()}/test/signed-{uuid.uuid4().hex[:8]}"
     cfg = {

@@ -9,24 +9,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mlinfra.lab.samples import write_mlp
 from mlinfra.registry import ModelRegistry
 from mlinfra.registry.signing import SignatureError, key_id, sign_version, signatures, verify_version
-
-
-def _keypair() -> tuple[str, str]:
-    k = ec.generate_private_key(ec.SECP256R1())
-    private = k.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    public = (
-        k.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
+from tests.signing_helpers import ec_keypair
 
 
 @pytest.fixture
@@ -37,21 +25,21 @@ def reg(tmp_path: Path) -> ModelRegistry:
 
 
 def test_a_signed_version_verifies_with_its_key_only(reg: ModelRegistry) -> None:
-    private, public = _keypair()
+    private, public = ec_keypair()
     record_before = reg.get("mlp", 1)
     kid = sign_version(reg, "mlp", 1, private)
     assert kid == key_id(public)
     assert reg.get("mlp", 1) == record_before, "signing never changes the version"
     ok = verify_version(reg, "mlp", 1, public)
     assert ok.ok and ok.signers == [kid], ok
-    _, other = _keypair()
+    _, other = ec_keypair()
     refused = verify_version(reg, "mlp", 1, other)
     assert not refused.ok and f"no signature by key {key_id(other)[:16]}" in refused.reason
     assert kid[:16] in refused.reason, "the refusal names who did sign"
 
 
 def test_a_second_signer_adds_a_signature(reg: ModelRegistry) -> None:
-    (p1, pub1), (p2, pub2) = _keypair(), _keypair()
+    (p1, pub1), (p2, pub2) = ec_keypair(), ec_keypair()
     sign_version(reg, "mlp", 1, p1)
     sign_version(reg, "mlp", 1, p2)
     assert set(signatures(reg, "mlp", 1)) == {key_id(pub1), key_id(pub2)}
@@ -61,7 +49,7 @@ def test_a_second_signer_adds_a_signature(reg: ModelRegistry) -> None:
 def test_unsigned_tampered_and_bad_keys_are_refused_with_the_reason(
     reg: ModelRegistry, tmp_path: Path
 ) -> None:
-    private, public = _keypair()
+    private, public = ec_keypair()
     assert verify_version(reg, "mlp", 1, public).reason == "the version is not signed"
     sign_version(reg, "mlp", 1, private)
     # A forged bundle: the signed statement of another model's files, stored under this key's id.
@@ -85,7 +73,7 @@ def test_unsigned_tampered_and_bad_keys_are_refused_with_the_reason(
 
 
 def test_a_tampered_blob_fails_verification(reg: ModelRegistry) -> None:
-    private, public = _keypair()
+    private, public = ec_keypair()
     sign_version(reg, "mlp", 1, private)
     blob = next(k for k in reg.store.list("blobs/"))
     data, _ = reg.store.get(blob)
@@ -96,7 +84,7 @@ def test_a_tampered_blob_fails_verification(reg: ModelRegistry) -> None:
 
 def test_the_model_signing_cli_accepts_mlinfras_bundle(reg: ModelRegistry, tmp_path: Path) -> None:
     """Interop: upstream's own verifier (the `model_signing` CLI) accepts the bundle on the downloaded files."""
-    private, public = _keypair()
+    private, public = ec_keypair()
     kid = sign_version(reg, "mlp", 1, private)
     (tmp_path / "pub.pem").write_text(public)
     (tmp_path / "sig.json").write_bytes(signatures(reg, "mlp", 1)[kid])
@@ -111,7 +99,7 @@ def test_the_model_signing_cli_accepts_mlinfras_bundle(reg: ModelRegistry, tmp_p
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
-    _, other = _keypair()
+    _, other = ec_keypair()
     (tmp_path / "other.pem").write_text(other)
     res = subprocess.run(
         [str(cli), "verify", "key", "--signature", str(tmp_path / "sig.json"), "--public_key",
