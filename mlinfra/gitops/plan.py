@@ -82,6 +82,8 @@ class ModelChange:
     breaking: bool = False
     pinned: bool = False
     properties_after: dict[str, str] = field(default_factory=dict)
+    signed_by: list[str] = field(default_factory=list)
+    """Key ids of the stack's signers of the version after the change (RegisteredModel(signing_key=))."""
 
 
 @dataclass
@@ -287,7 +289,7 @@ def summarize(records: list[dict[str, Any]], stack: str, project: str) -> Summar
     for urn, s in sorted(steps.items()):
         kind = s["type"]
         if kind == MODEL:
-            summary.models.append(_model(s))
+            summary.models.append(_model(s, _children(steps, urn)))
         elif kind == IMAGE:
             summary.images.append(_image(s, _children(steps, urn)))
         elif kind == ENDPOINT:
@@ -341,8 +343,13 @@ def _clean(message: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _model(s: dict[str, Any]) -> ModelChange:
+def _model(s: dict[str, Any], children: list[dict[str, Any]] | None = None) -> ModelChange:
     old_in, new_in, old_out = _inputs(s, "old"), _inputs(s, "new"), _outputs(s, "old")
+    signers = sorted(
+        str(_known(_inputs(c, "new").get("key_id")))
+        for c in children or []
+        if _name(c["urn"]).endswith("-signature") and c.get("new") and _known(_inputs(c, "new").get("key_id"))
+    )
     vb = _int(old_out.get("version")) or _int(old_in.get("version"))
     sha_b = _known(old_out.get("sha256")) or _known(old_in.get("sha256"))
     sha_a = _known(new_in.get("sha256")) if s.get("new") else None
@@ -368,6 +375,7 @@ def _model(s: dict[str, Any]) -> ModelChange:
         breaking=breaking,
         pinned=bool(new_in.get("pinned")),
         properties_after=dict(new_in.get("properties") or {}),
+        signed_by=signers,
     )
 
 
@@ -531,6 +539,8 @@ def render_markdown(s: Summary, max_rows: int | None = None) -> str:
             if m.breaking:
                 sig = "⚠️ **breaking**: " + sig
             pin = " (pinned)" if m.pinned else ""
+            if m.signed_by:
+                pin += " · signed by " + ", ".join(f"`{k[:12]}`" for k in m.signed_by)
             out.append(
                 f"| {m.name}{pin} | {_arrow(_version(m.version_before), _version(m.version_after))} | "
                 f"{_arrow(_sha(m.sha_before), _sha(m.sha_after))} | {sig} |"

@@ -688,6 +688,7 @@ class ModelRegistry:
         if have is not None:
             if have.sha256 != sha256:
                 raise ModelError(f"{self.uri} already has {name}:{version} with other content: not copied")
+            self.copy_signatures(source, name, version)  # a signer added since the last promotion
             return have
         other = self.find_by_content(name, sha256)
         if other is not None:
@@ -732,9 +733,22 @@ class ModelRegistry:
             _dump({"tags": mv.tags, "description": mv.description, "properties": mv.properties}),
         )
         self.store.put(f"models/{name}/sha256/{sha256}.json", _dump({"version": version}))
+        self.copy_signatures(source, name, version)
         got = self.get(name, version)
         assert got is not None
         return got
+
+    def copy_signatures(self, source: ModelRegistry, name: str, version: int) -> int:
+        """Bring NAME:VERSION's signature bundles from SOURCE (docs/provenance.md): the signed statement names every
+        file's sha256, which a copy keeps, so the bundles verify here too. Returns how many were copied."""
+        prefix = f"models/{name}/signatures/{_vkey(version)}/"
+        copied = 0
+        for key in source.store.list(prefix):
+            got = source.store.get(key)
+            if got is not None and not self.store.exists(key):
+                self.store.put(key, got[0])
+                copied += 1
+        return copied
 
     # -- drift: what a stack declared against what the registry holds ---------------------------------------------
 

@@ -176,3 +176,27 @@ def test_a_program_error_is_shown_short_and_fails_the_check() -> None:
     assert s.errors == [tb.splitlines()[-1]]
     assert s.exit_code() == 2
     assert "pinned churn:9 is not in the registry" in plan.render_markdown(s)
+
+
+def test_a_models_signers_are_shown() -> None:
+    """RegisteredModel(signing_key=): the preview names the signing key next to the model."""
+    model = {
+        "kind": "step",
+        "op": "update",
+        "urn": "urn:pulumi:s::p::mlinfra:registry:RegisteredModel::m",
+        "type": plan.MODEL,
+        "old": {"inputs": {"sha256": "a" * 64}, "outputs": {"version": 1}},
+        "new": {"inputs": {"sha256": "b" * 64}, "outputs": {}},
+    }
+    signer = {
+        "kind": "step",
+        "op": "update",
+        "urn": "urn:pulumi:s::p::mlinfra:registry:RegisteredModel$pulumi-python:dynamic:Resource::m-signature",
+        "type": "pulumi-python:dynamic:Resource",
+        "old": None,
+        "new": {"inputs": {"key_id": "c0ffee" * 10 + "abcd"}, "outputs": {}},
+    }
+    s = plan.summarize([model, signer], "s", "p")
+    assert s.models[0].signed_by == ["c0ffee" * 10 + "abcd"]
+    assert "signed by `c0ffeec0ffee`" in plan.render_markdown(s)
+    assert plan.summarize([model], "s", "p").models[0].signed_by == [], "unsigned: nothing claimed"

@@ -107,3 +107,17 @@ def test_the_model_signing_cli_accepts_mlinfras_bundle(reg: ModelRegistry, tmp_p
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert res.returncode != 0, "another key is refused by upstream too"
+
+
+def test_a_copied_version_keeps_its_signatures(reg: ModelRegistry, tmp_path: Path) -> None:
+    """`promote --copy` (copy_version) carries the bundles with the bytes; a signer added later follows on the next
+    copy; the copy verifies in the target registry."""
+    (p1, pub1), (p2, pub2) = ec_keypair(), ec_keypair()
+    sign_version(reg, "mlp", 1, p1)
+    target = ModelRegistry(f"file://{tmp_path / 'prod'}")
+    mv = reg.get("mlp", 1)
+    target.copy_version(reg, "mlp", 1, mv.sha256)
+    assert verify_version(target, "mlp", 1, pub1).ok
+    sign_version(reg, "mlp", 1, p2)
+    target.copy_version(reg, "mlp", 1, mv.sha256)  # already there: only the new signature comes
+    assert verify_version(target, "mlp", 1, pub2).ok
