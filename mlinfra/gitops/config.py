@@ -11,9 +11,17 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlinfra.endpoints.plan import namespace_problem
 from mlinfra.errors import StackConfigError
@@ -175,6 +183,9 @@ class PolicyConfig(Strict):
     require_image_digest: bool = True
     require_edge_gate: bool = False
     """Edge deployments must stop on failures: min_success_fraction > 0 and a bounded max_failures."""
+    trusted_signers: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] | None = None
+    """Key ids (sha256 of the public key's PEM, as `mlinfra models sign` prints) one of which must have signed
+    every model (docs/provenance.md). Default: not checked."""
     enforcement: Literal["mandatory", "advisory"] = "mandatory"
 
 
@@ -319,6 +330,7 @@ POLICY_NAMES = {
     "max_canary_percent": "mlinfra-canary-step",
     "require_image_digest": "mlinfra-image-digest",
     "require_edge_gate": "mlinfra-edge-gate",
+    "trusted_signers": "mlinfra-model-signed",
 }
 
 
@@ -337,6 +349,11 @@ def policy_pack_config(policy: PolicyConfig) -> dict[str, Any]:
             "threshold": policy.model_metric.threshold,
         }
         if policy.model_metric
+        else "disabled"
+    )
+    out["mlinfra-model-signed"] = (
+        {"enforcementLevel": on, "trustedKeyIds": list(policy.trusted_signers)}
+        if policy.trusted_signers
         else "disabled"
     )
     out["mlinfra-canary-step"] = (

@@ -29,6 +29,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "mlinfra-canary-step": {
         "properties": {"maxPercent": {"type": "number", "minimum": 0, "maximum": 100}},
     },
+    "mlinfra-model-signed": {
+        "properties": {"trustedKeyIds": {"type": "array", "items": {"type": "string"}}},
+    },
 }
 
 

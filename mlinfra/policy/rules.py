@@ -106,6 +106,33 @@ def edge_gate(rtype: str, name: str, props: dict[str, Any], _cfg: dict[str, Any]
     return []
 
 
+def model_signed(rtype: str, name: str, props: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    if rtype != MODEL:
+        return []
+    trusted = cfg.get("trustedKeyIds")
+    if not isinstance(trusted, list) or not trusted or not all(isinstance(k, str) for k in trusted):
+        return [
+            "policy mlinfra-model-signed needs config 'trustedKeyIds' (the key ids `mlinfra models sign` prints): "
+            "set platform.policy.trusted_signers in the stack's config"
+        ]
+    version = props.get("version")
+    ref = f"{props.get('model_name') or name}" + (
+        f":{int(version)}" if isinstance(version, int | float) else ""
+    )
+    signers = [s for s in props.get("signers") or [] if isinstance(s, str)]
+    if not signers:
+        return [
+            f"model {ref} is not signed: sign it with a trusted key (RegisteredModel signing_key, or `mlinfra models "
+            "sign` before promoting)"
+        ]
+    if not set(signers) & {k.lower() for k in trusted}:
+        return [
+            f"model {ref} is signed by {', '.join(s[:16] + '…' for s in signers)}, none of the stack's trusted keys "
+            f"({', '.join(k[:16] + '…' for k in trusted)})"
+        ]
+    return []
+
+
 RULES: dict[str, tuple[str, Rule]] = {
     "mlinfra-endpoint-auth": ("Endpoints must authenticate callers (key or TLS).", endpoint_auth),
     "mlinfra-endpoint-data-collection": (
@@ -119,4 +146,5 @@ RULES: dict[str, tuple[str, Rule]] = {
     "mlinfra-canary-step": ("Rollouts must start with a canary of at most N % of traffic.", canary_step),
     "mlinfra-image-digest": ("Images must be referenced by digest, never by tag alone.", image_digest),
     "mlinfra-edge-gate": ("Edge deployments must have a failure gate.", edge_gate),
+    "mlinfra-model-signed": ("Models must be signed by one of the stack's trusted keys.", model_signed),
 }

@@ -4,6 +4,7 @@ found and used by images and endpoints."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -147,12 +148,17 @@ class RegisteredModel(pulumi.ComponentResource):
         content = scan_content(path, hashing)
         signature = onnx_signature(path) if args.framework == "onnx" else None
         # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read.
-        super().__init__(
-            "mlinfra:registry:RegisteredModel",
-            name,
-            _props(model_name, None, content.sha256, signature, properties, tags, registry, False),
-            opts,
+        props = _props(model_name, None, content.sha256, signature, properties, tags, registry, False)
+        key = (
+            args.signing_key
+            if args.signing_key is not None
+            else pulumi.Config("mlinfra").get_secret("signingKey")
         )
+        key_id = None
+        if key is not None:  # who signs, for policies and previews (absent: unsigned)
+            key_id = pulumi.Output.unsecret(pulumi.Output.secret(key).apply(functools.partial(_key_id, name)))
+            props["signers"] = key_id.apply(lambda k: [k])
+        super().__init__("mlinfra:registry:RegisteredModel", name, props, opts)
         self.path: str | None = str(path)
 
         self.model_version = ModelVersionResource(
@@ -180,13 +186,8 @@ class RegisteredModel(pulumi.ComponentResource):
         )
         mv: Any = self.model_version
         self.signed_by: pulumi.Output[list[str]] = pulumi.Output.from_input([])
-        key = (
-            args.signing_key
-            if args.signing_key is not None
-            else pulumi.Config("mlinfra").get_secret("signingKey")
-        )
-        if key is not None:
-            self.signed_by = self._sign(name, model_name, registry, credential, mv, key)
+        if key is not None and key_id is not None:
+            self.signed_by = self._sign(name, model_name, registry, credential, mv, key, key_id)
         # Numbers cross the engine as float64: give users the ints they expect.
         self._finish(
             version=mv.version.apply(as_int),
@@ -202,15 +203,10 @@ class RegisteredModel(pulumi.ComponentResource):
             properties=mv.properties,
         )
 
-    def _sign(self, name: str, model_name: str, registry: str, credential: Any, mv: Any, key: Any) -> Any:
+    def _sign(
+        self, name: str, model_name: str, registry: str, credential: Any, mv: Any, key: Any, key_id: Any
+    ) -> Any:
         from mlinfra.registry.provider import ModelSignatureResource
-        from mlinfra.registry.signing import SignatureError, key_id, public_key_of
-
-        def kid(pem: str) -> str:
-            try:
-                return key_id(public_key_of(pem))
-            except SignatureError as e:
-                raise ModelError(f"RegisteredModel {name}: signing_key: {e}") from None
 
         secret_key = pulumi.Output.secret(key)
         signer = ModelSignatureResource(
@@ -223,7 +219,7 @@ class RegisteredModel(pulumi.ComponentResource):
                 "sha256": mv.sha256,
                 "signing_key": secret_key,
                 # The key's id is public (it names the signer in previews and refusals).
-                "key_id": pulumi.Output.unsecret(secret_key.apply(kid)),
+                "key_id": key_id,
             },
             pulumi.ResourceOptions(
                 parent=self, additional_secret_outputs=["signing_key", "registry_credential"]
@@ -269,12 +265,15 @@ class RegisteredModel(pulumi.ComponentResource):
                 f"RegisteredModel {name}: pinned {model_name}:{version} {what} the registry {registry}: copy it "
                 f"there with `mlinfra promote --copy` (which verifies the content) or fix the pin"
             )
-        super().__init__(
-            "mlinfra:registry:RegisteredModel",
-            name,
-            _props(model_name, version, sha, found.signature, found.properties, found.tags, registry, True),
-            opts,
+        props = _props(
+            model_name, version, sha, found.signature, found.properties, found.tags, registry, True
         )
+        from mlinfra.registry.signing import signatures
+
+        signers = sorted(signatures(ModelRegistry(registry), model_name, version))
+        if signers:  # a promoted version brings its signers (absent: unsigned)
+            props["signers"] = signers
+        super().__init__("mlinfra:registry:RegisteredModel", name, props, opts)
         self.path = None
         out = pulumi.Output.from_input
         self._finish(
@@ -324,6 +323,15 @@ class RegisteredModel(pulumi.ComponentResource):
                 "signed_by": getattr(self, "signed_by", None),
             }
         )
+
+
+def _key_id(name: str, pem: str) -> str:
+    from mlinfra.registry.signing import SignatureError, key_id, public_key_of
+
+    try:
+        return key_id(public_key_of(pem))
+    except SignatureError as e:
+        raise ModelError(f"RegisteredModel {name}: signing_key: {e}") from None
 
 
 def _props(

@@ -520,3 +520,41 @@ def test_preview_policy_and_up_on_any_program(
     r = cli(Project(plain, backend), "preview", "--stack", "dev")
     assert r.returncode == 0 and "Nothing of mlinfra's in this plan" in r.stdout, r.stdout + r.stderr
     p.stack("dev").destroy(on_output=lambda _l: None)
+
+
+def test_the_policy_blocks_an_unsigned_model_and_the_preview_names_signers(
+    tmp_path: Path, backend: Path, monkeypatch
+) -> None:
+    """platform.policy.trusted_signers on a tour program: the unsigned model is a policy violation in the preview
+    markdown (exit 1); signed with the trusted key (the stack's secret mlinfra:signingKey) it passes and the
+    preview names the signer."""
+    from pulumi import automation as auto
+
+    from mlinfra.registry.signing import key_id
+    from tests.signing_helpers import ec_keypair
+
+    private, public = ec_keypair()
+    kid = key_id(public)
+    work = tmp_path / "tour"
+    shutil.copytree(
+        REPO_ROOT / "examples" / "registered-model", work, ignore=shutil.ignore_patterns(".mlinfra")
+    )
+    meta = work / "Pulumi.yaml"
+    meta.write_text(meta.read_text().replace("../../.venv", str(REPO_ROOT / ".venv")))
+    monkeypatch.setenv("PULUMI_BACKEND_URL", f"file://{backend}")
+    (work / "Pulumi.prod.yaml").write_text(
+        yaml.safe_dump({"config": {"mlinfra:policy": {"trusted_signers": [kid]}}})
+    )
+    p = Project(work, backend)
+    md = tmp_path / "pr.md"
+    r = cli(p, "preview", "--stack", "prod", "--markdown", str(md))
+    assert r.returncode == 1, r.stdout + r.stderr
+    text = md.read_text()
+    assert "mlinfra-model-signed" in text and "churn-classifier is not signed" in text, text
+    p.stack("prod").set_config("mlinfra:signingKey", auto.ConfigValue(private, secret=True))
+    r = cli(p, "preview", "--stack", "prod", "--markdown", str(md))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"signed by `{kid[:12]}`" in md.read_text(), md.read_text()
+    assert private.splitlines()[1] not in (work / "Pulumi.prod.yaml").read_text(), (
+        "the key is stored encrypted"
+    )

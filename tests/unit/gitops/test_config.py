@@ -197,3 +197,22 @@ def test_the_ci_example_previews_pull_requests_and_applies_on_merge() -> None:
     drift = " ".join(str(step.get("run", "")) for step in jobs["drift"]["steps"])
     assert wf[True]["schedule"] and jobs["drift"]["if"] == "github.event_name == 'schedule'"
     assert "--refresh" in drift and "exit ${{ steps.drift.outputs.code }}" in drift
+
+
+def test_the_signed_model_rule() -> None:
+    """platform.policy.trusted_signers → mlinfra-model-signed: unsigned and untrusted versions are named."""
+    a, b = "a" * 64, "b" * 64
+    cfg = {"trustedKeyIds": [a]}
+    model = {"model_name": "churn", "version": 3.0}
+    assert "churn:3 is not signed" in rules.model_signed(rules.MODEL, "churn", model, cfg)[0]
+    (untrusted,) = rules.model_signed(rules.MODEL, "churn", {**model, "signers": [b]}, cfg)
+    assert "signed by bbbbbbbbbbbbbbbb…, none of the stack's trusted keys (aaaaaaaaaaaaaaaa…)" in untrusted
+    assert rules.model_signed(rules.MODEL, "churn", {**model, "signers": [b, a]}, cfg) == []
+    assert "needs config 'trustedKeyIds'" in rules.model_signed(rules.MODEL, "churn", model, {})[0]
+    policy = load({"models": [{"name": "m", "path": "m.onnx"}], "policy": {"trusted_signers": [a]}}).policy
+    assert policy_pack_config(policy)["mlinfra-model-signed"] == {
+        "enforcementLevel": "mandatory",
+        "trustedKeyIds": [a],
+    }
+    with pytest.raises(StackConfigError, match="trusted_signers"):
+        load({"models": [{"name": "m", "path": "m.onnx"}], "policy": {"trusted_signers": ["not-a-key-id"]}})
