@@ -18,6 +18,14 @@ EDGE = "mlinfra:edge:EdgeDeployment"
 Rule = Callable[[str, str, dict[str, Any], dict[str, Any]], list[str]]
 
 
+def _model_ref(name: str, props: dict[str, Any]) -> str:
+    """``model:version`` (the version when known at preview)."""
+    version = props.get("version")
+    return f"{props.get('model_name') or name}" + (
+        f":{int(version)}" if isinstance(version, int | float) else ""
+    )
+
+
 def endpoint_auth(rtype: str, name: str, props: dict[str, Any], _cfg: dict[str, Any]) -> list[str]:
     if rtype == ENDPOINT and props.get("auth") == "none":
         return [f"endpoint {name} has auth 'none': set auth to 'key' (or TLS client certificates)"]
@@ -41,10 +49,7 @@ def model_metric(rtype: str, name: str, props: dict[str, Any], cfg: dict[str, An
             "policy mlinfra-model-metric needs config 'metric' (a model property name) and 'threshold' (a number): "
             "set platform.policy.model_metric {name, threshold} in the stack's config"
         ]
-    version = props.get("version")
-    ref = f"{props.get('model_name') or name}" + (
-        f":{int(version)}" if isinstance(version, int | float) else ""
-    )
+    ref = _model_ref(name, props)
     raw = (props.get("properties") or {}).get(metric)
     if raw is None:
         return [
@@ -115,10 +120,7 @@ def model_signed(rtype: str, name: str, props: dict[str, Any], cfg: dict[str, An
             "policy mlinfra-model-signed needs config 'trustedKeyIds' (the key ids `mlinfra models sign` prints): "
             "set platform.policy.trusted_signers in the stack's config"
         ]
-    version = props.get("version")
-    ref = f"{props.get('model_name') or name}" + (
-        f":{int(version)}" if isinstance(version, int | float) else ""
-    )
+    ref = _model_ref(name, props)
     signers = [s for s in props.get("signers") or [] if isinstance(s, str)]
     if not signers:
         return [
