@@ -167,10 +167,16 @@ def test_local_endpoint_lifecycle(images, program, backend) -> None:
         assert score(uri, primary, rows=[["x"] * 64])[0] == 400  # the scoring server's own validation
         assert score(uri, primary)[0] == 200
         # Found by `mlinfra endpoints list`, by model and by image digest.
-        listed = _endpoints_list("--model", "mlp")
-        assert [e["endpoint"] for e in listed] == [ep]
-        assert listed[0]["deployments"]["blue"]["model_version"] == "1"
-        assert _endpoints_list("--image", images["v1"].split("@")[1]) == listed
+        # (Other tests' endpoints on this machine may serve a model named mlp too: look at this one.)
+        serving_mlp = _endpoints_list("--model", "mlp")
+        assert all(
+            any("mlp" in (d.get("model") or "").split(".") for d in e["deployments"].values())
+            for e in serving_mlp
+        ), serving_mlp
+        listed = [e for e in serving_mlp if e["endpoint"] == ep]
+        assert len(listed) == 1 and listed[0]["deployments"]["blue"]["model_version"] == "1", serving_mlp
+        by_image = _endpoints_list("--image", images["v1"].split("@")[1])
+        assert [e for e in by_image if e["endpoint"] == ep] == listed
         assert _endpoints_list("--model", "no-such-model") == []
         # The keys are secrets: not in plain text in the state file (nor the router's key towards its replicas).
         internal = conf.read_text().split('proxy_set_header Authorization "Bearer ', 1)[1].split('"', 1)[0]
