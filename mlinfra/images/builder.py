@@ -80,6 +80,15 @@ class ModelInput:
     credential: str | None = None
 
 
+def model_inputs(refs: list[dict[str, Any]]) -> list[ModelInput]:
+    """ModelInputs from model refs (RegisteredModel.model_ref / a resolved "name:version": name, version, sha256,
+    registry, credential)."""
+    return [
+        ModelInput(r["name"], int(r["version"]), r["sha256"], r["registry"], r.get("credential") or None)
+        for r in refs
+    ]
+
+
 @dataclass
 class ImageSpec:
     repository: str  # host[:port]/path, e.g. 127.0.0.1:5000/mlinfra/churn

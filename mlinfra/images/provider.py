@@ -22,11 +22,11 @@ from mlinfra.errors import ImageBuildError
 from mlinfra.images.builder import (
     BuildResult,
     ImageSpec,
-    ModelInput,
     _client,
     build_and_push,
     check_trusted,
     inspect_image,
+    model_inputs,
     pin_base,
     split_ref,
 )
@@ -55,10 +55,7 @@ BUILD_KEYS = (
 def _spec(props: dict[str, Any]) -> ImageSpec:
     return ImageSpec(
         repository=props["repository"],
-        models=[
-            ModelInput(m["name"], int(m["version"]), m["sha256"], m["registry"], m.get("credential") or None)
-            for m in props["models"]
-        ],
+        models=model_inputs(props["models"]),
         base=props.get("base_pinned") or props["base"],
         requirements=list(props.get("requirements") or []),
         script=Path(props["script"]) if props.get("script") else None,
@@ -172,10 +169,9 @@ class ScoringImageProvider(ResourceProvider):
         return CreateResult(id_=outs["image_ref"], outs=outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # Docker builds are not reproducible: a rebuilt Dockerfile image is a visible update, not a repair.
         repair = (
-            not news.get(
-                "dockerfile"
-            )  # Docker builds are not reproducible: a rebuilt one is a visible update
+            not news.get("dockerfile")
             and olds.get("observed", "present") != "present"
             and not self.diff(_id, {**olds, "observed": None}, news).changes
         )

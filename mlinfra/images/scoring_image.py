@@ -21,11 +21,11 @@ from mlinfra.images.builder import (
     DIGEST_REF,
     ImageBuildError,
     ImageSpec,
-    ModelInput,
     check_requirement,
     check_script,
     check_trusted,
     inspect_image,
+    model_inputs,
     model_labels,
     pin_base,
     split_ref,
@@ -151,7 +151,7 @@ class ScoringImage(pulumi.ComponentResource):
         staged_at: str | None = None
         if dockerfile is not None:
             assert context is not None
-            self.build = _docker_build(self, name, args, repository, dockerfile, context, models)
+            self.build = _docker_build(self, name, args, repository, dockerfile, context, models, trusted)
             built_digest = self.build.digest
             staged_at = _staging_folder(name).as_posix()
         self.image: ScoringImageResource | None = ScoringImageResource(
@@ -251,6 +251,7 @@ def _docker_build(
     dockerfile: Path,
     context: Path,
     models: list[Any],
+    trusted: list[str],
 ) -> Any:
     """The ``pulumi_docker_build.Image`` child that builds a user's Dockerfile with BuildKit and pushes it.
 
@@ -270,17 +271,10 @@ def _docker_build(
     if not args.registry_username:
         _check_anonymous_push(name, host)
     where = _staging_folder(name)
-    trusted = _trusted_keys(name, args)
     context_sha = _sha_dir(context, dockerfile)
 
-    def inputs(refs: list[dict[str, Any]]) -> list[ModelInput]:
-        return [
-            ModelInput(r["name"], int(r["version"]), r["sha256"], r["registry"], r.get("credential") or None)
-            for r in refs
-        ]
-
     def stage(refs: list[dict[str, Any]]) -> dict[str, Any]:
-        spec = ImageSpec(repository, inputs(refs), base_pinned, requirements=sorted(args.requirements))
+        spec = ImageSpec(repository, model_inputs(refs), base_pinned, requirements=sorted(args.requirements))
         check_trusted(spec.models, trusted)
         key = stage_docker_context(spec, context, where.resolve(), context_sha)
         tags = [f"{repository}:build-{key[:16]}"] + ([f"{repository}:{args.tag}"] if args.tag else [])
@@ -395,10 +389,8 @@ def _model_refs(name: str, args: ScoringImageArgs) -> list[Any]:
     cfg = pulumi.Config("mlinfra")
     models: list[Any] = []
     for m in args.models:
-        if isinstance(
-            m, pulumi.Output
-        ):  # a "name:version" another resource computes (before hasattr: an Output
-            # lifts any attribute)
+        # Before hasattr: an Output lifts any attribute. An Output is a "name:version" another resource computes.
+        if isinstance(m, pulumi.Output):
             models.append(m.apply(lambda ref: _model_refs(name, dataclasses.replace(args, models=[ref]))[0]))
         elif hasattr(m, "model_ref"):
             models.append(m.model_ref)

@@ -154,9 +154,10 @@ class RegisteredModel(pulumi.ComponentResource):
             if args.signing_key is not None
             else pulumi.Config("mlinfra").get_secret("signingKey")
         )
-        key_id = None
+        secret_key = key_id = None
         if key is not None:  # who signs, for policies and previews (absent: unsigned)
-            key_id = pulumi.Output.unsecret(pulumi.Output.secret(key).apply(functools.partial(_key_id, name)))
+            secret_key = pulumi.Output.secret(key)
+            key_id = pulumi.Output.unsecret(secret_key.apply(functools.partial(_key_id, name)))
             props["signers"] = key_id.apply(lambda k: [k])
         super().__init__("mlinfra:registry:RegisteredModel", name, props, opts)
         self.path: str | None = str(path)
@@ -186,8 +187,8 @@ class RegisteredModel(pulumi.ComponentResource):
         )
         mv: Any = self.model_version
         self.signed_by: pulumi.Output[list[str]] = pulumi.Output.from_input([])
-        if key is not None and key_id is not None:
-            self.signed_by = self._sign(name, model_name, registry, credential, mv, key, key_id)
+        if secret_key is not None:
+            self.signed_by = self._sign(name, model_name, registry, credential, mv, secret_key, key_id)
         # Numbers cross the engine as float64: give users the ints they expect.
         self._finish(
             version=mv.version.apply(as_int),
@@ -204,11 +205,17 @@ class RegisteredModel(pulumi.ComponentResource):
         )
 
     def _sign(
-        self, name: str, model_name: str, registry: str, credential: Any, mv: Any, key: Any, key_id: Any
+        self,
+        name: str,
+        model_name: str,
+        registry: str,
+        credential: Any,
+        mv: Any,
+        secret_key: Any,
+        key_id: Any,
     ) -> Any:
         from mlinfra.registry.provider import ModelSignatureResource
 
-        secret_key = pulumi.Output.secret(key)
         signer = ModelSignatureResource(
             f"{name}-signature",
             {

@@ -211,6 +211,11 @@ def _vkey(n: int) -> str:
     return f"{n:010d}"
 
 
+def signatures_prefix(name: str, version: int) -> str:
+    """Where NAME:VERSION's signature bundles live: ``<prefix><key id>.json`` (mlinfra.registry.signing)."""
+    return f"models/{name}/signatures/{_vkey(version)}/"
+
+
 def _whoami() -> dict[str, Any]:
     """Who writes a claim or marker, and when: what :func:`_stale` judges it by."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "at": time.time()}
@@ -741,7 +746,7 @@ class ModelRegistry:
     def copy_signatures(self, source: ModelRegistry, name: str, version: int) -> int:
         """Bring NAME:VERSION's signature bundles from SOURCE (docs/provenance.md): the signed statement names every
         file's sha256, which a copy keeps, so the bundles verify here too. Returns how many were copied."""
-        prefix = f"models/{name}/signatures/{_vkey(version)}/"
+        prefix = signatures_prefix(name, version)
         copied = 0
         for key in source.store.list(prefix):
             got = source.store.get(key)

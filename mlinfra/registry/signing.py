@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlinfra.errors import ModelError, ModelRegistryError
-from mlinfra.registry.registry import ModelRegistry, _vkey
+from mlinfra.registry.registry import ModelRegistry, signatures_prefix
 
 
 class SignatureError(ModelError):
@@ -82,13 +82,9 @@ def public_key_of(private_key_pem: str | bytes, password: str | None = None) -> 
     )
 
 
-def _key(name: str, version: int, kid: str) -> str:
-    return f"models/{name}/signatures/{_vkey(version)}/{kid}.json"
-
-
 def signatures(reg: ModelRegistry, name: str, version: int) -> dict[str, bytes]:
     """{key id: bundle} of NAME:VERSION."""
-    prefix = f"models/{name}/signatures/{_vkey(version)}/"
+    prefix = signatures_prefix(name, version)
     out = {}
     for k in reg.store.list(prefix):
         got = reg.store.get(k)
@@ -128,7 +124,7 @@ def sign_version(
             ).sign(model, bundle)
         except Exception as e:  # the library's own errors name the file; never the key
             raise SignatureError(f"signing {name}:{version} failed: {type(e).__name__}: {e}") from None
-        reg.store.put(_key(name, version, kid), bundle.read_bytes())
+        reg.store.put(f"{signatures_prefix(name, version)}{kid}.json", bundle.read_bytes())
     return kid
 
 
