@@ -63,12 +63,26 @@ def cmd_register(args: argparse.Namespace) -> int:
         properties=_kv(args.property, "--property") if args.property else None,
         progress=Progress(Path(args.path).name),
     )
+    signed_by = _sign(args, reg, mv.name, mv.version) if args.signing_key else None
     if args.json:
-        print(json.dumps({**mv.to_json(), "created": created}, indent=1))
+        print(json.dumps({**mv.to_json(), "created": created, "signed_by": signed_by}, indent=1))
     else:
         verb = "registered" if created else "unchanged, already"
-        print(f"{verb} {mv.name}:{mv.version} sha256:{mv.sha256} ({mv.size_bytes:,d} bytes) in {reg.uri}")
+        signed = f", signed by key {signed_by[:16]}…" if signed_by else ""
+        print(
+            f"{verb} {mv.name}:{mv.version} sha256:{mv.sha256} ({mv.size_bytes:,d} bytes) in {reg.uri}{signed}"
+        )
     return 0
+
+
+def _sign(args: argparse.Namespace, reg: ModelRegistry, name: str, version: int) -> str:
+    """Sign with --signing-key/--key (password from $MLINFRA_SIGNING_KEY_PASSWORD), and --certificate-chain."""
+    from mlinfra.registry.signing import sign_version
+
+    key_file = getattr(args, "signing_key", None) or args.key
+    chain = _read_key(args.certificate_chain, "--certificate-chain") if args.certificate_chain else None
+    password = os.environ.get("MLINFRA_SIGNING_KEY_PASSWORD") or None
+    return sign_version(reg, name, version, _read_key(key_file, "--signing-key"), password, chain)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -140,12 +154,9 @@ def _read_key(path: str, what: str) -> str:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    from mlinfra.registry.signing import sign_version
-
     reg = _registry(args)
     mv = reg.resolve(args.ref)
-    password = os.environ.get("MLINFRA_SIGNING_KEY_PASSWORD") or None
-    kid = sign_version(reg, mv.name, mv.version, _read_key(args.key, "--key"), password)
+    kid = _sign(args, reg, mv.name, mv.version)
     if args.json:
         print(json.dumps({"model": f"{mv.name}:{mv.version}", "key_id": kid}))
     else:
@@ -186,6 +197,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description")
     p.add_argument("--tag", action="append", metavar="K=V")
     p.add_argument("--property", action="append", metavar="K=V")
+    p.add_argument(
+        "--signing-key",
+        metavar="PEM",
+        help="sign the new version with this EC private key (password: $MLINFRA_SIGNING_KEY_PASSWORD)",
+    )
+    p.add_argument(
+        "--certificate-chain",
+        metavar="PEM",
+        help="the signing key's certificate, then its issuers: verifiers may trust the root instead of the key",
+    )
     common(p)
     p.set_defaults(func=cmd_register)
 
@@ -226,6 +247,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("ref")
     p.add_argument("--key", required=True, help="private key (PEM) file")
+    p.add_argument(
+        "--certificate-chain", metavar="PEM", help="the key's certificate, then its issuers (PEM file)"
+    )
     common(p)
     p.set_defaults(func=cmd_sign)
 
@@ -234,7 +258,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check a version's files against its signature by the owner of PUBLIC_KEY (exit 1: refused)",
     )
     p.add_argument("ref")
-    p.add_argument("--public-key", required=True, help="public key (PEM) file")
+    p.add_argument(
+        "--public-key",
+        required=True,
+        help="public key (PEM) file of the signer — or a root certificate the signer's certificate chains to",
+    )
     common(p)
     p.set_defaults(func=cmd_verify)
 

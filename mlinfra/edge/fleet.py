@@ -180,7 +180,19 @@ def artifact_urls(model: dict[str, Any], ttl_s: int) -> dict[str, Any]:
                 "url": _url(reg, f"blobs/sha256/{f['sha256']}", ttl_s),
             }
         )
-    return {"name": mv.name, "version": mv.version, "sha256": mv.sha256, "files": files, "is_dir": mv.is_dir}
+    from mlinfra.registry.signing import signatures
+
+    artifact = {
+        "name": mv.name,
+        "version": mv.version,
+        "sha256": mv.sha256,
+        "files": files,
+        "is_dir": mv.is_dir,
+    }
+    sigs = signatures(reg, mv.name, mv.version)  # devices with a trust folder check them before serving
+    if sigs:
+        artifact["signatures"] = {kid: bundle.decode() for kid, bundle in sorted(sigs.items())}
+    return artifact
 
 
 def _url(reg: ModelRegistry, key: str, ttl_s: int) -> str:

@@ -49,6 +49,8 @@ SERVER_REQUIREMENTS = [
     "prometheus-client==0.26.0",
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    # Signature bundles checked at model load (mlinfra_scoring.provenance, MLINFRA_SERVE_TRUST).
+    "cryptography==50.0.2",
 ]
 PLATFORMS = [
     "manylinux_2_28_x86_64",
@@ -67,6 +69,8 @@ GRPC_PORT = 8081
 SITE = "/opt/mlinfra/site-packages"
 APP = "/opt/mlinfra/app"
 USER_DIR = "/opt/mlinfra/user"
+TRUST = "/opt/mlinfra/trust"
+"""Trusted keys and the models' signature bundles (mlinfra_scoring.provenance), when ScoringImage has trusted keys."""
 
 Progress = Callable[[str], None]
 
@@ -102,6 +106,7 @@ class ImageSpec:
     username: str | None = None
     password: str | None = None
     insecure: bool | None = None  # plain HTTP; default: only for a loopback registry
+    trusted_keys: list[str] = field(default_factory=list)  # PEM; the server verifies each model at load
 
 
 @dataclass
@@ -481,6 +486,35 @@ def app_layer(spec: ImageSpec) -> Layer:
     return _cached(functools.partial(_build_entries, entries), key, "app")
 
 
+def trust_files(spec: ImageSpec) -> dict[str, bytes]:
+    """What a scoring server needs to verify its models at load (mlinfra_scoring.provenance), by path under the trust
+    folder: ``keys/<key id>.pem`` for each trusted key, ``signatures/<model>/<version>/<key id>.json`` for each of
+    the models' bundles. Empty without trusted keys."""
+    if not spec.trusted_keys:
+        return {}
+    from mlinfra.registry.signing import key_id, signatures
+
+    files = {f"keys/{key_id(pem)}.pem": pem.encode() for pem in spec.trusted_keys}
+    for m in spec.models:
+        reg, _mv = _resolve_model(m)
+        for kid, bundle in signatures(reg, m.name, m.version).items():
+            files[f"signatures/{m.name}/{m.version}/{kid}.json"] = bundle
+    return dict(sorted(files.items()))
+
+
+def trust_layer(spec: ImageSpec) -> Layer | None:
+    files = trust_files(spec)
+    if not files:
+        return None
+    entries = [Entry(f"{TRUST}/{rel}", len(data), data) for rel, data in files.items()]
+    key = _sha(
+        json.dumps(
+            [FORMAT, _CODE, [(e.path, _sha(data)) for e, data in zip(entries, files.values(), strict=False)]]
+        ).encode()
+    )
+    return _cached(functools.partial(_build_entries, entries), key[:24], "trust")
+
+
 def _build_entries(entries: list[Entry], out: Path) -> Layer:
     return build_layer(entries, out)
 
@@ -544,6 +578,7 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
     check_base_has_python(spec.base, base_manifest, base_digest)
     deps, resolved = deps_layer(spec.requirements, progress)
     app = app_layer(spec)
+    trust = trust_layer(spec)
     models = sorted(spec.models, key=lambda m: m.name)
     model_layers = [model_layer(m, progress) for m in models]
 
@@ -577,7 +612,9 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
     ]
     if spec.script:
         env.append(f"MLINFRA_SERVE_SCRIPT={USER_DIR}/{spec.script.name}")
-    layers = [deps, app, *[layer for layer, _ in model_layers]]
+    if trust is not None:
+        env.append(f"MLINFRA_SERVE_TRUST={TRUST}")
+    layers = [deps, app, *([trust] if trust else []), *[layer for layer, _ in model_layers]]
     config = image_config(
         diff_ids=[*base_config["rootfs"]["diff_ids"], *[layer.diff_id for layer in layers]],
         env=sorted(env),
@@ -736,6 +773,10 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
             reg.download(f"{m.name}:{m.version}", folder)
         except Exception as e:
             raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
+    # With trusted keys: `COPY mlinfra/trust/ /opt/mlinfra/trust/` and `ENV MLINFRA_SERVE_TRUST=/opt/mlinfra/trust`.
+    for rel, data in trust_files(spec).items():
+        (dest / "mlinfra" / "trust" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / "mlinfra" / "trust" / rel).write_bytes(data)
 
 
 def check_trusted(models: list[ModelInput], trusted: list[str]) -> None:
@@ -773,6 +814,7 @@ def stage_docker_context(spec: ImageSpec, context: Path, dest: Path, context_sha
                 image_requirements(spec.requirements),
                 server,
                 context_sha256,
+                [(rel, _sha(data)) for rel, data in trust_files(spec).items()],
             ]
         ).encode()
     )

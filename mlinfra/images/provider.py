@@ -49,6 +49,7 @@ BUILD_KEYS = (
     "dockerfile_sha256",
     "context_sha256",
     "built_digest",
+    "trusted_keys",  # baked into the image: the server checks each model's signature at load
 )
 
 
@@ -64,6 +65,7 @@ def _spec(props: dict[str, Any]) -> ImageSpec:
         tag=props.get("tag") or None,
         username=props.get("registry_username") or None,
         password=props.get("registry_password") or None,
+        trusted_keys=list(props.get("trusted_keys") or []),
     )
 
 
@@ -112,6 +114,8 @@ class ScoringImageProvider(ResourceProvider):
                 return model_identities(props.get(k))
             if k == "script":
                 return None  # the script's path may differ between machines; its sha256 is what counts
+            if k == "trusted_keys":
+                return sorted(props.get(k) or [])
             return props.get(k)
 
         changed = [k for k in BUILD_KEYS if norm(k, olds) != norm(k, news)]
@@ -150,8 +154,9 @@ class ScoringImageProvider(ResourceProvider):
             # The docker-build child built and pushed it: check it is there and packages the declared versions.
             result = self._adopt(props, props["built_digest"], what="record the docker-build image")
         else:
-            check_trusted(_spec(props).models, list(props.get("trusted_keys") or []))
-            result = build_and_push(_spec(props))
+            spec = _spec(props)
+            check_trusted(spec.models, spec.trusted_keys)
+            result = build_and_push(spec)
         _users(props, result.image_ref, add=True)
         return {
             **props,

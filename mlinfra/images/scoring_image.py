@@ -74,9 +74,13 @@ class ScoringImageArgs:
     context: str | None = None
     """Docker build context. Default: the Dockerfile's folder."""
     trusted_keys: list[str] | None = None
-    """Public keys (PEM) trusted to sign models: every model must carry a valid signature by one of them
-    (mlinfra.registry.signing) or the build is refused before anything is packaged. Default: the stack's
-    `mlinfra:trustedKeys` config (a list of PEM strings), else no check."""
+    """Public keys or root certificates (PEM) trusted to sign models: every model must carry a valid signature by
+    one of them (mlinfra.registry.signing) or the build is refused before anything is packaged. The keys and the
+    models' signature bundles go into the image (/opt/mlinfra/trust, MLINFRA_SERVE_TRUST), and the scoring server
+    checks every model's files against them again at load: a model that does not match never becomes ready. (A
+    Dockerfile image gets them staged as mlinfra/trust/: `COPY mlinfra/trust/ /opt/mlinfra/trust/` and
+    `ENV MLINFRA_SERVE_TRUST=/opt/mlinfra/trust`.) Default: the stack's `mlinfra:trustedKeys` config (a list of
+    PEM strings), else no check."""
     builder: str | None = None
     """The buildx builder instance ``dockerfile=`` builds with. Default: $MLINFRA_BUILDER, else ``mlinfra`` (the local
     buildkitd `make services` runs and registers)."""
@@ -274,7 +278,13 @@ def _docker_build(
     context_sha = _sha_dir(context, dockerfile)
 
     def stage(refs: list[dict[str, Any]]) -> dict[str, Any]:
-        spec = ImageSpec(repository, model_inputs(refs), base_pinned, requirements=sorted(args.requirements))
+        spec = ImageSpec(
+            repository,
+            model_inputs(refs),
+            base_pinned,
+            requirements=sorted(args.requirements),
+            trusted_keys=trusted,
+        )
         check_trusted(spec.models, trusted)
         key = stage_docker_context(spec, context, where.resolve(), context_sha)
         tags = [f"{repository}:build-{key[:16]}"] + ([f"{repository}:{args.tag}"] if args.tag else [])

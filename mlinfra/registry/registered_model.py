@@ -311,9 +311,15 @@ class RegisteredModel(pulumi.ComponentResource):
         self.registry = registry
         self.registry_credential = credential
         self.properties = properties
-        # What images and deployments need to fetch this exact version (secret when a credential is set).
+        # What images and deployments need to fetch this exact version (secret when a credential is set). With a
+        # signing key it resolves once the version is signed: images and devices that verify find the signature.
         self.model_ref: pulumi.Output[dict[str, Any]] = pulumi.Output.all(
-            self.model_name, self.version, self.sha256, self.registry, credential
+            self.model_name,
+            self.version,
+            self.sha256,
+            self.registry,
+            credential,
+            getattr(self, "signed_by", None),
         ).apply(_model_ref)
         self.register_outputs(
             {

@@ -37,12 +37,14 @@ class Agents:
         self.ports: dict[str, int] = {}
         self.passwords: dict[str, str] = {}
         self.tags: dict[str, str] = {}
+        self.trust: dict[str, list[str]] = {}
 
-    def start(self, device: str, tags: str) -> None:
+    def start(self, device: str, tags: str, trust: Path | None = None) -> None:
         if device not in self.passwords:
             self.passwords.update(provision_devices([device]))
             self.ports[device] = free_port()
             self.tags[device] = tags
+            self.trust[device] = ["--trust", str(trust)] if trust else []
         log = open(self.root / f"{device}.log", "ab")  # noqa: SIM115
         self.procs[device] = subprocess.Popen(
             [
@@ -59,6 +61,7 @@ class Agents:
                 str(self.root / device),
                 "--serve-port",
                 str(self.ports[device]),
+                *self.trust[device],
             ],
             env={**os.environ, "MLINFRA_EDGE_PASSWORD": self.passwords[device]},
             cwd=REPO,
@@ -108,7 +111,7 @@ def agents(broker, tmp_path):
     a.close()
 
 
-def _stack(program, backend: Path, broker: Broker, reg: str, models: dict, deployments: list):
+def _stack(program, backend: Path, broker: Broker, reg: str, models: dict, deployments: list, **extra):
     return local_stack(
         program("edge-deployment"),
         "edge",
@@ -120,6 +123,7 @@ def _stack(program, backend: Path, broker: Broker, reg: str, models: dict, deplo
             "broker": broker.url,
             "username": broker.username,
             "password": auto.ConfigValue(value=broker.password, secret=True),
+            **extra,
         },
     )
 
@@ -218,6 +222,50 @@ def test_targeting_layering_priority_offline_restart_corruption_and_fallback(
     assert set(agents.served("d1")) == {"mlp", "extra"}
     stack.destroy()
     agents.wait(lambda f: not f.twins["d2"]["models"], "models withdrawn from d2")
+
+
+def test_a_device_that_trusts_a_key_swaps_in_only_models_it_signed(
+    tmp_path: Path, backend: Path, program, broker: Broker, agents: Agents
+) -> None:
+    """A device with a trust folder: a model signed at registration by the trusted key is verified and served; an
+    unsigned version, then one signed by another key, fail the deployment's gate with the reason while the last good
+    model keeps serving; signed by the trusted key, it rolls out."""
+    from mlinfra.registry.signing import key_id
+    from tests.signing_helpers import ec_keypair
+
+    (key_a, pub_a), (key_b, pub_b) = ec_keypair(), ec_keypair()
+    trust = tmp_path / "trust"
+    (trust / "keys").mkdir(parents=True)
+    (trust / "keys" / "a.pem").write_text(pub_a)
+    agents.start("s1", "site=p7", trust=trust)
+    mlp = write_mlp(tmp_path / "mlp.onnx", seed=1)
+    deployments = [{"name": "signed", "condition": "*", "priority": 1, "models": ["mlp"], "timeout": 20}]
+    reg = f"file://{tmp_path / 'registry'}"
+    signing = {"signing_key": auto.ConfigValue(key_a, secret=True)}
+    stack = _stack(program, backend, broker, reg, {"mlp": mlp}, deployments, **signing)
+    assert stack.up().outputs["signed"].value["succeeded"] == 1
+    assert agents.served("s1") == {"mlp": "1"}
+
+    write_mlp(mlp, seed=2)  # version 2, unsigned
+    stack.remove_config("signing_key")
+    with pytest.raises(auto.CommandError) as unsigned:
+        stack.up()
+    assert "edge deployment signed failed its gate" in str(unsigned.value)
+    assert "model mlp:2 is not signed" in str(unsigned.value), str(unsigned.value)[-2000:]
+    assert agents.served("s1") == {"mlp": "1"} and agents.infer_ok("s1", "mlp"), "the last good model serves"
+
+    stack.set_config("signing_key", auto.ConfigValue(key_b, secret=True))  # signs version 2 with key B
+    with pytest.raises(auto.CommandError) as untrusted:
+        stack.up()
+    assert f"signed by key {key_id(pub_b)[:16]}" in str(untrusted.value) and "not trusted" in str(
+        untrusted.value
+    )
+    assert agents.served("s1") == {"mlp": "1"}
+
+    stack.set_config("signing_key", auto.ConfigValue(key_a, secret=True))
+    assert stack.up().outputs["signed"].value["succeeded"] == 1
+    assert agents.served("s1") == {"mlp": "2"} and agents.infer_ok("s1", "mlp")
+    stack.destroy()
 
 
 def test_malformed_payloads_are_ignored_and_devices_are_fenced(broker: Broker, agents: Agents) -> None:

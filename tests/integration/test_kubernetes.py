@@ -51,7 +51,29 @@ def images(tmp_path_factory, local_services) -> dict[str, str]:
             base="127.0.0.1:5000/mlinfra/python-base:bookworm",
         )
         out[tag] = build_and_push(spec).image_ref
+    out["tampered"] = _tampered_signed_image(tmp, reg)
     return out
+
+
+def _tampered_signed_image(tmp, signed_reg: ModelRegistry) -> str:
+    """An image whose model bytes are not the ones signed: mlp:1 was signed in SIGNED_REG; another registry holds
+    other bytes as mlp:1 with that bundle beside them, and the image is built from it with the signer trusted."""
+    from mlinfra.registry.signing import sign_version, signatures
+    from tests.signing_helpers import ec_keypair
+
+    private, public = ec_keypair()
+    kid = sign_version(signed_reg, "mlp", 1, private)
+    forged_uri = f"file://{tmp / 'forged-registry'}"
+    forged = ModelRegistry(forged_uri)
+    mv, _ = forged.register("mlp", write_mlp(tmp / "forged.onnx", seed=99))
+    forged.store.put(f"models/mlp/signatures/{1:010d}/{kid}.json", signatures(signed_reg, "mlp", 1)[kid])
+    spec = ImageSpec(
+        repository="127.0.0.1:5000/mlinfra-test/k8s",
+        models=[ModelInput("mlp", mv.version, mv.sha256, forged_uri)],
+        base="127.0.0.1:5000/mlinfra/python-base:bookworm",
+        trusted_keys=[public],
+    )
+    return build_and_push(spec).image_ref
 
 
 def _post(url: str, key: str | None, body: dict, timeout: float = 10) -> tuple[int, dict]:
@@ -222,6 +244,18 @@ def test_endpoint_runs_real_pods(cluster, images, program, backend) -> None:
         assert "gate readiness failed" in str(failed.value) and "cannot pull image" in str(failed.value)
         assert bad in str(failed.value), str(failed.value)[-2000:]
         assert len(slots()) == 1, slots()
+        assert all(scored() == v2 for _ in range(20)), "v2 still serves every request"
+        # A v3 whose model does not match its signature: the server refuses it at load and exits, the pod
+        # crash-loops, the gate fails naming the version and what changed; v2 keeps serving.
+        st.set_config("deployments", auto.ConfigValue(json.dumps({"blue": blue(images["tampered"])})))
+        t0 = time.monotonic()
+        with pytest.raises(auto.CommandError) as refused:
+            st.up(on_output=lambda _m: None)
+        took = time.monotonic() - t0
+        msg = str(refused.value)
+        assert "gate readiness failed" in msg and "crash-loops" in msg, msg[-2000:]
+        assert "model mlp:1 refused" in msg and "changed: ." in msg, msg[-2000:]
+        assert took < 100, f"the refused model failed the up only after {took:.0f} s"
         assert all(scored() == v2 for _ in range(20)), "v2 still serves every request"
         st.set_config("deployments", auto.ConfigValue(json.dumps({"blue": blue(images["v2"])})))
 

@@ -433,4 +433,30 @@ def test_an_image_packages_only_models_signed_by_a_trusted_key(
     ref = up.outputs["image_ref"].value
     assert ref.startswith(f"{repo}@sha256:")
     _run_and_score(ref, model_file)
+
+    # The server checks the model again at load, against the keys and bundles the image carries: the files it
+    # serves verify; the same image with its model file swapped exits (code 3) naming the version and what changed.
+    def run(*extra: str) -> tuple[int, str]:
+        proc = subprocess.run(
+            [DOCKER, "run", "--rm", "--read-only", "--cap-drop", "ALL", "--network", "none", *extra, ref,
+             "--port", "18080"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return proc.returncode, proc.stdout + proc.stderr
+
+    logs = subprocess.run(
+        [DOCKER, "run", "--rm", "--network", "none", "--entrypoint", "sh", ref, "-c",
+         "find /opt/mlinfra/trust -type f | sort; echo MLINFRA_SERVE_TRUST=$MLINFRA_SERVE_TRUST"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert f"/opt/mlinfra/trust/keys/{key_id(pub_a)}.pem" in logs and f"keys/{key_id(pub_b)}.pem" in logs
+    assert f"/opt/mlinfra/trust/signatures/mlp/1/{key_id(pub_a)}.json" in logs
+    assert "MLINFRA_SERVE_TRUST=/opt/mlinfra/trust" in logs
+    tampered = tmp_path / "tampered.onnx"
+    tampered.write_bytes(model_file.read_bytes()[:-1] + b"\0")
+    tampered.chmod(0o644)
+    code, out = run("-v", f"{tampered}:/models/mlp/1/model.onnx:ro")
+    assert code == 3, out[-2000:]
+    assert "model mlp:1 refused" in out and "changed: ." in out and key_id(pub_a)[:16] in out, out[-2000:]
+    assert "model_loaded" not in out, "the tampered model never loads"
     stack.destroy()

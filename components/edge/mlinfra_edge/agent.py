@@ -60,6 +60,10 @@ class AgentConfig:
     serve_port: int | None = None  # None: verify and record models without serving (lightweight/simulated)
     ca_file: str | None = None
     session_expiry_s: int = 7 * 24 * 3600
+    trust: Path | None = None
+    """A trust folder (keys/*.pem: public keys or root certificates the device trusts; see
+    mlinfra_scoring.provenance): every model must match a signature bundle its deployment carries, by one of them,
+    before it is swapped in — else the update fails and the last good model keeps serving. None: not checked."""
 
 
 def _broker(url: str) -> tuple[str, int, bool]:
@@ -310,12 +314,24 @@ class EdgeAgent:
         try:
             for f in art.files:
                 _download(f["url"], tmp / f["path"], f["sha256"], int(f["size"]))
+            if self.config.trust is not None:
+                self._verify(art, tmp if art.is_dir else tmp / art.files[0]["path"])
             (tmp / ".complete").write_text(art.key)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return self._model_path(art)
+
+    def _verify(self, art: Artifact, path: Path) -> None:
+        """The downloaded files must match one of the artifact's signatures by a key this device trusts."""
+        from mlinfra_scoring.provenance import TrustStore
+
+        assert self.config.trust is not None
+        signer = TrustStore.from_dir(self.config.trust).verify_model(
+            art.name, str(art.version), path, [(k, b.encode()) for k, b in art.signatures]
+        )
+        self._on_event("verified", {"model": art.key, "signer": signer})
 
     def _save_state(self) -> None:
         path = self.config.state_dir / "state.json"

@@ -48,7 +48,16 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra edge-agent") -> int
     p.add_argument(
         "--serve-port", type=int, default=8080, help="local scoring server port (0: any free port)"
     )
+    p.add_argument(
+        "--trust",
+        metavar="DIR",
+        default=os.environ.get("MLINFRA_EDGE_TRUST") or None,
+        help="swap in only models signed by a key in DIR/keys/*.pem (default: $MLINFRA_EDGE_TRUST; unset: no check)",
+    )
     args = p.parse_args(argv)
+    if args.trust and not (Path(args.trust) / "keys").is_dir():
+        print(f"error: --trust {args.trust}: no keys/ folder of trusted PEM keys there", file=sys.stderr)
+        return 2
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler])
@@ -79,6 +88,7 @@ def main(argv: list[str] | None = None, prog: str = "mlinfra edge-agent") -> int
                 ca_file=args.ca_file,
                 state_dir=Path(args.state_dir or Path("edge-state") / args.device_id),
                 serve_port=args.serve_port,
+                trust=Path(args.trust) if args.trust else None,
             )
         )
     except ValueError as e:

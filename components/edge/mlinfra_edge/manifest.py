@@ -53,6 +53,7 @@ class Artifact:
     sha256: str
     files: tuple[dict[str, Any], ...]
     is_dir: bool = False
+    signatures: tuple[tuple[str, str], ...] = ()  # (signer key id, model-signing bundle JSON)
 
     @property
     def key(self) -> str:
@@ -82,6 +83,7 @@ class Deployment:
                     "sha256": a.sha256,
                     "files": list(a.files),
                     "is_dir": a.is_dir,
+                    **({"signatures": dict(a.signatures)} if a.signatures else {}),
                 }
                 for a in self.models
             ],
@@ -132,6 +134,25 @@ def _check_files(files: list[Any], is_dir: bool, where: str) -> None:
             raise ManifestError(f"{where}: files[{j}] url must be https, http or file")
 
 
+MAX_SIGNATURES = 16
+MAX_BUNDLE = 32 * 1024
+
+
+def _signatures(sigs: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """A model's signature bundles, {signer key id (64 hex): bundle JSON}: checked for shape here, for what they
+    prove by the agent (mlinfra_scoring.provenance) against the keys the device trusts."""
+    if not isinstance(sigs, dict) or len(sigs) > MAX_SIGNATURES:
+        raise ManifestError(f"{where}: signatures must be an object of at most {MAX_SIGNATURES} bundles")
+    for kid, bundle in sigs.items():
+        if not SHA256_RE.fullmatch(kid):
+            raise ManifestError(f"{where}: signature key id {kid[:80]!r} is not 64 lowercase hex digits")
+        if not isinstance(bundle, str) or len(bundle) > MAX_BUNDLE:
+            raise ManifestError(
+                f"{where}: signature {kid[:16]}… must be a bundle (JSON text) under {MAX_BUNDLE} bytes"
+            )
+    return tuple(sorted(sigs.items()))
+
+
 def parse_manifest(payload: bytes) -> Deployment:
     """Validate a manifest; ManifestError names what is wrong (the agent logs it and ignores the message)."""
     if len(payload) > MAX_MANIFEST:
@@ -171,7 +192,8 @@ def parse_manifest(payload: bytes) -> Deployment:
             raise ManifestError(f"{name}: {model}: is_dir must be true or false")
         files = _need(m, "files", list, f"{name}: {model}")
         _check_files(files, is_dir, f"{name}: {model}")
-        models.append(Artifact(model, version, sha, tuple(files), is_dir))
+        sigs = _signatures(m.get("signatures", {}), f"{name}: {model}")
+        models.append(Artifact(model, version, sha, tuple(files), is_dir, sigs))
     generation = _need(doc, "generation", str, name)
     if not 0 < len(generation) <= 128:
         raise ManifestError(f"{name}: generation must be 1 to 128 characters")

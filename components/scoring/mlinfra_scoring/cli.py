@@ -75,6 +75,12 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
     p.add_argument(
         "--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated"
     )
+    p.add_argument(
+        "--trust",
+        metavar="DIR",
+        help="serve only models whose files match a signature by a key in DIR/keys (bundles in "
+        "DIR/signatures/<model>/<version>/); see mlinfra_scoring.provenance",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not write JSON access logs to stdout")
     return p
 
@@ -98,6 +104,9 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         specs.append(ModelSpec(path=path, name=name, version=versions[i] if i < len(versions) else "1"))
     if len({s.name for s in specs}) != len(specs):
         raise ConfigError(f"model names must be unique, got {[s.name for s in specs]}: pass --name for each")
+    trust = args.trust or _env("TRUST")
+    if trust is not None and not Path(trust).is_dir():
+        raise ConfigError(f"trust folder {trust!r} does not exist (--trust / MLINFRA_SERVE_TRUST)")
     keys = args.key or [k for k in (_env("KEYS") or "").split(",") if k]
 
     def num(value: object, env: str, default: float, cast: type = float, lo: float = 0) -> float:
@@ -132,6 +141,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         body_timeout_s=num(args.body_timeout_s, "BODY_TIMEOUT_S", 30.0, float, 0.1),
         max_connections=int(num(args.max_connections, "MAX_CONNECTIONS", 1024, int, 1)),
         drain_linger_s=num(args.drain_linger_s, "DRAIN_LINGER_S", 0.0),
+        trust=trust,
         access_log=not (args.no_access_log or _env("NO_ACCESS_LOG") in ("1", "true")),
         providers=[
             p for p in (args.providers or _env("PROVIDERS") or "CPUExecutionProvider").split(",") if p

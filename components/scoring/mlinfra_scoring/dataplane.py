@@ -33,6 +33,7 @@ from mlinfra_scoring.models import (
     model_dir_env,
     non_finite,
 )
+from mlinfra_scoring.provenance import ProvenanceError, TrustStore
 from mlinfra_scoring.repository import ModelRepository, ModelSpec
 
 Hook = Callable[[dict[str, Any]], None]
@@ -47,6 +48,9 @@ class DataPlane:
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
+        self.refused = (
+            False  # a model's signature did not verify (mlinfra_scoring.provenance): the server stops
+        )
         self._log = log
         self._script_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="score-script")
 
@@ -56,10 +60,29 @@ class DataPlane:
         """Register a data-collection hook: called with each scored record; must not block (enqueue and return)."""
         self.hooks.append(hook)
 
-    def load(self, models: list[ModelSpec], script: str | None, wanted_providers: list[str]) -> None:
-        """Load every model (and the user script); readiness turns true only when all succeeded."""
+    def load(
+        self,
+        models: list[ModelSpec],
+        script: str | None,
+        wanted_providers: list[str],
+        trust: str | None = None,
+    ) -> None:
+        """Load every model (and the user script); readiness turns true only when all succeeded. With TRUST (a trust
+        folder, mlinfra_scoring.provenance) each model's files must first match a signature by a trusted signer."""
         try:
+            if trust is not None:
+                trust_store = TrustStore.from_dir(trust)
             for spec in models:
+                if trust is not None:
+                    signer = trust_store.verify_model(spec.name, spec.version, spec.path)
+                    self._event(
+                        {
+                            "event": "model_verified",
+                            "model": spec.name,
+                            "version": spec.version,
+                            "signer": signer,
+                        }
+                    )
                 m = self.repository.load(spec)
                 note = (
                     "no accelerator provider available: running on CPU"
@@ -85,6 +108,7 @@ class DataPlane:
             self.set_ready(True)
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
+            self.refused = isinstance(e, ProvenanceError)
             self._event({"event": "load_failed", "error": self.load_error})
 
     def start_draining(self) -> None:

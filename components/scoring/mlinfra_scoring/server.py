@@ -80,6 +80,9 @@ class ServerConfig:
     behind a Kubernetes Service, whose keep-alive connections stay with the old pod) then never sends a request on a
     connection the server is closing. 0: close idle connections at once (the Docker target's router has already
     forgotten a replica it stops)."""
+    trust: str | None = None
+    """A trust folder (mlinfra_scoring.provenance): every model must match a signature by a trusted key before it
+    loads; None: models are not checked."""
 
 
 class _Guard(asyncio.Protocol):
@@ -154,7 +157,7 @@ class ScoringServer:
 
     def load(self) -> None:
         """Load every model (and the user script); readiness turns true only when all succeeded."""
-        self.dataplane.load(self.config.models, self.config.script, self.config.providers)
+        self.dataplane.load(self.config.models, self.config.script, self.config.providers, self.config.trust)
 
     def swap_model(self, name: str, version: str, path: str) -> LoadedModel:
         """Serve another model under NAME atomically (see ModelRepository.swap)."""
@@ -449,8 +452,10 @@ class ScoringServer:
 
     # -- running ---------------------------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        """Listen, load models in the background, and on SIGTERM/SIGINT drain in-flight requests and return."""
+    async def serve(self) -> int:
+        """Listen, load models in the background, and on SIGTERM/SIGINT drain in-flight requests and return 0. A
+        model whose signature does not verify (``--trust``) stops the server with exit code 3 after saying why: it
+        never becomes ready, and an orchestrator sees a failing container rather than one that is merely slow."""
         runner, listener = await self._listen()
         grpc = None
         if self.config.grpc_port is not None:
@@ -479,6 +484,10 @@ class ScoringServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await loop.run_in_executor(None, self.load)
+        code = 0
+        if self.dataplane.refused:
+            code = 3
+            stop.set()
         flusher = asyncio.create_task(self._flush_logs())
         await stop.wait()
         self.dataplane.start_draining()
@@ -504,6 +513,7 @@ class ScoringServer:
         if self._watchdog is not None:
             self._watchdog.cancel()
         print(json.dumps({"event": "stopped", "in_flight": self.in_flight}), file=self._log, flush=True)
+        return code
 
     async def _listen(self) -> tuple[web.AppRunner, asyncio.Server]:
         """aiohttp's handler behind a listener of our own: each connection wrapped in a :class:`_Guard` (bounded
@@ -782,7 +792,6 @@ def run(config: ServerConfig, hooks: list[Hook] | None = None) -> int:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(server.serve())
+        return asyncio.run(server.serve())
     else:
-        uvloop.run(server.serve())
-    return 0
+        return uvloop.run(server.serve())

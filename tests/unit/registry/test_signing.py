@@ -121,3 +121,62 @@ def test_a_copied_version_keeps_its_signatures(reg: ModelRegistry, tmp_path: Pat
     sign_version(reg, "mlp", 1, p2)
     target.copy_version(reg, "mlp", 1, mv.sha256)  # already there: only the new signature comes
     assert verify_version(target, "mlp", 1, pub2).ok
+
+
+def test_a_folder_signed_from_its_record_verifies_upstream(tmp_path: Path) -> None:
+    """Signing builds the statement from the record (no re-read); upstream hashes the downloaded folder itself and
+    agrees — nested files, and the git paths its hashing leaves out."""
+    folder = tmp_path / "fraud"
+    (folder / "conf").mkdir(parents=True)
+    write_mlp(folder / "model.onnx")
+    (folder / "conf" / "labels.txt").write_text("ok\nfraud\n")
+    (folder / ".gitattributes").write_text("*.onnx filter=lfs\n")
+    reg = ModelRegistry(f"file://{tmp_path / 'registry'}")
+    reg.register("fraud", folder)
+    private, public = ec_keypair()
+    kid = sign_version(reg, "fraud", 1, private)
+    (tmp_path / "pub.pem").write_text(public)
+    (tmp_path / "sig.json").write_bytes(signatures(reg, "fraud", 1)[kid])
+    dl = reg.download("fraud:1", (tmp_path / "dl").mkdir() or tmp_path / "dl")
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "model_signing"), "verify", "key", "--signature",
+         str(tmp_path / "sig.json"), "--public_key", str(tmp_path / "pub.pem"), str(dl)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_certificate_signing_trusts_the_root_and_refuses_expired_certificates(
+    reg: ModelRegistry, tmp_path: Path
+) -> None:
+    import model_signing
+
+    from tests.signing_helpers import certificate_chain
+
+    private, chain, root = certificate_chain()
+    kid = sign_version(reg, "mlp", 1, private, certificate_chain=chain)
+    ok = verify_version(reg, "mlp", 1, root)
+    assert ok.ok and ok.key_id == kid, ok
+    _, _, other_root = certificate_chain()
+    assert not verify_version(reg, "mlp", 1, other_root).ok
+    with pytest.raises(SignatureError, match="is not the signing key's"):
+        sign_version(reg, "mlp", 1, ec_keypair()[0], certificate_chain=chain)
+    old_key, old_chain, old_root = certificate_chain(days_valid=(-30, -1))
+    with pytest.raises(SignatureError, match=r"CN=model signer is valid .* not now: renew it"):
+        sign_version(reg, "mlp", 1, old_key, certificate_chain=old_chain)
+    # A bundle made while the certificate was valid (upstream, which does not look at today's date): refused now.
+    (tmp_path / "k.pem").write_text(old_key)
+    leaf, root_pem = [
+        c + "-----END CERTIFICATE-----\n" for c in old_chain.split("-----END CERTIFICATE-----\n")
+    ][:2]
+    (tmp_path / "leaf.pem").write_text(leaf)
+    (tmp_path / "root.pem").write_text(root_pem)
+    dl = reg.download("mlp:1", (tmp_path / "dl").mkdir() or tmp_path / "dl")
+    model_signing.signing.Config().use_certificate_signer(
+        private_key=tmp_path / "k.pem",
+        signing_certificate=tmp_path / "leaf.pem",
+        certificate_chain=[tmp_path / "root.pem"],
+    ).sign(dl, tmp_path / "b.json")
+    reg.store.put(f"models/mlp/signatures/{1:010d}/{key_id(leaf)}.json", (tmp_path / "b.json").read_bytes())
+    expired = verify_version(reg, "mlp", 1, old_root)
+    assert not expired.ok and "not now (expired" in expired.reason, expired

@@ -1,5 +1,5 @@
-"""Edge deployments from config: models {key: path} and deployments [{name, condition, priority, layered, models,
-min_fraction, timeout, max_failures}]."""
+"""Edge deployments from config: models {key: path} (signed with signing_key, if set) and deployments [{name,
+condition, priority, layered, models, min_fraction, timeout, max_failures}]."""
 
 import json
 
@@ -10,7 +10,12 @@ import mlinfra
 config = pulumi.Config()
 registry = config.require("registry")
 models = {
-    key: mlinfra.RegisteredModel(key, mlinfra.RegisteredModelArgs(path=path, registry=registry))
+    key: mlinfra.RegisteredModel(
+        key,
+        mlinfra.RegisteredModelArgs(
+            path=path, registry=registry, signing_key=config.get_secret("signing_key")
+        ),
+    )
     for key, path in json.loads(config.require("models")).items()
 }
 for d in json.loads(config.require("deployments")):
