@@ -38,6 +38,11 @@ def pinned_versions() -> dict[str, str]:
     return out
 
 
+def cosign_binary() -> Path:
+    """cosign as `make setup` builds it (scripts/engine.sh step 7): the independent verifier of image attestations."""
+    return cache_dir() / "engine" / f"cosign-{pinned_versions().get('COSIGN_VERSION', '')}" / "cosign"
+
+
 def pulumi_home() -> Path:
     return Path(os.environ.get("PULUMI_HOME") or cache_dir() / "pulumi-home")
 

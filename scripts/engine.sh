@@ -12,6 +12,8 @@
 #      runs it on a unix socket and registers it as the buildx builder "mlinfra"), is built into the cache.
 #   6. The Pulumi YAML language host (engine/yaml: github.com/pulumi/pulumi-yaml) is built and installed as the
 #      language plugin yaml, so Pulumi YAML programs can use mlinfra's component package (mlinfra/package).
+#   7. cosign (engine/cosign), which verifies ScoringImage provenance attestations independently of mlinfra, is built
+#      into the cache.
 #
 # The result is recorded as the symlink .mlinfra/engine -> BINDIR, which mlinfra.engine reads. See docs/engine.md.
 set -euo pipefail
@@ -151,4 +153,18 @@ if [ "$("$BIN/pulumi-language-yaml" -version 2>/dev/null || true)" != "v$YV" ] \
   esac
 fi
 echo "engine: Pulumi YAML language host v$YV beside pulumi in $BIN"
+# --- 7: cosign -----------------------------------------------------------------------------------------------------
+CV=$COSIGN_VERSION
+key=$(hash_of engine/versions.env engine/cosign/go.mod engine/cosign/go.sum)
+CBIN="$CACHE/engine/cosign-$CV-$key"
+if [ ! -x "$CBIN/cosign" ]; then
+  need_go
+  echo "engine: building cosign $CV into $CBIN (cold: a few minutes; ~1 min with warm Go caches)"
+  mkdir -p "$CBIN.tmp"
+  gobuild engine/cosign osusergo,netgo "sigs.k8s.io/release-utils/version.gitVersion=$CV" "$CBIN.tmp" \
+    github.com/sigstore/cosign/v2/cmd/cosign
+  rm -rf "$CBIN" && mv "$CBIN.tmp" "$CBIN"
+fi
+ln -sfn "$CBIN" "$CACHE/engine/cosign-$CV"
+echo "engine: cosign $CV at $CBIN"
 echo "engine: ready in $(( $(date +%s) - t0 )) s"

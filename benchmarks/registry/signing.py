@@ -8,7 +8,7 @@ of N:
 - ``register+upstream sign``: the same registration, then upstream model-signing's own `sign` on the file (it hashes
   the bytes again) — what signing costs when the statement is not made from the registry's record.
 
-Goal: register+sign ≤ 1.1× register.
+Goal: register+sign ≤ 1.1 times the time of register.
 
 Usage: .venv/bin/python benchmarks/registry/signing.py [--reps 3] [--out benchmarks/registry/SIGNING.md]
 Needs `make setup services` (Azurite). Writes figures with the date and machine.
@@ -79,7 +79,9 @@ def main() -> int:
             for kind in KINDS:
                 container = f"benchsign{i}{KINDS.index(kind)}{os.getpid()}"
                 env = {**os.environ, "MLINFRA_CACHE": str(work / f"cache-{i}-{KINDS.index(kind)}")}
-                code = CHILD.format(repo=str(REPO), container=container, path=str(model), key=str(key), kind=kind)
+                code = CHILD.format(
+                    repo=str(REPO), container=container, path=str(model), key=str(key), kind=kind
+                )
                 r = run_child(code, env)
                 runs[kind].append(r)
                 print(f"  1 GiB {kind:22s} rep {i + 1}: {r['seconds']:.2f} s", flush=True)

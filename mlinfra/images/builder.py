@@ -278,6 +278,18 @@ def wheel_hashes(wh: Path | None = None) -> dict[str, str]:
         return {}
 
 
+def wheels_of(dists: list[str]) -> dict[str, str]:
+    """{wheel file name: sha256} in the wheelhouse of the distributions DISTS ("name-version", as dist-info folders
+    and resolved requirement lists name them)."""
+
+    def prefix(dist: str) -> str:
+        name, _, version = dist.rpartition("-")
+        return f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
+
+    prefixes = tuple(prefix(d) for d in dists)
+    return {w: h for w, h in sorted(wheel_hashes().items()) if w.lower().startswith(prefixes)}
+
+
 def _record_hashes(wh: Path) -> dict[str, str]:
     """Record the sha256 of every wheel that has none yet (a download just made, or a wheelhouse from before hashes
     were kept); recorded hashes never change."""
@@ -696,6 +708,37 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
     )
 
 
+def _copy_manifest(
+    src: RegistryClient,
+    dst: RegistryClient,
+    source: tuple[str, str],
+    dest: tuple[str, str],
+    digest: str,
+    reference: str,
+) -> str:
+    """Copy manifest DIGEST of SOURCE (host, repo) and its blobs to DEST under REFERENCE (the digest, or a tag);
+    every blob and the manifest are checked against their digests. Returns the digest DEST reports."""
+    (host, repo), (dhost, drepo) = source, dest
+    status, headers, raw = src.request("GET", f"/v2/{repo}/manifests/{digest}", headers={"Accept": ACCEPT})
+    if status != 200:
+        raise OciRegistryError(f"registry {host} has no image {repo}@{digest} (HTTP {status})")
+    if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
+        raise OciRegistryError(f"registry {host} returned a manifest for {repo}@{digest} with another digest")
+    manifest = json.loads(raw)
+    for blob in [manifest["config"], *manifest.get("layers", [])]:
+        d = blob["digest"]
+        if dst.blob_exists(drepo, d) or (dhost == host and _mount(dst, drepo, repo, d)):
+            continue
+        data = src.get_blob(repo, d)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != d:
+            raise OciRegistryError(
+                f"blob {d} of {host}/{repo}@{digest} does not match its digest: not copied"
+            )
+        dst.push_blob(drepo, d, data)
+    media = headers.get("content-type") or manifest.get("mediaType") or MANIFEST_V2
+    return dst.put_manifest(drepo, reference, raw, media)
+
+
 def _mount(client: RegistryClient, repo: str, from_repo: str, digest: str) -> bool:
     status, _, _ = client.request("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}")
     return status == 201
@@ -883,27 +926,19 @@ def inspect_image(ref: str, spec: ImageSpec | None = None) -> dict[str, Any] | N
 
 def copy_image(ref: str, repository: str) -> str:
     """Copy image REF (host/repo@sha256:…) into REPOSITORY (host/repo, any registry) by content: blobs are mounted
-    or streamed and checked against their digests, and the manifest's digest must come out identical. Returns
-    the new host/repo@sha256:… reference."""
+    or streamed and checked against their digests, and the manifest's digest must come out identical. Its
+    attestations (cosign's ``sha256-<hex>.att``: the signed provenance) come along. Returns the new
+    host/repo@sha256:… reference."""
+    from mlinfra.images.attest import attestation_tag
+
     host, repo, digest = split_ref(ref)
     dhost, drepo, _ = split_ref(repository + ":x")
     src, dst = _client(host), _client(dhost)
-    status, headers, raw = src.request("GET", f"/v2/{repo}/manifests/{digest}", headers={"Accept": ACCEPT})
-    if status != 200:
-        raise OciRegistryError(f"registry {host} has no image {repo}@{digest} (HTTP {status})")
-    if "sha256:" + hashlib.sha256(raw).hexdigest() != digest:
-        raise OciRegistryError(f"registry {host} returned a manifest for {repo}@{digest} with another digest")
-    manifest = json.loads(raw)
-    for blob in [manifest["config"], *manifest.get("layers", [])]:
-        d = blob["digest"]
-        if dst.blob_exists(drepo, d) or (dhost == host and _mount(dst, drepo, repo, d)):
-            continue
-        data = src.get_blob(repo, d)
-        if "sha256:" + hashlib.sha256(data).hexdigest() != d:
-            raise OciRegistryError(f"blob {d} of {ref} does not match its digest: not copied")
-        dst.push_blob(drepo, d, data)
-    media = headers.get("content-type") or manifest.get("mediaType") or MANIFEST_V2
-    got = dst.put_manifest(drepo, digest, raw, media)
+    got = _copy_manifest(src, dst, (host, repo), (dhost, drepo), digest, digest)
     if got != digest:
         raise OciRegistryError(f"copied manifest of {ref} came out as {got} in {dhost}/{drepo}")
+    att = attestation_tag(digest)
+    att_digest = src.manifest_digest(repo, att)
+    if att_digest:
+        _copy_manifest(src, dst, (host, repo), (dhost, drepo), att_digest, att)
     return f"{dhost}/{drepo}@{digest}"

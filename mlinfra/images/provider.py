@@ -50,6 +50,7 @@ BUILD_KEYS = (
     "context_sha256",
     "built_digest",
     "trusted_keys",  # baked into the image: the server checks each model's signature at load
+    "attestation_key_id",  # who signs the provenance attestation
 )
 
 
@@ -67,6 +68,60 @@ def _spec(props: dict[str, Any]) -> ImageSpec:
         password=props.get("registry_password") or None,
         trusted_keys=list(props.get("trusted_keys") or []),
     )
+
+
+def _attest(props: dict[str, Any], result: BuildResult) -> dict[str, str]:
+    """Sign and attach the image's SLSA provenance (mlinfra.images.attest): its models with their signers, the base
+    image's digest, the dependency wheels' sha256 and the builder."""
+    from importlib.metadata import version
+
+    from mlinfra.engine import pinned_versions
+    from mlinfra.images.attest import attach_signed, provenance_statement
+    from mlinfra.images.builder import FORMAT, image_requirements, wheels_of
+    from mlinfra.registry.signing import signatures
+
+    host, repo, _ = split_ref(result.image_ref)
+    spec = _spec(props)
+    models = []
+    for m in props["models"]:
+        reg = ModelRegistry(m["registry"], m.get("credential") or None)
+        signers = sorted(signatures(reg, m["name"], int(m["version"])))
+        models.append(
+            {"name": m["name"], "version": int(m["version"]), "sha256": m["sha256"], "signers": signers}
+        )
+    base_digest = result.labels.get("org.opencontainers.image.base.digest") or spec.base.rsplit("@", 1)[-1]
+    # The daemonless build records every installed distribution; a Dockerfile's staging, its requirement pins.
+    dists = [d for d in result.labels.get("mlinfra.image.requirements", "").split(",") if d] or [
+        r.replace("==", "-") for r in image_requirements(spec.requirements)
+    ]
+    wheels = wheels_of(dists)
+    if props.get("dockerfile"):
+        builder_id = f"https://github.com/moby/buildkit@{pinned_versions().get('BUILDKIT_VERSION', '')}"
+        builder_version = {
+            "buildkit": pinned_versions().get("BUILDKIT_VERSION", ""),
+            "mlinfra": version("mlinfra"),
+        }
+    else:
+        builder_id = f"https://github.com/mlinfra/mlinfra/daemonless-builder@{version('mlinfra')}"
+        builder_version = {"mlinfra": version("mlinfra"), "format": FORMAT}
+    statement = provenance_statement(
+        f"{host}/{repo}",
+        result.digest,
+        models=models,
+        base=spec.base,
+        base_digest=base_digest,
+        wheels=wheels,
+        builder_id=builder_id,
+        builder_version=builder_version,
+        parameters={
+            "repository": props["repository"],
+            "models": [f"{m['name']}:{m['version']}" for m in models],
+            "requirements": sorted(props.get("requirements") or []),
+            "script_sha256": props.get("script_sha256"),
+            "dockerfile_sha256": props.get("dockerfile_sha256"),
+        },
+    )
+    return attach_signed(_client(host, spec), repo, result.digest, statement, props["attestation_key"])
 
 
 def _users(props: dict[str, Any], image_ref: str, add: bool) -> None:
@@ -157,9 +212,11 @@ class ScoringImageProvider(ResourceProvider):
             spec = _spec(props)
             check_trusted(spec.models, spec.trusted_keys)
             result = build_and_push(spec)
+        attestation = _attest(props, result) if props.get("attestation_key") else None
         _users(props, result.image_ref, add=True)
         return {
             **props,
+            **({"attestation": attestation} if attestation else {}),
             "image_ref": result.image_ref,
             "digest": result.digest,
             "image_labels": result.labels,

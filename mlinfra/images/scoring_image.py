@@ -81,6 +81,11 @@ class ScoringImageArgs:
     Dockerfile image gets them staged as mlinfra/trust/: `COPY mlinfra/trust/ /opt/mlinfra/trust/` and
     `ENV MLINFRA_SERVE_TRUST=/opt/mlinfra/trust`.) Default: the stack's `mlinfra:trustedKeys` config (a list of
     PEM strings), else no check."""
+    attestation_key: pulumi.Input[str] | None = None
+    """EC private key (PEM; made a Pulumi secret) that signs the image's SLSA provenance attestation — the models and
+    their signers, the base image digest, the dependency wheels' sha256, the builder — attached in the registry the
+    way cosign attaches attestations (mlinfra.images.attest; `cosign verify-attestation --key`). Default: the stack's
+    `mlinfra:signingKey` secret (the key that signs its models); neither: no attestation."""
     builder: str | None = None
     """The buildx builder instance ``dockerfile=`` builds with. Default: $MLINFRA_BUILDER, else ``mlinfra`` (the local
     buildkitd `make services` runs and registers)."""
@@ -119,7 +124,7 @@ class ScoringImage(pulumi.ComponentResource):
             except ImageBuildError as e:
                 raise ImageBuildError(f"ScoringImage {name}: {e}") from None
         # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read.
-        props = {
+        props: dict[str, Any] = {
             "repository": repository,
             "pinned": args.pinned,
             "models": [
@@ -127,6 +132,18 @@ class ScoringImage(pulumi.ComponentResource):
                 for m in args.models
             ],
         }
+        attestation_key = (
+            args.attestation_key
+            if args.attestation_key is not None
+            else pulumi.Config("mlinfra").get_secret("signingKey")
+        )
+        attestation_key_id = None
+        if attestation_key is not None and args.pinned is None:  # who attests, for policies (absent: nobody)
+            attestation_key = pulumi.Output.secret(attestation_key)
+            attestation_key_id = pulumi.Output.unsecret(
+                attestation_key.apply(functools.partial(_attestation_key_id, name))
+            )
+            props["attested_by"] = attestation_key_id
         super().__init__("mlinfra:images:ScoringImage", name, props, opts)
         if args.pinned is not None:
             self._init_pinned(name, args, _model_refs(name, args))
@@ -188,12 +205,21 @@ class ScoringImage(pulumi.ComponentResource):
                 "layers": None,
                 "bytes_pushed": None,
                 "model_versions": None,
+                **(
+                    {
+                        "attestation_key": attestation_key,
+                        "attestation_key_id": attestation_key_id,
+                        "attestation": None,
+                    }
+                    if attestation_key_id is not None
+                    else {}
+                ),
             },
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[m for m in args.models if isinstance(m, pulumi.Resource)]
                 + ([self.build] if self.build is not None else []),
-                additional_secret_outputs=["registry_password", "models"],
+                additional_secret_outputs=["registry_password", "models", "attestation_key"],
             ),
         )
         img: Any = self.image
@@ -202,6 +228,10 @@ class ScoringImage(pulumi.ComponentResource):
         self.labels = img.image_labels
         self.models = img.model_versions
         self.model_refs: pulumi.Output[list[dict[str, Any]]] = img.models
+        # {tag, manifest_digest, key_id, predicate_type} of the signed provenance attestation; None without a key.
+        self.attestation: pulumi.Output[Any] = (
+            img.attestation if attestation_key_id is not None else pulumi.Output.from_input(None)
+        )
         self.register_outputs(
             {"image_ref": self.image_ref, "digest": self.digest, "labels": self.labels, "models": self.models}
         )
@@ -313,6 +343,15 @@ def _docker_build(
         registries=registries,
         opts=pulumi.ResourceOptions(parent=parent),
     )
+
+
+def _attestation_key_id(name: str, pem: str) -> str:
+    from mlinfra.registry.signing import SignatureError, key_id, public_key_of
+
+    try:
+        return key_id(public_key_of(pem))
+    except SignatureError as e:
+        raise ImageBuildError(f"ScoringImage {name}: attestation_key: {e}") from None
 
 
 def _trusted_keys(name: str, args: ScoringImageArgs) -> list[str]:

@@ -112,7 +112,7 @@ def edge_gate(rtype: str, name: str, props: dict[str, Any], _cfg: dict[str, Any]
 
 
 def model_signed(rtype: str, name: str, props: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    if rtype != MODEL:
+    if rtype not in (MODEL, IMAGE):
         return []
     trusted = cfg.get("trustedKeyIds")
     if not isinstance(trusted, list) or not trusted or not all(isinstance(k, str) for k in trusted):
@@ -120,6 +120,23 @@ def model_signed(rtype: str, name: str, props: dict[str, Any], cfg: dict[str, An
             "policy mlinfra-model-signed needs config 'trustedKeyIds' (the key ids `mlinfra models sign` prints): "
             "set platform.policy.trusted_signers in the stack's config"
         ]
+    if rtype == IMAGE:
+        if props.get(
+            "pinned"
+        ):  # attested where it was built; `mlinfra promote --copy` brings the attestation along
+            return []
+        attested = props.get("attested_by")
+        if not isinstance(attested, str) or not attested:
+            return [
+                f"image {name} has no signed provenance attestation: give it attestation_key (default: the stack's "
+                "secret mlinfra:signingKey)"
+            ]
+        if attested.lower() not in {k.lower() for k in trusted}:
+            return [
+                f"image {name}'s provenance is signed by {attested[:16]}…, none of the stack's trusted keys "
+                f"({', '.join(k[:16] + '…' for k in trusted)})"
+            ]
+        return []
     ref = _model_ref(name, props)
     signers = [s for s in props.get("signers") or [] if isinstance(s, str)]
     if not signers:
@@ -148,5 +165,9 @@ RULES: dict[str, tuple[str, Rule]] = {
     "mlinfra-canary-step": ("Rollouts must start with a canary of at most N % of traffic.", canary_step),
     "mlinfra-image-digest": ("Images must be referenced by digest, never by tag alone.", image_digest),
     "mlinfra-edge-gate": ("Edge deployments must have a failure gate.", edge_gate),
-    "mlinfra-model-signed": ("Models must be signed by one of the stack's trusted keys.", model_signed),
+    "mlinfra-model-signed": (
+        "Models must be signed by one of the stack's trusted keys; images the stack builds carry provenance "
+        "signed by one.",
+        model_signed,
+    ),
 }

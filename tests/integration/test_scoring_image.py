@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -459,4 +460,119 @@ def test_an_image_packages_only_models_signed_by_a_trusted_key(
     assert code == 3, out[-2000:]
     assert "model mlp:1 refused" in out and "changed: ." in out and key_id(pub_a)[:16] in out, out[-2000:]
     assert "model_loaded" not in out, "the tampered model never loads"
+    stack.destroy()
+
+
+def _cosign(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """cosign (built by `make setup`) kept on this machine: no Rekor (--insecure-ignore-tlog), no TUF root fetched
+    (SIGSTORE_REKOR_PUBLIC_KEY set; a dead proxy besides, so any other lookup fails here)."""
+    from mlinfra.engine import cosign_binary
+
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp),
+        "TUF_ROOT": str(tmp / "tuf"),
+        "SIGSTORE_REKOR_PUBLIC_KEY": str(tmp / "pub.pem"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    return subprocess.run([str(cosign_binary()), *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_an_image_carries_signed_provenance_that_cosign_verifies(
+    tmp_path: Path, backend: Path, program, services_up
+) -> None:
+    """attestation_key: the image gets an SLSA provenance statement (models and their signers, base digest, wheels,
+    builder) signed and attached the cosign way; upstream `cosign verify-attestation --key` accepts it and refuses
+    another key; a second up attaches nothing new; promote --copy brings the attestation along; the key is a
+    secret in the state."""
+    from mlinfra.images.attest import attestation_tag
+    from mlinfra.images.builder import copy_image
+    from mlinfra.registry.signing import key_id
+    from tests.signing_helpers import ec_keypair
+
+    private, public = ec_keypair()
+    (tmp_path / "pub.pem").write_text(public)
+    model_file = write_mlp(tmp_path / "model.onnx")
+    repo = f"{services.registry_host()}/test/attested-{uuid.uuid4().hex[:8]}"
+    cfg = {
+        "path": str(model_file),
+        "registry": f"file://{tmp_path / 'registry'}",
+        "repository": repo,
+        "signing_key": auto.ConfigValue(private, secret=True),
+        "attestation_key": auto.ConfigValue(private, secret=True),
+    }
+    stack = local_stack(program("scoring-image"), "attested", backend_dir=backend, config=cfg)
+    up = stack.up()
+    ref = up.outputs["image_ref"].value
+    att = up.outputs["attestation"].value
+    assert att["key_id"] == key_id(public) and att["tag"] == attestation_tag(ref.split("@")[1]), att
+
+    res = _cosign(
+        "verify-attestation", "--key", str(tmp_path / "pub.pem"), "--type", "slsaprovenance1",
+        "--insecure-ignore-tlog=true", ref, tmp=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "signatures were verified against the specified public key" in res.stderr
+    statement = json.loads(base64.b64decode(json.loads(res.stdout.splitlines()[0])["payload"]))
+    assert statement["subject"][0]["digest"]["sha256"] == ref.split("sha256:")[1]
+    deps = {d["name"]: d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    mv = ModelRegistry(cfg["registry"]).get("mlp", 1)
+    assert deps["model:mlp"]["digest"]["sha256"] == mv.sha256
+    assert deps["model:mlp"]["annotations"]["signers"] == [key_id(public)], "the model's signers are recorded"
+    assert (
+        deps["base"]["digest"]["sha256"]
+        == up.outputs["labels"].value["org.opencontainers.image.base.digest"][7:]
+    )
+    assert any(n.startswith("wheel:onnxruntime-") for n in deps), sorted(deps)
+    assert statement["predicate"]["runDetails"]["builder"]["id"].startswith("https://github.com/mlinfra/")
+
+    mine = subprocess.run(
+        [str(Path(sys.executable).parent / "mlinfra"), "images", "verify", ref, "--public-key",
+         str(tmp_path / "pub.pem")], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert mine.returncode == 0 and "verified" in mine.stdout and "mlinfra-model:mlp:1" in mine.stdout, mine
+    _, other = ec_keypair()
+    (tmp_path / "other.pem").write_text(other)
+    theirs = subprocess.run(
+        [str(Path(sys.executable).parent / "mlinfra"), "images", "verify", ref, "--public-key",
+         str(tmp_path / "other.pem")], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (
+        theirs.returncode == 1
+        and "no https://slsa.dev/provenance/v1 attestation signed by key" in theirs.stdout
+    )
+    refused = _cosign(
+        "verify-attestation", "--key", str(tmp_path / "other.pem"), "--type", "slsaprovenance1",
+        "--insecure-ignore-tlog=true", ref, tmp=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode != 0, refused.stdout[-500:]
+
+    again = stack.up()
+    assert set(again.summary.resource_changes) == {"same"}, again.summary.resource_changes
+    assert again.outputs["attestation"].value["manifest_digest"] == att["manifest_digest"], (
+        "nothing re-attached"
+    )
+    assert plaintext_secrets(backend, private.splitlines()[1]) == [], "the attestation key is a secret"
+
+    # Another attestation key: an update that adds its attestation beside the first; both verify.
+    private2, public2 = ec_keypair()
+    (tmp_path / "pub2.pem").write_text(public2)
+    stack.set_config("attestation_key", auto.ConfigValue(private2, secret=True))
+    assert stack.preview().change_summary.get("update", 0) >= 1
+    assert stack.up().outputs["attestation"].value["key_id"] == key_id(public2)
+    for pub in ("pub.pem", "pub2.pem"):
+        res = _cosign(
+            "verify-attestation", "--key", str(tmp_path / pub), "--type", "slsaprovenance1",
+            "--insecure-ignore-tlog=true", ref, tmp=tmp_path,
+        )  # fmt: skip
+        assert res.returncode == 0, (pub, res.stderr[-2000:])
+
+    copied = copy_image(ref, f"{repo}-prod")
+    promoted = _cosign(
+        "verify-attestation", "--key", str(tmp_path / "pub.pem"), "--type", "slsaprovenance1",
+        "--insecure-ignore-tlog=true", copied, tmp=tmp_path,
+    )  # fmt: skip
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
     stack.destroy()

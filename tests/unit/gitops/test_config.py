@@ -216,3 +216,18 @@ def test_the_signed_model_rule() -> None:
     }
     with pytest.raises(StackConfigError, match="trusted_signers"):
         load({"models": [{"name": "m", "path": "m.onnx"}], "policy": {"trusted_signers": ["not-a-key-id"]}})
+
+
+def test_the_signed_model_rule_wants_images_attested_by_a_trusted_key() -> None:
+    a, b = "a" * 64, "b" * 64
+    cfg = {"trustedKeyIds": [a]}
+    image = {"repository": "127.0.0.1:5000/churn"}
+    (missing,) = rules.model_signed(rules.IMAGE, "scorer", image, cfg)
+    assert "image scorer has no signed provenance attestation" in missing
+    (untrusted,) = rules.model_signed(rules.IMAGE, "scorer", {**image, "attested_by": b}, cfg)
+    assert "provenance is signed by bbbbbbbbbbbbbbbb…, none of the stack's trusted keys" in untrusted
+    assert rules.model_signed(rules.IMAGE, "scorer", {**image, "attested_by": a}, cfg) == []
+    pinned = {**image, "pinned": "127.0.0.1:5000/churn@sha256:" + "c" * 64}
+    assert rules.model_signed(rules.IMAGE, "scorer", pinned, cfg) == [], (
+        "a promoted image was attested upstream"
+    )

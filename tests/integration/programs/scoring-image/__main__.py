@@ -20,6 +20,7 @@ image = mlinfra.ScoringImage(
         script=config.get("script"),
         import_digest=config.get("import_digest"),
         trusted_keys=config.get_object("trusted_keys"),
+        attestation_key=config.get_secret("attestation_key"),
     ),
 )
 pulumi.export("image_ref", image.image_ref)
@@ -27,3 +28,4 @@ pulumi.export("digest", image.digest)
 pulumi.export("labels", image.labels)
 pulumi.export("models", image.models)
 pulumi.export("model_version", model.version)
+pulumi.export("attestation", image.attestation)
