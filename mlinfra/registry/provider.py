@@ -212,14 +212,20 @@ class ModelSignatureProvider(ResourceProvider):
     another key signs again; the bundles stay in the registry when the resource goes (signatures are a record)."""
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("model_name", "registry", "version", "sha256", "key_id")
+        keys = ("model_name", "registry", "version", "sha256", "key_id", "certificate_chain")
         changed = [k for k in keys if olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(changed) or observed_drift(olds, news), replaces=[])
 
     def _sign(self, props: dict[str, Any]) -> dict[str, Any]:
         from mlinfra.registry.signing import sign_version
 
-        kid = sign_version(_registry(props), props["model_name"], int(props["version"]), props["signing_key"])
+        kid = sign_version(
+            _registry(props),
+            props["model_name"],
+            int(props["version"]),
+            props["signing_key"],
+            certificate_chain=props.get("certificate_chain") or None,
+        )
         if kid != props["key_id"]:  # the key changed between preview and update
             raise ModelError("the signing key changed between preview and update: run the update again")
         return {**props, "observed": "present"}

@@ -56,6 +56,10 @@ class RegisteredModelArgs:
     """Sign the version with this elliptic-curve private key (PEM; made a Pulumi secret): an OpenSSF model-signing
     bundle over every file, stored beside the version (docs/provenance.md). A new version is signed at its `up`;
     a new key adds its signature. Default: the stack's secret `mlinfra:signingKey`, else unsigned."""
+    signing_certificate_chain: str | None = None
+    """With ``signing_key``: its X.509 certificate, then the issuers up to a root (PEM). The bundle carries the chain,
+    so verifiers may trust the root instead of the key; an expired certificate is refused. Default: the stack's
+    `mlinfra:signingCertificateChain`, else none."""
     delete_versions_on_destroy: bool = False
     """Default: False — `pulumi destroy` keeps every stored version (a registry is a record). True deletes the
     versions of this model that no image or endpoint uses."""
@@ -160,6 +164,7 @@ class RegisteredModel(pulumi.ComponentResource):
             key_id = pulumi.Output.unsecret(secret_key.apply(functools.partial(_key_id, name)))
             props["signers"] = key_id.apply(lambda k: [k])
         super().__init__("mlinfra:registry:RegisteredModel", name, props, opts)
+        self._certificate_chain = args.signing_certificate_chain
         self.path: str | None = str(path)
 
         self.model_version = ModelVersionResource(
@@ -216,6 +221,12 @@ class RegisteredModel(pulumi.ComponentResource):
     ) -> Any:
         from mlinfra.registry.provider import ModelSignatureResource
 
+        chain = (
+            self._certificate_chain
+            if self._certificate_chain is not None
+            else pulumi.Config("mlinfra").get("signingCertificateChain")
+        )
+
         signer = ModelSignatureResource(
             f"{name}-signature",
             {
@@ -227,6 +238,7 @@ class RegisteredModel(pulumi.ComponentResource):
                 "signing_key": secret_key,
                 # The key's id is public (it names the signer in previews and refusals).
                 "key_id": key_id,
+                **({"certificate_chain": chain} if chain else {}),
             },
             pulumi.ResourceOptions(
                 parent=self, additional_secret_outputs=["signing_key", "registry_credential"]

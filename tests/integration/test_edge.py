@@ -237,35 +237,48 @@ def test_a_device_that_trusts_a_key_swaps_in_only_models_it_signed(
     trust = tmp_path / "trust"
     (trust / "keys").mkdir(parents=True)
     (trust / "keys" / "a.pem").write_text(pub_a)
-    agents.start("s1", "site=p7", trust=trust)
+    agents.start("s1", "site=signed-only", trust=trust)
     mlp = write_mlp(tmp_path / "mlp.onnx", seed=1)
-    deployments = [{"name": "signed", "condition": "*", "priority": 1, "models": ["mlp"], "timeout": 20}]
+    # Only this device: the broker still holds the twins of other tests' devices.
+    deployments = [
+        {
+            "name": "signed",
+            "condition": "tags.site = 'signed-only'",
+            "priority": 1,
+            "models": ["mlp"],
+            "timeout": 20,
+        }
+    ]
     reg = f"file://{tmp_path / 'registry'}"
     signing = {"signing_key": auto.ConfigValue(key_a, secret=True)}
     stack = _stack(program, backend, broker, reg, {"mlp": mlp}, deployments, **signing)
-    assert stack.up().outputs["signed"].value["succeeded"] == 1
-    assert agents.served("s1") == {"mlp": "1"}
+    try:
+        assert stack.up().outputs["signed"].value["succeeded"] == 1
+        assert agents.served("s1") == {"mlp": "1"}
 
-    write_mlp(mlp, seed=2)  # version 2, unsigned
-    stack.remove_config("signing_key")
-    with pytest.raises(auto.CommandError) as unsigned:
-        stack.up()
-    assert "edge deployment signed failed its gate" in str(unsigned.value)
-    assert "model mlp:2 is not signed" in str(unsigned.value), str(unsigned.value)[-2000:]
-    assert agents.served("s1") == {"mlp": "1"} and agents.infer_ok("s1", "mlp"), "the last good model serves"
+        write_mlp(mlp, seed=2)  # version 2, unsigned
+        stack.remove_config("signing_key")
+        with pytest.raises(auto.CommandError) as unsigned:
+            stack.up()
+        assert "edge deployment signed failed its gate" in str(unsigned.value)
+        assert "model mlp:2 is not signed" in str(unsigned.value), str(unsigned.value)[-2000:]
+        assert agents.served("s1") == {"mlp": "1"} and agents.infer_ok("s1", "mlp"), (
+            "the last good model serves"
+        )
 
-    stack.set_config("signing_key", auto.ConfigValue(key_b, secret=True))  # signs version 2 with key B
-    with pytest.raises(auto.CommandError) as untrusted:
-        stack.up()
-    assert f"signed by key {key_id(pub_b)[:16]}" in str(untrusted.value) and "not trusted" in str(
-        untrusted.value
-    )
-    assert agents.served("s1") == {"mlp": "1"}
+        stack.set_config("signing_key", auto.ConfigValue(key_b, secret=True))  # signs version 2 with key B
+        with pytest.raises(auto.CommandError) as untrusted:
+            stack.up()
+        assert f"signed by key {key_id(pub_b)[:16]}" in str(untrusted.value) and "not trusted" in str(
+            untrusted.value
+        )
+        assert agents.served("s1") == {"mlp": "1"}
 
-    stack.set_config("signing_key", auto.ConfigValue(key_a, secret=True))
-    assert stack.up().outputs["signed"].value["succeeded"] == 1
-    assert agents.served("s1") == {"mlp": "2"} and agents.infer_ok("s1", "mlp")
-    stack.destroy()
+        stack.set_config("signing_key", auto.ConfigValue(key_a, secret=True))
+        assert stack.up().outputs["signed"].value["succeeded"] == 1
+        assert agents.served("s1") == {"mlp": "2"} and agents.infer_ok("s1", "mlp")
+    finally:
+        stack.destroy()
 
 
 def test_malformed_payloads_are_ignored_and_devices_are_fenced(broker: Broker, agents: Agents) -> None:

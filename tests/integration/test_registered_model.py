@@ -273,3 +273,44 @@ def test_a_version_is_signed_at_up_and_a_new_signer_adds_a_signature(
     rc, out = verify(pub_b)
     assert rc == 1 and "corrupt" in out["reason"], out
     stack.destroy()
+
+
+def test_a_version_signed_with_a_certificate_verifies_with_the_root(
+    tmp_path: Path, backend: Path, registry, program
+) -> None:
+    """signing_certificate_chain: the bundle carries the chain; `mlinfra models verify --public-key ROOT` accepts it
+    and another root is refused; an expired certificate fails the `up` naming its dates and the fix."""
+    from tests.signing_helpers import certificate_chain
+
+    key, chain, root = certificate_chain()
+    (tmp_path / "root.pem").write_text(root)
+    _, _, other_root = certificate_chain()
+    (tmp_path / "other-root.pem").write_text(other_root)
+    stack = _stack(
+        program("registered-model"), backend, registry, write_mlp(tmp_path / "mlp.onnx"),
+        signing_key=auto.ConfigValue(value=key, secret=True), certificate_chain=chain,
+    )  # fmt: skip
+    stack.up()
+    uri, cred = registry
+    env = {**os.environ, **({"MLINFRA_REGISTRY_CREDENTIAL": cred} if cred else {})}
+
+    def verify(trusted: Path) -> tuple[int, dict]:
+        res = subprocess.run(
+            [sys.executable, "-m", "mlinfra.cli", "models", "verify", "mlp:1", "--public-key", str(trusted),
+             "--registry", uri, "--json"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        return res.returncode, json.loads(res.stdout or "{}")
+
+    rc, out = verify(tmp_path / "root.pem")
+    assert rc == 0 and out["ok"], out
+    rc, out = verify(tmp_path / "other-root.pem")
+    assert rc == 1 and "certificate signature failure" in out["reason"], out
+    assert set(stack.up().summary.resource_changes) == {"same"}
+
+    old_key, old_chain, _ = certificate_chain(days_valid=(-30, -1))
+    stack.set_config("signing_key", auto.ConfigValue(value=old_key, secret=True))
+    stack.set_config("certificate_chain", auto.ConfigValue(value=old_chain))
+    with pytest.raises(auto.CommandError, match=r"CN=model signer is valid .* not now: renew it"):
+        stack.up()
+    stack.destroy()

@@ -162,7 +162,7 @@ class TrustStore:
             material = doc.get("verificationMaterial") or {}
         except ProvenanceError:
             raise
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as e:
             raise ProvenanceError(f"the bundle is malformed ({type(e).__name__}: {e})") from None
         key, kid = self._signer(material)
         from cryptography.exceptions import InvalidSignature
@@ -284,7 +284,7 @@ def check_statement(payload: bytes, path: Path) -> None:
         expected_root = subject[0]["digest"]["sha256"]
     except ProvenanceError:
         raise
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError) as e:
         raise ProvenanceError(f"the statement is malformed ({type(e).__name__}: {e})") from None
     if ser.get("method") != "files" or ser.get("hash_type") != "sha256":
         raise ProvenanceError(

@@ -113,7 +113,20 @@ def test_untrusted_forged_and_malformed_bundles_are_refused(tmp_path: Path) -> N
     store = TrustStore.from_pems([public])
     with pytest.raises(ProvenanceError, match="is not valid for its statement"):
         store.verify_bundle(json.dumps(forged).encode(), model)
-    for bad in (b"", b"{", b'{"mediaType": "text/plain"}', json.dumps({"mediaType": 3}).encode()):
+    deep = (
+        b'{"mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json", "x": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}"
+    )
+    for bad in (
+        b"",
+        b"{",
+        b'{"mediaType": "text/plain"}',
+        json.dumps({"mediaType": 3}).encode(),
+        deep,
+        b"\xff\xfe",
+    ):
         with pytest.raises(ProvenanceError, match=r"malformed|not a sigstore bundle"):
             store.verify_bundle(bad, model)
     no_sig = json.loads(bundle)

@@ -16,6 +16,7 @@ model = mlinfra.RegisteredModel(
         framework=config.get("framework") or "onnx",
         delete_versions_on_destroy=config.get_bool("delete_on_destroy") or False,
         signing_key=config.get_secret("signing_key"),
+        signing_certificate_chain=config.get("certificate_chain"),
     ),
 )
 if config.get("alias_version"):
