@@ -22,7 +22,8 @@ import json
 from typing import Any
 
 from mlinfra.errors import ImageBuildError
-from mlinfra.images.oci import CONFIG_V1, MANIFEST_V2, RegistryClient
+from mlinfra.images.oci import RegistryClient, put_oci_manifest
+from mlinfra_scoring.provenance import hash_for, pae
 
 STATEMENT_V1 = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
@@ -83,11 +84,6 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[1] if ":" in digest else digest
 
 
-def pae(payload_type: str, payload: bytes) -> bytes:
-    t = payload_type.encode()
-    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
-
-
 def sign_envelope(statement: dict[str, Any], private_key_pem: str) -> bytes:
     """A DSSE envelope of STATEMENT signed with the EC key (SHA-256/384/512 by curve size, as cosign verifies)."""
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -96,19 +92,13 @@ def sign_envelope(statement: dict[str, Any], private_key_pem: str) -> bytes:
 
     key = _load_private_key(private_key_pem)
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
-    sig = key.sign(pae(IN_TOTO, payload), ec.ECDSA(_hash_for(key.curve.key_size)))
+    sig = key.sign(pae(IN_TOTO, payload), ec.ECDSA(hash_for(key)))
     envelope = {
         "payloadType": IN_TOTO,
         "payload": base64.b64encode(payload).decode(),
         "signatures": [{"keyid": "", "sig": base64.b64encode(sig).decode()}],
     }
     return json.dumps(envelope, separators=(",", ":")).encode()
-
-
-def _hash_for(size: int) -> Any:
-    from cryptography.hazmat.primitives import hashes
-
-    return {384: hashes.SHA384(), 521: hashes.SHA512()}.get(size, hashes.SHA256())
 
 
 def _verifies(envelope: dict[str, Any], public_key: Any) -> bool:
@@ -122,7 +112,7 @@ def _verifies(envelope: dict[str, Any], public_key: Any) -> bool:
                 public_key.verify(
                     base64.b64decode(s["sig"]),
                     pae(envelope["payloadType"], payload),
-                    ec.ECDSA(_hash_for(public_key.curve.key_size)),
+                    ec.ECDSA(hash_for(public_key)),
                 )
                 return True
             except InvalidSignature:
@@ -164,19 +154,7 @@ def attach(client: RegistryClient, repo: str, digest: str, envelope: bytes, pred
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    client.push_blob(repo, config_digest, config)
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_V2,
-            "config": {"mediaType": CONFIG_V1, "digest": config_digest, "size": len(config)},
-            "layers": layers,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    return client.put_manifest(repo, attestation_tag(digest), manifest)
+    return put_oci_manifest(client, repo, attestation_tag(digest), config, layers)
 
 
 def attach_signed(

@@ -323,6 +323,17 @@ def push_image(client: RegistryClient, repo: str, tag: str | None, layers: list[
         digest = "sha256:" + sha256_file(layer)
         client.push_blob(repo, digest, layer)
         descriptors.append({"mediaType": LAYER_GZIP, "digest": digest, "size": os.path.getsize(layer)})
+    digest = put_oci_manifest(client, repo, None, config, descriptors)
+    if tag:
+        put_oci_manifest(client, repo, tag, config, descriptors)
+    return digest
+
+
+def put_oci_manifest(
+    client: RegistryClient, repo: str, reference: str | None, config: bytes, layers: list[dict]
+) -> str:
+    """Push CONFIG and an OCI image manifest of LAYERS (descriptors of blobs already pushed) under REFERENCE (a tag;
+    None: its digest). Returns the manifest's digest."""
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     client.push_blob(repo, config_digest, config)
     manifest = json.dumps(
@@ -330,13 +341,11 @@ def push_image(client: RegistryClient, repo: str, tag: str | None, layers: list[
             "schemaVersion": 2,
             "mediaType": MANIFEST_V2,
             "config": {"mediaType": CONFIG_V1, "digest": config_digest, "size": len(config)},
-            "layers": descriptors,
+            "layers": layers,
         },
         sort_keys=True,
         separators=(",", ":"),
     ).encode()
     digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    client.put_manifest(repo, digest, manifest)
-    if tag:
-        client.put_manifest(repo, tag, manifest)
+    client.put_manifest(repo, reference or digest, manifest)
     return digest

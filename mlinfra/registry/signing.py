@@ -21,6 +21,7 @@ from typing import Any
 
 from mlinfra.errors import ModelError, ModelRegistryError
 from mlinfra.registry.registry import ModelRegistry, signatures_prefix
+from mlinfra_scoring.provenance import validity_problem
 
 
 class SignatureError(ModelError):
@@ -204,7 +205,6 @@ def _split_pem_certificates(pem: str) -> list[str]:
 def check_certificate_chain(chain_pem: str, public_key_pem: str) -> None:
     """The chain's first certificate must be the signing key's, valid now and usable for signing (digitalSignature
     or codeSigning): an expired or mismatched certificate is refused before anything is signed."""
-    import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -222,13 +222,10 @@ def check_certificate_chain(chain_pem: str, public_key_pem: str) -> None:
             f"the first certificate ({leaf.subject.rfc4514_string()}) is not the signing key's: put the key's own "
             "certificate first, then its issuers"
         )
-    now = datetime.datetime.now(datetime.UTC)
     for c in certs:
-        if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-            raise SignatureError(
-                f"certificate {c.subject.rfc4514_string()} is valid {c.not_valid_before_utc:%Y-%m-%d} to "
-                f"{c.not_valid_after_utc:%Y-%m-%d}, not now: renew it"
-            )
+        problem = validity_problem(c)
+        if problem:
+            raise SignatureError(f"{problem}: renew it")
 
 
 @dataclass
@@ -268,18 +265,12 @@ def _bundle_chain(bundle: bytes) -> list[bytes]:
 def _expired(chain: list[bytes]) -> str | None:
     """Why the bundle's certificates are not valid now, if they are not (model-signing checks a chain at the time
     its signing certificate was issued; without a signed timestamp, mlinfra also wants it valid today)."""
-    import datetime
-
     from cryptography import x509
 
-    now = datetime.datetime.now(datetime.UTC)
     for der in chain:
-        c = x509.load_der_x509_certificate(der)
-        if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-            return (
-                f"certificate {c.subject.rfc4514_string()} is valid {c.not_valid_before_utc:%Y-%m-%d} to "
-                f"{c.not_valid_after_utc:%Y-%m-%d}, not now (expired or not yet valid)"
-            )
+        problem = validity_problem(x509.load_der_x509_certificate(der))
+        if problem:
+            return problem
     return None
 
 

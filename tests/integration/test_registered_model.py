@@ -40,6 +40,18 @@ def _stack(program_dir: Path, backend: Path, registry: tuple[str, str | None], m
     return local_stack(program_dir, "test", backend_dir=backend, config=cfg)
 
 
+def _verify_cli(registry: tuple[str, str | None], trusted: Path) -> tuple[int, dict]:
+    """`mlinfra models verify mlp:1 --public-key TRUSTED --json`: (exit code, answer)."""
+    uri, cred = registry
+    res = subprocess.run(
+        [sys.executable, "-m", "mlinfra.cli", "models", "verify", "mlp:1", "--public-key", str(trusted),
+         "--registry", uri, "--json"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, **({"MLINFRA_REGISTRY_CREDENTIAL": cred} if cred else {})},
+    )  # fmt: skip
+    return res.returncode, json.loads(res.stdout or "{}")
+
+
 def test_lifecycle_on_the_real_engine(tmp_path: Path, backend: Path, registry, program) -> None:
     model = write_mlp(tmp_path / "model.onnx")
     stack = _stack(program("registered-model"), backend, registry, model, tags=json.dumps({"stage": "dev"}))
@@ -243,15 +255,9 @@ def test_a_version_is_signed_at_up_and_a_new_signer_adds_a_signature(
     up = stack.up()
     assert up.outputs["signed_by"].value == [key_id(pub_a.read_text())]
     uri, cred = registry
-    env = {**os.environ, **({"MLINFRA_REGISTRY_CREDENTIAL": cred} if cred else {})}
 
     def verify(public: Path) -> tuple[int, dict]:
-        res = subprocess.run(
-            [sys.executable, "-m", "mlinfra.cli", "models", "verify", "mlp:1", "--public-key", str(public),
-             "--registry", uri, "--json"],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
-        return res.returncode, json.loads(res.stdout or "{}")
+        return _verify_cli(registry, public)
 
     assert verify(pub_a) == (0, verify(pub_a)[1]) and verify(pub_a)[1]["ok"]
     rc, out = verify(pub_b)
@@ -291,16 +297,9 @@ def test_a_version_signed_with_a_certificate_verifies_with_the_root(
         signing_key=auto.ConfigValue(value=key, secret=True), certificate_chain=chain,
     )  # fmt: skip
     stack.up()
-    uri, cred = registry
-    env = {**os.environ, **({"MLINFRA_REGISTRY_CREDENTIAL": cred} if cred else {})}
 
     def verify(trusted: Path) -> tuple[int, dict]:
-        res = subprocess.run(
-            [sys.executable, "-m", "mlinfra.cli", "models", "verify", "mlp:1", "--public-key", str(trusted),
-             "--registry", uri, "--json"],
-            capture_output=True, text=True, env=env, timeout=120,
-        )  # fmt: skip
-        return res.returncode, json.loads(res.stdout or "{}")
+        return _verify_cli(registry, trusted)
 
     rc, out = verify(tmp_path / "root.pem")
     assert rc == 0 and out["ok"], out
@@ -311,6 +310,8 @@ def test_a_version_signed_with_a_certificate_verifies_with_the_root(
     old_key, old_chain, _ = certificate_chain(days_valid=(-30, -1))
     stack.set_config("signing_key", auto.ConfigValue(value=old_key, secret=True))
     stack.set_config("certificate_chain", auto.ConfigValue(value=old_chain))
-    with pytest.raises(auto.CommandError, match=r"CN=model signer is valid .* not now: renew it"):
+    with pytest.raises(
+        auto.CommandError, match=r"CN=model signer is valid .* not now \(expired or not yet valid\): renew it"
+    ):
         stack.up()
     stack.destroy()

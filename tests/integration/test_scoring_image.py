@@ -480,6 +480,13 @@ def _cosign(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(cosign_binary()), *args], capture_output=True, text=True, timeout=120, env=env)
 
 
+def _cosign_verify(ref: str, public_key: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    return _cosign(
+        "verify-attestation", "--key", str(public_key), "--type", "slsaprovenance1", "--insecure-ignore-tlog=true",
+        ref, tmp=tmp,
+    )  # fmt: skip
+
+
 def test_an_image_carries_signed_provenance_that_cosign_verifies(
     tmp_path: Path, backend: Path, program, services_up
 ) -> None:
@@ -509,10 +516,7 @@ def test_an_image_carries_signed_provenance_that_cosign_verifies(
     att = up.outputs["attestation"].value
     assert att["key_id"] == key_id(public) and att["tag"] == attestation_tag(ref.split("@")[1]), att
 
-    res = _cosign(
-        "verify-attestation", "--key", str(tmp_path / "pub.pem"), "--type", "slsaprovenance1",
-        "--insecure-ignore-tlog=true", ref, tmp=tmp_path,
-    )  # fmt: skip
+    res = _cosign_verify(ref, tmp_path / "pub.pem", tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "signatures were verified against the specified public key" in res.stderr
     statement = json.loads(base64.b64decode(json.loads(res.stdout.splitlines()[0])["payload"]))
@@ -543,10 +547,7 @@ def test_an_image_carries_signed_provenance_that_cosign_verifies(
         theirs.returncode == 1
         and "no https://slsa.dev/provenance/v1 attestation signed by key" in theirs.stdout
     )
-    refused = _cosign(
-        "verify-attestation", "--key", str(tmp_path / "other.pem"), "--type", "slsaprovenance1",
-        "--insecure-ignore-tlog=true", ref, tmp=tmp_path,
-    )  # fmt: skip
+    refused = _cosign_verify(ref, tmp_path / "other.pem", tmp_path)
     assert refused.returncode != 0, refused.stdout[-500:]
 
     again = stack.up()
@@ -563,16 +564,10 @@ def test_an_image_carries_signed_provenance_that_cosign_verifies(
     assert stack.preview().change_summary.get("update", 0) >= 1
     assert stack.up().outputs["attestation"].value["key_id"] == key_id(public2)
     for pub in ("pub.pem", "pub2.pem"):
-        res = _cosign(
-            "verify-attestation", "--key", str(tmp_path / pub), "--type", "slsaprovenance1",
-            "--insecure-ignore-tlog=true", ref, tmp=tmp_path,
-        )  # fmt: skip
+        res = _cosign_verify(ref, tmp_path / pub, tmp_path)
         assert res.returncode == 0, (pub, res.stderr[-2000:])
 
     copied = copy_image(ref, f"{repo}-prod")
-    promoted = _cosign(
-        "verify-attestation", "--key", str(tmp_path / "pub.pem"), "--type", "slsaprovenance1",
-        "--insecure-ignore-tlog=true", copied, tmp=tmp_path,
-    )  # fmt: skip
+    promoted = _cosign_verify(copied, tmp_path / "pub.pem", tmp_path)
     assert promoted.returncode == 0, promoted.stderr[-2000:]
     stack.destroy()

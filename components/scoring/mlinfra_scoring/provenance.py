@@ -53,11 +53,23 @@ def key_id(public_key: Any) -> str:
     return hashlib.sha256(pem).hexdigest()
 
 
-def _hash_for(public_key: Any) -> Any:
+def hash_for(key: Any) -> Any:
+    """The ECDSA hash for an EC key's curve (P-256: SHA-256, P-384: SHA-384, P-521: SHA-512), as model-signing and
+    cosign use."""
     from cryptography.hazmat.primitives import hashes
 
-    size = public_key.curve.key_size
-    return {256: hashes.SHA256(), 384: hashes.SHA384(), 521: hashes.SHA512()}.get(size) or hashes.SHA256()
+    return {384: hashes.SHA384(), 521: hashes.SHA512()}.get(key.curve.key_size, hashes.SHA256())
+
+
+def validity_problem(cert: Any) -> str | None:
+    """Why CERT is not valid today, if it is not."""
+    now = datetime.datetime.now(datetime.UTC)
+    if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        return None
+    return (
+        f"certificate {cert.subject.rfc4514_string()} is valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+        f"{cert.not_valid_after_utc:%Y-%m-%d}, not now (expired or not yet valid)"
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -169,7 +181,7 @@ class TrustStore:
         from cryptography.hazmat.primitives.asymmetric import ec
 
         try:
-            key.verify(sig, pae(payload_type, payload), ec.ECDSA(_hash_for(key)))
+            key.verify(sig, pae(payload_type, payload), ec.ECDSA(hash_for(key)))
         except InvalidSignature:
             raise ProvenanceError(f"the signature by {kid[:16]}… is not valid for its statement") from None
         if payload_type != IN_TOTO_PAYLOAD:
@@ -199,13 +211,10 @@ class TrustStore:
         kid = key_id(leaf.public_key())
         if kid in self.keys:  # the signing key itself is trusted: its certificate adds nothing to check
             return leaf.public_key(), kid
-        now = datetime.datetime.now(datetime.UTC)
         for c in certs:
-            if not c.not_valid_before_utc <= now <= c.not_valid_after_utc:
-                raise ProvenanceError(
-                    f"certificate {c.subject.rfc4514_string()} is valid {c.not_valid_before_utc:%Y-%m-%d} to "
-                    f"{c.not_valid_after_utc:%Y-%m-%d}, not now (expired or not yet valid)"
-                )
+            problem = validity_problem(c)
+            if problem:
+                raise ProvenanceError(problem)
         _check_signing_usage(leaf)
         for child, issuer in itertools.pairwise(certs):
             _issued_by(child, issuer)
@@ -218,8 +227,9 @@ class TrustStore:
                     _issued_by(top, root)
                 except ProvenanceError:
                     continue
-                if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
-                    raise ProvenanceError(f"root {root.subject.rfc4514_string()} is expired")
+                problem = validity_problem(root)
+                if problem:
+                    raise ProvenanceError(f"the trusted root: {problem}")
                 return leaf.public_key(), kid
         raise ProvenanceError(
             f"certificate {leaf.subject.rfc4514_string()} (issued by {top.issuer.rfc4514_string()}) does not "
