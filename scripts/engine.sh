@@ -42,6 +42,21 @@ MSG
 gobuild() { # gobuild MODULE_DIR TAGS VERSION_VAR=VALUE OUTDIR PKG: a plugin or daemon, release flags, in its wrapper module
   (cd "$ROOT/$1" && CGO_ENABLED=0 go build -trimpath -tags "$2" -ldflags "-s -w -X $3" -o "$4/" "$5")
 }
+cached_build() { # cached_build NAME VERSION MODULE_DIR TAGS VAR=VALUE PKG BINARY: a daemon or tool, built once per
+  # version and wrapper module into $CACHE/engine/NAME-VERSION-<hash> and linked as $CACHE/engine/NAME-VERSION
+  local key out
+  key=$(hash_of engine/versions.env "$3/go.mod" "$3/go.sum")
+  out="$CACHE/engine/$1-$2-$key"
+  if [ ! -x "$out/$7" ]; then
+    need_go
+    echo "engine: building $7 $2 into $out (cold: a few minutes; ~1 min with warm Go caches)"
+    mkdir -p "$out.tmp"
+    gobuild "$3" "$4" "$5" "$out.tmp" "$6"
+    rm -rf "$out" && mv "$out.tmp" "$out"
+  fi
+  ln -sfn "$out" "$CACHE/engine/$1-$2"
+  echo "engine: $7 $2 at $out"
+}
 build() { # build OUTDIR PKG... (release flags)
   local out=$1; shift
   CGO_ENABLED=0 go build -trimpath -tags osusergo,grpcnotrace \
@@ -120,19 +135,8 @@ if [ ! -x "$PULUMI_HOME/plugins/resource-docker-build-v$DV/pulumi-resource-docke
 fi
 echo "engine: docker-build plugin v$DV installed in $PULUMI_HOME"
 # --- 5: buildkitd ------------------------------------------------------------------------------------------------
-BV=$BUILDKIT_VERSION
-key=$(hash_of engine/versions.env engine/buildkit/go.mod engine/buildkit/go.sum)
-BKBIN="$CACHE/engine/buildkit-$BV-$key"
-if [ ! -x "$BKBIN/buildkitd" ]; then
-  need_go
-  echo "engine: building buildkitd $BV into $BKBIN (cold: a few minutes; ~1 min with warm Go caches)"
-  mkdir -p "$BKBIN.tmp"
-  gobuild engine/buildkit osusergo,netgo "github.com/moby/buildkit/version.Version=$BV" "$BKBIN.tmp" \
-    github.com/moby/buildkit/cmd/buildkitd
-  rm -rf "$BKBIN" && mv "$BKBIN.tmp" "$BKBIN"
-fi
-ln -sfn "$BKBIN" "$CACHE/engine/buildkit-$BV"
-echo "engine: buildkitd $BV at $BKBIN"
+cached_build buildkit "$BUILDKIT_VERSION" engine/buildkit osusergo,netgo \
+  "github.com/moby/buildkit/version.Version=$BUILDKIT_VERSION" github.com/moby/buildkit/cmd/buildkitd buildkitd
 # --- 6: Pulumi YAML language host --------------------------------------------------------------------------------
 # Pulumi treats yaml as a bundled language plugin: it must sit beside the `pulumi` binary (plugin install refuses it).
 YV=$PULUMI_YAML_VERSION
@@ -154,17 +158,6 @@ if [ "$("$BIN/pulumi-language-yaml" -version 2>/dev/null || true)" != "v$YV" ] \
 fi
 echo "engine: Pulumi YAML language host v$YV beside pulumi in $BIN"
 # --- 7: cosign -----------------------------------------------------------------------------------------------------
-CV=$COSIGN_VERSION
-key=$(hash_of engine/versions.env engine/cosign/go.mod engine/cosign/go.sum)
-CBIN="$CACHE/engine/cosign-$CV-$key"
-if [ ! -x "$CBIN/cosign" ]; then
-  need_go
-  echo "engine: building cosign $CV into $CBIN (cold: a few minutes; ~1 min with warm Go caches)"
-  mkdir -p "$CBIN.tmp"
-  gobuild engine/cosign osusergo,netgo "sigs.k8s.io/release-utils/version.gitVersion=$CV" "$CBIN.tmp" \
-    github.com/sigstore/cosign/v2/cmd/cosign
-  rm -rf "$CBIN" && mv "$CBIN.tmp" "$CBIN"
-fi
-ln -sfn "$CBIN" "$CACHE/engine/cosign-$CV"
-echo "engine: cosign $CV at $CBIN"
+cached_build cosign "$COSIGN_VERSION" engine/cosign osusergo,netgo \
+  "sigs.k8s.io/release-utils/version.gitVersion=$COSIGN_VERSION" github.com/sigstore/cosign/v2/cmd/cosign cosign
 echo "engine: ready in $(( $(date +%s) - t0 )) s"
