@@ -1,4 +1,5 @@
-"""`mlinfra monitor drift`: a drift report over data a DataCollection captured."""
+"""`mlinfra monitor drift`: a drift report over data a DataCollection captured; `mlinfra monitor run`: one run of
+the data-quality and drift checks, its report kept in storage and alerts sent (mlinfra.monitoring.monitor)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,68 @@ def cmd_drift(args: Any) -> int:
     return 1 if summary["drifted"] else 0
 
 
+def cmd_run(args: Any) -> int:
+    import json
+
+    from mlinfra.errors import MonitorError
+    from mlinfra.monitoring.monitor import MonitorRun, monitor_run
+    from mlinfra_scoring.checks import Thresholds
+
+    thresholds: dict[str, str] = {}
+    for item in args.threshold or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise MonitorError(f"--threshold {item!r}: use NAME=VALUE, e.g. psi=0.25")
+        thresholds[k.strip()] = v
+    try:
+        limits = Thresholds.from_dict({k: float(v) for k, v in thresholds.items()})
+    except ValueError as e:
+        raise MonitorError(f"--threshold: {e}") from None
+    webhooks = [u.strip() for u in os.environ.get("MLINFRA_MONITOR_WEBHOOKS", "").split(",") if u.strip()]
+    if args.webhooks_file:
+        try:
+            webhooks += [u.strip() for u in Path(args.webhooks_file).read_text().split() if u.strip()]
+        except OSError as e:
+            raise MonitorError(f"--webhooks-file {args.webhooks_file}: {e.strerror}") from None
+    for u in webhooks:
+        if not u.startswith(("http://", "https://")):
+            raise MonitorError("a webhook is not an http(s) URL (its value is not shown: it is a secret)")
+    preds = load_baseline(args.baseline_predictions) if args.baseline_predictions else None
+    report = monitor_run(
+        MonitorRun(
+            name=args.name,
+            collected=args.collected,
+            reports=args.reports,
+            baseline_rows=load_baseline(args.baseline),
+            feature_names=args.feature_names.split(",") if args.feature_names else None,
+            baseline_predictions=preds,
+            thresholds=limits,
+            webhooks=webhooks,
+            alert_interval_s=args.alert_interval_s,
+            collected_credential=os.environ.get("MLINFRA_COLLECT_CREDENTIAL"),
+            reports_credential=os.environ.get("MLINFRA_REPORTS_CREDENTIAL"),
+            prefix=args.prefix or "",
+        )
+    )
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"{args.name}: {report['status']} over {report['rows']:,d} rows ({report['report']})")
+        for f in report["features"] + report["predictions"]:
+            if f["flags"]:
+                print(f"  {f['name']}: {'; '.join(f['flags'])}")
+        for problem in report["problems"]:
+            print(f"  {problem}")
+        a = report["alerts"]
+        if a["sent"] or a["failed"] or a["suppressed"]:
+            print(
+                f"  alerts: {a['sent']} sent, {a['failed']} failed, {a['suppressed']} held back by the rate limit"
+            )
+    return 1 if report["status"] == "failed" else 0
+
+
 def register(sub: Any) -> None:
-    mon = sub.add_parser("monitor", help="drift reports over data collected by DataCollection")
+    mon = sub.add_parser("monitor", help="drift reports and checks over data collected by DataCollection")
     msub = mon.add_subparsers(dest="monitor_command", metavar="ACTION", required=True)
     p = msub.add_parser("drift", help="per-feature and prediction drift vs a baseline; HTML + PNG + JSON")
     p.add_argument("--collected", required=True, help="file:///folder or the container URL (container_uri)")
@@ -42,3 +103,24 @@ def register(sub: Any) -> None:
     p.add_argument("--threshold", type=float, default=0.2, help="PSI above which a feature drifts (exit 1)")
     p.add_argument("--out", default="drift-report.html")
     p.set_defaults(func=cmd_drift)
+    p = msub.add_parser(
+        "run",
+        help="check the data collected since the last run against a baseline (quality, PSI, KS); keep the report and "
+        "the index in --reports; alert webhooks ($MLINFRA_MONITOR_WEBHOOKS or --webhooks-file) on failure; exit 1",
+    )
+    p.add_argument("name", help="the monitor's name (its folder in --reports)")
+    p.add_argument("--collected", required=True, help="file:///folder or the container URL (container_uri)")
+    p.add_argument("--baseline", required=True, help="baseline input rows: .npy, .csv or .jsonl")
+    p.add_argument(
+        "--baseline-predictions", help="the model's outputs on the baseline rows, for prediction drift"
+    )
+    p.add_argument("--reports", required=True, help="where reports go: file:///folder or a container URL")
+    p.add_argument("--prefix", help="only blobs under this path, e.g. ENDPOINT/DEPLOYMENT/MODEL/VERSION")
+    p.add_argument("--feature-names", help="comma-separated names for the input columns")
+    p.add_argument(
+        "--threshold", action="append", metavar="NAME=VALUE", help="e.g. psi=0.25, ks_pvalue=0.001"
+    )
+    p.add_argument("--webhooks-file", help="file of webhook URLs (secrets: never on the command line)")
+    p.add_argument("--alert-interval-s", type=float, default=300.0, help="at most one alert this often")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
