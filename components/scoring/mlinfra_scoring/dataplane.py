@@ -48,9 +48,8 @@ class DataPlane:
         self.ready = False
         self.draining = False
         self.load_error: str | None = None
-        self.refused = (
-            False  # a model's signature did not verify (mlinfra_scoring.provenance): the server stops
-        )
+        # A model's signature did not verify (mlinfra_scoring.provenance): the server stops.
+        self.refused = False
         self._log = log
         self._script_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="score-script")
 

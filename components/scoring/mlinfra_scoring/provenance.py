@@ -139,11 +139,17 @@ class TrustStore:
         return out
 
     def verify_model(
-        self, name: str, version: str, path: str | Path, bundles: list[tuple[str, bytes]] | None = None
+        self,
+        name: str,
+        version: str,
+        path: str | Path,
+        bundles: list[tuple[str, bytes]] | None = None,
+        ignore: tuple[str, ...] = (),
     ) -> str:
         """The model at PATH must match one of NAME:VERSION's bundles (given, else from the trust folder) by a
         trusted signer; returns the signer's key id, else raises ProvenanceError naming the version, what is
-        trusted and why each bundle failed."""
+        trusted and why each bundle failed. IGNORE: top-level names in a model folder that are not the model's (the
+        edge agent's download marker)."""
         bundles = self.bundles(name, version) if bundles is None else bundles
         if not bundles:
             raise ProvenanceError(
@@ -152,7 +158,7 @@ class TrustStore:
         reasons = []
         for signer, bundle in bundles:
             try:
-                return self.verify_bundle(bundle, Path(path))
+                return self.verify_bundle(bundle, Path(path), ignore)
             except ProvenanceError as e:
                 reasons.append(f"{signer[:16]}…: {e}")
         raise ProvenanceError(
@@ -160,7 +166,7 @@ class TrustStore:
             f"(trusted: {self.describe()}); " + "; ".join(reasons)
         )
 
-    def verify_bundle(self, bundle: bytes, path: Path) -> str:
+    def verify_bundle(self, bundle: bytes, path: Path, ignore: tuple[str, ...] = ()) -> str:
         """Check one bundle: its signer is trusted, its signature is valid, its statement lists exactly PATH's
         files. Returns the signer's key id."""
         try:
@@ -186,7 +192,7 @@ class TrustStore:
             raise ProvenanceError(f"the signature by {kid[:16]}… is not valid for its statement") from None
         if payload_type != IN_TOTO_PAYLOAD:
             raise ProvenanceError(f"the signed payload is {payload_type!r}, not an in-toto statement")
-        check_statement(payload, path)
+        check_statement(payload, path, ignore)
         return kid
 
     def _signer(self, material: dict[str, Any]) -> tuple[Any, str]:
@@ -276,7 +282,7 @@ def _check_signing_usage(leaf: Any) -> None:
     raise ProvenanceError(f"certificate {leaf.subject.rfc4514_string()} is not for signing")
 
 
-def check_statement(payload: bytes, path: Path) -> None:
+def check_statement(payload: bytes, path: Path, ignore: tuple[str, ...] = ()) -> None:
     """The in-toto statement must list exactly PATH's files with their sha256 (and its subject digest must be the
     digest of that list)."""
     try:
@@ -310,7 +316,8 @@ def check_statement(payload: bytes, path: Path) -> None:
         signed[r["name"]] = r["digest"]
     if root.hexdigest() != expected_root:
         raise ProvenanceError("the statement is inconsistent: its resources do not hash to its subject")
-    actual = files_of(path, [str(p) for p in ser.get("ignore_paths", [])], bool(ser.get("allow_symlinks")))
+    ignored = [str(p) for p in ser.get("ignore_paths", [])] + list(ignore)
+    actual = files_of(path, ignored, bool(ser.get("allow_symlinks")))
     missing = sorted(set(signed) - set(actual))
     extra = sorted(set(actual) - set(signed))
     changed = sorted(n for n in set(signed) & set(actual) if signed[n] != actual[n])
