@@ -54,6 +54,13 @@ def _print(mvs: list[ModelVersion], as_json: bool) -> None:
 
 def cmd_register(args: argparse.Namespace) -> int:
     reg = _registry(args)
+    if args.signing_key:  # a key that cannot sign is refused before anything is registered
+        from mlinfra.registry.signing import public_key_of
+
+        public_key_of(
+            _read_key(args.signing_key, "--signing-key"),
+            os.environ.get("MLINFRA_SIGNING_KEY_PASSWORD") or None,
+        )
     mv, created = reg.register(
         args.name,
         Path(args.path),
