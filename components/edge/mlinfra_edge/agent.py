@@ -116,16 +116,27 @@ class EdgeAgent:
                 ServerConfig(models=[], port=self.config.serve_port, access_log=False)
             )
             self.serve_port, self._stop_server = self.server.start_in_thread()
-            for name, art in self.current.items():  # serve the last good models right away
-                try:
-                    self.server.swap_model(name, str(art.version), str(self._model_path(art)))
-                except Exception as e:
-                    log.warning("could not reload %s: %s", art.key, e)
+            self._serve_last_good()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry_s
         self.client.connect_async(self._host, self._port, keepalive=15, clean_start=False, properties=props)
         self.client.loop_start()
         self._worker.start()
+
+    def _serve_last_good(self) -> None:
+        """Serve the last good models right away — with a trust folder, only those that still verify (a device may
+        have been given its trust after they were downloaded, or its disk changed): the others are dropped, and the
+        next reconcile fetches what the deployments name."""
+        for name, art in list(self.current.items()):
+            try:
+                if self.config.trust is not None:
+                    self._verify(art, self._model_path(art))
+                self.server.swap_model(name, str(art.version), str(self._model_path(art)))
+            except Exception as e:
+                log.warning("not serving last good %s: %s", art.key, e)
+                if self.config.trust is not None:
+                    self.current.pop(name)
+                    self._save_state()
 
     def stop(self) -> None:
         self._stop.set()
@@ -354,6 +365,7 @@ class EdgeAgent:
                         "sha256": a.sha256,
                         "files": list(a.files),
                         "is_dir": a.is_dir,
+                        "signatures": dict(a.signatures),  # checked again when it serves after a restart
                     }
                     for n, a in self.current.items()
                 }
@@ -368,7 +380,12 @@ class EdgeAgent:
             return
         for n, a in data.items():
             art = Artifact(
-                a["name"], int(a["version"]), a["sha256"], tuple(a["files"]), bool(a.get("is_dir"))
+                a["name"],
+                int(a["version"]),
+                a["sha256"],
+                tuple(a["files"]),
+                bool(a.get("is_dir")),
+                tuple(sorted((a.get("signatures") or {}).items())),
             )
             if (self._model_dir(art) / ".complete").exists():
                 self.current[n] = art

@@ -73,3 +73,35 @@ def test_fresh_and_cached_models_are_verified(tmp_path: Path) -> None:
     assert _agent(state, None)._fetch(_artifact(reg, root, "fraud", signed=False)) == path, (
         "no trust: no check"
     )
+
+
+def test_last_good_models_are_verified_before_they_serve_again(tmp_path: Path) -> None:
+    """At start, a device with a trust folder serves only the last good models that still verify."""
+    private, public = ec_keypair()
+    root = tmp_path / "registry"
+    reg = ModelRegistry(f"file://{root}")
+    reg.register("mlp", write_mlp(tmp_path / "mlp.onnx"))
+    sign_version(reg, "mlp", 1, private)
+    state = tmp_path / "state"
+    agent = _agent(state, None)
+    art = _artifact(reg, root, "mlp", signed=True)
+    path = agent._fetch(art)
+    agent.current["mlp"] = art
+    agent._save_state()
+
+    class Server:
+        def __init__(self) -> None:
+            self.served: list[str] = []
+
+        def swap_model(self, name: str, version: str, path: str) -> None:
+            self.served.append(name)
+
+    trusting = _agent(state, [public])
+    trusting.server = Server()
+    trusting._serve_last_good()
+    assert trusting.server.served == ["mlp"] and "mlp" in trusting.current
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")  # the disk changed since
+    again = _agent(state, [public])
+    again.server = Server()
+    again._serve_last_good()
+    assert again.server.served == [] and again.current == {}, "a model that no longer verifies is not served"
