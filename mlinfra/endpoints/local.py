@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import socket
 import ssl
@@ -64,9 +65,26 @@ def docker(
     return r
 
 
+def _listener_ports() -> range:
+    """Where endpoints' ports are picked: below the kernel's ephemeral range (ip_local_port_range), so the source
+    port of some outgoing connection never holds a replica's or router's port when it is bound — possibly long after
+    it was picked, since slots keep their ports across updates — and below Kubernetes' NodePort range (30000+)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = min(low, 30000)
+    return range(20000, top) if top - 20000 >= 1000 else range(1024, top)
+
+
 def free_port(avoid: set[int] | None = None) -> int:
-    """A port free on 127.0.0.1 now, other than those in AVOID."""
-    while True:
+    """A port free on 127.0.0.1 now, other than those in AVOID, outside the ephemeral range (:func:`_listener_ports`)."""
+    ports = _listener_ports()
+    for _ in range(500):
+        port = random.randrange(ports.start, ports.stop)
+        if port not in (avoid or set()) and not port_taken(port):
+            return port
+    while True:  # a crowded range: any free port
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
@@ -212,6 +230,14 @@ def start_upstream(
         for k in sorted(secret_env or {}):
             args += ["-e", k]  # the value comes from the CLI's environment: never on a command line
         r = docker(*args, spec["image"], check=False, env=secret_env)
+        for _ in range(
+            3
+        ):  # a port held for a moment (a connection's source port): wait for it, then try again
+            if r.returncode == 0 or "address already in use" not in r.stderr:
+                break
+            time.sleep(1.0)
+            docker("rm", "-f", name, check=False)
+            r = docker(*args, spec["image"], check=False, env=secret_env)
         if r.returncode != 0:
             raise EndpointError(
                 f"{up.key}: container {name} could not start on 127.0.0.1:{port}: {r.stderr.strip()[-400:]}"
