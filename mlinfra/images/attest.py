@@ -84,6 +84,11 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[1] if ":" in digest else digest
 
 
+def _payload(statement: dict[str, Any]) -> bytes:
+    """The statement as signed: canonical JSON (sorted keys, no spaces), so the same statement is the same bytes."""
+    return json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+
+
 def sign_envelope(statement: dict[str, Any], private_key_pem: str) -> bytes:
     """A DSSE envelope of STATEMENT signed with the EC key (SHA-256/384/512 by curve size, as cosign verifies)."""
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -91,7 +96,7 @@ def sign_envelope(statement: dict[str, Any], private_key_pem: str) -> bytes:
     from mlinfra.registry.signing import _load_private_key
 
     key = _load_private_key(private_key_pem)
-    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+    payload = _payload(statement)
     sig = key.sign(pae(IN_TOTO, payload), ec.ECDSA(hash_for(key)))
     envelope = {
         "payloadType": IN_TOTO,
@@ -130,10 +135,18 @@ def _attestations(client: RegistryClient, repo: str, digest: str) -> list[tuple[
     return [(layer, client.get_blob(repo, layer["digest"])) for layer in found[1].get("layers") or []]
 
 
-def attach(client: RegistryClient, repo: str, digest: str, envelope: bytes, predicate_type: str) -> str:
-    """Add ENVELOPE to the image's attestations (``sha256-<hex>.att``), keeping the ones there. Returns the
-    attestation manifest's digest."""
-    existing = _attestations(client, repo, digest)
+def attach(
+    client: RegistryClient,
+    repo: str,
+    digest: str,
+    envelope: bytes,
+    predicate_type: str,
+    existing: list[tuple[dict[str, Any], bytes]] | None = None,
+) -> str:
+    """Add ENVELOPE to the image's attestations (``sha256-<hex>.att``), keeping the ones there (EXISTING, when the
+    caller has just read them). Returns the attestation manifest's digest."""
+    if existing is None:
+        existing = _attestations(client, repo, digest)
     layer_digest = "sha256:" + hashlib.sha256(envelope).hexdigest()
     client.push_blob(repo, layer_digest, envelope)
     layers = [layer for layer, _ in existing] + [
@@ -162,30 +175,23 @@ def attach_signed(
 ) -> dict[str, str]:
     """Sign STATEMENT with the key and attach it (unless the same statement by the same key is there already).
     Returns {"tag", "manifest_digest", "key_id", "predicate_type"}."""
-    from cryptography.hazmat.primitives import serialization
+    from mlinfra.registry.signing import _load_public_key, key_id, public_key_of
 
-    from mlinfra.registry.signing import _load_private_key, key_id
-
-    public = _load_private_key(private_key_pem).public_key()
-    pem = public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    payload = base64.b64encode(json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()).decode()
-    for _layer, data in _attestations(client, repo, digest):
+    pem = public_key_of(private_key_pem)
+    public = _load_public_key(pem)
+    payload = base64.b64encode(_payload(statement)).decode()
+    existing = _attestations(client, repo, digest)
+    for _layer, data in existing:
         try:
             other = json.loads(data)
         except ValueError:
             continue
         if other.get("payload") == payload and _verifies(other, public):
-            return {
-                "tag": attestation_tag(digest),
-                "manifest_digest": client.manifest_digest(repo, attestation_tag(digest)) or "",
-                "key_id": key_id(pem),
-                "predicate_type": statement["predicateType"],
-            }
-    manifest_digest = attach(
-        client, repo, digest, sign_envelope(statement, private_key_pem), statement["predicateType"]
-    )
+            manifest_digest = client.manifest_digest(repo, attestation_tag(digest)) or ""
+            break
+    else:
+        envelope = sign_envelope(statement, private_key_pem)
+        manifest_digest = attach(client, repo, digest, envelope, statement["predicateType"], existing)
     return {
         "tag": attestation_tag(digest),
         "manifest_digest": manifest_digest,

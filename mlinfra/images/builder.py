@@ -788,7 +788,13 @@ def list_images(registry_url: str, model: str | None = None) -> list[dict[str, A
 DOCKER = "/usr/bin/docker"  # Debian's CLI (with BuildKit), not a newer one earlier on PATH
 
 
-def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progress = lambda _m: None) -> None:
+def docker_context(
+    spec: ImageSpec,
+    context: Path,
+    dest: Path,
+    progress: Progress = lambda _m: None,
+    trust: dict[str, bytes] | None = None,
+) -> None:
     """Stage a build context: the user's context plus what a scoring Dockerfile COPYs —
     `mlinfra/app/` (the scoring server package mlinfra_scoring; also as `mlinfra/components/` for older Dockerfiles) and `mlinfra/models/<name>/<version>/` (verified model files)."""
     import shutil
@@ -817,7 +823,7 @@ def docker_context(spec: ImageSpec, context: Path, dest: Path, progress: Progres
         except Exception as e:
             raise ImageBuildError(f"model {m.name}:{m.version}: {e}") from None
     # With trusted keys: `COPY mlinfra/trust/ /opt/mlinfra/trust/` and `ENV MLINFRA_SERVE_TRUST=/opt/mlinfra/trust`.
-    for rel, data in trust_files(spec).items():
+    for rel, data in (trust_files(spec) if trust is None else trust).items():
         (dest / "mlinfra" / "trust" / rel).parent.mkdir(parents=True, exist_ok=True)
         (dest / "mlinfra" / "trust" / rel).write_bytes(data)
 
@@ -846,6 +852,7 @@ def stage_docker_context(spec: ImageSpec, context: Path, dest: Path, context_sha
     import shutil
 
     server = [(rel, sha256_file(p)) for rel, p in server_files()]
+    trust = trust_files(spec)  # read from the registry once: keyed here, written below
     key = _sha(
         json.dumps(
             [
@@ -857,7 +864,7 @@ def stage_docker_context(spec: ImageSpec, context: Path, dest: Path, context_sha
                 image_requirements(spec.requirements),
                 server,
                 context_sha256,
-                [(rel, _sha(data)) for rel, data in trust_files(spec).items()],
+                [(rel, _sha(data)) for rel, data in trust.items()],
             ]
         ).encode()
     )
@@ -868,7 +875,7 @@ def stage_docker_context(spec: ImageSpec, context: Path, dest: Path, context_sha
     tmp = dest.with_name(f"{dest.name}.staging-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        docker_context(spec, context, tmp)
+        docker_context(spec, context, tmp, trust=trust)
         marker.unlink(missing_ok=True)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)

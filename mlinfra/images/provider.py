@@ -95,15 +95,14 @@ def _attest(props: dict[str, Any], result: BuildResult) -> dict[str, str]:
         r.replace("==", "-") for r in image_requirements(spec.requirements)
     ]
     wheels = wheels_of(dists)
+    mlinfra_version = version("mlinfra")
     if props.get("dockerfile"):
-        builder_id = f"https://github.com/moby/buildkit@{pinned_versions().get('BUILDKIT_VERSION', '')}"
-        builder_version = {
-            "buildkit": pinned_versions().get("BUILDKIT_VERSION", ""),
-            "mlinfra": version("mlinfra"),
-        }
+        buildkit = pinned_versions().get("BUILDKIT_VERSION", "")
+        builder_id = f"https://github.com/moby/buildkit@{buildkit}"
+        builder_version = {"buildkit": buildkit, "mlinfra": mlinfra_version}
     else:
-        builder_id = f"https://github.com/mlinfra/mlinfra/daemonless-builder@{version('mlinfra')}"
-        builder_version = {"mlinfra": version("mlinfra"), "format": FORMAT}
+        builder_id = f"https://github.com/mlinfra/mlinfra/daemonless-builder@{mlinfra_version}"
+        builder_version = {"mlinfra": mlinfra_version, "format": FORMAT}
     statement = provenance_statement(
         f"{host}/{repo}",
         result.digest,

@@ -35,6 +35,7 @@ from mlinfra.images.oci import OciRegistryError
 from mlinfra.images.provider import ScoringImageResource
 from mlinfra.pins import PinError, pin_for
 from mlinfra.registry import ModelRegistry, validate_name
+from mlinfra.registry.registered_model import stack_signing_key
 
 
 @dataclass
@@ -132,17 +133,12 @@ class ScoringImage(pulumi.ComponentResource):
                 for m in args.models
             ],
         }
-        attestation_key = (
-            args.attestation_key
-            if args.attestation_key is not None
-            else pulumi.Config("mlinfra").get_secret("signingKey")
-        )
-        attestation_key_id = None
-        if attestation_key is not None and args.pinned is None:  # who attests, for policies (absent: nobody)
-            attestation_key = pulumi.Output.secret(attestation_key)
-            attestation_key_id = pulumi.Output.unsecret(
-                attestation_key.apply(functools.partial(_attestation_key_id, name))
+        attestation_key = attestation_key_id = None
+        if args.pinned is None:  # who attests, for policies (absent: nobody)
+            attestation_key, attestation_key_id = stack_signing_key(
+                args.attestation_key, f"ScoringImage {name}: attestation_key", ImageBuildError
             )
+        if attestation_key_id is not None:
             props["attested_by"] = attestation_key_id
         super().__init__("mlinfra:images:ScoringImage", name, props, opts)
         if args.pinned is not None:
@@ -343,15 +339,6 @@ def _docker_build(
         registries=registries,
         opts=pulumi.ResourceOptions(parent=parent),
     )
-
-
-def _attestation_key_id(name: str, pem: str) -> str:
-    from mlinfra.registry.signing import SignatureError, key_id, public_key_of
-
-    try:
-        return key_id(public_key_of(pem))
-    except SignatureError as e:
-        raise ImageBuildError(f"ScoringImage {name}: attestation_key: {e}") from None
 
 
 def _trusted_keys(name: str, args: ScoringImageArgs) -> list[str]:

@@ -226,7 +226,8 @@ def drift(
     }
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """FIG as PNG (90 dpi), as reports embed it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()
@@ -256,7 +257,7 @@ def write_report(
     ax.set_title("Population stability index per feature")
     ax.legend()
     fig.tight_layout()
-    images["psi"] = _png(fig)
+    images["psi"] = png_bytes(fig)
     plt.close(fig)
     n = len(feats)
     cols = min(4, n)
@@ -275,7 +276,7 @@ def write_report(
         axes[j // cols][j % cols].axis("off")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    images["features"] = _png(fig)
+    images["features"] = png_bytes(fig)
     plt.close(fig)
     pred = summary.get("prediction")
     if pred:
@@ -292,7 +293,7 @@ def write_report(
         ax.set_title(f"Prediction drift: PSI {pred['psi']:.2f}")
         ax.legend()
         fig.tight_layout()
-        images["prediction"] = _png(fig)
+        images["prediction"] = png_bytes(fig)
         plt.close(fig)
     written = []
     for k, data in images.items():

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import time
 import urllib.error
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mlinfra.errors import MonitorError
-from mlinfra.monitoring.drift import read_collected
+from mlinfra.monitoring.drift import png_bytes, read_collected
 from mlinfra.registry.store import Store, open_store
 from mlinfra_scoring.checks import Baseline, Thresholds, compute_baseline, run_checks
 
@@ -192,12 +191,12 @@ def _post(url: str, body: bytes, attempts: int = 3) -> str | None:
 
 
 def _png(fig: Any) -> str:
+    """FIG as base64 PNG for an <img> (and closed)."""
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    data = png_bytes(fig)
     plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(data).decode()
 
 
 def _plt() -> Any:

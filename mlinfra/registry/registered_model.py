@@ -153,15 +153,10 @@ class RegisteredModel(pulumi.ComponentResource):
         signature = onnx_signature(path) if args.framework == "onnx" else None
         # The component's inputs are what policies (mlinfra.policy) and `mlinfra preview` read.
         props = _props(model_name, None, content.sha256, signature, properties, tags, registry, False)
-        key = (
-            args.signing_key
-            if args.signing_key is not None
-            else pulumi.Config("mlinfra").get_secret("signingKey")
+        secret_key, key_id = stack_signing_key(
+            args.signing_key, f"RegisteredModel {name}: signing_key", ModelError
         )
-        secret_key = key_id = None
-        if key is not None:  # who signs, for policies and previews (absent: unsigned)
-            secret_key = pulumi.Output.secret(key)
-            key_id = pulumi.Output.unsecret(secret_key.apply(functools.partial(_key_id, name)))
+        if key_id is not None:  # who signs, for policies and previews (absent: unsigned)
             props["signers"] = key_id.apply(lambda k: [k])
         super().__init__("mlinfra:registry:RegisteredModel", name, props, opts)
         self._certificate_chain = args.signing_certificate_chain
@@ -350,13 +345,26 @@ class RegisteredModel(pulumi.ComponentResource):
         )
 
 
-def _key_id(name: str, pem: str) -> str:
+def stack_signing_key(
+    explicit: pulumi.Input[str] | None, where: str, error: type[Exception]
+) -> tuple[pulumi.Output[str] | None, pulumi.Output[str] | None]:
+    """(the private key as a secret, its public key id) of EXPLICIT, else of the stack's secret `mlinfra:signingKey`;
+    (None, None) with neither. A key that cannot sign raises ERROR naming WHERE. The key id is public: it names the
+    signer in props, previews and refusals."""
+    key = explicit if explicit is not None else pulumi.Config("mlinfra").get_secret("signingKey")
+    if key is None:
+        return None, None
+    secret = pulumi.Output.secret(key)
+    return secret, pulumi.Output.unsecret(secret.apply(functools.partial(_key_id, where, error)))
+
+
+def _key_id(where: str, error: type[Exception], pem: str) -> str:
     from mlinfra.registry.signing import SignatureError, key_id, public_key_of
 
     try:
         return key_id(public_key_of(pem))
     except SignatureError as e:
-        raise ModelError(f"RegisteredModel {name}: signing_key: {e}") from None
+        raise error(f"{where}: {e}") from None
 
 
 def _props(

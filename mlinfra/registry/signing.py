@@ -152,12 +152,13 @@ def sign_version(
     first, the bundle carries the chain) and store the bundle; returns the key id. Signing again with the same key
     replaces that key's bundle; other signers' bundles stay. The statement is made from the version's record
     (:func:`record_manifest`): signing a 1 GiB version costs what signing a small one does."""
+    from cryptography.hazmat.primitives import serialization
     from model_signing._signing import sign_certificate, sign_ec_key, signing
 
     manifest = record_manifest(reg, name, version)
-    kid = key_id(public_key_of(private_key_pem, password))
-    if certificate_chain is not None:
-        check_certificate_chain(certificate_chain, public_key_of(private_key_pem, password))
+    public = public_key_of(private_key_pem, password)
+    kid = key_id(public)
+    certs = check_certificate_chain(certificate_chain, public) if certificate_chain is not None else []
     with tempfile.TemporaryDirectory(prefix="mlinfra-sign-") as tmp:
         scratch = Path(tmp)
         key_file = scratch / "key.pem"
@@ -166,7 +167,7 @@ def sign_version(
             f.write(private_key_pem.encode() if isinstance(private_key_pem, str) else private_key_pem)
         bundle = scratch / "bundle.json"
         try:
-            if certificate_chain is None:
+            if not certs:
                 # model-signing hands the password to cryptography, which takes bytes (its own Config passes a str).
                 signer: Any = sign_ec_key.Signer(key_file, password.encode() if password else None)  # type: ignore[arg-type]
             else:
@@ -175,9 +176,8 @@ def sign_version(
                         "signing with a certificate takes an unencrypted private key (model-signing reads it "
                         "without a password): decrypt it to a file only you can read"
                     )
-                certs = _split_pem_certificates(certificate_chain)
-                for i, pem in enumerate(certs):
-                    (scratch / f"cert-{i}.pem").write_text(pem)
+                for i, cert in enumerate(certs):
+                    (scratch / f"cert-{i}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
                 signer = sign_certificate.Signer(
                     key_file,
                     scratch / "cert-0.pem",
@@ -192,20 +192,9 @@ def sign_version(
     return kid
 
 
-def _split_pem_certificates(pem: str) -> list[str]:
-    marker = "-----END CERTIFICATE-----"
-    certs = [
-        c.strip() + "\n" + marker + "\n" for c in pem.split(marker) if "-----BEGIN CERTIFICATE-----" in c
-    ]
-    if not certs:
-        raise SignatureError("the certificate chain holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
-    return certs
-
-
-def check_certificate_chain(chain_pem: str, public_key_pem: str) -> None:
-    """The chain's first certificate must be the signing key's, valid now and usable for signing (digitalSignature
-    or codeSigning): an expired or mismatched certificate is refused before anything is signed."""
-
+def check_certificate_chain(chain_pem: str, public_key_pem: str) -> list[Any]:
+    """The chain's certificates (x509), checked: the first must be the signing key's, and every one valid now — an
+    expired or mismatched certificate is refused before anything is signed."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -222,10 +211,10 @@ def check_certificate_chain(chain_pem: str, public_key_pem: str) -> None:
             f"the first certificate ({leaf.subject.rfc4514_string()}) is not the signing key's: put the key's own "
             "certificate first, then its issuers"
         )
-    for c in certs:
-        problem = validity_problem(c)
-        if problem:
-            raise SignatureError(f"{problem}: renew it")
+    problem = validity_problem(*certs)
+    if problem:
+        raise SignatureError(f"{problem}: renew it")
+    return certs
 
 
 @dataclass
@@ -251,27 +240,21 @@ def is_certificate(pem: str | bytes) -> bool:
     return b"-----BEGIN CERTIFICATE-----" in (pem.encode() if isinstance(pem, str) else pem)
 
 
-def _bundle_chain(bundle: bytes) -> list[bytes]:
-    """The DER certificates a bundle carries (signing certificate first); none for a key-signed bundle."""
+def _bundle_chain(bundle: bytes) -> list[Any]:
+    """The certificates (x509) a bundle carries, signing certificate first; none for a key-signed bundle (or one
+    whose certificates cannot be read: model-signing's verifier then says why)."""
     import base64
+
+    from cryptography import x509
 
     try:
         material = json.loads(bundle).get("verificationMaterial") or {}
-        return [base64.b64decode(c["rawBytes"]) for c in material["x509CertificateChain"]["certificates"]]
+        return [
+            x509.load_der_x509_certificate(base64.b64decode(c["rawBytes"]))
+            for c in material["x509CertificateChain"]["certificates"]
+        ]
     except (ValueError, KeyError, TypeError, AttributeError):
         return []
-
-
-def _expired(chain: list[bytes]) -> str | None:
-    """Why the bundle's certificates are not valid now, if they are not (model-signing checks a chain at the time
-    its signing certificate was issued; without a signed timestamp, mlinfra also wants it valid today)."""
-    from cryptography import x509
-
-    for der in chain:
-        problem = validity_problem(x509.load_der_x509_certificate(der))
-        if problem:
-            return problem
-    return None
 
 
 def verify_version(reg: ModelRegistry, name: str, version: int, trusted_pem: str | bytes) -> Verification:
@@ -318,7 +301,9 @@ def verify_version(reg: ModelRegistry, name: str, version: int, trusted_pem: str
             except ValueError:
                 reasons.append(f"{signer[:16]}…: the stored signature is not a JSON bundle")
                 continue
-            expired = _expired(_bundle_chain(bundle))
+            # model-signing checks a chain at the time its signing certificate was issued; without a signed
+            # timestamp, mlinfra also wants it valid today.
+            expired = validity_problem(*_bundle_chain(bundle))
             if expired:
                 reasons.append(f"{signer[:16]}…: {expired}")
                 continue

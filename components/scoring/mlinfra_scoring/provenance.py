@@ -61,15 +61,16 @@ def hash_for(key: Any) -> Any:
     return {384: hashes.SHA384(), 521: hashes.SHA512()}.get(key.curve.key_size, hashes.SHA256())
 
 
-def validity_problem(cert: Any) -> str | None:
-    """Why CERT is not valid today, if it is not."""
+def validity_problem(*certs: Any) -> str | None:
+    """Why the first of CERTS that is not valid today is not, if one is not."""
     now = datetime.datetime.now(datetime.UTC)
-    if cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        return None
-    return (
-        f"certificate {cert.subject.rfc4514_string()} is valid {cert.not_valid_before_utc:%Y-%m-%d} to "
-        f"{cert.not_valid_after_utc:%Y-%m-%d}, not now (expired or not yet valid)"
-    )
+    for cert in certs:
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return (
+                f"certificate {cert.subject.rfc4514_string()} is valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}, not now (expired or not yet valid)"
+            )
+    return None
 
 
 def sha256_file(path: Path) -> str:
@@ -217,10 +218,9 @@ class TrustStore:
         kid = key_id(leaf.public_key())
         if kid in self.keys:  # the signing key itself is trusted: its certificate adds nothing to check
             return leaf.public_key(), kid
-        for c in certs:
-            problem = validity_problem(c)
-            if problem:
-                raise ProvenanceError(problem)
+        problem = validity_problem(*certs)
+        if problem:
+            raise ProvenanceError(problem)
         _check_signing_usage(leaf)
         for child, issuer in itertools.pairwise(certs):
             _issued_by(child, issuer)
