@@ -26,6 +26,7 @@ from mlinfra.endpoints.fpga_endpoint import Accelerator, FpgaEndpoint, FpgaEndpo
 from mlinfra.errors import MlinfraError, UserError  # noqa: E402
 from mlinfra.images.scoring_image import ScoringImage, ScoringImageArgs  # noqa: E402
 from mlinfra.monitoring.data_collection import DataCollection, DataCollectionArgs  # noqa: E402
+from mlinfra.monitoring.model_monitor import ModelMonitor, ModelMonitorArgs  # noqa: E402
 from mlinfra.registry.registered_model import (  # noqa: E402
     ModelAlias,
     ModelAliasArgs,
@@ -54,6 +55,8 @@ __all__ = [
     "MlinfraError",
     "ModelAlias",
     "ModelAliasArgs",
+    "ModelMonitor",
+    "ModelMonitorArgs",
     "Quantization",
     "RegisteredModel",
     "RegisteredModelArgs",

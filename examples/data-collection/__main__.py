@@ -1,7 +1,8 @@
-"""Capture what an endpoint scores into Azure Blob storage (Azurite locally), then check it for drift.
+"""Capture what an endpoint scores into Azure Blob storage (Azurite locally), and check it on a schedule.
 
 make services && pulumi config set --secret storageKey <Azurite's well-known key> && pulumi up
-(score a few requests), then:
+(score a few requests), then run the monitor now — `mlinfra monitor run credit-risk-monitor-<stack>` — and open
+$(pulumi stack output monitor_index); or a one-off drift report:
 MLINFRA_COLLECT_CREDENTIAL=<key> mlinfra monitor drift --collected $(pulumi stack output container_uri) \\
     --baseline .mlinfra/baseline.npy --model .mlinfra/model.onnx --out drift.html
 
@@ -43,7 +44,22 @@ endpoint = mlinfra.CloudEndpoint(
         deployments={"blue": mlinfra.Deployment(image=image, memory_mb=512)}, data_collection=collection
     ),
 )
+# Hourly data-quality and drift checks of what the endpoint collects, against the training rows (statistics computed
+# once at `up`); alerts go to the webhooks in the secret mlinfra:monitorWebhooks, if set.
+monitor = mlinfra.ModelMonitor(
+    "credit-risk-monitor",
+    mlinfra.ModelMonitorArgs(
+        data_collection=collection,
+        endpoint=endpoint,
+        image=image,
+        model=model,
+        baseline=".mlinfra/baseline.npy",
+        schedule="@hourly",
+    ),
+)
 pulumi.export("scoring_uri", endpoint.scoring_uri)
 pulumi.export("primary_key", endpoint.primary_key)
 pulumi.export("container_uri", collection.container_uri)
 pulumi.export("path_template", collection.path_template)
+pulumi.export("monitor_index", monitor.index_url)
+pulumi.export("monitor_metrics", monitor.metrics_url)

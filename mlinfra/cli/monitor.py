@@ -4,6 +4,7 @@ the data-quality and drift checks, its report kept in storage and alerts sent (m
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,43 @@ def cmd_drift(args: Any) -> int:
     return 1 if summary["drifted"] else 0
 
 
+def run_deployed(name: str, as_json: bool) -> int:
+    """Run a deployed ModelMonitor now, in its scheduled container (Local Docker): its configuration, credentials
+    and lock are there. Exit status: the run's (1 when its checks failed)."""
+    import subprocess
+
+    from mlinfra.defaults import docker_cli
+    from mlinfra.errors import MonitorError
+    from mlinfra.monitoring.model_monitor import container_name
+
+    cmd = [docker_cli(), "exec", container_name(name), "python3", "-m", "mlinfra_scoring.monitor", "--once"]
+    r = subprocess.run([*cmd, *(["--json"] if as_json else [])], capture_output=True, text=True, timeout=3600)
+    if r.returncode not in (0, 1) and ("No such container" in r.stderr or "is not running" in r.stderr):
+        raise MonitorError(
+            f"no ModelMonitor {name!r} runs on Local Docker here (container {container_name(name)}): `pulumi up` its "
+            "stack, or give --collected, --baseline and --reports to run the checks from this machine. On Kubernetes: "
+            f"kubectl create job --from=cronjob/{name}-monitor {name}-now -n NAMESPACE"
+        )
+    sys.stdout.write(r.stdout)
+    sys.stderr.write(r.stderr)
+    return r.returncode
+
+
 def cmd_run(args: Any) -> int:
     import json
 
     from mlinfra.errors import MonitorError
     from mlinfra.monitoring.monitor import MonitorRun, monitor_run
     from mlinfra_scoring.checks import Thresholds
+
+    given = [f"--{k}" for k in ("collected", "baseline", "reports") if getattr(args, k)]
+    if not given:
+        return run_deployed(args.name, args.json)
+    if len(given) < 3:
+        raise MonitorError(
+            f"give --collected, --baseline and --reports together (got only {', '.join(given)}), or none of them to "
+            f"run the deployed ModelMonitor {args.name!r} now"
+        )
 
     thresholds: dict[str, str] = {}
     for item in args.threshold or []:
@@ -105,16 +137,21 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_drift)
     p = msub.add_parser(
         "run",
-        help="check the data collected since the last run against a baseline (quality, PSI, KS); keep the report and "
-        "the index in --reports; alert webhooks ($MLINFRA_MONITOR_WEBHOOKS or --webhooks-file) on failure; exit 1",
+        help="run a deployed ModelMonitor now; or check the data collected since the last run against a baseline "
+        "(quality, PSI, KS), keep the report and the index in --reports, alert webhooks ($MLINFRA_MONITOR_WEBHOOKS or "
+        "--webhooks-file) on failure; exit 1 when the checks failed",
     )
-    p.add_argument("name", help="the monitor's name (its folder in --reports)")
-    p.add_argument("--collected", required=True, help="file:///folder or the container URL (container_uri)")
-    p.add_argument("--baseline", required=True, help="baseline input rows: .npy, .csv or .jsonl")
+    p.add_argument(
+        "name",
+        help="the monitor's name: alone, runs the deployed ModelMonitor now (Local Docker); with --collected, "
+        "--baseline and --reports, runs the checks from this machine (NAME: its folder in --reports)",
+    )
+    p.add_argument("--collected", help="file:///folder or the container URL (container_uri)")
+    p.add_argument("--baseline", help="baseline input rows: .npy, .csv or .jsonl")
     p.add_argument(
         "--baseline-predictions", help="the model's outputs on the baseline rows, for prediction drift"
     )
-    p.add_argument("--reports", required=True, help="where reports go: file:///folder or a container URL")
+    p.add_argument("--reports", help="where reports go: file:///folder or a container URL")
     p.add_argument("--prefix", help="only blobs under this path, e.g. ENDPOINT/DEPLOYMENT/MODEL/VERSION")
     p.add_argument("--feature-names", help="comma-separated names for the input columns")
     p.add_argument(

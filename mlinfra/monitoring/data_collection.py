@@ -133,6 +133,8 @@ class DataCollection(pulumi.ComponentResource):
             )
         )
         self.sas_expires: pulumi.Output[str | None] = st.expires
+        self.storage_uri = storage
+        self._credential = cred
         self.path_template = PATH_TEMPLATE
         self.register_outputs(
             {
@@ -140,6 +142,17 @@ class DataCollection(pulumi.ComponentResource):
                 "path_template": self.path_template,
                 "sas_expires": self.sas_expires,
             }
+        )
+
+    def sas_for(self, permissions: str, uri: str | None = None) -> pulumi.Output[str]:
+        """A container SAS with PERMISSIONS (e.g. "rl": read + list, what a ModelMonitor reads the records with) on
+        the storage's container, or on URI's (a container of the same account), valid as long as the servers' one,
+        as a secret; "" for a folder."""
+        st: Any = self.storage
+        return pulumi.Output.secret(
+            pulumi.Output.all(self._credential, st.expires).apply(
+                lambda a: container_sas(uri or self.storage_uri, a[0], a[1], permissions)
+            )
         )
 
     def server_env(self, endpoint: str, deployment: str, spool_dir: str) -> dict[str, str]:

@@ -15,23 +15,13 @@ import json
 import math
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlinfra.errors import DataFileError, MonitorError
-
-
-@dataclass
-class Collected:
-    x: np.ndarray
-    outputs: list[np.ndarray]
-    records: int = 0
-    malformed: int = 0
-    malformed_examples: list[str] = field(default_factory=list)
-    files: int = 0
+from mlinfra_scoring.monitor import Collected, parse_collected
 
 
 def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple[str, bytes]]:
@@ -76,49 +66,11 @@ def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple
 def read_collected(
     uri: str, credential: str | None = None, prefix: str = "", since: str | None = None
 ) -> Collected:
-    rows: list[np.ndarray] = []
-    outs: list[np.ndarray] = []
-    c = Collected(np.zeros((0, 0)), [])
-    for name, data in _iter_blobs(uri, credential, prefix):
-        c.files += 1
-        for n, line in enumerate(data.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                if since and str(r.get("time", "")) < since:
-                    continue
-                if "collection" in r:  # a scoring script's record: its model_inputs are the features
-                    if r["collection"] != "model_inputs":
-                        continue
-                    r = {"inputs": {"data": r["data"]}}
-                x = np.asarray(next(iter(r["inputs"].values())), dtype=np.float64)
-                x = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
-                y = (
-                    np.asarray(next(iter(r["outputs"].values())), dtype=np.float64)
-                    if r.get("outputs")
-                    else None
-                )
-            except (ValueError, KeyError, TypeError, StopIteration, AttributeError) as e:
-                c.malformed += 1
-                if len(c.malformed_examples) < 5:
-                    c.malformed_examples.append(f"{name}:{n}: {type(e).__name__}")
-                continue
-            if rows and x.shape[1] != rows[0].shape[1]:
-                c.malformed += 1
-                if len(c.malformed_examples) < 5:
-                    c.malformed_examples.append(
-                        f"{name}:{n}: {x.shape[1]} features, others have {rows[0].shape[1]}"
-                    )
-                continue
-            rows.append(x)
-            if y is not None:
-                outs.append(y.reshape(x.shape[0], -1))
-            c.records += 1
-    if not rows:
+    """The records collected under URI (a folder or a container URL; CREDENTIAL: the account key or a SAS with
+    read + list) and PREFIX, from SINCE on (mlinfra_scoring.monitor.parse_collected reads them)."""
+    c = parse_collected(_iter_blobs(uri, credential, prefix), since)
+    if not c.records:
         raise MonitorError(f"--collected {uri}: no usable records (files {c.files}, malformed {c.malformed})")
-    c.x = np.concatenate(rows)
-    c.outputs = outs
     return c
 
 

@@ -66,7 +66,9 @@ SAS_PERMISSIONS = "acw"
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def container_sas(uri: str, account_key: str | None, expires: str | None) -> str:
+def container_sas(
+    uri: str, account_key: str | None, expires: str | None, permissions: str = SAS_PERMISSIONS
+) -> str:
     """The write-only container SAS valid until ``expires`` (the UTC stamp :func:`provision` returns); the same inputs
     always give the same token. No start time: valid from issue, so clock skew with the storage can't make a fresh
     token "not yet valid". "" for folders, or without a key or expiry."""
@@ -79,7 +81,7 @@ def container_sas(uri: str, account_key: str | None, expires: str | None) -> str
         s["account"],
         s["container"],
         account_key=account_key,
-        permission=ContainerSasPermissions.from_string(SAS_PERMISSIONS),
+        permission=ContainerSasPermissions.from_string(permissions),
         expiry=datetime.strptime(expires, _STAMP).replace(tzinfo=UTC),
     )
 

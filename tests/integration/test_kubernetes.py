@@ -425,3 +425,82 @@ def test_pods_collect_data_into_azurite_and_bad_pods_fail_fast(
             )
     finally:
         st.destroy(on_output=lambda _m: None)
+
+
+def test_a_model_monitor_runs_as_a_cron_job(
+    cluster, images, program, backend, local_services, tmp_path
+) -> None:
+    """ModelMonitor on Kubernetes: a CronJob whose pod (the scoring image's runtime) reads the records in Azurite at
+    its node's address with its read + list SAS, passes on the baseline's distribution, fails (the Job marked
+    failed) on one shifted feature and flags only it; a second up changes nothing; destroy removes the CronJob and
+    keeps the reports."""
+    import os
+
+    from azure.storage.blob import ContainerClient
+
+    from mlinfra.lab import services
+
+    local_services("azurite")
+    container = f"k8s-monitored-{os.getpid()}"
+    c = ContainerClient(
+        services.azurite_blob_url(), container,
+        credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
+    )  # fmt: skip
+    rng = np.random.default_rng(31)
+    np.save(tmp_path / "baseline.npy", rng.normal(size=(5_000, 64)))
+
+    def collect(name: str, rows: np.ndarray) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 5))
+        lines = [json.dumps({"time": f"{stamp}.{i % 1000:03d}Z", "inputs": {"input": [r.tolist()]}})
+                 for i, r in enumerate(rows)]  # fmt: skip
+        c.upload_blob(f"ep/blue/mlp/1/{name}.jsonl", "\n".join(lines).encode(), overwrite=True)
+
+    def run(job: str) -> dict:
+        cluster.kubectl("create", "job", "--from=cronjob/drift-mon-monitor", job, "-n", "default")
+
+        def finished() -> str | None:
+            status = json.loads(cluster.kubectl("get", "job", job, "-n", "default", "-o", "json").stdout)[
+                "status"
+            ]
+            return "succeeded" if status.get("succeeded") else "failed" if status.get("failed") else None
+
+        outcome = until(f"job {job} finishes", finished, 180)
+        index = json.loads(c.download_blob("monitoring/drift-mon/index.json").readall())
+        return {"outcome": outcome, **index["runs"][-1]}
+
+    st = local_stack(
+        program("k8s-monitor"),
+        "mon",
+        backend,
+        {
+            "image": images["v1"],
+            "kubeconfig": str(cluster.kubeconfig),
+            "baseline": str(tmp_path / "baseline.npy"),
+            "storage": f"azblob://{services.AZURITE_ACCOUNT}/{container}?endpoint={services.azurite_blob_url()}",
+            "storage_key": auto.ConfigValue(services.AZURITE_KEY, secret=True),
+        },
+    )
+    try:
+        out = st.up(on_output=lambda _m: None).outputs
+        assert out["cron_job"].value == "default/drift-mon-monitor"
+        got = json.loads(
+            cluster.kubectl("get", "cronjob", "drift-mon-monitor", "-n", "default", "-o", "json").stdout
+        )
+        assert got["spec"]["schedule"] == "0 0 1 1 *" and got["spec"]["timeZone"] == "Etc/UTC"
+        assert "sig=" not in json.dumps(got), "the SAS tokens stay in the Secret"
+        collect("a", rng.normal(size=(800, 64)))
+        first = run("drift-now-1")
+        assert first["outcome"] == "succeeded" and first["status"] == "passed" and first["rows"] == 800, first
+        shifted = rng.normal(size=(800, 64))
+        shifted[:, 5] += 2.0
+        collect("b", shifted)
+        second = run("drift-now-2")
+        assert second["outcome"] == "failed" and second["flagged"] == ["f5"] and second["rows"] == 800, second
+        assert set(st.up(on_output=lambda _m: None).summary.resource_changes) == {"same"}
+    finally:
+        st.destroy(on_output=lambda _m: None)
+    gone = cluster.kubectl("get", "cronjob", "drift-mon-monitor", "-n", "default", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, "destroy removes the CronJob"
+    assert len(json.loads(c.download_blob("monitoring/drift-mon/index.json").readall())["runs"]) == 2, (
+        "reports kept"
+    )

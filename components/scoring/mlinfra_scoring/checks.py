@@ -1,6 +1,5 @@
 """Data-quality and drift checks of collected rows against a baseline's statistics — numpy only, so a scheduled
-monitoring job can run them from the scoring image's runtime (issue 21's first part; the ModelMonitor component that
-schedules them is not built yet).
+monitoring job runs them from the scoring image's runtime (mlinfra_scoring.monitor, what a ModelMonitor schedules).
 
 The baseline is summarized once (:func:`compute_baseline`): per feature its row count, null rate, range, mean and
 spread, the decile edges PSI bins by and their shares, and a sorted sample (at most ``sample`` values) the

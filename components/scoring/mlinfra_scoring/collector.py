@@ -146,8 +146,14 @@ class FolderSink:
     def describe(self) -> str:
         return f"file://{self.root}"
 
-    def put(self, name: str, data: bytes) -> None:
-        target = self.root / name
+    def _path(self, name: str) -> Path:
+        target = (self.root / name).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise SinkError(f"{self.describe()}: {name!r} is outside the folder")
+        return target
+
+    def put(self, name: str, data: bytes, content_type: str = "") -> None:
+        target = self._path(name)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
@@ -155,6 +161,30 @@ class FolderSink:
             os.replace(tmp, target)
         except OSError as e:
             raise SinkError(f"{self.describe()}: {e}") from None
+
+    def get(self, name: str) -> bytes | None:
+        """The file's bytes; None when there is none."""
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise SinkError(f"{self.describe()}: {e}") from None
+
+    def list(self, prefix: str = "") -> list[tuple[str, float]]:
+        """(name, modified time in epoch seconds) of each file whose name starts with PREFIX, sorted by name;
+        files being written (``.*.part``) are left out."""
+        if not self.root.is_dir():
+            raise SinkError(f"{self.describe()}: no such folder")
+        out = []
+        for p in self.root.rglob("*"):
+            if p.name.startswith(".") or not p.is_file():
+                continue
+            rel = p.relative_to(self.root).as_posix()
+            if rel.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    out.append((rel, p.stat().st_mtime))
+        return sorted(out)
 
 
 class BlobSink:
@@ -168,31 +198,76 @@ class BlobSink:
     def describe(self) -> str:
         return f"azblob://{self.account}/{self.container}"  # never the SAS
 
-    def put(self, name: str, data: bytes) -> None:
-        path = "/".join(p for p in (self.prefix, name) if p)
-        url = f"{self.base}/{self.container}/{urllib.parse.quote(path)}?{self.sas}"
+    def _call(
+        self, what: str, url: str, method: str = "GET", data: bytes | None = None, **headers: str
+    ) -> bytes | None:
+        """One request to the Blob service; its body, or None on 404 (GET). Errors name the blob, never the SAS."""
         req = urllib.request.Request(
-            url,
-            data=data,
-            method="PUT",
-            headers={
-                "x-ms-blob-type": "BlockBlob",
-                "x-ms-version": "2021-08-06",
-                "Content-Type": "application/x-ndjson",
-            },
+            url, data=data, method=method, headers={"x-ms-version": "2021-08-06", **headers}
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=30) as r:
                 if r.status not in (200, 201):
-                    raise SinkError(f"{self.describe()}: put {name} answered {r.status}")
+                    raise SinkError(f"{self.describe()}: {what} answered {r.status}")
+                body: bytes = r.read()
+                return body
         except urllib.error.HTTPError as e:
-            raise SinkError(f"{self.describe()}: put {name} answered {e.code} {e.reason}") from None
+            if e.code == 404 and method == "GET" and what.startswith("get "):
+                return None
+            raise SinkError(f"{self.describe()}: {what} answered {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             raise SinkError(f"{self.describe()}: unreachable ({getattr(e, 'reason', e)})") from None
         except http.client.HTTPException as e:  # a reply that is not HTTP, a truncated one
             raise SinkError(
                 f"{self.describe()}: not an HTTP answer ({type(e).__name__}: {str(e)[:200]})"
             ) from None
+
+    def _url(self, name: str) -> str:
+        path = "/".join(p for p in (self.prefix, name) if p)
+        return f"{self.base}/{self.container}/{urllib.parse.quote(path)}?{self.sas}"
+
+    def put(self, name: str, data: bytes, content_type: str = "application/x-ndjson") -> None:
+        self._call(
+            f"put {name}",
+            self._url(name),
+            "PUT",
+            data,
+            **{"x-ms-blob-type": "BlockBlob", "Content-Type": content_type},
+        )
+
+    def get(self, name: str) -> bytes | None:
+        """The blob's bytes (the SAS needs read); None when there is none."""
+        return self._call(f"get {name}", self._url(name))
+
+    def list(self, prefix: str = "") -> list[tuple[str, float]]:
+        """(name, last-modified in epoch seconds) of each blob whose name (below the sink's prefix) starts with
+        PREFIX, sorted by name (the SAS needs list)."""
+        import email.utils
+        import xml.etree.ElementTree as ET
+
+        full = (
+            "/".join(p for p in (self.prefix, prefix) if p)
+            if prefix
+            else (self.prefix + "/" if self.prefix else "")
+        )
+        out, marker = [], ""
+        while True:
+            q = urllib.parse.urlencode(
+                {"restype": "container", "comp": "list", "prefix": full, "marker": marker}
+            )
+            body = self._call("list", f"{self.base}/{self.container}?{q}&{self.sas}") or b""
+            try:
+                root = ET.fromstring(body)
+            except ET.ParseError:
+                raise SinkError(f"{self.describe()}: list answered something that is not XML") from None
+            for b in root.iter("Blob"):
+                name = b.findtext("Name") or ""
+                modified = b.findtext("Properties/Last-Modified")
+                stamp = email.utils.parsedate_to_datetime(modified).timestamp() if modified else 0.0
+                out.append((name[len(self.prefix) + 1 :] if self.prefix else name, stamp))
+            marker = root.findtext("NextMarker") or ""
+            if not marker:
+                return sorted(out)
 
 
 def open_sink(uri: str, credential: str | None) -> FolderSink | BlobSink:

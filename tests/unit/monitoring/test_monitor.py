@@ -109,7 +109,10 @@ def test_runs_reports_index_and_one_alert(tmp_path: Path, receiver: Receiver) ->
     index = json.loads((reports / "index.json").read_text())
     assert [r["status"] for r in index["runs"]] == ["passed", "failed"]
     page = (reports / "index.html").read_text()
-    assert page.count("<tr><td>") == 2 and "data:image/png;base64," in page
+    assert page.count("<tr><td>") == 2 and page.count("<polyline") == 9, "a PSI line per feature and output"
+    assert '<text x="520" y="20" font-size="11" fill="#1f77b4">x3</text>' in page, (
+        "the flagged feature is named"
+    )
     stored = json.loads((tmp_path / "reports" / index["runs"][1]["report"]).read_text())
     assert (
         stored["flagged"] == ["x3"] and (reports / "runs" / "2026-12-01" / "081000Z" / "report.html").exists()
