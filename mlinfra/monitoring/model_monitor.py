@@ -291,6 +291,7 @@ class ModelMonitor(pulumi.ComponentResource):
                     "secrets": secrets,
                     "cpu": float(args.cpu),
                     "memory_mb": int(args.memory_mb),
+                    "otlp_endpoint": dc.otlp[0],
                     "port": args.target.port,
                     "baseline_id": self.baseline_stats.sha256,
                     "observed": None,
@@ -363,7 +364,7 @@ class ModelMonitor(pulumi.ComponentResource):
 
         from mlinfra.endpoints.cloud_endpoint import check_kubeconfig
         from mlinfra.endpoints.kubernetes import NODE_IP_VAR
-        from mlinfra.endpoints.local import container_sink
+        from mlinfra.endpoints.local import container_sink, container_url
 
         t = args.target
         assert isinstance(t, Kubernetes)
@@ -396,18 +397,26 @@ class ModelMonitor(pulumi.ComponentResource):
             string_data=secrets,
             opts=opts,
         )
-        env = [
-            {"name": NODE_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
-            {"name": "MLINFRA_MONITOR", "value": json.dumps(pod_config, sort_keys=True)},
-            {"name": "TMPDIR", "value": "/tmp"},
-        ] + [
-            {"name": k, "valueFrom": {"secretKeyRef": {"name": f"{monitor}-monitor", "key": k}}}
-            for k in (
-                "MLINFRA_MONITOR_COLLECTED_SAS",
-                "MLINFRA_MONITOR_REPORTS_SAS",
-                "MLINFRA_MONITOR_WEBHOOKS",
+        env = (
+            [
+                {"name": NODE_IP_VAR, "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+                {"name": "MLINFRA_MONITOR", "value": json.dumps(pod_config, sort_keys=True)},
+                {"name": "TMPDIR", "value": "/tmp"},
+            ]
+            + (
+                [{"name": "MLINFRA_MONITOR_OTLP_ENDPOINT", "value": container_url(otlp, node)}]
+                if (otlp := args.data_collection.otlp[0])
+                else []
             )
-        ]
+            + [
+                {"name": k, "valueFrom": {"secretKeyRef": {"name": f"{monitor}-monitor", "key": k}}}
+                for k in (
+                    "MLINFRA_MONITOR_COLLECTED_SAS",
+                    "MLINFRA_MONITOR_REPORTS_SAS",
+                    "MLINFRA_MONITOR_WEBHOOKS",
+                )
+            ]
+        )
         job = k8s.batch.v1.CronJob(
             f"{name}-monitor",
             metadata={"name": f"{monitor}-monitor", "namespace": ns, "labels": labels},
@@ -603,6 +612,10 @@ def _start(props: dict[str, Any], port: int) -> dict[str, Any]:
         "--label", f"mlinfra.io/monitor={props['monitor']}", "--label", f"mlinfra.io/metrics-port={port}",
         "-e", f"MLINFRA_MONITOR={json.dumps(cfg, sort_keys=True)}", "-e", "TMPDIR=/tmp", *mounts,
     ]  # fmt: skip
+    if props.get(
+        "otlp_endpoint"
+    ):  # a collector on this machine's loopback: at the gateway (4318 is forwarded)
+        args += ["-e", f"MLINFRA_MONITOR_OTLP_ENDPOINT={container_url(props['otlp_endpoint'])}"]
     for k in sorted(secrets):
         args += ["-e", k]  # the value comes from the CLI's environment: never on a command line
     argv = [*args, "--entrypoint", "python3", props["image"], "-m", "mlinfra_scoring.monitor",
@@ -648,7 +661,7 @@ class ScheduledMonitorProvider(ResourceProvider):
     """The scheduler container ``mlinfra-monitor-<name>``: started at create, restarted with a new configuration at
     update (same port), seen stopped or missing by `pulumi refresh` (`up` starts it again), removed at delete."""
 
-    KEYS = ("image", "config", "secrets", "cpu", "memory_mb", "port", "baseline_id")
+    KEYS = ("image", "config", "secrets", "cpu", "memory_mb", "otlp_endpoint", "port", "baseline_id")
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         return CheckResult({**news, "observed": {"container": "running"}}, [])

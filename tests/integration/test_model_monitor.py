@@ -109,9 +109,13 @@ def test_model_monitor_on_local_docker(local_services, program, backend, tmp_pat
         st = local_stack(program("model-monitor"), "mon", backend, config)
         up = st.up(on_output=_quiet)
         out = {k: v.value for k, v in up.outputs.items()}
-        assert out["index_url"] == f"{services.azurite_blob_url()}/{container}/monitoring/drift-mon/index.html"
+        assert (
+            out["index_url"] == f"{services.azurite_blob_url()}/{container}/monitoring/drift-mon/index.html"
+        )
         sha = out["baseline_sha256"]
-        assert _blob(container, f"monitoring/drift-mon/baseline/{sha}/baseline.json"), "statistics computed at up"
+        assert _blob(container, f"monitoring/drift-mon/baseline/{sha}/baseline.json"), (
+            "statistics computed at up"
+        )
 
         # Traffic from the baseline's distribution: a scheduled run (every minute) passes.
         _send(out["scoring_uri"], out["primary_key"], rng.normal(size=(1_000, 64)))
@@ -169,7 +173,8 @@ def test_model_monitor_on_local_docker(local_services, program, backend, tmp_pat
         assert "container: missing" in refreshed.stderr + refreshed.stdout
         assert st.up(on_output=_quiet).summary.resource_changes.get("update") == 1
         assert (
-            _docker("inspect", "-f", "{{.State.Running}}", "mlinfra-monitor-drift-mon").stdout.strip() == "true"
+            _docker("inspect", "-f", "{{.State.Running}}", "mlinfra-monitor-drift-mon").stdout.strip()
+            == "true"
         )
 
         # Secrets: never in the state in plain text, never on the container's command line.

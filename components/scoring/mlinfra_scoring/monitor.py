@@ -13,7 +13,8 @@ Configuration: ``MLINFRA_MONITOR`` (JSON: ``name``, ``collected`` and ``reports`
 ``azblob://ACCOUNT/CONTAINER[/PREFIX]?endpoint=URL`` —, ``prefix`` of the collected blobs, ``baseline`` (its
 sha256: the statistics under ``NAME/baseline/<sha256>/`` in the reports), ``thresholds``, ``alert_interval_s``,
 ``schedule``); secrets only from the environment: ``MLINFRA_MONITOR_COLLECTED_SAS`` (read + list),
-``MLINFRA_MONITOR_REPORTS_SAS`` (read + write + list), ``MLINFRA_MONITOR_WEBHOOKS`` (comma-separated URLs).
+``MLINFRA_MONITOR_REPORTS_SAS`` (read + write + list), ``MLINFRA_MONITOR_WEBHOOKS`` (comma-separated URLs); and
+``MLINFRA_MONITOR_OTLP_ENDPOINT`` (each run's metrics also sent over OTLP/HTTP, e.g. http://127.0.0.1:4318).
 
 Storage, per monitor NAME (keys relative to the reports location)::
 
@@ -738,8 +739,33 @@ def _field(text: str, i: int, expr: str) -> frozenset[int]:
 # -- the job ----------------------------------------------------------------------------------------------------
 
 
+def export_otlp(endpoint: str, text: str, resource: dict[str, str], start_ns: int) -> str | None:
+    """Send the metrics in TEXT (Prometheus text) over OTLP/HTTP to ENDPOINT (``{endpoint}/v1/metrics``), as the
+    scoring server exports its own (telemetry.metrics_data); None when delivered, else why."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import MetricExportResult
+    from opentelemetry.sdk.resources import Resource
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlinfra_scoring.telemetry import metrics_data
+
+    class Families:
+        def families(self) -> list[Any]:
+            return list(text_string_to_metric_families(text))
+
+    families: Any = Families()  # what metrics_data reads of a Metrics registry
+    data = metrics_data(families, Resource.create({"service.name": "mlinfra-monitor", **resource}), start_ns)
+    exporter = OTLPMetricExporter(endpoint=f"{endpoint.rstrip('/')}/v1/metrics", timeout=5)
+    try:
+        ok = exporter.export(data) == MetricExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    return None if ok else f"OTLP export to {urllib.parse.urlsplit(endpoint).netloc} failed"
+
+
 class Job:
-    """A configured monitor: runs, one at a time (a lock shared by every process in the container)."""
+    """A configured monitor: runs, one at a time (a lock shared by every process in the container); after each run
+    its metrics go to ``MLINFRA_MONITOR_OTLP_ENDPOINT`` over OTLP when that is set."""
 
     def __init__(self, cfg: MonitorConfig, env: dict[str, str] | None = None):
         env = dict(os.environ if env is None else env)
@@ -747,6 +773,10 @@ class Job:
         self.collected = open_store(cfg.collected, env.get("MLINFRA_MONITOR_COLLECTED_SAS"))
         self.reports = open_store(cfg.reports, env.get("MLINFRA_MONITOR_REPORTS_SAS"))
         self.webhooks = parse_webhooks(env.get("MLINFRA_MONITOR_WEBHOOKS", ""))
+        self.otlp = env.get("MLINFRA_MONITOR_OTLP_ENDPOINT") or None
+        if self.otlp and not self.otlp.startswith(("http://", "https://")):
+            raise MonitorConfigError(f"MLINFRA_MONITOR_OTLP_ENDPOINT={self.otlp!r} must be an http(s) URL")
+        self.started_ns = time.time_ns()
         self.last: dict[str, Any] | None = None
         self.counts: dict[tuple[str, str], int] = {}
         self.errors = 0
@@ -767,6 +797,12 @@ class Job:
         self.last = report
         key = (self.cfg.name, report["status"])
         self.counts[key] = self.counts.get(key, 0) + 1
+        if self.otlp:
+            try:
+                problem = export_otlp(self.otlp, self.metrics(), {"monitor": self.cfg.name}, self.started_ns)
+            except Exception as e:  # a collector that is down never fails the run: its report is stored
+                problem = f"OTLP export failed: {type(e).__name__}"
+            report["otlp"] = problem or "sent"
         return report
 
     def metrics(self) -> str:
@@ -794,6 +830,8 @@ def summary(report: dict[str, Any]) -> str:
             f"  alerts: {a['sent']} sent, {a['failed']} failed, {a['suppressed']} held back by the rate limit"
         )
     lines += [f"  {e}" for e in a["errors"]]
+    if report.get("otlp") not in (None, "sent"):
+        lines.append(f"  {report['otlp']}")
     return "\n".join(lines)
 
 

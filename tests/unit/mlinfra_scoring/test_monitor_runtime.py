@@ -230,3 +230,37 @@ def test_malformed_records_are_skipped_and_counted_the_rest_kept() -> None:
         [("a.jsonl", data)], since="2026-12-03T10:00:00.000Z", until="2026-12-03T10:00:00.004Z"
     )
     assert c2.records == 2 and np.concatenate(c2.outputs).tolist() == [[1], [0], [0]]
+
+
+def test_each_run_sends_its_metrics_over_otlp_and_a_down_collector_fails_nothing(tmp_path: Path) -> None:
+    from tests.otlp_receiver import OtlpReceiver, attributes
+    from tests.scoring_helpers import free_port
+
+    rng = np.random.default_rng(10)
+    receiver = OtlpReceiver()
+    try:
+        job = _job(tmp_path, rng)
+        job.otlp = receiver.url
+        _records(
+            tmp_path / "collected", "a", datetime.now(UTC) - timedelta(seconds=5), rng.normal(size=(200, 3))
+        )
+        report = job.run()
+        assert report["otlp"] == "sent"
+        (req,) = receiver.metrics
+        rm = req["resourceMetrics"][0]
+        assert attributes(rm["resource"]["attributes"])["monitor"] == "mon"
+        metrics = {mt["name"]: mt for mt in rm["scopeMetrics"][0]["metrics"]}
+        psi = {
+            attributes(p["attributes"])["feature"]: p["asDouble"]
+            for p in metrics["mlinfra_monitor_psi"]["gauge"]["dataPoints"]
+        }
+        assert set(psi) == {"a", "b", "c", "output0"} and all(v < 0.2 for v in psi.values())
+        assert "mlinfra_monitor_runs_total" in metrics and "mlinfra_monitor_check_failed" in metrics
+    finally:
+        receiver.close()
+    job.otlp = f"http://127.0.0.1:{free_port()}"
+    report = job.run()
+    assert report["status"] == "no_data" and report["otlp"].startswith("OTLP export to 127.0.0.1:"), report[
+        "otlp"
+    ]
+    assert (tmp_path / "reports" / "mon" / "index.json").exists()
