@@ -23,6 +23,7 @@ keeps every report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -51,8 +52,9 @@ from mlinfra.monitoring.monitor import RuntimeStore, baseline_sha256, store_base
 from mlinfra.monitoring.provider import provision
 from mlinfra.observed import observed_drift, say_drift
 from mlinfra.registry.store import open_store
+from mlinfra.rows import column_names
 from mlinfra_scoring.checks import Thresholds
-from mlinfra_scoring.monitor import Cron, MonitorConfigError, parse_webhooks
+from mlinfra_scoring.monitor import Cron, MonitorConfigError, new_blobs, parse_collected, parse_webhooks
 
 METRICS_PORT = 9108
 READ_PERMISSIONS = "rl"
@@ -66,8 +68,9 @@ class ModelMonitorArgs:
     data_collection: DataCollection
     """The DataCollection whose records are checked (its storage; the monitor gets its own read + list SAS)."""
     baseline: str
-    """Training rows, or a reference window of collected inputs: .npy, .csv (optional header: the feature names) or
-    .jsonl, one row per line."""
+    """Training rows: .npy, .csv (a header names the features), .parquet (numeric columns, named) or .jsonl (a row
+    per line). Or a reference window of the collected inputs themselves: ``window:START/END`` (ISO UTC times, e.g.
+    ``window:2026-12-01T00:00:00Z/2026-12-02T00:00:00Z``), read at `up`."""
     image: Any
     """The image whose runtime runs the checks: the endpoint's ScoringImage (or any image ref with mlinfra_scoring)."""
     endpoint: Any = None
@@ -75,7 +78,8 @@ class ModelMonitorArgs:
     schedule: str = "0 * * * *"
     """Cron, in UTC (five fields, or @hourly, @daily, ...). Default: hourly."""
     feature_names: list[str] | None = None
-    """Names of the baseline's columns; default: a CSV header, else the model's input names, else f0, f1, ..."""
+    """Names of the baseline's columns; default: a CSV header or Parquet column names, else the model's input names
+    (one input per feature), else f0, f1, ..."""
     baseline_predictions: str | None = None
     """The model's outputs on the baseline rows (same formats), for prediction drift."""
     model: Any = None
@@ -102,6 +106,32 @@ class ModelMonitorArgs:
     monitor_name: str | None = None
     """The monitor's name on the target and in the reports (``<reports>/<monitor_name>/``, container
     ``mlinfra-monitor-<monitor_name>``, CronJob ``<monitor_name>-monitor``). Default: ``<name>-<stack>``."""
+
+
+def parse_window(where: str, baseline: str) -> tuple[str, str] | None:
+    """``window:START/END`` as (START, END) in the records' time format; None for a file."""
+    if not str(baseline).startswith("window:"):
+        return None
+    from datetime import UTC, datetime
+
+    from mlinfra_scoring.monitor import stamp
+
+    start_s, sep, end_s = baseline[len("window:") :].partition("/")
+    try:
+        start, end = (datetime.fromisoformat(v.strip().replace("Z", "+00:00")) for v in (start_s, end_s))
+        if not sep or start.tzinfo is None or end.tzinfo is None:
+            raise ValueError
+    except ValueError:
+        raise MonitorError(
+            f"{where}: baseline {baseline!r}: give window:START/END in UTC, e.g. "
+            "window:2026-12-01T00:00:00Z/2026-12-02T00:00:00Z"
+        ) from None
+    if not start < end <= datetime.now(UTC):
+        raise MonitorError(
+            f"{where}: baseline {baseline!r}: the window must end after it starts and be over (its records must not "
+            "change any more)"
+        )
+    return stamp(start), stamp(end)
 
 
 def sub_uri(uri: str, sub: str) -> str:
@@ -140,20 +170,6 @@ def columns_problem(width: int, names: list[str] | None, signature: dict[str, An
             + ("; same names, another order" if not missing and not extra else "")
         )
     return None
-
-
-def csv_header(path: str) -> list[str] | None:
-    if not path.endswith(".csv"):
-        return None
-    with open(path, newline="") as f:
-        import csv
-
-        first = next(csv.reader(f), [])
-    try:
-        [float(v) for v in first]
-        return None
-    except ValueError:
-        return [v.strip() for v in first]
 
 
 class ModelMonitor(pulumi.ComponentResource):
@@ -195,14 +211,20 @@ class ModelMonitor(pulumi.ComponentResource):
                 f"{where}: monitor name {monitor!r} must be 1-40 lowercase letters, digits and hyphens (it names a "
                 "container, a CronJob and a folder): set monitor_name="
             )
-        rows = self._baseline(where, args.baseline)
-        names = args.feature_names or csv_header(args.baseline)
-        if names is not None and len(names) != rows.shape[1]:
+        window = parse_window(where, args.baseline)
+        rows = self._baseline(where, args.baseline) if window is None else None
+        names = args.feature_names or (column_names(args.baseline) if window is None else None)
+        if rows is not None and names is not None and len(names) != rows.shape[1]:
             raise MonitorError(
                 f"{where}: {len(names)} feature name(s) for the baseline's {rows.shape[1]} columns"
             )
+        if window is not None and args.baseline_predictions:
+            raise MonitorError(
+                f"{where}: baseline_predictions goes with baseline rows from a file; a window's records carry the "
+                "model's outputs (prediction drift is checked against them)"
+            )
         preds = None
-        if args.baseline_predictions:
+        if rows is not None and args.baseline_predictions:
             preds = self._baseline(where, args.baseline_predictions)
             if preds.shape[0] != rows.shape[0]:
                 raise MonitorError(
@@ -229,9 +251,14 @@ class ModelMonitor(pulumi.ComponentResource):
                 found.apply(lambda t: [u for u in (t or "").replace(",", " ").split() if u]) if found else []
             )
         webhooks = pulumi.Output.secret(pulumi.Output.from_input(webhooks).apply(self._check_webhooks(where)))
-        if args.model is not None:
-            names = self._check_model(where, args, rows.shape[1], names)
-        sha = baseline_sha256(rows, preds)
+        prefix = f"{endpoint}/" if endpoint else ""
+        if rows is not None:
+            if args.model is not None:
+                names = self._check_model(where, args, rows.shape[1], names)
+            sha = baseline_sha256(rows, preds)
+        else:  # a window of collected records: named by where and when (its records no longer change)
+            assert window is not None
+            sha = hashlib.sha256(f"window|{storage}|{prefix}|{window[0]}|{window[1]}".encode()).hexdigest()
         if _account(reports) != _account(storage):
             raise MonitorError(
                 f"{where}: reports {reports!r} must be in the DataCollection's storage ({_account(storage)}): the "
@@ -244,7 +271,10 @@ class ModelMonitor(pulumi.ComponentResource):
                 "monitor": monitor,
                 "reports": reports,
                 "credential": pulumi.Output.secret(reports_key) if reports_key is not None else None,
-                "baseline": str(Path(args.baseline).resolve()),
+                "baseline": str(Path(args.baseline).resolve()) if window is None else args.baseline,
+                "window": None
+                if window is None
+                else {"collected": storage, "prefix": prefix, "start": window[0], "end": window[1]},
                 "baseline_predictions": str(Path(args.baseline_predictions).resolve())
                 if args.baseline_predictions
                 else None,
@@ -259,7 +289,7 @@ class ModelMonitor(pulumi.ComponentResource):
             "collected": storage,
             "reports": reports,
             "baseline": sha,
-            "prefix": f"{endpoint}/" if endpoint else "",
+            "prefix": prefix,
             "thresholds": {k: getattr(thresholds, k) for k in Thresholds.__dataclass_fields__},
             "alert_interval_s": float(args.alert_interval_s),
             "schedule": args.schedule,
@@ -492,17 +522,35 @@ def _reports_store(props: dict[str, Any]) -> RuntimeStore:
     return RuntimeStore(open_store(props["reports"], props.get("credential") or None))
 
 
-def _store_stats(props: dict[str, Any]) -> dict[str, Any]:
-    rows = load_baseline(props["baseline"])
-    preds = load_baseline(props["baseline_predictions"]) if props.get("baseline_predictions") else None
-    if baseline_sha256(rows, preds) != props["sha256"]:
+def window_rows(props: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The inputs (and outputs, when every record has them) collected in the baseline's window."""
+    w = props["window"]
+    store = RuntimeStore(open_store(w["collected"], props.get("credential") or None))
+    got = parse_collected(new_blobs(store, w["prefix"], None), w["start"], w["end"])
+    if not got.records:
         raise MonitorError(
-            f"baseline {props['baseline']} changed since the preview (its rows' sha256 is no longer "
-            f"{props['sha256'][:12]}…): run `pulumi up` again"
+            f"baseline {props['baseline']}: no records collected under {w['prefix'] or '/'} in that window "
+            f"({got.files} blob(s) read, {got.malformed} malformed record(s)): choose a window with traffic"
         )
+    return got.x, (np.concatenate(got.outputs) if got.outputs else None)
+
+
+def _store_stats(props: dict[str, Any]) -> dict[str, Any]:
     provision(props["reports"], props.get("credential") or None, 1)  # the reports' container or folder
     reports = _reports_store(props)
-    store_baseline(reports, props["monitor"], rows, props.get("feature_names"), preds)
+    if props.get("window"):
+        rows, preds = window_rows(props)
+        sha: str | None = props["sha256"]
+    else:
+        rows = load_baseline(props["baseline"])
+        preds = load_baseline(props["baseline_predictions"]) if props.get("baseline_predictions") else None
+        if baseline_sha256(rows, preds) != props["sha256"]:
+            raise MonitorError(
+                f"baseline {props['baseline']} changed since the preview (its rows' sha256 is no longer "
+                f"{props['sha256'][:12]}…): run `pulumi up` again"
+            )
+        sha = None
+    store_baseline(reports, props["monitor"], rows, props.get("feature_names"), preds, sha)
     if props["reports"].startswith("file://"):  # the scheduled container (uid 10001) writes the reports
         _own(Path(urllib.parse.urlsplit(props["reports"]).path))
     return {**props, "observed": {"statistics": "present"}}

@@ -51,9 +51,11 @@ def store_baseline(
     rows: np.ndarray,
     feature_names: list[str] | None = None,
     predictions: np.ndarray | None = None,
+    sha: str | None = None,
 ) -> Baseline:
-    """The baseline's statistics, computed once per baseline content and kept under NAME/baseline/<sha256>/."""
-    sha = baseline_sha256(rows, predictions)
+    """The baseline's statistics, computed once per baseline and kept under NAME/baseline/<sha256>/ (SHA: the
+    rows' own, or what names a window of collected records)."""
+    sha = sha or baseline_sha256(rows, predictions)
     try:
         return load_stats(reports, name, sha)
     except MonitorConfigError:

@@ -4,6 +4,7 @@ container or a CronJob and its Secret), the configuration the runtime gets, and 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,84 @@ def test_the_baseline_must_match_the_models_inputs() -> None:
         columns_problem(3, ["age", "income", "plan"], named) or ""
     )
     assert "the model has 3 inputs: age, income, tenure" in (columns_problem(2, None, named) or "")
+
+
+def test_a_parquet_baseline_names_its_features(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"age": [31, 45, None], "income": [1.5, 2.5, 3.0], "tenure": [1, 2, 3]}),
+        tmp_path / "b.parquet",
+    )
+    mocks = install()
+
+    def build() -> dict:
+        dc = mlinfra.DataCollection("capture", mlinfra.DataCollectionArgs(storage=f"file://{tmp_path}/c"))
+        mlinfra.ModelMonitor("drift", _args(tmp_path, dc, baseline=str(tmp_path / "b.parquet")))
+        return {}
+
+    resolve(build)
+    assert mocks.inputs("drift-baseline")["feature_names"] == ["age", "income", "tenure"]
+    pq.write_table(pa.table({"age": [1, 2], "plan": ["a", "b"]}), tmp_path / "bad.parquet")
+    install()
+
+    def bad() -> dict:
+        dc = mlinfra.DataCollection("capture", mlinfra.DataCollectionArgs(storage=f"file://{tmp_path}/c"))
+        mlinfra.ModelMonitor("drift", _args(tmp_path, dc, baseline=str(tmp_path / "bad.parquet")))
+        return {}
+
+    with pytest.raises(MonitorError, match="column 'plan' is string, not numbers"):
+        resolve(bad)
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        ("window:yesterday/today", "give window:START/END in UTC"),
+        ("window:2026-12-01T00:00:00Z", "give window:START/END in UTC"),
+        ("window:2026-12-02T00:00:00Z/2026-12-01T00:00:00Z", "must end after it starts"),
+        ("window:2026-12-01T00:00:00Z/2999-01-01T00:00:00Z", "be over"),
+    ],
+)
+def test_a_bad_window_is_named(tmp_path: Path, window: str, message: str) -> None:
+    install()
+
+    def build() -> dict:
+        dc = mlinfra.DataCollection("capture", mlinfra.DataCollectionArgs(storage=f"file://{tmp_path}/c"))
+        mlinfra.ModelMonitor("drift", _args(tmp_path, dc, baseline=window))
+        return {}
+
+    with pytest.raises(MonitorError, match=message):
+        resolve(build)
+
+
+def test_a_window_of_collected_records_is_the_baseline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider's create (what `up` runs) reads the window's records and stores their statistics under the
+    window's name; an empty window is refused, naming it."""
+    from mlinfra.monitoring.model_monitor import MonitorBaselineProvider
+    from mlinfra_scoring.checks import Baseline
+
+    rng = np.random.default_rng(3)
+    part = tmp_path / "c" / "shop" / "blue" / "x.jsonl"
+    part.parent.mkdir(parents=True)
+    lines = [json.dumps({"time": f"2026-12-01T10:00:{i % 60:02d}.000Z", "inputs": {"x": [r.tolist()]},
+                         "outputs": {"y": [[float(r[0])]]}}) for i, r in enumerate(rng.normal(size=(300, 4)))]  # fmt: skip
+    part.write_text("\n".join(lines) + "\n")
+    props = {
+        "monitor": "drift-unit", "reports": f"file://{tmp_path}/c/monitoring", "credential": None,
+        "baseline": "window:2026-12-01T10:00:00Z/2026-12-01T10:00:30Z", "baseline_predictions": None,
+        "feature_names": None, "sha256": "ab" * 32, "observed": None,
+        "window": {"collected": f"file://{tmp_path}/c", "prefix": "shop/", "start": "2026-12-01T10:00:00.000Z",
+                   "end": "2026-12-01T10:00:30.000Z"},
+    }  # fmt: skip
+    monkeypatch.setattr(os, "chown", lambda *_a: None)  # the reports are handed to the container's user
+    MonitorBaselineProvider().create(props)
+    stored = tmp_path / "c" / "monitoring" / "drift-unit" / "baseline" / ("ab" * 32)
+    base = Baseline.from_files({k: (stored / k).read_bytes() for k in ("baseline.json", "sample.npz")})
+    assert [f.rows for f in base.features] == [150] * 4 and len(base.predictions) == 1
+    with pytest.raises(MonitorError, match="no records collected under shop/ in that window"):
+        MonitorBaselineProvider().create({**props, "window": {**props["window"], "start": "2026-12-02T00:00:00.000Z",
+                                                               "end": "2026-12-02T01:00:00.000Z"}})  # fmt: skip
