@@ -805,8 +805,23 @@ class Job:
             report["otlp"] = problem or "sent"
         return report
 
+    def latest(self) -> dict[str, Any] | None:
+        """The newest run's report: this process's, or a newer one another process stored (`mlinfra monitor run`
+        runs in the same container, in a process of its own); this process's when storage cannot tell."""
+        try:
+            runs = read_index(self.reports, self.cfg.name)["runs"]
+            key = runs[-1]["report"] if runs else None
+            if key and not (self.last and self.last["report"].endswith(key)):
+                got = self.reports.get(key)
+                if got:
+                    self.last = json.loads(got)
+        except (MonitorConfigError, SinkError, ValueError):
+            pass
+        return self.last
+
     def metrics(self) -> str:
-        text = metrics_text([self.last] if self.last else [], self.counts)
+        last = self.latest()
+        text = metrics_text([last] if last else [], self.counts)
         return text + (
             "# HELP mlinfra_monitor_run_errors_total Runs that could not finish (storage unreachable, ...)\n"
             f"# TYPE mlinfra_monitor_run_errors_total counter\nmlinfra_monitor_run_errors_total{{monitor="

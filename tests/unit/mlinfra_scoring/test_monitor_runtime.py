@@ -264,3 +264,19 @@ def test_each_run_sends_its_metrics_over_otlp_and_a_down_collector_fails_nothing
         "otlp"
     ]
     assert (tmp_path / "reports" / "mon" / "index.json").exists()
+
+
+def test_the_scheduler_serves_the_metrics_of_a_run_another_process_made(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    scheduler, now_run = (
+        _job(tmp_path, rng),
+        _job(tmp_path, rng),
+    )  # `mlinfra monitor run` is a process of its own
+    shifted = rng.normal(size=(400, 3))
+    shifted[:, 2] += 3
+    _records(tmp_path / "collected", "a", datetime.now(UTC) - timedelta(seconds=5), shifted)
+    assert now_run.run()["flagged"] == ["c", "output0"]
+    assert (
+        'mlinfra_monitor_check_failed{monitor="mon",feature="c",kind="feature",check="psi"} 1.0'
+        in scheduler.metrics()
+    )
