@@ -450,9 +450,12 @@ def test_a_model_monitor_runs_as_a_cron_job(
     np.save(tmp_path / "baseline.npy", rng.normal(size=(5_000, 64)))
 
     def collect(name: str, rows: np.ndarray) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 5))
-        lines = [json.dumps({"time": f"{stamp}.{i % 1000:03d}Z", "inputs": {"input": [r.tolist()]}})
-                 for i, r in enumerate(rows)]  # fmt: skip
+        from datetime import UTC, datetime
+
+        from mlinfra_scoring.monitor import stamp
+
+        now = stamp(datetime.now(UTC))  # after the previous run's window, before the next one's end
+        lines = [json.dumps({"time": now, "inputs": {"input": [r.tolist()]}}) for r in rows]
         c.upload_blob(f"ep/blue/mlp/1/{name}.jsonl", "\n".join(lines).encode(), overwrite=True)
 
     def run(job: str) -> dict:
