@@ -26,6 +26,7 @@ SLOW_FIRST = [
     "integration/test_edge.py",
     "integration/test_scoring_image.py",
     "integration/test_drift.py",
+    "integration/test_model_monitor.py",
     "integration/test_fpga_endpoint.py",
     "integration/test_edge_broker.py",
     "integration/test_registered_model.py",
