@@ -288,8 +288,21 @@ def read_index(reports: Store, name: str) -> dict[str, Any]:
         index = json.loads(got)
         if not isinstance(index, dict) or not isinstance(index.get("runs"), list):
             raise ValueError("no runs")
+        for run in index["runs"]:
+            if not (
+                isinstance(run, dict)
+                and isinstance(run.get("until"), str)
+                and isinstance(run.get("rows"), int)
+                and isinstance(run.get("flagged"), list)
+                and isinstance(run.get("psi"), dict)
+                and isinstance(run.get("status"), str)
+                and isinstance(run.get("report"), str)
+            ):
+                raise ValueError("a run without until, status, rows, flagged, report or psi")
+        if index["runs"]:
+            _epoch(index["runs"][-1]["until"])  # the watermark must be a time
         return index
-    except ValueError:
+    except (ValueError, TypeError):
         raise MonitorConfigError(
             f"{name}/index.json in the reports is not a monitor's index: fix or remove it"
         ) from None

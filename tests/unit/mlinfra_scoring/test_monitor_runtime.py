@@ -182,10 +182,12 @@ def test_configuration_errors_name_the_value_and_the_fix(tmp_path: Path) -> None
     job.cfg.baseline = "0" * 64
     with pytest.raises(m.MonitorConfigError, match="`pulumi up` the ModelMonitor"):
         job.run()
-    (tmp_path / "reports" / "mon" / "index.json").write_text("[1, 2]")
-    job2 = _job(tmp_path, rng)
-    with pytest.raises(m.MonitorConfigError, match="not a monitor's index"):
-        job2.run()
+    for bad in ("[1, 2]", '{"runs": [{"until": "x"}]}', '{"runs": [{"until": "yesterday", "rows": 1, "flagged": [], '
+                '"psi": {}, "status": "passed", "report": "r"}]}'):  # fmt: skip
+        (tmp_path / "reports" / "mon" / "index.json").write_text(bad)
+        job2 = _job(tmp_path, rng)
+        with pytest.raises(m.MonitorConfigError, match="not a monitor's index"):
+            job2.run()
     with pytest.raises(m.MonitorConfigError, match="a SAS"):
         m.open_store("azblob://acct/container?endpoint=http://127.0.0.1:1", None)
 
