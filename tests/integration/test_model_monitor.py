@@ -2,7 +2,8 @@
 scheduled monitor container checking what it collects. Traffic from the baseline's distribution passes on a scheduled
 run; traffic shifted on one feature flags that feature only, on a run started by `mlinfra monitor run NAME`, and a
 webhook (a receiver in a container on Docker's bridge) gets one event; the index shows the runs; a second up changes
-nothing; a new schedule updates the container only; a removed container is seen by refresh and restarted by up;
+nothing; a new schedule updates the container only; a removed container and deleted baseline statistics are seen by
+refresh and restored by up;
 destroy removes the schedule and keeps the reports; no secret in plain text in the state or on a command line."""
 
 from __future__ import annotations
@@ -49,15 +50,18 @@ def _events(receiver: str) -> list[dict]:
     return [json.loads(line.split(" ", 1)[1]) for line in lines if line.startswith("/hooks/")]
 
 
-def _blob(container: str, name: str) -> bytes | None:
+def _client(container: str):
     from azure.storage.blob import ContainerClient
 
-    c = ContainerClient(
+    return ContainerClient(
         services.azurite_blob_url(), container,
         credential={"account_name": services.AZURITE_ACCOUNT, "account_key": services.AZURITE_KEY},
     )  # fmt: skip
+
+
+def _blob(container: str, name: str) -> bytes | None:
     try:
-        return c.download_blob(name).readall()
+        return _client(container).download_blob(name).readall()
     except Exception:
         return None
 
@@ -173,9 +177,13 @@ def test_model_monitor_on_local_docker(local_services, program, backend, tmp_pat
         # A second up changes nothing; a removed container is seen by refresh and started again by up.
         assert set(st.up(on_output=_quiet).summary.resource_changes) == {"same"}
         _docker("rm", "-f", "mlinfra-monitor-drift-mon")
+        stats = f"monitoring/drift-mon/baseline/{sha}/baseline.json"
+        _client(container).delete_blob(stats)
         refreshed = st.refresh(on_output=_quiet)
-        assert "container: missing" in refreshed.stderr + refreshed.stdout
-        assert st.up(on_output=_quiet).summary.resource_changes.get("update") == 1
+        said = refreshed.stderr + refreshed.stdout
+        assert "container: missing" in said and "statistics: missing" in said, said[-2000:]
+        assert st.up(on_output=_quiet).summary.resource_changes.get("update") == 2
+        assert _blob(container, stats), "up stores the baseline's statistics again"
         assert (
             _docker("inspect", "-f", "{{.State.Running}}", "mlinfra-monitor-drift-mon").stdout.strip()
             == "true"
