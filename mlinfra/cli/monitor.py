@@ -45,12 +45,57 @@ def run_deployed(name: str, as_json: bool) -> int:
     if r.returncode not in (0, 1) and ("No such container" in r.stderr or "is not running" in r.stderr):
         raise MonitorError(
             f"no ModelMonitor {name!r} runs on Local Docker here (container {container_name(name)}): `pulumi up` its "
-            "stack, or give --collected, --baseline and --reports to run the checks from this machine. On Kubernetes: "
-            f"kubectl create job --from=cronjob/{name}-monitor {name}-now -n NAMESPACE"
+            "stack, or give --collected, --baseline and --reports to run the checks from this machine; on Kubernetes "
+            "give its --namespace (and --kubeconfig)"
         )
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
     return r.returncode
+
+
+def run_cron_job(name: str, namespace: str, kubeconfig: str | None, timeout_s: float = 3600) -> int:
+    """Run a Kubernetes ModelMonitor now: a Job from its CronJob (as `kubectl create job --from=cronjob/...`),
+    followed to its end; prints the pod's summary. Exit status: 0 passed, 1 its checks failed, 2 it could not run."""
+    import shutil
+    import subprocess
+    import time
+
+    from mlinfra.errors import MonitorError
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        from mlinfra.lab.cluster import kube_bin_dir
+
+        local = kube_bin_dir() / "kubectl"
+        kubectl = str(local) if local.exists() else None
+    if kubectl is None:
+        raise MonitorError("kubectl is not on PATH: install it to run a Kubernetes ModelMonitor now")
+    base = [kubectl, *(["--kubeconfig", kubeconfig] if kubeconfig else []), "-n", namespace]
+    job = f"{name}-now-{int(time.time())}"
+
+    def k(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*base, *a], capture_output=True, text=True, timeout=120)
+
+    made = k("create", "job", f"--from=cronjob/{name}-monitor", job)
+    if made.returncode != 0:
+        raise MonitorError(
+            f"could not start a run of ModelMonitor {name!r} in namespace {namespace}: {made.stderr.strip()[-400:]}"
+        )
+    print(f"started job {namespace}/{job}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + timeout_s
+    outcome = ""
+    while time.monotonic() < deadline:
+        got = k("get", "job", job, "-o", "jsonpath={.status.succeeded}/{.status.failed}").stdout.strip()
+        ok, _, failed = got.partition("/")
+        if ok or failed:
+            outcome = "passed" if ok else "failed"
+            break
+        time.sleep(1.0)
+    logs = k("logs", f"job/{job}").stdout
+    sys.stdout.write(logs)
+    if not outcome:
+        raise MonitorError(f"job {namespace}/{job} did not finish in {timeout_s:g} s")
+    return 0 if outcome == "passed" else 1
 
 
 def cmd_run(args: Any) -> int:
@@ -61,6 +106,8 @@ def cmd_run(args: Any) -> int:
     from mlinfra_scoring.checks import Thresholds
 
     given = [f"--{k}" for k in ("collected", "baseline", "reports") if getattr(args, k)]
+    if not given and args.namespace:
+        return run_cron_job(args.name, args.namespace, args.kubeconfig)
     if not given:
         return run_deployed(args.name, args.json)
     if len(given) < 3:
@@ -146,6 +193,8 @@ def register(sub: Any) -> None:
         help="the monitor's name: alone, runs the deployed ModelMonitor now (Local Docker); with --collected, "
         "--baseline and --reports, runs the checks from this machine (NAME: its folder in --reports)",
     )
+    p.add_argument("--namespace", help="a Kubernetes ModelMonitor's namespace: run its CronJob now")
+    p.add_argument("--kubeconfig", help="with --namespace: the cluster's kubeconfig (default: kubectl's)")
     p.add_argument("--collected", help="file:///folder or the container URL (container_uri)")
     p.add_argument("--baseline", help="baseline input rows: .npy, .csv or .jsonl")
     p.add_argument(

@@ -17,7 +17,7 @@ the scoring image's runtime (:mod:`mlinfra_scoring.monitor`):
   exits 1 when the checks failed, so the Job is marked failed; its secrets in a Secret.
 
 `mlinfra monitor run NAME` runs a Local Docker monitor now (in its container); on Kubernetes
-``kubectl create job --from=cronjob/<name>-monitor <name>-now -n NS`` does. `pulumi destroy` removes the schedule and
+`mlinfra monitor run NAME --namespace NS` starts a Job from the CronJob. `pulumi destroy` removes the schedule and
 keeps every report.
 """
 

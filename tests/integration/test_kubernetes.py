@@ -6,6 +6,8 @@ image rolls out under load with no failed request; the HorizontalPodAutoscaler a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -497,8 +499,15 @@ def test_a_model_monitor_runs_as_a_cron_job(
         shifted = rng.normal(size=(800, 64))
         shifted[:, 5] += 2.0
         collect("b", shifted)
-        second = run("drift-now-2")
-        assert second["outcome"] == "failed" and second["flagged"] == ["f5"] and second["rows"] == 800, second
+        now = subprocess.run(  # `mlinfra monitor run NAME --namespace NS`: a Job from the CronJob, followed
+            [sys.executable, "-m", "mlinfra.cli", "monitor", "run", "drift-mon", "--namespace", "default",
+             "--kubeconfig", str(cluster.kubeconfig)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert now.returncode == 1, now.stdout + now.stderr
+        assert "drift-mon: failed over 800 rows" in now.stdout and "  f5: PSI" in now.stdout, now.stdout
+        second = json.loads(c.download_blob("monitoring/drift-mon/index.json").readall())["runs"][-1]
+        assert second["flagged"] == ["f5"] and second["rows"] == 800, second
         assert set(st.up(on_output=lambda _m: None).summary.resource_changes) == {"same"}
     finally:
         st.destroy(on_output=lambda _m: None)
