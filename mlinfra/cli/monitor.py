@@ -40,14 +40,18 @@ def run_deployed(name: str, as_json: bool) -> int:
     from mlinfra.errors import MonitorError
     from mlinfra.monitoring.model_monitor import container_name
 
-    cmd = [docker_cli(), "exec", container_name(name), "python3", "-m", "mlinfra_scoring.monitor", "--once"]
-    r = subprocess.run([*cmd, *(["--json"] if as_json else [])], capture_output=True, text=True, timeout=3600)
-    if r.returncode not in (0, 1) and ("No such container" in r.stderr or "is not running" in r.stderr):
+    state = subprocess.run(
+        [docker_cli(), "inspect", "-f", "{{.State.Running}}", container_name(name)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if state.stdout.strip() != "true":
         raise MonitorError(
             f"no ModelMonitor {name!r} runs on Local Docker here (container {container_name(name)}): `pulumi up` its "
             "stack, or give --collected, --baseline and --reports to run the checks from this machine; on Kubernetes "
             "give its --namespace (and --kubeconfig)"
         )
+    cmd = [docker_cli(), "exec", container_name(name), "python3", "-m", "mlinfra_scoring.monitor", "--once"]
+    r = subprocess.run([*cmd, *(["--json"] if as_json else [])], capture_output=True, text=True, timeout=3600)
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
     return r.returncode

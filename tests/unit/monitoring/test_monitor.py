@@ -159,3 +159,16 @@ def test_the_cli_exits_1_on_failure_and_keeps_webhooks_off_the_output(
     assert "secret-token" not in res.stdout + res.stderr and len(receiver.events) == 1
     bad_threshold = subprocess.run([*cmd[:-1], "pis=1"], capture_output=True, text=True, timeout=120, env=env)
     assert bad_threshold.returncode != 0 and "unknown threshold(s) ['pis']" in bad_threshold.stderr
+
+
+def test_the_cli_names_what_is_missing(tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlinfra.cli", "monitor", "run", *args],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    partial = cli("churn", "--collected", f"file://{tmp_path}")
+    assert partial.returncode != 0 and "got only --collected" in partial.stderr, partial.stderr
+    missing = cli(f"nosuch-{tmp_path.name.lower()[-8:]}")
+    assert (
+        missing.returncode != 0 and "no ModelMonitor" in missing.stderr and "--namespace" in missing.stderr
+    ), missing.stderr
