@@ -4,6 +4,7 @@ process has one mock runtime.)"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pulumi
@@ -41,6 +42,9 @@ def _run(build):
 
 @pytest.fixture
 def mocks() -> Mocks:
+    # A fresh event loop, as tests.unit.mocks.install() makes: a test file run earlier on this worker (asyncio.run
+    # leaves none) must not decide whether these pass (a CI run had all 18 error at setup after another file).
+    asyncio.set_event_loop(asyncio.new_event_loop())
     m = Mocks()
     pulumi.runtime.set_mocks(m, project="endpoint-check", stack="unit")
     return m
