@@ -38,13 +38,9 @@ def run_deployed(name: str, as_json: bool) -> int:
 
     from mlinfra.defaults import docker_cli
     from mlinfra.errors import MonitorError
-    from mlinfra.monitoring.model_monitor import container_name
+    from mlinfra.monitoring.model_monitor import container_name, container_state
 
-    state = subprocess.run(
-        [docker_cli(), "inspect", "-f", "{{.State.Running}}", container_name(name)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if state.stdout.strip() != "true":
+    if container_state(name) != "running":
         raise MonitorError(
             f"no ModelMonitor {name!r} runs on Local Docker here (container {container_name(name)}): `pulumi up` its "
             "stack, or give --collected, --baseline and --reports to run the checks from this machine; on Kubernetes "

@@ -623,8 +623,8 @@ def _docker(*args: str, **kw: Any) -> Any:
     return docker(*args, **kw)
 
 
-def _state(monitor: str) -> str:
-    """running, stopped, or missing."""
+def container_state(monitor: str) -> str:
+    """Whether the monitor's scheduled container is running, stopped, or missing."""
     r = _docker("inspect", "-f", "{{.State.Running}}", container_name(monitor), check=False)
     if r.returncode != 0:
         return "missing"
@@ -685,23 +685,19 @@ def _start(props: dict[str, Any], port: int) -> dict[str, Any]:
 
 def _wait_serving(props: dict[str, Any], timeout_s: float = 60) -> None:
     import time
-    import urllib.request
+
+    from mlinfra.endpoints.local import container_logs, http_get
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{props['port']}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if _state(props["monitor"]) != "running":
+        if http_get(f"http://127.0.0.1:{props['port']}/healthz")[0] == 200:
+            return
+        if container_state(props["monitor"]) != "running":
             break
         time.sleep(0.3)
-    logs = _docker("logs", "--tail", "8", container_name(props["monitor"]), check=False)
     raise MonitorError(
         f"monitor {props['monitor']}: its container did not start serving /healthz on 127.0.0.1:{props['port']}: "
-        f"{(logs.stdout + logs.stderr).strip()[-600:]}"
+        f"{container_logs(container_name(props['monitor']))[-600:]}"
     )
 
 
@@ -740,7 +736,7 @@ class ScheduledMonitorProvider(ResourceProvider):
         return UpdateResult(outs=out)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        state = _state(props["monitor"])
+        state = container_state(props["monitor"])
         if state != "running":
             say_drift(f"monitor {props['monitor']}", f"container: {state}", "`pulumi up` starts it again")
         return ReadResult(id_, {**props, "observed": {"container": state}})

@@ -109,7 +109,8 @@ def _rows(v: Any) -> list[list[Any]]:
     """A record's input or output value as rows: a list of rows, a flat row, or one number."""
     if isinstance(v, list) and v and isinstance(v[0], list):
         if v[0] and isinstance(v[0][0], list):  # [1, rows, features]: flatten the leading dimensions
-            return [list(r) for r in np.asarray(v, dtype=np.float64).reshape(-1, np.asarray(v).shape[-1])]
+            a = np.asarray(v, dtype=np.float64)
+            return [list(r) for r in a.reshape(-1, a.shape[-1])]
         return v
     if isinstance(v, list):
         return [v]
