@@ -40,7 +40,9 @@ GHZ_VERSION = "v0.121.0"
 GHZ = cache_dir() / "bench-tools" / f"ghz-{GHZ_VERSION}" / "ghz"
 CONNS = 32
 PEERS = ("mlinfra", "kserve", "mlserver", "pytriton")
-WORKLOADS = ("rest-json", "rest-binary", "grpc")
+WORKLOADS = ("rest-json", "rest-binary", "grpc", "rest-json-64", "rest-binary-64")
+ROWS = {"rest-json-64": 64, "rest-binary-64": 64}
+"""Rows per request where not one: those workloads are reported in rows/s (requests/s × rows)."""
 
 
 def ghz_binary() -> Path:
@@ -56,32 +58,40 @@ def ghz_binary() -> Path:
     return GHZ
 
 
-def row() -> np.ndarray:
-    return np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+def row(rows: int = 1) -> np.ndarray:
+    return np.random.default_rng(rows).standard_normal((rows, 64)).astype(np.float32)
 
 
 def bodies(work: Path) -> dict[str, tuple[Path, int | None]]:
-    x = row()
-    json_body = {
-        "id": "bench",
-        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": x.ravel().tolist()}],
-    }
-    head = json.dumps(
-        {
+    """Each REST workload's body file and, for the binary ones, the length of its JSON part."""
+    out: dict[str, tuple[Path, int | None]] = {}
+    for rows, suffix in ((1, ""), (64, "-64")):
+        x = row(rows)
+        json_body = {
             "id": "bench",
             "inputs": [
-                {
-                    "name": "input",
-                    "shape": [1, 64],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": 256},
-                }
+                {"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": x.ravel().tolist()}
             ],
-            "parameters": {"binary_data_output": True},  # as tritonclient asks by default
         }
-    ).encode()
-    (work / "json.body").write_bytes(json.dumps(json_body).encode())
-    (work / "binary.body").write_bytes(head + x.tobytes())
+        head = json.dumps(
+            {
+                "id": "bench",
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [rows, 64],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},  # as tritonclient asks by default
+            }
+        ).encode()
+        (work / f"json{suffix}.body").write_bytes(json.dumps(json_body).encode())
+        (work / f"binary{suffix}.body").write_bytes(head + x.tobytes())
+        out[f"rest-json{suffix}"] = (work / f"json{suffix}.body", None)
+        out[f"rest-binary{suffix}"] = (work / f"binary{suffix}.body", len(head))
+    x = row()
     grpc = {
         "model_name": "mlp",
         "id": "bench",
@@ -89,7 +99,7 @@ def bodies(work: Path) -> dict[str, tuple[Path, int | None]]:
         "raw_input_contents": [base64.b64encode(x.tobytes()).decode()],
     }
     (work / "grpc.json").write_text(json.dumps(grpc))
-    return {"rest-json": (work / "json.body", None), "rest-binary": (work / "binary.body", len(head))}
+    return out
 
 
 def ghz(port: int, data: Path, seconds: int) -> dict:
@@ -215,13 +225,13 @@ def main() -> int:
     return 0
 
 
-def _cell(r: dict | None) -> tuple[str, str]:
+def _cell(r: dict | None, rows: int = 1) -> tuple[str, str]:
     if not r:
         return "—", ""
     if "error" in r:
         return "refused", ""
     bad = r.get("errors", 0) + r.get("non2xx", 0) + r.get("socket_errors", 0)
-    return f"{r['rps']:,.0f}" + (f" ({bad} errors)" if bad else ""), f"{r['p99_ms']:.1f}"
+    return f"{r['rps'] * rows:,.0f}" + (f" ({bad} errors)" if bad else ""), f"{r['p99_ms']:.1f}"
 
 
 def report(results: dict[str, dict], duration: int, date: str, machine: str) -> None:
@@ -230,17 +240,19 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
         "",
         f"Measured {date} on {machine}; server pinned to CPU 0, load generator to CPU 1 (wrk 1 thread for REST, "
         f"ghz {GHZ_VERSION} for gRPC over one HTTP/2 connection), {CONNS} concurrent requests, {duration} s per "
-        "cell, one row of the reference MLP (64→256→10) per request. Machines are shared and noisy: read the "
+        "cell, one row of the reference MLP (64→256→10) per request (64 rows where the column says so). Machines are "
+        "shared and noisy: read the "
         "ratios. Reproduce: `.venv/bin/python benchmarks/serving/protocols.py` (peers: `setup_peers.sh`).",
         "",
-        "| server | REST JSON rps | p99 ms | REST binary rps | p99 ms | gRPC rps | p99 ms |",
-        "|---|---|---|---|---|---|---|",
+        "| server | REST JSON rps | p99 ms | REST binary rps | p99 ms | gRPC rps | p99 ms | REST JSON 64 rows: "
+        "rows/s | p99 ms | REST binary 64 rows: rows/s | p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if "error" in r and not any(w in r for w in WORKLOADS):
-            lines.append(f"| {name} | {r['error'][:80]} | | | | | |")
+            lines.append(f"| {name} | {r['error'][:80]} |" + " |" * (2 * len(WORKLOADS) - 1))
             continue
-        cells = [c for w in WORKLOADS for c in _cell(r.get(w))]
+        cells = [c for w in WORKLOADS for c in _cell(r.get(w), ROWS.get(w, 1))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     ours = results.get("mlinfra", {})
@@ -255,8 +267,10 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
             continue
         best = max(peers, key=lambda n: peers[n]["rps"])
         ratio = mine["rps"] / peers[best]["rps"]
+        rows, unit = ROWS.get(w, 1), "rows/s" if w in ROWS else "rps"
         lines.append(
-            f"- {w}: mlinfra {mine['rps']:,.0f} rps vs the best peer {best} {peers[best]['rps']:,.0f} → "
+            f"- {w}: mlinfra {mine['rps'] * rows:,.0f} {unit} vs the best peer {best} "
+            f"{peers[best]['rps'] * rows:,.0f} → "
             f"**{ratio:.2f}×** (goal ≥ 3×: {'met' if ratio >= 3 else 'missed'}); p99 {mine['p99_ms']:.1f} ms vs "
             f"{peers[best]['p99_ms']:.1f} ms."
         )
@@ -291,7 +305,9 @@ def plot(results: dict[str, dict]) -> None:
     names = list(results)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.25
-    for i, w in enumerate(WORKLOADS):
+    for i, w in enumerate(
+        w for w in WORKLOADS if w not in ROWS
+    ):  # one-row workloads: 64-row ones are in rows/s
         vals = [
             results[n][w]["rps"] if isinstance(results[n].get(w), dict) and "rps" in results[n][w] else 0
             for n in names

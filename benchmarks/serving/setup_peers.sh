@@ -10,6 +10,8 @@ declare -A PKGS=(
   [bentoml]="bentoml==1.4.36 onnxruntime==1.32.0"
   [litserve]="litserve==0.2.19 onnxruntime==1.32.0"
   [pytriton]="nvidia-pytriton==0.7.0 onnxruntime==1.32.0"
+  # Not a model server: the constant-reply ceiling of a native (Rust) HTTP front end, beside constant-aiohttp's.
+  [granian]="granian==2.8.7 uvloop==0.23.0"
 )
 for peer in "${!PKGS[@]}"; do
   if [ -f "$V/$peer/.ok" ]; then echo "$peer: cached"; continue; fi

@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 
 
-def mlp_model(inputs: int = 64, hidden: int = 256, outputs: int = 10, seed: int = 0, opset: int = 17):
-    """An MLP inputs→hidden→outputs (ReLU, then softmax) as an onnx.ModelProto; same seed → same bytes."""
+def mlp_model(
+    inputs: int = 64,
+    hidden: int = 256,
+    outputs: int = 10,
+    seed: int = 0,
+    opset: int = 17,
+    batch: int | str = "batch",
+):
+    """An MLP inputs→hidden→outputs (ReLU, then softmax) as an onnx.ModelProto; same seed → same bytes. BATCH: the
+    first axis, a name (dynamic, the default) or a fixed size."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -28,8 +36,8 @@ def mlp_model(inputs: int = 64, hidden: int = 256, outputs: int = 10, seed: int 
     graph = helper.make_graph(
         nodes,
         "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", inputs])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", outputs])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, inputs])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, outputs])],
         initializer=[
             numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
         ],
@@ -40,7 +48,7 @@ def mlp_model(inputs: int = 64, hidden: int = 256, outputs: int = 10, seed: int 
     return model
 
 
-def write_mlp(path: Path | str, **kwargs: int) -> Path:
+def write_mlp(path: Path | str, **kwargs: int | str) -> Path:
     """Write mlp_model(**kwargs) to PATH (parents created) and return it."""
     import onnx
 

@@ -1,9 +1,10 @@
 """Dynamic batching: concurrent requests for one model are merged along the first axis, run once, split back.
 
 Requests are grouped by (output names, non-batch shape and dtype of every input) so only compatible tensors are
-concatenated. A group is flushed when it holds `max_batch_size` rows, or when the window closes: `max_delay_s`
-after the first request arrived (0 = at the end of the current event-loop iteration, which merges whatever arrived
-together without adding latency). Results equal unbatched ones row for row. The run itself is awaited (the
+concatenated. The first request of a group leads it: it runs the group when it holds `max_batch_size` rows, or
+when the window closes: `max_delay_s` after it arrived (0 = one turn of the event loop, which merges whatever arrived
+together without adding latency; a request that finds itself alone runs in its own task, so one connection pays
+only that yield). Results equal unbatched ones row for row. The run itself is awaited (the
 repository runs it in its worker pool), so requests go on arriving and grouping while a batch computes. A merged
 batch that fails is run again request by request: a bad request fails alone, never its batch mates.
 """
@@ -24,6 +25,20 @@ EXECUTION_ROWS: contextvars.ContextVar[int] = contextvars.ContextVar("mlinfra_ex
 Item = tuple[dict[str, np.ndarray], list[str] | None, asyncio.Future, int]
 
 
+class _Group:
+    """Requests waiting to run together; the first one to arrive (the leader) runs the group when its window
+    closes, or as soon as it is full."""
+
+    __slots__ = ("items", "rows", "wake")
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.rows = 0
+        self.wake: asyncio.Future | None = (
+            None  # a window longer than one turn: set when full or past the delay
+        )
+
+
 class Batcher:
     def __init__(
         self,
@@ -36,9 +51,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._on_batch = on_batch
-        self._groups: dict[Any, list[Item]] = {}
-        self._rows: dict[Any, int] = {}
-        self._timers: dict[Any, asyncio.Handle] = {}
+        self._open: dict[Any, _Group] = {}  # groups still taking requests, by key
         self._running: set[asyncio.Task] = set()  # batches in flight (kept referenced until done)
 
     @staticmethod
@@ -49,7 +62,8 @@ class Batcher:
         )
 
     async def submit(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
-        rows = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
+        first = next(iter(feeds.values()), None)
+        rows = first.shape[0] if first is not None and first.ndim else 1
         if rows >= self.max_batch_size or any(v.ndim == 0 for v in feeds.values()):
             if self._on_batch:
                 self._on_batch(rows)
@@ -58,30 +72,57 @@ class Batcher:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         key = self._key(feeds, outputs)
-        group = self._groups.setdefault(key, [])
-        if self._rows.get(key, 0) + rows > self.max_batch_size:
-            self._flush(key)
-            group = self._groups.setdefault(key, [])
-        group.append((feeds, outputs, fut, rows))
-        self._rows[key] = self._rows.get(key, 0) + rows
-        if self._rows[key] >= self.max_batch_size:
-            self._flush(key)
-        elif key not in self._timers:
-            self._timers[key] = (
-                loop.call_later(self.max_delay_s, self._flush, key)
-                if self.max_delay_s > 0
-                else loop.call_soon(self._flush, key)
-            )
+        group = self._open.get(key)
+        if group is not None and group.rows + rows <= self.max_batch_size:  # join the leader's group
+            group.items.append((feeds, outputs, fut, rows))
+            group.rows += rows
+            if group.rows >= self.max_batch_size:
+                self._close(key, group)
+            result, executed = await fut
+            EXECUTION_ROWS.set(executed)
+            return result
+        if group is not None:  # it has no room: it runs as it is, this request leads the next one
+            self._close(key, group)
+        group = self._open[key] = _Group()
+        group.items.append((feeds, outputs, fut, rows))
+        group.rows = rows
+        try:
+            if self.max_delay_s > 0:
+                group.wake = loop.create_future()
+                timer = loop.call_later(self.max_delay_s, _wake, group.wake)
+                try:
+                    await group.wake
+                finally:
+                    timer.cancel()
+            else:
+                # One turn of the event loop: the requests whose bytes arrived with this one are parsed in this
+                # turn and join the group; a request alone (one connection) pays only this yield.
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:  # the leader's caller went away: its followers still run
+            self._close(key, group)
+            rest = [it for it in group.items if it[2] is not fut]
+            if rest:
+                self._spawn(rest)
+            raise
+        self._close(key, group)
+        if len(group.items) == 1:  # alone: run in this task (no task, no hand-over)
+            if self._on_batch:
+                self._on_batch(rows)
+            EXECUTION_ROWS.set(rows)
+            return await self._run(feeds, outputs)
+        self._spawn(group.items)
         result, executed = await fut
         EXECUTION_ROWS.set(executed)
         return result
 
-    def _flush(self, key: Any) -> None:
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        items = self._groups.pop(key, [])
-        self._rows.pop(key, None)
+    def _close(self, key: Any, group: _Group) -> None:
+        """GROUP takes no more requests (and its leader, if it waits on a window, wakes)."""
+        if self._open.get(key) is group:
+            del self._open[key]
+        if group.wake is not None:
+            _wake(group.wake)
+
+    def _spawn(self, items: list[Item]) -> None:
         items = [it for it in items if not it[2].done()]  # drop requests whose client went away
         if not items:
             return
@@ -123,6 +164,11 @@ class Batcher:
             _settle(fut, result=(await self._run(feeds, outputs), rows))
         except Exception as e:
             _settle(fut, error=e)
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _settle(fut: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from typing import Any
 
 import numpy as np
 
-from mlinfra_scoring.models import NUMPY_TO_OIP, OIP_TO_NUMPY, RequestError
+from mlinfra_scoring.models import OIP_TO_NUMPY, RequestError, oip_datatype
 
 HEADER = "Inference-Header-Content-Length"
 EXTENSION = "binary_tensor_data"
@@ -45,9 +46,13 @@ def split(raw: bytes, header_length: str) -> tuple[bytes, memoryview]:
     return raw[:n], memoryview(raw)[n:]
 
 
+_WIRE = {k: np.dtype(v).newbyteorder("<") for k, v in OIP_TO_NUMPY.items() if k != "BYTES"}
+"""Each fixed-size OIP datatype as the extension lays it out (little-endian), made once."""
+
+
 def element_size(datatype: str) -> int:
     """Bytes per element of a fixed-size OIP datatype."""
-    return int(np.dtype(OIP_TO_NUMPY[datatype]).itemsize)
+    return int(_WIRE[datatype].itemsize)
 
 
 def decode(name: str, datatype: str, shape: list[int], chunk: memoryview) -> np.ndarray:
@@ -63,8 +68,7 @@ def decode(name: str, datatype: str, shape: list[int], chunk: memoryview) -> np.
             f"input {name!r}: binary_data_size is {len(chunk)} bytes, but shape {shape} of {datatype} is {count} "
             f"elements × {element_size(datatype)} bytes = {want}"
         )
-    dtype = np.dtype(OIP_TO_NUMPY[datatype]).newbyteorder("<")
-    arr = np.frombuffer(chunk, dtype=dtype)
+    arr = np.frombuffer(chunk, dtype=_WIRE[datatype])
     if datatype == "BOOL" and count and int(np.frombuffer(chunk, dtype=np.uint8).max()) > 1:
         raise RequestError(f"input {name!r}: a BOOL element is a byte 0 or 1")
     return arr.reshape(shape)
@@ -116,10 +120,12 @@ def encode(arr: np.ndarray) -> tuple[str, bytes]:
             parts.append(_LEN.pack(len(b)))
             parts.append(b)
         return "BYTES", b"".join(parts)
-    datatype = NUMPY_TO_OIP.get(arr.dtype.name)
+    datatype = oip_datatype(arr.dtype)
     if datatype is None:  # e.g. a model output type the protocol has no name for
         arr, datatype = arr.astype(np.float32), "FP32"
-    return datatype, np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return datatype, arr.tobytes()  # C order, whatever ARR's strides
 
 
 def wanted_outputs(body: dict[str, Any]) -> tuple[bool, dict[str, bool]]:

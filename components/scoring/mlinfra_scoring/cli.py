@@ -45,7 +45,12 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
     )
     p.add_argument("--key", action="append", help="accepted bearer key (repeat to rotate); default: no auth")
     p.add_argument("--script", help="Azure ML-style scoring script with init() and run(raw_data)")
-    p.add_argument("--max-batch-size", type=int, default=None, help="rows per merged batch (default 1: off)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="rows per merged batch, every model (1: off; default: 64 for models with a dynamic batch axis)",
+    )
     p.add_argument(
         "--max-batch-delay-ms", type=float, default=None, help="batch window (default 0: same tick)"
     )
@@ -71,6 +76,12 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-connections", type=int, default=None, help="open connections at most (default 1024)"
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="inference requests in progress at most; one more gets 503 + Retry-After (default 256)",
     )
     p.add_argument(
         "--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated"
@@ -134,12 +145,15 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         grpc_port=grpc_port,
         keys=keys,
         script=args.script or _env("SCRIPT"),
-        max_batch_size=int(num(args.max_batch_size, "MAX_BATCH_SIZE", 1, int, 1)),
+        max_batch_size=batch
+        if (batch := int(num(args.max_batch_size, "MAX_BATCH_SIZE", 0, int, 1)))
+        else None,
         max_batch_delay_ms=num(args.max_batch_delay_ms, "MAX_BATCH_DELAY_MS", 0.0),
         max_body_mb=num(args.max_body_mb, "MAX_BODY_MB", 10.0, float, 0.001),
         idle_timeout_s=num(args.idle_timeout_s, "IDLE_TIMEOUT_S", 15.0, float, 0.1),
         body_timeout_s=num(args.body_timeout_s, "BODY_TIMEOUT_S", 30.0, float, 0.1),
         max_connections=int(num(args.max_connections, "MAX_CONNECTIONS", 1024, int, 1)),
+        max_queue=int(num(args.max_queue, "MAX_QUEUE", 256, int, 1)),
         drain_linger_s=num(args.drain_linger_s, "DRAIN_LINGER_S", 0.0),
         trust=trust,
         access_log=not (args.no_access_log or _env("NO_ACCESS_LOG") in ("1", "true")),

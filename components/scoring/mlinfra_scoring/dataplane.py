@@ -95,6 +95,7 @@ class DataPlane:
                         "model": m.name,
                         "version": m.version,
                         "execution_providers": m.providers,
+                        "max_batch_size": m.max_batch_size,
                         "note": note,
                     }
                 )

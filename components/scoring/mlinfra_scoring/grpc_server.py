@@ -10,7 +10,6 @@ with the data plane's message. grpcio is imported only when a gRPC port is confi
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,7 @@ from google.protobuf.message import Message
 from mlinfra_scoring.batching import EXECUTION_ROWS
 from mlinfra_scoring.models import RequestError
 from mlinfra_scoring.oip import oip_pb2 as pb
-from mlinfra_scoring.server import REQUEST_ID
+from mlinfra_scoring.server import REQUEST_ID, new_request_id
 
 if TYPE_CHECKING:
     from mlinfra_scoring.server import ScoringServer
@@ -195,7 +194,7 @@ def _wrap(
         t0 = time.perf_counter()
         meta = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
         rid = meta.get("x-request-id", "")
-        call = Call(rid if REQUEST_ID.fullmatch(rid) else uuid.uuid4().hex)
+        call = Call(rid if REQUEST_ID.fullmatch(rid) else new_request_id())
         span = None
         if server.otlp is not None:  # the traceparent comes as gRPC metadata
             EXECUTION_ROWS.set(0)
@@ -207,13 +206,18 @@ def _wrap(
             )
         server.in_flight += 1
         status = 200
+        admitted = False
         try:
             if name not in PUBLIC and not server.authorized_header(meta.get("authorization", "")):
                 raise RequestError("missing or wrong key: send metadata 'authorization: Bearer <key>'", 401)
+            if name == "ModelInfer":
+                server.admit()
+                admitted = True
             return await fn(req, ctx, call)
         except RequestError as e:
             status = e.status
-            await ctx.abort(STATUS.get(e.status, grpc.StatusCode.INTERNAL), str(e))
+            pushback = (("grpc-retry-pushback-ms", str(e.retry_after * 1000)),) if e.retry_after else ()
+            await ctx.abort(STATUS.get(e.status, grpc.StatusCode.INTERNAL), str(e), pushback)
         except grpc.aio.AbortError:
             raise
         except Exception as e:  # a bug: INTERNAL with the message; the server stays up
@@ -221,6 +225,8 @@ def _wrap(
             await ctx.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
             server.in_flight -= 1
+            if admitted:
+                server.release()
             model, version = (call.model, str(call.version)) if status != 401 else ("unknown", "")
             server.metrics.requests.inc((route, model, version, str(status)))
             server.metrics.latency.observe(time.perf_counter() - t0, (route, model, version))

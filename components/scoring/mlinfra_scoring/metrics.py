@@ -120,6 +120,11 @@ class Metrics:
             "mlinfra_connections_refused_total",
             "Connections closed on arrival: max_connections were open.",
         )
+        self.shed = Counter(
+            r,
+            "mlinfra_requests_shed_total",
+            "Inference requests refused with 503 (gRPC UNAVAILABLE) because max_queue were already in progress.",
+        )
         self.connections_idle_closed = Counter(
             r,
             "mlinfra_connections_idle_closed_total",

@@ -1,7 +1,10 @@
 """The model repository: which models this server serves, loaded with ONNX Runtime, and swapped atomically.
 
-A model that fails to load leaves what served before serving (the edge agent relies on it). With dynamic batching
-on (max batch size > 1) each model gets its own :class:`~mlinfra_scoring.batching.Batcher`. Models run in a worker
+A model that fails to load leaves what served before serving (the edge agent relies on it). Dynamic batching is on
+by default for each model whose inputs and outputs all have a dynamic first (batch) axis, as Triton does for a model
+whose config has a max batch size: up to AUTO_BATCH rows; a model with a fixed batch axis runs request by request. An
+explicit max batch size applies to every model (1: off). A batched model gets its own
+:class:`~mlinfra_scoring.batching.Batcher`. Models run in a worker
 pool (:meth:`ModelRepository.execute`), off the event loop: health probes, metrics and the reading of other
 requests go on while a big request computes (ONNX Runtime releases the GIL while it runs). Only runs this model's
 measured cost predicts under 2 ms stay on the loop, where a thread hand-off would cost more than the run.
@@ -24,6 +27,8 @@ from mlinfra_scoring.batching import Batcher
 from mlinfra_scoring.models import LoadedModel, RequestError, load_onnx
 
 INLINE_S = 0.002  # runs predicted shorter than this stay on the event loop (a hand-off would cost more)
+AUTO_BATCH = 64
+"""Rows per merged batch when no max batch size is given and the model has a dynamic batch axis."""
 
 
 @dataclass
@@ -38,7 +43,7 @@ class ModelRepository:
         self,
         providers: list[str],
         threads: int,
-        max_batch_size: int = 1,
+        max_batch_size: int | None = None,
         max_batch_delay_ms: float = 0.0,
         on_batch: Callable[[tuple[str, str], int], None] | None = None,
         workers: int | None = None,
@@ -87,15 +92,25 @@ class ModelRepository:
         """Load a model, then serve it under NAME in one step: requests keep going to the old model until the new
         one is loaded; a model that fails to load raises and leaves the old one serving."""
         m = load_onnx(name, version, Path(path), self.providers, self.threads)
-        if self.max_batch_size > 1:
+        m.max_batch_size = self.batch_size_for(m)
+        self.batchers.pop(name, None)
+        if m.max_batch_size > 1:
             self.batchers[name] = Batcher(
                 functools.partial(self.execute, m),
-                self.max_batch_size,
+                m.max_batch_size,
                 self.max_batch_delay_ms / 1000.0,
                 functools.partial(self.on_batch, (m.name, m.version)) if self.on_batch else None,
             )
         self.models[name] = m  # a single dict assignment: atomic for the event loop thread
         return m
+
+    def batch_size_for(self, m: LoadedModel) -> int:
+        """The max batch size M is served with: the configured one, else AUTO_BATCH when every input and output of M
+        has a dynamic first axis (requests can be stacked along it and results split back), else 1 (off)."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        tensors = [*m.inputs, *m.outputs]
+        return AUTO_BATCH if tensors and all(t.shape and t.shape[0] == -1 for t in tensors) else 1
 
     def load(self, spec: ModelSpec) -> LoadedModel:
         return self.swap(spec.name, spec.version, spec.path)

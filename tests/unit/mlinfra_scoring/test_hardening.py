@@ -410,3 +410,64 @@ def test_silent_slow_and_idle_connections_are_cut_and_connections_bounded(tmp_pa
         assert re.search(r"mlinfra_connections_refused_total [1-9]", metrics), metrics
     finally:
         srv.stop()
+
+
+def test_past_max_queue_requests_get_503_with_retry_after_and_the_server_stays_up(tmp_path: Path) -> None:
+    """Admission control: with --max-queue 2 and a scoring script that takes 0.6 s, a burst of 8 gets 2 answers and 6
+    immediate 503s with Retry-After; gRPC ModelInfer is bounded by the same count; health answers throughout, the
+    shed requests are counted, and once the burst is over requests are served again."""
+    import threading
+    import time
+
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from tests.scoring_helpers import free_port
+
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import time\n\ndef init():\n    pass\n\ndef run(raw):\n    time.sleep(0.6)\n    return {'ok': 1}\n"
+    )
+    grpc_port = free_port()
+    srv = start_server(
+        tmp_path,
+        "--model", str(write_mlp(tmp_path / "m.onnx")), "--name", "mlp", "--script", str(script),
+        "--max-queue", "2", "--grpc-port", str(grpc_port),
+    )  # fmt: skip
+    try:
+        got: list[tuple[int, dict, float]] = []
+
+        def call() -> None:
+            t = time.monotonic()
+            status, body, headers = srv.request("POST", "/score", raw=b"{}")
+            got.append((status, {**body, **{k.lower(): v for k, v in headers.items()}}, time.monotonic() - t))
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)  # the burst is in: two run, the rest were refused
+        assert srv.request("GET", "/v2/health/ready")[0] == 200  # health is never shed
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = service_pb2.ModelInferRequest(model_name="mlp")
+            request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+            request.raw_input_contents.append(bytes(256))
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request, timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "--max-queue" in (
+                e.value.details() or ""
+            )
+            for t in threads:
+                t.join()
+            assert [s for s, _b, _t in got].count(200) == 2, got
+            shed = [(b, dt) for s, b, dt in got if s != 200]
+            assert len(shed) == 6 and all(s == 503 for s, _b, _t in got if s != 200), got
+            for b, dt in shed:
+                assert b["retry-after"] == "1" and "--max-queue" in b["error"], b
+                assert dt < 0.5, f"a shed request must be refused at once, not after {dt:.2f} s"
+            assert stub.ModelInfer(request, timeout=10).outputs[0].name == "probabilities"  # served again
+        assert srv.request("POST", "/score", raw=b"{}")[0] == 200
+        text = srv.request("GET", "/metrics")[1]
+        assert metric(text, "mlinfra_requests_shed_total") == 7, text  # 6 REST + 1 gRPC
+    finally:
+        assert srv.stop() == 0

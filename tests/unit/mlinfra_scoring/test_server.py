@@ -324,6 +324,59 @@ def test_dynamic_batching_merges_and_matches_unbatched(tmp_path: Path, models) -
         assert srv.stop() == 0
 
 
+def test_dynamic_batching_is_on_by_default_only_where_the_batch_axis_is_dynamic(
+    tmp_path: Path, models
+) -> None:
+    """No --max-batch-size: the MLP (batch axis dynamic) is batched up to 64 rows, the same MLP with a fixed batch
+    of 1 runs request by request (as Triton batches only models whose config has a max batch size)."""
+    from mlinfra.lab.samples import write_mlp
+
+    fixed = write_mlp(tmp_path / "fixed.onnx", batch=1)
+    srv = start_server(
+        tmp_path,
+        *model_args(models, "1"),
+        "--model",
+        str(fixed),
+        "--name",
+        "fixed",
+        "--max-batch-delay-ms",
+        "40",
+    )
+    try:
+        assert srv.request("GET", "/v2/models/mlp")[1]["parameters"]["max_batch_size"] == 64
+        assert srv.request("GET", "/v2/models/fixed")[1]["parameters"]["max_batch_size"] == 1
+        row = np.random.default_rng(9).standard_normal((1, 64)).astype(np.float32)
+
+        def burst(name: str) -> None:
+            def call() -> None:
+                status, resp, _ = srv.request("POST", f"/v2/models/{name}/infer", infer_body(row))
+                assert status == 200, resp
+
+            threads = [threading.Thread(target=call) for _ in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        burst("mlp")
+        burst("fixed")
+        text = srv.request("GET", "/metrics")[1]
+        merged = metric(text, "mlinfra_batch_size_count", model="mlp", version="1")
+        alone = metric(text, "mlinfra_batch_size_count", model="fixed", version="1")
+        assert merged is not None and merged < 24, f"the MLP was not batched: {merged} executions for 24"
+        assert alone == 24, f"the fixed-batch model must run each request alone: {alone} executions for 24"
+    finally:
+        assert srv.stop() == 0
+    (tmp_path / "off").mkdir()
+    off = start_server(
+        tmp_path / "off", "--model", str(models["mlp"]), "--name", "mlp", "--max-batch-size", "1"
+    )
+    try:
+        assert off.request("GET", "/v2/models/mlp")[1]["parameters"]["max_batch_size"] == 1
+    finally:
+        assert off.stop() == 0
+
+
 def test_bad_configuration_is_a_clear_error(tmp_path: Path) -> None:
     import subprocess
     import sys
