@@ -102,7 +102,7 @@ def main() -> None:
                 )
             )
             load.start()
-            collapsed = HERE / f"{args.out}.stacks.txt"
+            collapsed = work / "stacks.txt"
             svg = HERE / f"{args.out}.svg"
             for fmt, dest in (("raw", collapsed), ("flamegraph", svg)):
                 subprocess.run(
