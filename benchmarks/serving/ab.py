@@ -66,6 +66,17 @@ NOTES = {
 }
 
 
+def runtime_at(rev: str, dest: Path) -> Path:
+    """The scoring runtime (components/scoring) of git revision REV, extracted under DEST; returns DEST (a tree to put
+    on PYTHONPATH as DEST/components/scoring)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "components/scoring"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def otlp_sink() -> ThreadingHTTPServer:
     """An OTLP/HTTP receiver that reads each export and answers 200 (what a healthy collector does)."""
 
@@ -119,14 +130,7 @@ def main() -> int:
     cells = [(name + suffix, rows, conns, suffix) for suffix in configs for name, rows, conns in CELLS]
     with tempfile.TemporaryDirectory(prefix="mlinfra-ab-") as tmp:
         work = Path(tmp)
-        old = work / "old"
-        old.mkdir()
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", args.rev, "components/scoring"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        old = runtime_at(args.rev, work / "old")
         model = write_mlp(work / "mlp.onnx")
         bodies = {}
         for rows in {r for _n, r, _c in CELLS}:

@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.serving.ab import runtime_at  # noqa: E402
 from benchmarks.serving.bench import body, free_port, mlinfra_command, wait_ready  # noqa: E402
 from benchmarks.serving.protocols import bodies  # noqa: E402
 from benchmarks.wrk import run as wrk_run  # noqa: E402
@@ -75,16 +76,7 @@ def main() -> None:
         if args.binary:
             b, header_length = bodies(work)["rest-binary"]
         port = free_port()
-        src = REPO
-        if args.rev:  # that revision's runtime, as ab.py takes it
-            src = work / "rev"
-            src.mkdir()
-            archive = subprocess.run(
-                ["git", "-C", str(REPO), "archive", args.rev, "components/scoring"],
-                capture_output=True,
-                check=True,
-            ).stdout
-            subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        src = runtime_at(args.rev, work / "rev") if args.rev else REPO
         env = {**os.environ, "PYTHONPATH": str(src / "components" / "scoring")}
         server = subprocess.Popen(
             ["taskset", "-c", "0", *mlinfra_command(model, port), *args.serve_args],

@@ -3,8 +3,9 @@
 Requests are grouped by (output names, non-batch shape and dtype of every input) so only compatible tensors are
 concatenated. The first request of a group leads it: it runs the group when it holds `max_batch_size` rows, or
 when the window closes: `max_delay_s` after it arrived (0 = one turn of the event loop, which merges whatever arrived
-together without adding latency; a request that finds itself alone runs in its own task, so one connection pays
-only that yield). Results equal unbatched ones row for row. The run itself is awaited (the
+together without adding latency). With a one-turn window, a request that is the server's only one in progress runs
+at once (nothing could join it: one connection pays nothing), and a leader left alone after its turn runs in its own
+task. Results equal unbatched ones row for row. The run itself is awaited (the
 repository runs it in its worker pool), so requests go on arriving and grouping while a batch computes. A merged
 batch that fails is run again request by request: a bad request fails alone, never its batch mates.
 """
@@ -34,9 +35,8 @@ class _Group:
     def __init__(self) -> None:
         self.items: list[Item] = []
         self.rows = 0
-        self.wake: asyncio.Future | None = (
-            None  # a window longer than one turn: set when full or past the delay
-        )
+        # A window longer than one turn: set when full or past the delay.
+        self.wake: asyncio.Future | None = None
 
 
 class Batcher:
@@ -46,11 +46,15 @@ class Batcher:
         max_batch_size: int,
         max_delay_s: float,
         on_batch: Callable[[int], None] | None = None,
+        in_progress: Callable[[], int] | None = None,
     ):
+        """IN_PROGRESS: how many inference requests the server is handling, this one included. With a one-turn
+        window and no other request in progress, nothing could join: the request runs at once, as unbatched."""
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._on_batch = on_batch
+        self._in_progress = in_progress
         self._open: dict[Any, _Group] = {}  # groups still taking requests, by key
         self._running: set[asyncio.Task] = set()  # batches in flight (kept referenced until done)
 
@@ -64,7 +68,11 @@ class Batcher:
     async def submit(self, feeds: dict[str, np.ndarray], outputs: list[str] | None) -> dict[str, np.ndarray]:
         first = next(iter(feeds.values()), None)
         rows = first.shape[0] if first is not None and first.ndim else 1
-        if rows >= self.max_batch_size or any(v.ndim == 0 for v in feeds.values()):
+        if (
+            rows >= self.max_batch_size
+            or (self.max_delay_s == 0 and self._in_progress is not None and self._in_progress() <= 1)
+            or any(v.ndim == 0 for v in feeds.values())
+        ):
             if self._on_batch:
                 self._on_batch(rows)
             EXECUTION_ROWS.set(rows)

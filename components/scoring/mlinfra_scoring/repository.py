@@ -47,12 +47,16 @@ class ModelRepository:
         max_batch_delay_ms: float = 0.0,
         on_batch: Callable[[tuple[str, str], int], None] | None = None,
         workers: int | None = None,
+        in_progress: Callable[[], int] | None = None,
     ):
         self.providers = providers
         self.threads = threads
         self.max_batch_size = max_batch_size
         self.max_batch_delay_ms = max_batch_delay_ms
         self.on_batch = on_batch
+        self.in_progress = (
+            in_progress  # the server's inference requests in progress (Batcher's lone-request path)
+        )
         self.models: dict[str, LoadedModel] = {}
         self.batchers: dict[str, Batcher] = {}
         self.workers = workers or max(2, min(8, os.cpu_count() or 2))
@@ -100,6 +104,7 @@ class ModelRepository:
                 m.max_batch_size,
                 self.max_batch_delay_ms / 1000.0,
                 functools.partial(self.on_batch, (m.name, m.version)) if self.on_batch else None,
+                self.in_progress,
             )
         self.models[name] = m  # a single dict assignment: atomic for the event loop thread
         return m

@@ -150,6 +150,7 @@ class ScoringServer:
             config.max_batch_size,
             config.max_batch_delay_ms,
             on_batch=lambda labels, rows: self.metrics.batch.observe(rows, labels),
+            in_progress=lambda: self.inferring,
         )
         self.dataplane = DataPlane(self.repository, self.metrics, self._log)
         self._conns: dict[Any, _Guard] = {}

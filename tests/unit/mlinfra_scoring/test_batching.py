@@ -89,3 +89,17 @@ def test_a_failing_batch_is_retried_alone_so_only_the_bad_request_fails() -> Non
 
     good, bad = asyncio.run(scenario())
     assert isinstance(bad, ValueError) and float(good["y"][0, 0]) == 1.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("in_progress", "want"), [(1, [1, 1]), (2, [2])])
+def test_a_request_with_no_other_in_progress_runs_at_once(in_progress: int, want: list[int]) -> None:
+    """The server says how many inference requests it handles: alone, a request does not wait for a loop turn (so
+    a single connection pays nothing for batching); with others in progress, requests of one turn are merged."""
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        b = Batcher(_runner(calls), max_batch_size=64, max_delay_s=0.0, in_progress=lambda: in_progress)
+        await asyncio.gather(b.submit(_rows(1), None), b.submit(_rows(1, 5.0), None))
+
+    asyncio.run(scenario())
+    assert calls == want, calls
