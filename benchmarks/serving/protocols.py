@@ -284,15 +284,23 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
 
 
 NOTES = """Notes:
-- Every server wraps the same ONNX session (1 intra-op thread); mlinfra runs with its defaults (access log and
-  metrics on) plus `--grpc-port`. Each peer's gRPC front end: KServe's and MLServer's are grpcio's asyncio server in
-  Python (as mlinfra's); PyTriton's is Triton's C++ server, which calls the Python model over IPC.
-- gRPC goal (≥ 3× the best peer) is **missed**: mlinfra's gRPC calls cost more CPU than its REST ones (grpcio's
-  Python server per call; the data plane behind both is the same), and PyTriton's C++ front end is about as fast.
-  A native front end is the way to 3× (issue 19, serving speed).
-- The binary extension is mlinfra's fastest path (no JSON number parsing/printing): +30 % over JSON here.
-- The machine varies from day to day (the 2026-11-24 run of bench.py measured mlinfra's REST JSON at 6,026 rps
-  at c=32; on this run's day, 1,968 without gRPC): compare within one run only.
+- Every server wraps the same ONNX session (1 intra-op thread); mlinfra runs with its defaults (dynamic batching on
+  for this model since issue 19, access log and metrics on) plus `--grpc-port`; PyTriton with Triton's dynamic
+  batcher. Each peer's gRPC front end: KServe's and MLServer's are grpcio's asyncio server in Python (as mlinfra's);
+  PyTriton's is Triton's C++ server, which calls the Python model over IPC.
+- **gRPC is Python's ceiling, not the data plane's.** Answering a constant ModelInferResponse, with nothing else to
+  do, grpcio's asyncio server reached 2,985-3,239 calls/s at 32 concurrent calls and grpclib (pure-Python HTTP/2)
+  3,022-4,342, each at ≈ 95 % of the server's core (2026-12-03, same harness): 3× PyTriton's ≈ 2,000 would need
+  ≈ 6,000. mlinfra's gRPC profile: ≈ 45 % of its CPU inside grpcio's own (Cython) server, ≈ 30 % in the data plane.
+  Reaching 3× needs a native gRPC front end that batches calls before they reach Python (Triton's design), e.g. a
+  grpc-go process forwarding merged binary-extension requests to the data plane; not built yet (issue 19).
+- **JSON numbers are the 64-row ceiling.** For a 64×64 FP32 request, parsing the JSON body takes ≈ 135 µs (orjson)
+  and turning its 4,096 Python floats into an array ≈ 100-125 µs, of ≈ 540 µs per request; the binary extension
+  skips both: 2.3× the rows/s of JSON here, and 4.2× the best peer.
+- One row per request (a few dozen bytes of numbers), binary and JSON cost about the same: HTTP and the per-request
+  Python path dominate (`profile-after.md`).
+- The machine varies within minutes (the ONNX Runtime floor measured 96k-126k calls/s on the same day): compare
+  within one run only.
 """
 
 

@@ -48,8 +48,9 @@ class Batcher:
         on_batch: Callable[[int], None] | None = None,
         in_progress: Callable[[], int] | None = None,
     ):
-        """IN_PROGRESS: how many inference requests the server is handling, this one included. With a one-turn
-        window and no other request in progress, nothing could join: the request runs at once, as unbatched."""
+        """IN_PROGRESS: how many requests the server has received and not answered, this one included (handled or
+        still queued behind it). With a one-turn window and no other, nothing could join: the request runs at once,
+        as unbatched."""
         self._run = run
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s

@@ -213,6 +213,7 @@ def _wrap(
             if name == "ModelInfer":
                 server.admit()
                 admitted = True
+                server.grpc_inferring += 1
             return await fn(req, ctx, call)
         except RequestError as e:
             status = e.status
@@ -227,6 +228,7 @@ def _wrap(
             server.in_flight -= 1
             if admitted:
                 server.release()
+                server.grpc_inferring -= 1
             model, version = (call.model, str(call.version)) if status != 401 else ("unknown", "")
             server.metrics.requests.inc((route, model, version, str(status)))
             server.metrics.latency.observe(time.perf_counter() - t0, (route, model, version))

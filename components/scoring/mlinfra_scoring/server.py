@@ -112,6 +112,7 @@ class _Guard(asyncio.Protocol):
         self.inner, self.owner = inner, owner
         self.transport: Any = None
         self.busy = 0  # requests being handled on this connection (the middleware counts)
+        self.waiting = False  # a request's bytes arrived and its response is not made yet
         self.since = time.monotonic()  # connected, or the last request ended
 
     def connection_made(self, transport: Any) -> None:
@@ -124,10 +125,19 @@ class _Guard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._conns.pop(self.transport, None)
+        self.answered()
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self.waiting:
+            self.waiting = True
+            self.owner.waiting += 1
         self.inner.data_received(data)
+
+    def answered(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.owner.waiting -= 1
 
     def eof_received(self) -> Any:
         return self.inner.eof_received()
@@ -150,7 +160,7 @@ class ScoringServer:
             config.max_batch_size,
             config.max_batch_delay_ms,
             on_batch=lambda labels, rows: self.metrics.batch.observe(rows, labels),
-            in_progress=lambda: self.inferring,
+            in_progress=lambda: self.waiting + self.grpc_inferring,
         )
         self.dataplane = DataPlane(self.repository, self.metrics, self._log)
         self._conns: dict[Any, _Guard] = {}
@@ -159,6 +169,10 @@ class ScoringServer:
         self.otlp: Any = None  # mlinfra_scoring.telemetry.Telemetry when MLINFRA_SERVE_OTLP_ENDPOINT is set
         self.in_flight = 0  # REST and gRPC requests being handled; read by the gauge at scrape time
         self.inferring = 0  # of which inference requests (admission control: admit/release)
+        # Requests received and not answered yet, handled or still queued: REST connections whose request bytes
+        # arrived (_Guard), gRPC inference calls in progress. Dynamic batching's lone-request path reads it.
+        self.waiting = 0
+        self.grpc_inferring = 0
         self.metrics.in_flight.track(lambda: self.in_flight)
         self._keys = [k.encode() for k in config.keys if k]
 
@@ -374,6 +388,7 @@ class ScoringServer:
             if guard is not None:
                 guard.busy -= 1
                 guard.since = time.monotonic()
+                guard.answered()
         resp.headers["X-Request-Id"] = rid
         if self.dataplane.draining:
             resp.force_close()  # the client opens its next request elsewhere
