@@ -71,8 +71,10 @@ NOTES = {
         "(dtype lookups by dtype, one-pass finiteness checks over the output list, request ids without uuid4, the",
         "FP32 range check as one reduction). Both sides run with their defaults.",
         "",
-        "- Single alternations spread widely on this VM (the older server's c=1 cell: 2,106, 1,339 and 1,015 in",
-        "  three reps); in every rep the newer server was ahead in every one-row cell.",
+        "- Single alternations spread widely on this VM (the older server's c=1 cell: 2,723, 1,260 and 1,229 in",
+        "  three reps). At 32 and 128 connections the newer server was ahead in every rep (1.37-2.24x, 1.24-2.04x); at one",
+        "  connection in two of three (0.95, 1.39, 2.19); with 64-row requests, where batching has little to merge",
+        "  (a request is its own batch), it was even (0.87, 0.98, 1.47).",
         "- Flame graphs of the same workload before and after: profile-before.svg, profile-after.svg (profile.py).",
     ],
 }

@@ -422,14 +422,27 @@ NOTES = """![requests/s and p99 by server](serving.png)
 
 Notes:
 - Every peer is installed from PyPI in its own venv (setup_peers.sh: MLServer 1.7.1 with uvloop<0.22, KServe 0.21.0,
-  BentoML 1.4.36 — 1.4.40 needs a certifi not on the index —, LitServe 0.2.19, PyTriton 0.7.0) and wraps the same
-  ONNX session (1 intra-op thread). BentoML and LitServe have no OIP route: their adapters map the same OIP JSON
-  body at the OIP path. PyTriton runs with Triton's dynamic batcher (100 µs window).
-- Dynamic batching goal (≥ 2× at c=128) is **missed**: for this MLP, inference is ≈ 8 µs of the ≈ 165 µs a
-  request costs (HTTP parsing, JSON decode/encode, validation; compare the constant-reply ceiling), so merging
-  requests can only save the per-call share; it still gives +30 % rps and a lower p99 at c=32/128. Batching pays
-  off in proportion to the model's share of the request cost (64-row requests: 116k → 123k rows/s).
-- mlinfra runs with its defaults (JSON access log on, metrics on, orjson + uvloop)."""
+  BentoML 1.4.36 — 1.4.40 needs a certifi not on the index —, LitServe 0.2.19, PyTriton 0.7.0, granian 2.8.7) and
+  wraps the same ONNX session (1 intra-op thread). BentoML and LitServe have no OIP route: their adapters map the
+  same OIP JSON body at the OIP path. Each at its best for throughput: PyTriton with Triton's dynamic batcher (max
+  batch 128, 100 µs window), MLServer in-process (parallel_workers 0) and again with adaptive batching (64 rows,
+  1 ms), mlinfra with its defaults (dynamic batching on for this model since issue 19, JSON access log and metrics
+  on, orjson + uvloop). constant-aiohttp and constant-granian answer a constant reply: the HTTP ceilings.
+- **The VM drifts within a run**: mlinfra's first and last runs here differ by up to 1.4× (c=32: 4,168 and 5,726),
+  and the ONNX Runtime floor measured 79k-126k calls/s over the same morning; hence mlinfra's mean of two. Over the
+  day's four full runs the ratios at 32 and 128 connections were 1.8-3.6× (3.6× and 3.3× in the first; 1.8× at 128
+  in the one where PyTriton reached 2,706 requests/s), at one connection 1.6-2.1×, at 64 rows 1.5-1.9×.
+- **Why below 3×.** One connection: a constant-reply aiohttp server is itself only ≈ 3.3-4.4× the best peer here,
+  and a request's own work (JSON, validation, the model, metrics, log) costs ≈ 170 µs more than that reply. 64-row
+  JSON: parsing the body (≈ 135 µs) and turning 4,096 Python floats into an array (≈ 100-125 µs) are half a request;
+  the binary extension removes both (PROTOCOLS.md: 6.6× the best peer at 64 rows). 32/128 connections: aiohttp's
+  own per-request cost is about half of the profile (profile-after.md); granian's constant reply is 2.4× aiohttp's
+  at 128 connections but the same at 1 and 32, so a Rust HTTP front end would lift the 128-connection ceiling only.
+- **Tail latency.** p99 at 32 and 128 connections is below every peer's. Unbatched, p99 at 128 connections swings
+  from ≈ 40 to ≈ 660 ms between identical back-to-back runs while the server's own handling (access log) stays
+  under 2 ms and its wait before a handler under 50 ms (measured in process, 2026-12-03): the outliers are outside
+  the server's loop on this VM. Past `--max-queue` (default 256) requests are refused at once with 503 +
+  Retry-After rather than queued."""
 
 
 def plot(results: dict[str, dict]) -> None:

@@ -296,9 +296,10 @@ NOTES = """Notes:
   grpc-go process forwarding merged binary-extension requests to the data plane; not built yet (issue 19).
 - **JSON numbers are the 64-row ceiling.** For a 64×64 FP32 request, parsing the JSON body takes ≈ 135 µs (orjson)
   and turning its 4,096 Python floats into an array ≈ 100-125 µs, of ≈ 540 µs per request; the binary extension
-  skips both: 2.3× the rows/s of JSON here, and 4.2× the best peer.
+  skips both: 2.5× the rows/s of JSON here (2.3× in the run before), and 6.6× the best peer (4.2×).
 - One row per request (a few dozen bytes of numbers), binary and JSON cost about the same: HTTP and the per-request
-  Python path dominate (`profile-after.md`).
+  Python path dominate (`profile-after.md`). At one row, REST is 2.9-3.0× the best peer here and was 2.6-2.7× in
+  the run an hour before (3.2-3.4× in the first run of the day): the goal sits inside this VM's noise.
 - The machine varies within minutes (the ONNX Runtime floor measured 96k-126k calls/s on the same day): compare
   within one run only.
 """

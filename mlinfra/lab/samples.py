@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def mlp_model(
     return model
 
 
-def write_mlp(path: Path | str, **kwargs: int | str) -> Path:
+def write_mlp(path: Path | str, **kwargs: Any) -> Path:
     """Write mlp_model(**kwargs) to PATH (parents created) and return it."""
     import onnx
 
