@@ -432,7 +432,7 @@ Notes:
   and the ONNX Runtime floor measured 79k-126k calls/s over the same morning; hence mlinfra's mean of two. Over the
   day's four full runs the ratios at 32 and 128 connections were 1.8-3.6× (3.6× and 3.3× in the first; 1.8× at 128
   in the one where PyTriton reached 2,706 requests/s), at one connection 1.6-2.1×, at 64 rows 1.5-1.9×.
-- **Why below 3×.** One connection: a constant-reply aiohttp server is itself only ≈ 3.3-4.4× the best peer here,
+- **Why below 3×.** One connection: a constant-reply aiohttp server is itself only 3.3-5.2× the best peer (runs of the day),
   and a request's own work (JSON, validation, the model, metrics, log) costs ≈ 170 µs more than that reply. 64-row
   JSON: parsing the body (≈ 135 µs) and turning 4,096 Python floats into an array (≈ 100-125 µs) are half a request;
   the binary extension removes both (PROTOCOLS.md: 6.6× the best peer at 64 rows). 32/128 connections: aiohttp's
