@@ -272,15 +272,18 @@ def _reject(spec: TensorSpec, data: Any, bad: Any, what: str) -> None:
     raise RequestError(f"input {spec.name!r}: data is not a rectangular list of {spec.datatype} values")
 
 
-def non_finite(arr: np.ndarray) -> tuple[int, int]:
-    """(how many NaN/±Inf values ARR holds, the flat index of the first; -1 when none). JSON has no NaN or Inf."""
+def non_finite(arr: np.ndarray, values: list[Any] | None = None) -> tuple[int, int]:
+    """(how many NaN/±Inf values ARR holds, the flat index of the first; -1 when none). JSON has no NaN or Inf.
+    VALUES: ARR's flat values as a list, when the caller has made it already."""
     kind = arr.dtype.kind
     if kind not in "fc":
         return 0, -1
     # One pass in the usual case: a sum is finite only if every value is (an overflow goes the long way). Small
-    # arrays are summed as a list, which costs less than a numpy reduction's set-up.
+    # arrays (or a list already made) are summed as a list, which costs less than a numpy reduction's set-up.
+    if values is None and arr.size <= 256:
+        values = arr.ravel().tolist()
     if kind == "f" and math.isfinite(
-        sum(arr.ravel().tolist()) if arr.size <= 256 else np.add.reduce(arr, axis=None, dtype=np.float64)
+        sum(values) if values is not None else np.add.reduce(arr, axis=None, dtype=np.float64)
     ):
         return 0, -1
     bad = ~np.isfinite(arr.ravel())
@@ -298,14 +301,8 @@ def encode_output(name: str, arr: np.ndarray) -> dict[str, Any]:
         out["data"] = [x.decode() if isinstance(x, bytes) else str(x) for x in arr.ravel().tolist()]
         return out
     out["datatype"] = oip_datatype(arr.dtype) or "FP32"
-    data = arr.ravel().tolist()
-    # The usual case in one pass over the list JSON needs anyway: a sum of floats is finite only if every value is
-    # (NaN and ±Inf propagate; a finite overflow goes the long way, as do non-float outputs, which are all finite).
-    kind = arr.dtype.kind
-    if kind not in "fc" or (kind == "f" and arr.size <= 4096 and math.isfinite(sum(data))):
-        out["data"] = data
-        return out
-    count, first = non_finite(arr)
+    data = arr.ravel().tolist()  # the list JSON needs anyway: the finiteness check sums it, unless it is long
+    count, first = non_finite(arr, data if arr.size <= 4096 else None)
     if count:
         flat = arr.ravel()
         ok = np.isfinite(flat)

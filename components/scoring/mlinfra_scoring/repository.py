@@ -54,9 +54,8 @@ class ModelRepository:
         self.max_batch_size = max_batch_size
         self.max_batch_delay_ms = max_batch_delay_ms
         self.on_batch = on_batch
-        self.in_progress = (
-            in_progress  # the server's inference requests in progress (Batcher's lone-request path)
-        )
+        # Requests the server has received and not answered (each Batcher's lone-request path reads it).
+        self.in_progress = in_progress
         self.models: dict[str, LoadedModel] = {}
         self.batchers: dict[str, Batcher] = {}
         self.workers = workers or max(2, min(8, os.cpu_count() or 2))
