@@ -41,6 +41,7 @@ SERVER_REQUIREMENTS = [
     "numpy==2.4.6",
     "onnxruntime==1.32.0",
     "orjson==3.13.0",
+    "pysimdjson==7.0.2",  # large JSON bodies' tensor data parsed in C (mlinfra_scoring.jsonbody)
     "uvloop==0.23.0",
     # The Open Inference Protocol over gRPC (mlinfra_scoring.grpc_server); protobuf ≥ what oip_pb2.py was made with.
     "grpcio==1.85.3",

@@ -22,7 +22,7 @@ import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from mlinfra_scoring import __version__, binary, collection, collector, otel
+from mlinfra_scoring import __version__, binary, collection, collector, jsonbody, otel
 from mlinfra_scoring.batching import EXECUTION_ROWS
 from mlinfra_scoring.dataplane import DataPlane, Hook
 from mlinfra_scoring.metrics import Metrics
@@ -314,8 +314,8 @@ class ScoringServer:
 
     @staticmethod
     def _json(raw: bytes, what: str) -> Any:
-        try:
-            return loads(raw)
+        try:  # numeric tensor data in large bodies comes as numpy arrays parsed in C (jsonbody)
+            return jsonbody.loads(raw, loads)
         except (ValueError, TypeError) as e:
             hint = (
                 f" (binary tensors need the {binary.HEADER} header: the length of the JSON before them)"

@@ -84,6 +84,28 @@ def test_infer_flat_and_nested_with_id_parameters_and_outputs(server: Server, mo
     np.testing.assert_allclose(np.array(resp["outputs"][0]["data"]).reshape(3, 10), want, rtol=1e-6)
 
 
+def test_large_json_bodies_score_as_small_ones_do(server: Server, models) -> None:
+    """64-row bodies take the C parser (mlinfra_scoring.jsonbody): the same answers and the same 400s."""
+    rows = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
+    want = reference(models["mlp"], rows)
+    for data in (rows.tolist(), rows.ravel().tolist()):
+        body = {"inputs": [{"name": "input", "shape": [64, 64], "datatype": "FP32", "data": data}], "id": "big"}
+        status, resp, _ = server.request("POST", "/v2/models/mlp/infer", body, key=KEYS[0])
+        assert status == 200 and resp["id"] == "big", resp
+        np.testing.assert_allclose(np.array(resp["outputs"][0]["data"]).reshape(64, 10), want, rtol=1e-6)
+    ragged = rows.tolist()
+    ragged[40] = ragged[40][:3]
+    bad = {"inputs": [{"name": "input", "shape": [64, 64], "datatype": "FP32", "data": ragged}]}
+    status, resp, _ = server.request("POST", "/v2/models/mlp/infer", bad, key=KEYS[0])
+    assert status == 400 and "rectangular" in resp["error"], resp
+    ragged[40] = rows[40].tolist()[:-1] + ["1"]
+    status, resp, _ = server.request("POST", "/v2/models/mlp/infer", bad, key=KEYS[0])
+    assert status == 400 and "data[2623] = '1' is not a number" in resp["error"], resp
+    status, resp, _ = server.request("POST", "/score", {"data": rows.tolist()}, key=KEYS[0])
+    assert status == 200, resp
+    np.testing.assert_allclose(np.array(resp), want, rtol=1e-6)
+
+
 def test_every_datatype_round_trips(server: Server) -> None:
     values = {
         "FP32": [1.5, -2.0],
