@@ -98,7 +98,7 @@ def test_large_json_bodies_score_as_small_ones_do(server: Server, models) -> Non
     bad = {"inputs": [{"name": "input", "shape": [64, 64], "datatype": "FP32", "data": ragged}]}
     status, resp, _ = server.request("POST", "/v2/models/mlp/infer", bad, key=KEYS[0])
     assert status == 400 and "rectangular" in resp["error"], resp
-    ragged[40] = rows[40].tolist()[:-1] + ["1"]
+    ragged[40] = [*rows[40].tolist()[:-1], "1"]
     status, resp, _ = server.request("POST", "/v2/models/mlp/infer", bad, key=KEYS[0])
     assert status == 400 and "data[2623] = '1' is not a number" in resp["error"], resp
     status, resp, _ = server.request("POST", "/score", {"data": rows.tolist()}, key=KEYS[0])
