@@ -89,7 +89,10 @@ def test_large_json_bodies_score_as_small_ones_do(server: Server, models) -> Non
     rows = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
     want = reference(models["mlp"], rows)
     for data in (rows.tolist(), rows.ravel().tolist()):
-        body = {"inputs": [{"name": "input", "shape": [64, 64], "datatype": "FP32", "data": data}], "id": "big"}
+        body = {
+            "inputs": [{"name": "input", "shape": [64, 64], "datatype": "FP32", "data": data}],
+            "id": "big",
+        }
         status, resp, _ = server.request("POST", "/v2/models/mlp/infer", body, key=KEYS[0])
         assert status == 200 and resp["id"] == "big", resp
         np.testing.assert_allclose(np.array(resp["outputs"][0]["data"]).reshape(64, 10), want, rtol=1e-6)
