@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import platform
@@ -39,7 +40,11 @@ PROTO = REPO / "components" / "scoring" / "mlinfra_scoring" / "oip" / "oip.proto
 GHZ_VERSION = "v0.121.0"
 GHZ = cache_dir() / "bench-tools" / f"ghz-{GHZ_VERSION}" / "ghz"
 CONNS = 32
-PEERS = ("mlinfra", "kserve", "mlserver", "pytriton")
+PEERS = ("mlinfra", "mlinfra+grpc-go", "kserve", "mlserver", "pytriton")
+OURS = ("mlinfra", "mlinfra+grpc-go")
+"""Not peers: mlinfra, and mlinfra behind the grpc-go front end prototype (peers/grpcfront, gRPC only)."""
+GRPCFRONT = HERE / "peers" / "grpcfront"
+PROTOC_GEN_GO = "v1.36.12"  # google.golang.org/protobuf, as peers/grpcfront/go.mod
 WORKLOADS = ("rest-json", "rest-binary", "grpc", "rest-json-64", "rest-binary-64")
 ROWS = {"rest-json-64": 64, "rest-binary-64": 64}
 """Rows per request where not one: those workloads are reported in rows/s (requests/s × rows)."""
@@ -56,6 +61,42 @@ def ghz_binary() -> Path:
             check=True,
         )
     return GHZ
+
+
+def grpcfront_binary() -> Path:
+    """peers/grpcfront built once per source into the cache: protoc-gen-go from the Go module proxy, the OIP proto
+    compiled with grpcio-tools' protoc, then go build."""
+    key = hashlib.sha256(
+        b"".join((GRPCFRONT / f).read_bytes() for f in ("main.go", "go.mod", "go.sum")) + PROTO.read_bytes()
+    ).hexdigest()[:12]
+    out = cache_dir() / "bench-tools" / f"grpcfront-{key}" / "grpcfront"
+    if out.exists():
+        return out
+    tools = cache_dir() / "bench-tools" / f"protoc-gen-go-{PROTOC_GEN_GO}"
+    env = {**os.environ, "GOBIN": str(tools), "GOFLAGS": "-mod=mod"}
+    print("building grpcfront (go build)…", flush=True)
+    if not (tools / "protoc-gen-go").exists():
+        subprocess.run(
+            ["go", "install", f"google.golang.org/protobuf/cmd/protoc-gen-go@{PROTOC_GEN_GO}"],
+            env=env,
+            check=True,
+        )
+    with tempfile.TemporaryDirectory(prefix="mlinfra-grpcfront-") as tmp:
+        build = Path(tmp)
+        for f in ("main.go", "go.mod", "go.sum"):
+            shutil.copy(GRPCFRONT / f, build / f)
+        (build / "oippb").mkdir()
+        subprocess.run(
+            [
+                sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}",
+                f"--plugin=protoc-gen-go={tools / 'protoc-gen-go'}", f"--go_out={build / 'oippb'}",
+                "--go_opt=paths=source_relative", "--go_opt=Moip.proto=mlinfra.local/grpcfront/oippb", PROTO.name,
+            ],
+            check=True,
+        )  # fmt: skip
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["go", "build", "-o", str(out), "."], cwd=build, env=env, check=True)
+    return out
 
 
 def row(rows: int = 1) -> np.ndarray:
@@ -176,8 +217,17 @@ def main() -> int:
         port = free_port()
         while port + 2 > 65535:
             port = free_port()
-        spec = servers(model, port, work)[name]
-        if not Path(spec["cmd"][0]).exists():
+        if name == "mlinfra+grpc-go":  # mlinfra serve (REST) and the front end beside it, one process group
+            spec = {
+                **servers(model, port, work)["mlinfra"],
+                "cmd": [
+                    "bash", "-c", '"${@:3}" & exec "$1" -listen "127.0.0.1:$(($2 + 1))" -upstream "http://127.0.0.1:$2"',
+                    "grpcfront", str(grpcfront_binary()), str(port), *servers(model, port, work)["mlinfra"]["cmd"],
+                ],
+            }  # fmt: skip
+        else:
+            spec = servers(model, port, work)[name]
+        if not Path(spec["cmd"][0]).exists() and name != "mlinfra+grpc-go":
             results[name] = {
                 "error": f"not installed ({spec['cmd'][0]}): run benchmarks/serving/setup_peers.sh"
             }
@@ -188,6 +238,8 @@ def main() -> int:
         try:
             wait_ready(port, rest["rest-json"][0].read_bytes(), proc)
             for workload, (body, header_length) in rest.items():
+                if name == "mlinfra+grpc-go":  # its REST is mlinfra's, measured in the row above
+                    break
                 why = check_rest(port, body, header_length)
                 if why is not None:
                     r[workload] = {"error": why}
@@ -255,13 +307,12 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
         cells = [c for w in WORKLOADS for c in _cell(r.get(w), ROWS.get(w, 1))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    ours = results.get("mlinfra", {})
-    for w in WORKLOADS:
-        mine = ours.get(w)
+    for ours, w in [("mlinfra", w) for w in WORKLOADS] + [("mlinfra+grpc-go", "grpc")]:
+        mine = results.get(ours, {}).get(w)
         peers = {
             n: r[w]
             for n, r in results.items()
-            if n != "mlinfra" and isinstance(r.get(w), dict) and "rps" in r[w]
+            if n not in OURS and isinstance(r.get(w), dict) and "rps" in r[w]
         }
         if not mine or "rps" not in mine or not peers:
             continue
@@ -269,7 +320,7 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
         ratio = mine["rps"] / peers[best]["rps"]
         rows, unit = ROWS.get(w, 1), "rows/s" if w in ROWS else "rps"
         lines.append(
-            f"- {w}: mlinfra {mine['rps'] * rows:,.0f} {unit} vs the best peer {best} "
+            f"- {w}: {ours} {mine['rps'] * rows:,.0f} {unit} vs the best peer {best} "
             f"{peers[best]['rps'] * rows:,.0f} → "
             f"**{ratio:.2f}×** (goal ≥ 3×: {'met' if ratio >= 3 else 'missed'}); p99 {mine['p99_ms']:.1f} ms vs "
             f"{peers[best]['p99_ms']:.1f} ms."
