@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: proto setup venv policy-venv engine wheelhouse kube system services services-down doctor test test-unit test-integration check lint demo clean
+.PHONY: proto setup venv policy-venv engine wheelhouse grpcfront kube system services services-down doctor test test-unit test-integration check lint demo clean
 
 ## setup: system packages, .venv with the project and its dev extras, the Pulumi engine and plugins
-setup: system venv policy-venv engine wheelhouse kube
+setup: system venv policy-venv engine wheelhouse grpcfront kube
 
 system:
 	@bash scripts/install-system.sh
@@ -39,6 +39,9 @@ kube:
 
 wheelhouse: venv
 	@$(BIN)/python -m mlinfra.images --wheelhouse
+
+grpcfront: venv
+	@$(BIN)/python -m mlinfra.images --grpcfront
 
 ## services: start docker, the OCI registry, Azurite, Mosquitto and the base image (reuses what is running)
 services: venv
@@ -72,9 +75,16 @@ lint: venv
 demo: setup services
 	@$(BIN)/python examples/quickstart/run.py
 
-## proto: regenerate the scoring server's gRPC messages (components/scoring/mlinfra_scoring/oip) from oip.proto
+## proto: regenerate the scoring server's gRPC messages from oip.proto: Python (components/scoring/mlinfra_scoring/oip)
+## and Go (components/grpcfront/oippb, protoc-gen-go $(PROTOC_GEN_GO) = the protobuf version in its go.mod)
+PROTOC_GEN_GO := v1.36.12
+PROTOC_GEN_GO_DIR := $(HOME)/.cache/mlinfra/bin/protoc-gen-go-$(PROTOC_GEN_GO)
 proto: venv
 	@cd components/scoring/mlinfra_scoring/oip && ../../../../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. oip.proto
+	@GOBIN=$(PROTOC_GEN_GO_DIR) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO)
+	@cd components/grpcfront && ../../$(BIN)/python -m grpc_tools.protoc -I../scoring/mlinfra_scoring/oip \
+		--plugin=protoc-gen-go=$(PROTOC_GEN_GO_DIR)/protoc-gen-go --go_out=oippb --go_opt=paths=source_relative \
+		--go_opt=Moip.proto=mlinfra.local/grpcfront/oippb oip.proto
 
 clean:
 	rm -rf $(VENV) .venv-policy .mlinfra *.egg-info

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from mlinfra.images import grpcfront
 from mlinfra.lab import services
 
 # Tests never reach a package index: image builds install from the wheelhouse `make setup` filled.
 os.environ["MLINFRA_PIP_OFFLINE"] = "1"
+
+# Scoring servers the tests start serve gRPC through the native front end, as images do (`make setup` built it;
+# tests/unit/mlinfra_scoring/test_grpc.py runs the in-process grpcio service too).
+GRPC_FRONTEND = grpcfront.binary()
+if GRPC_FRONTEND is not None:
+    os.environ.setdefault("MLINFRA_SERVE_GRPC_FRONTEND", str(GRPC_FRONTEND))
 
 
 # `make test` runs the files on two workers, each file on one (pytest -n 2 --dist loadfile: a file's module

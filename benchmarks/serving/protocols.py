@@ -66,8 +66,9 @@ def ghz_binary() -> Path:
 def grpcfront_binary() -> Path:
     """peers/grpcfront built once per source into the cache: protoc-gen-go from the Go module proxy, the OIP proto
     compiled with grpcio-tools' protoc, then go build."""
+    sources = sorted([*GRPCFRONT.glob("*.go"), GRPCFRONT / "go.mod", GRPCFRONT / "go.sum"])
     key = hashlib.sha256(
-        b"".join((GRPCFRONT / f).read_bytes() for f in ("main.go", "go.mod", "go.sum")) + PROTO.read_bytes()
+        b"".join(f.name.encode() + f.read_bytes() for f in sources) + PROTO.read_bytes()
     ).hexdigest()[:12]
     out = cache_dir() / "bench-tools" / f"grpcfront-{key}" / "grpcfront"
     if out.exists():
@@ -83,8 +84,8 @@ def grpcfront_binary() -> Path:
         )
     with tempfile.TemporaryDirectory(prefix="mlinfra-grpcfront-") as tmp:
         build = Path(tmp)
-        for f in ("main.go", "go.mod", "go.sum"):
-            shutil.copy(GRPCFRONT / f, build / f)
+        for f in sources:
+            shutil.copy(f, build / f.name)
         (build / "oippb").mkdir()
         subprocess.run(
             [

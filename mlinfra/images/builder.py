@@ -22,6 +22,7 @@ import mlinfra_scoring
 from mlinfra.engine import cache_dir
 from mlinfra.errors import ImageBuildError
 from mlinfra.files import sha256_file, write_atomic
+from mlinfra.images import grpcfront
 from mlinfra.images.layers import Entry, Layer, build_layer, layer_from_dir
 from mlinfra.images.oci import (
     ACCEPT,
@@ -481,6 +482,10 @@ def app_layer(spec: ImageSpec) -> Layer:
     for rel, p in server_files():
         data = p.read_bytes()
         entries.append(Entry(f"{APP}/{rel}", len(data), data))
+    front = grpcfront.binary()
+    if front is not None:  # the native gRPC front end (MLINFRA_SERVE_GRPC_FRONTEND below)
+        data = front.read_bytes()
+        entries.append(Entry(grpcfront.IMAGE_PATH, len(data), data, mode=0o755))
     if spec.script:
         data = spec.script.read_bytes()
         entries.append(Entry(f"{USER_DIR}/{spec.script.name}", len(data), data))
@@ -622,6 +627,8 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         "MLINFRA_SERVE_HOST=0.0.0.0",
         f"MLINFRA_SERVE_PORT={PORT}",
         f"MLINFRA_SERVE_GRPC_PORT={GRPC_PORT}",
+        # gRPC through the native front end when the image carries it (else the in-process grpcio service).
+        f"MLINFRA_SERVE_GRPC_FRONTEND={grpcfront.IMAGE_PATH if grpcfront.binary() else 'grpcio'}",
     ]
     if spec.script:
         env.append(f"MLINFRA_SERVE_SCRIPT={USER_DIR}/{spec.script.name}")

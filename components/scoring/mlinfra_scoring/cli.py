@@ -43,6 +43,13 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
         default=None,
         help="also serve the Open Inference Protocol over gRPC on this port (default: off)",
     )
+    p.add_argument(
+        "--grpc-frontend",
+        default=None,
+        metavar="PATH|grpcio",
+        help="gRPC through the native front end at PATH (default: mlinfra-grpcfront on PATH, as images have it), "
+        "or 'grpcio' for the in-process service",
+    )
     p.add_argument("--key", action="append", help="accepted bearer key (repeat to rotate); default: no auth")
     p.add_argument("--script", help="Azure ML-style scoring script with init() and run(raw_data)")
     p.add_argument(
@@ -138,8 +145,17 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
     grpc_port = int(num(args.grpc_port, "GRPC_PORT", 0, int, 0)) or None
     if grpc_port is not None and (grpc_port > 65535 or grpc_port == port):
         raise ConfigError(f"--grpc-port must be ≤ 65535 and differ from --port {port}, got {grpc_port}")
+    frontend = args.grpc_frontend or _env("GRPC_FRONTEND")
+    if frontend not in (None, "", "grpcio") and not (
+        Path(frontend).is_file() and os.access(frontend, os.X_OK)
+    ):
+        raise ConfigError(
+            f"--grpc-frontend {frontend!r} is not an executable file: give the path of mlinfra-grpcfront, or "
+            "'grpcio' for the in-process gRPC service"
+        )
     return ServerConfig(
         models=specs,
+        grpc_frontend=frontend or None,
         host=args.host or _env("HOST") or "127.0.0.1",
         port=port,
         grpc_port=grpc_port,

@@ -9,16 +9,26 @@ with the data plane's message. grpcio is imported only when a gRPC port is confi
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
+import os
+import secrets
+import shutil
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import grpc
-from google.protobuf.message import Message
+from aiohttp import web
+from google.protobuf.message import DecodeError, Message
 
 from mlinfra_scoring.batching import EXECUTION_ROWS
 from mlinfra_scoring.models import RequestError
 from mlinfra_scoring.oip import oip_pb2 as pb
+from mlinfra_scoring.repository import AUTO_BATCH
 from mlinfra_scoring.server import REQUEST_ID, new_request_id
 
 if TYPE_CHECKING:
@@ -190,7 +200,11 @@ def _wrap(
     """Authentication, request ids, errors as status codes, and the same metrics as REST (route ``grpc_<rpc>``)."""
     route = "grpc_" + "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
-    async def handler(req: Any, ctx: grpc.aio.ServicerContext) -> Any:
+    async def handler(
+        req: Any, ctx: grpc.aio.ServicerContext, calls: int = 1, forwarded: bool = False
+    ) -> Any:
+        """CALLS: the client calls REQ stands for (the native front end merges ModelInfer calls); FORWARDED: it came
+        from the front end over loopback HTTP, where its connection already counts as a request in progress."""
         t0 = time.perf_counter()
         meta = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
         rid = meta.get("x-request-id", "")
@@ -213,7 +227,7 @@ def _wrap(
             if name == "ModelInfer":
                 server.admit()
                 admitted = True
-                server.grpc_inferring += 1
+                server.grpc_inferring += not forwarded
             return await fn(req, ctx, call)
         except RequestError as e:
             status = e.status
@@ -228,10 +242,12 @@ def _wrap(
             server.in_flight -= 1
             if admitted:
                 server.release()
-                server.grpc_inferring -= 1
+                server.grpc_inferring -= not forwarded
             model, version = (call.model, str(call.version)) if status != 401 else ("unknown", "")
-            server.metrics.requests.inc((route, model, version, str(status)))
-            server.metrics.latency.observe(time.perf_counter() - t0, (route, model, version))
+            server.metrics.requests.inc((route, model, version, str(status)), calls)
+            took = time.perf_counter() - t0
+            for _ in range(calls):
+                server.metrics.latency.observe(took, (route, model, version))
             if span is not None:
                 server.otlp.end_span(
                     span,
@@ -247,16 +263,19 @@ def _wrap(
     return handler
 
 
+KINDS: dict[str, tuple[type[Message], type[Message]]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+}
+"""Each RPC's request and response messages."""
+
+
 def handlers(server: ScoringServer) -> grpc.GenericRpcHandler:
     service = Service(server)
-    kinds: dict[str, tuple[type[Message], type[Message]]] = {
-        "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
-        "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
-        "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
-        "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-        "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-        "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
-    }
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
@@ -265,7 +284,7 @@ def handlers(server: ScoringServer) -> grpc.GenericRpcHandler:
                 request_deserializer=req.FromString,
                 response_serializer=resp.SerializeToString,
             )
-            for name, (req, resp) in kinds.items()
+            for name, (req, resp) in KINDS.items()
         },
     )
 
@@ -284,3 +303,168 @@ async def start(server: ScoringServer, host: str, port: int, max_message_bytes: 
         raise OSError(f"gRPC could not listen on {host}:{port}")
     await srv.start()
     return srv
+
+
+# -- the native front end (components/grpcfront) -----------------------------------------------------------------
+
+FRONTEND = "mlinfra-grpcfront"
+"""The native gRPC front end's executable name (images carry it at /opt/mlinfra/bin)."""
+FRONT_ROUTE = "/_mlinfra/grpc/{method}"
+FRONT_HEADER = "X-Mlinfra-Front"
+CALLS_HEADER = "X-Mlinfra-Calls"
+_NOT_METADATA = frozenset(
+    ("host", "content-type", "content-length", "user-agent", "accept-encoding", "connection", "x-mlinfra-front",
+     "x-mlinfra-calls")
+)  # fmt: skip
+
+
+def frontend_path(configured: str | None) -> str | None:
+    """The native front end to run: CONFIGURED (a path; "grpcio": none), else mlinfra-grpcfront on PATH."""
+    if configured == "grpcio":
+        return None
+    return configured or shutil.which(FRONTEND)
+
+
+class _Aborted(grpc.aio.AbortError):
+    """A forwarded call's status (what ``ServicerContext.abort`` ends a call with in grpcio)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str], ...]):
+        super().__init__(details)
+        self.code, self.details, self.trailing = code, details, trailing
+
+
+class _ForwardedContext:
+    """The part of ``grpc.aio.ServicerContext`` the service reads, for a call the native front end passed on."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]):
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        raise _Aborted(code, details, tuple(trailing_metadata))
+
+
+class NativeFrontend:
+    """gRPC through the native front end: the mlinfra-grpcfront process (HTTP/2, gRPC, merging concurrent ModelInfer
+    calls) and the loopback route it hands calls to, which runs them through the same service and accounting
+    (:func:`_wrap`) as the in-process grpcio server. The route answers only requests that carry this process's
+    token, which the child gets in its environment (never on its command line)."""
+
+    def __init__(self, server: ScoringServer, path: str):
+        self.server, self.path = server, path
+        self.token = secrets.token_urlsafe(32)
+        service = Service(server)
+        self._calls = {
+            name: (_wrap(server, name, getattr(service, name)), kinds[0]) for name, kinds in KINDS.items()
+        }
+        self._proc: asyncio.subprocess.Process | None = None
+        self._args: list[str] = []
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def trusted(self, request: web.Request) -> bool:
+        return hmac.compare_digest(request.headers.get(FRONT_HEADER, "").encode(), self.token.encode())
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """One forwarded call (the caller checked :meth:`trusted`): its serialized response, or its status in
+        Grpc-Status / Grpc-Message (percent-encoded) / Grpc-Retry-Pushback-Ms headers."""
+        entry = self._calls.get(request.match_info["method"])
+        if entry is None:
+            return _status(grpc.StatusCode.UNIMPLEMENTED, f"no method {request.match_info['method'][:60]!r}")
+        fn, kind = entry
+        try:
+            req = kind.FromString(await request.read())
+        except DecodeError as e:
+            return _status(grpc.StatusCode.INTERNAL, f"the front end sent a message that does not parse: {e}")
+        metadata = tuple((k.lower(), v) for k, v in request.headers.items() if k.lower() not in _NOT_METADATA)
+        calls = max(int(request.headers.get(CALLS_HEADER, "1") or 1), 1)
+        if calls > 1:
+            self.server.metrics.grpc_merged.inc((), calls)
+        try:
+            resp = await fn(req, _ForwardedContext(metadata), calls=calls, forwarded=True)
+        except _Aborted as e:
+            return _status(e.code, e.details, dict(e.trailing).get("grpc-retry-pushback-ms"))
+        return web.Response(body=resp.SerializeToString(), content_type="application/x-protobuf")
+
+    async def start(self, host: str, port: int, rest_port: int) -> None:
+        """Run the front end on HOST:PORT, handing calls to this server's REST listener on REST_PORT; returns once it
+        accepts connections (OSError if it cannot listen)."""
+        cfg = self.server.config
+        upstream = "127.0.0.1" if host in ("0.0.0.0", "", "127.0.0.1", "localhost") else host
+        wrap = (lambda h: f"[{h}]") if ":" in host else (lambda h: h)
+        batch = cfg.max_batch_size or AUTO_BATCH
+        # Merging changes what collection and monitoring see of a call (one record for the merged rows), and
+        # --max-batch-size 1 turns batching off: then calls go one by one.
+        merge = batch > 1 and not self.server.dataplane.hooks
+        self._args = [
+            self.path,
+            "-listen", f"{wrap(host)}:{port}",
+            "-upstream", f"http://{wrap(upstream) if ':' in upstream else upstream}:{rest_port}",
+            "-max-msg-mb", f"{cfg.max_body_mb:g}",
+            f"-merge={'true' if merge else 'false'}",
+            "-max-rows", str(batch),
+            "-max-queue", str(cfg.max_queue),
+            "-idle-timeout", f"{max(min(10.0, cfg.idle_timeout_s * 0.6), 0.05):g}s",
+            "-drain-timeout", f"{cfg.drain_timeout_s:g}s",
+        ]  # fmt: skip
+        await self._spawn()
+        probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        deadline = time.monotonic() + 10
+        while True:
+            assert self._proc is not None
+            if self._proc.returncode is not None:
+                raise OSError(
+                    f"gRPC could not listen on {host}:{port}: {FRONTEND} exited with {self._proc.returncode}"
+                )
+            try:
+                _, writer = await asyncio.open_connection(probe, port)
+                writer.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise OSError(
+                        f"gRPC could not listen on {host}:{port}: {FRONTEND} did not start"
+                    ) from None
+                await asyncio.sleep(0.02)
+        self._watch = asyncio.create_task(self._supervise())
+
+    async def _spawn(self) -> None:
+        env = {**os.environ, "MLINFRA_GRPCFRONT_TOKEN": self.token}
+        self._proc = await asyncio.create_subprocess_exec(
+            *self._args, env=env, stdin=asyncio.subprocess.DEVNULL
+        )
+
+    async def _supervise(self) -> None:
+        """Restart the front end if it dies (once a second at most), saying so in the log."""
+        while not self._stopping:
+            assert self._proc is not None
+            code = await self._proc.wait()
+            if self._stopping:
+                return
+            print(json.dumps({"event": "grpc_frontend_exited", "code": code, "restart_in_s": 1}), flush=True)
+            await asyncio.sleep(1)
+            if not self._stopping:
+                await self._spawn()
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM: the front end refuses new calls and lets the ones in flight finish (up to TIMEOUT)."""
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout + 1)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+
+
+def _status(code: grpc.StatusCode, details: str, pushback: str | None = None) -> web.Response:
+    headers = {"Grpc-Status": str(code.value[0]), "Grpc-Message": quote(details[:4000], safe="")}
+    if pushback:
+        headers["Grpc-Retry-Pushback-Ms"] = pushback
+    return web.Response(status=200, headers=headers)

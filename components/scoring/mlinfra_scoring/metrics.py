@@ -125,6 +125,12 @@ class Metrics:
             "mlinfra_requests_shed_total",
             "Inference requests refused with 503 (gRPC UNAVAILABLE) because max_queue were already in progress.",
         )
+        self.grpc_merged = Counter(
+            r,
+            "mlinfra_grpc_merged_calls_total",
+            "gRPC ModelInfer calls the native front end merged with others into one call to the data plane "
+            "(mlinfra_requests_total counts them one by one).",
+        )
         self.connections_idle_closed = Counter(
             r,
             "mlinfra_connections_idle_closed_total",

@@ -70,6 +70,9 @@ class ServerConfig:
     port: int = 8080
     grpc_port: int | None = None
     """Also serve the Open Inference Protocol's gRPC service here (grpc_server.py); None: REST only."""
+    grpc_frontend: str | None = None
+    """Who serves gRPC: the native front end at this path (mlinfra-grpcfront, components/grpcfront), or "grpcio" for
+    the in-process service. None: mlinfra-grpcfront if it is on PATH (images carry it), else grpcio."""
     keys: list[str] = field(default_factory=list)
     script: str | None = None
     max_batch_size: int | None = None
@@ -175,6 +178,8 @@ class ScoringServer:
         self.grpc_inferring = 0
         self.metrics.in_flight.track(lambda: self.in_flight)
         self._keys = [k.encode() for k in config.keys if k]
+        self._front: Any = None  # grpc_server.NativeFrontend when gRPC goes through mlinfra-grpcfront
+        self._front_route = ""
 
     # -- what the edge agent and tests reach: the repository and the data plane ------------------------------
 
@@ -333,6 +338,12 @@ class ScoringServer:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if (
+            self._front is not None
+            and request.match_info.route.name == "front"
+            and self._front.trusted(request)
+        ):
+            return await self._forwarded(request)
         t0 = time.perf_counter()
         rid = request.headers.get("X-Request-Id", "")
         # A client's id is kept only if it is a short token (log safety).
@@ -425,6 +436,20 @@ class ScoringServer:
             self._log.write(dumps(entry).decode() + "\n")  # a JSON encoder: no client value can forge a field
         return resp
 
+    async def _forwarded(self, request: web.Request) -> web.StreamResponse:
+        """A gRPC call from the native front end: grpc_server runs it with its own accounting (keys, metrics, traces,
+        admission); only the connection's bookkeeping is done here."""
+        guard = self._conns.get(request.transport)
+        if guard is not None:
+            guard.busy += 1
+        try:
+            return await self._front.handle(request)
+        finally:
+            if guard is not None:
+                guard.busy -= 1
+                guard.since = time.monotonic()
+                guard.answered()
+
     # -- handlers: HTTP in, data plane, HTTP out -------------------------------------------------------------
 
     async def live(self, request: web.Request) -> web.Response:
@@ -507,7 +532,13 @@ class ScoringServer:
         r.add_post("/score", self.score, name="score")
         r.add_get("/metrics", self.metrics_h, name="metrics")
         r.add_get("/openapi.json", self.openapi, name="openapi")
+        if self._front is not None:  # the native gRPC front end's calls (grpc_server.NativeFrontend)
+            r.add_post(self._front_route, self._front_untrusted, name="front")
         return app
+
+    @staticmethod
+    async def _front_untrusted(request: web.Request) -> web.Response:
+        raise web.HTTPNotFound()  # without the front end's token the route does not exist
 
     # -- running ---------------------------------------------------------------------------------------------
 
@@ -515,11 +546,20 @@ class ScoringServer:
         """Listen, load models in the background, and on SIGTERM/SIGINT drain in-flight requests and return 0. A
         model whose signature does not verify (``--trust``) stops the server with exit code 3 after saying why: it
         never becomes ready, and an orchestrator sees a failing container rather than one that is merely slow."""
-        runner, listener = await self._listen()
         grpc = None
+        frontend = None
         if self.config.grpc_port is not None:
             from mlinfra_scoring import grpc_server  # grpcio only when asked for
 
+            path = grpc_server.frontend_path(self.config.grpc_frontend)
+            if path is not None:
+                self._front = frontend = grpc_server.NativeFrontend(self, path)
+                self._front_route = grpc_server.FRONT_ROUTE
+        runner, listener = await self._listen()
+        if frontend is not None:
+            assert self.config.grpc_port is not None
+            await frontend.start(self.config.host, self.config.grpc_port, self.config.port)
+        elif self.config.grpc_port is not None:
             grpc = await grpc_server.start(
                 self, self.config.host, self.config.grpc_port, int(self.config.max_body_mb * 1024 * 1024)
             )
@@ -530,6 +570,9 @@ class ScoringServer:
                     "host": self.config.host,
                     "port": self.config.port,
                     "grpc_port": self.config.grpc_port,
+                    "grpc_frontend": None
+                    if self.config.grpc_port is None
+                    else (frontend.path if frontend else "grpcio"),
                     "models": [m.name for m in self.config.models],
                     "auth": bool(self._keys),
                     "max_batch_size": self.config.max_batch_size or "auto",
@@ -551,6 +594,8 @@ class ScoringServer:
         await stop.wait()
         self.dataplane.start_draining()
         print(json.dumps({"event": "draining", "in_flight": self.in_flight}), file=self._log, flush=True)
+        if frontend is not None:  # new calls refused, calls in flight finish (they need this server's REST)
+            await frontend.stop(self.config.drain_timeout_s)
         linger = time.monotonic() + min(self.config.drain_linger_s, self.config.drain_timeout_s)
         while self._conns and time.monotonic() < linger:
             await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import GRPC_FRONTEND
 from tests.scoring_helpers import Server, free_port, metric, model_args, reference, start_server
 from tests.unit.mlinfra_scoring.test_binary import kserve_call
 
@@ -23,8 +24,14 @@ AUTH = (("authorization", f"Bearer {KEY}"),)
 OIP = Path(__file__).parents[3] / "components" / "scoring" / "mlinfra_scoring" / "oip"
 
 
-@pytest.fixture(scope="module")
-def server(models, tmp_path_factory):
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def server(request, models, tmp_path_factory):
+    """The server with gRPC through each front end: the native one (mlinfra-grpcfront, what images run) and the
+    in-process grpcio service. Every test below runs against both."""
+    frontend = str(GRPC_FRONTEND) if request.param == "native" else "grpcio"
+    assert request.param == "grpcio" or GRPC_FRONTEND is not None, (
+        "mlinfra-grpcfront did not build: run make setup"
+    )
     grpc_port = free_port()
     srv = start_server(
         tmp_path_factory.mktemp("srv"),
@@ -37,7 +44,10 @@ def server(models, tmp_path_factory):
         "8",
         "--max-batch-delay-ms",
         "2",
-        env={"MLINFRA_SERVE_GRPC_PORT": str(grpc_port)},  # the flag's environment variable
+        env={
+            "MLINFRA_SERVE_GRPC_PORT": str(grpc_port),
+            "MLINFRA_SERVE_GRPC_FRONTEND": frontend,
+        },  # flags' variables
     )
     srv.grpc = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
     yield srv

@@ -1,0 +1,238 @@
+// mlinfra-grpcfront: the scoring server's gRPC front end (issue 19), Triton's design in small: a native process
+// speaks HTTP/2 and gRPC, and merges concurrent ModelInfer calls before they reach Python.
+//
+// It serves the Open Inference Protocol's gRPC service (inference.GRPCInferenceService, oip.proto) with grpc-go and
+// hands every call to the `mlinfra serve` that started it, over loopback HTTP: POST /_mlinfra/grpc/<Method> with the
+// serialized request, its metadata as headers, and the token from MLINFRA_GRPCFRONT_TOKEN (the route answers 404
+// without it). The Python side runs the call through the same code as its in-process grpcio service
+// (mlinfra_scoring.grpc_server): keys, validation, error messages, metrics, traces, admission control and data
+// collection do not depend on which front end took the call. The answer is the serialized response, or a gRPC status
+// (Grpc-Status, Grpc-Message and Grpc-Retry-Pushback-Ms headers).
+//
+// Concurrent ModelInfer calls are merged (merge.go). mlinfra serve starts this binary when it finds it
+// (MLINFRA_SERVE_GRPC_FRONTEND, or mlinfra-grpcfront on PATH; images carry it) and stops it with SIGTERM: calls in
+// flight finish, new ones are refused.
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "mlinfra.local/grpcfront/oippb"
+)
+
+const route = "/_mlinfra/grpc/"
+
+type front struct {
+	upstream string
+	token    string
+	client   *http.Client
+	merge    bool
+	maxRows  int64
+	inflight int
+	maxQueue int
+	mu       sync.Mutex
+	lanes    map[string]*lane
+	unmerged map[string]bool // lanes whose merged calls failed where each call alone succeeded
+	queued   int             // calls waiting in lanes or in a merged request (bounded by maxQueue)
+}
+
+// The service, registered by hand (grpc.ServiceDesc): only protoc-gen-go's messages are generated.
+type inferenceServer interface {
+	ModelInfer(context.Context, *pb.ModelInferRequest) (*pb.ModelInferResponse, error)
+}
+
+func unary[Req any, Resp any, PReq interface {
+	*Req
+	proto.Message
+}, PResp interface {
+	*Resp
+	proto.Message
+}](method string) grpc.MethodHandler {
+	return func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		in := PReq(new(Req))
+		if err := dec(in); err != nil {
+			return nil, err
+		}
+		f := srv.(*front)
+		if method == "ModelInfer" {
+			return f.ModelInfer(ctx, any(in).(*pb.ModelInferRequest))
+		}
+		out := PResp(new(Resp))
+		if err := f.call(ctx, method, in, out, 1); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
+}
+
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: "inference.GRPCInferenceService",
+	HandlerType: (*inferenceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{MethodName: "ModelInfer", Handler: unary[pb.ModelInferRequest, pb.ModelInferResponse]("ModelInfer")},
+		{MethodName: "ServerLive", Handler: unary[pb.ServerLiveRequest, pb.ServerLiveResponse]("ServerLive")},
+		{MethodName: "ServerReady", Handler: unary[pb.ServerReadyRequest, pb.ServerReadyResponse]("ServerReady")},
+		{MethodName: "ModelReady", Handler: unary[pb.ModelReadyRequest, pb.ModelReadyResponse]("ModelReady")},
+		{MethodName: "ServerMetadata", Handler: unary[pb.ServerMetadataRequest, pb.ServerMetadataResponse]("ServerMetadata")},
+		{MethodName: "ModelMetadata", Handler: unary[pb.ModelMetadataRequest, pb.ModelMetadataResponse]("ModelMetadata")},
+	},
+	Metadata: "oip.proto",
+}
+
+// Metadata that is not passed on as a header: HTTP/2 pseudo-headers and gRPC's own, binary values, and what would
+// change the HTTP request itself or pose as this front end.
+var dropped = map[string]bool{
+	"connection": true, "keep-alive": true, "te": true, "trailer": true, "transfer-encoding": true, "upgrade": true,
+	"content-length": true, "content-type": true, "host": true, "expect": true, "user-agent": true,
+	"proxy-authorization": true, "proxy-connection": true, "idempotency-key": true, "x-idempotency-key": true,
+	"x-mlinfra-front": true, "x-mlinfra-calls": true, "accept-encoding": true,
+}
+
+func validValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// call: METHOD's request IN to the scoring server, its answer into OUT (or the gRPC status it answered). CALLS:
+// how many client calls IN stands for (a merged ModelInfer), so the server counts each.
+func (f *front) call(ctx context.Context, method string, in, out proto.Message, calls int) error {
+	body, err := proto.Marshal(in)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.upstream+route+method, bytes.NewReader(body))
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for k, vs := range md {
+			if dropped[k] || strings.HasPrefix(k, ":") || strings.HasPrefix(k, "grpc-") || strings.HasSuffix(k, "-bin") {
+				continue
+			}
+			for _, v := range vs {
+				if validValue(v) {
+					req.Header.Add(k, v)
+				}
+			}
+		}
+	}
+	req.Header.Set("Content-Type", "application/x-protobuf")
+	req.Header.Set("X-Mlinfra-Front", f.token)
+	req.Header["X-Idempotency-Key"] = nil // idempotent: Go's client may resend it on a connection the server closed
+	if calls > 1 {
+		req.Header.Set("X-Mlinfra-Calls", strconv.Itoa(calls))
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		return status.Errorf(codes.Unavailable, "the scoring server did not answer: %v", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "the scoring server's answer was cut: %v", err)
+	}
+	if s := resp.Header.Get("Grpc-Status"); s != "" && s != "0" {
+		code, _ := strconv.Atoi(s)
+		msg, _ := url.QueryUnescape(resp.Header.Get("Grpc-Message"))
+		if ms := resp.Header.Get("Grpc-Retry-Pushback-Ms"); ms != "" {
+			_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", ms))
+		}
+		return status.Error(codes.Code(code), msg)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return status.Errorf(codes.Internal, "the scoring server answered HTTP %d: %.200s", resp.StatusCode, data)
+	}
+	if err := proto.Unmarshal(data, out); err != nil {
+		return status.Errorf(codes.Internal, "the scoring server's answer is not a %s: %v", method, err)
+	}
+	return nil
+}
+
+func (f *front) forward(ctx context.Context, req *pb.ModelInferRequest) (*pb.ModelInferResponse, error) {
+	out := new(pb.ModelInferResponse)
+	if err := f.call(ctx, "ModelInfer", req, out, 1); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8081", "address to serve gRPC on")
+	upstream := flag.String("upstream", "http://127.0.0.1:8080", "the scoring server's REST address")
+	maxMB := flag.Float64("max-msg-mb", 64, "largest request message, in MiB (mlinfra serve --max-body-mb)")
+	merge := flag.Bool("merge", true, "merge concurrent ModelInfer calls into one call to the data plane")
+	maxRows := flag.Int("max-rows", 64, "rows in a merged call at most (the model's batch size)")
+	inflight := flag.Int("inflight", 2, "merged calls in flight per lane: calls arriving meanwhile wait and go together")
+	maxQueue := flag.Int("max-queue", 256, "calls waiting to be merged at most; more are refused (mlinfra serve --max-queue)")
+	idle := flag.Duration("idle-timeout", 10*time.Second, "close idle connections to the server after this (under its --idle-timeout-s)")
+	drain := flag.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long calls in flight may take to finish")
+	flag.Parse()
+	token := os.Getenv("MLINFRA_GRPCFRONT_TOKEN")
+	if token == "" {
+		fmt.Fprintln(os.Stderr, `{"event": "grpc_frontend_error", "error": "MLINFRA_GRPCFRONT_TOKEN is not set: mlinfra serve sets it when it starts this front end"}`)
+		os.Exit(2)
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "{\"event\": \"grpc_frontend_error\", \"error\": %q}\n", err.Error())
+		os.Exit(1)
+	}
+	transport := &http.Transport{
+		MaxIdleConns:        256,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     *idle,
+		DisableCompression:  true,
+	}
+	f := &front{
+		upstream: strings.TrimRight(*upstream, "/"), token: token, client: &http.Client{Transport: transport},
+		merge: *merge, maxRows: int64(*maxRows), inflight: max(*inflight, 1), maxQueue: *maxQueue,
+		lanes: map[string]*lane{}, unmerged: map[string]bool{},
+	}
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(int(*maxMB*(1<<20))), grpc.MaxSendMsgSize(math.MaxInt32))
+	srv.RegisterService(&serviceDesc, f)
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-stop
+		done := make(chan struct{})
+		go func() { srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(*drain):
+			srv.Stop()
+		}
+	}()
+	fmt.Printf("{\"event\": \"grpc_frontend_listening\", \"address\": %q, \"merge\": %t}\n", lis.Addr().String(), *merge)
+	if err := srv.Serve(lis); err != nil {
+		fmt.Fprintf(os.Stderr, "{\"event\": \"grpc_frontend_error\", \"error\": %q}\n", err.Error())
+		os.Exit(1)
+	}
+}
