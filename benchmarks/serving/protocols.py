@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
 import platform
@@ -34,17 +33,17 @@ sys.path.insert(0, str(REPO))
 from benchmarks.serving.bench import free_port, servers, start_server, stop_server, wait_ready  # noqa: E402
 from benchmarks.wrk import run as wrk_run  # noqa: E402
 from mlinfra.engine import cache_dir  # noqa: E402
+from mlinfra.images import grpcfront  # noqa: E402
 from mlinfra.lab.samples import write_mlp  # noqa: E402
 
 PROTO = REPO / "components" / "scoring" / "mlinfra_scoring" / "oip" / "oip.proto"
 GHZ_VERSION = "v0.121.0"
 GHZ = cache_dir() / "bench-tools" / f"ghz-{GHZ_VERSION}" / "ghz"
 CONNS = 32
-PEERS = ("mlinfra", "mlinfra+grpc-go", "kserve", "mlserver", "pytriton")
-OURS = ("mlinfra", "mlinfra+grpc-go")
-"""Not peers: mlinfra, and mlinfra behind the grpc-go front end prototype (peers/grpcfront, gRPC only)."""
-GRPCFRONT = HERE / "peers" / "grpcfront"
-PROTOC_GEN_GO = "v1.36.12"  # google.golang.org/protobuf, as peers/grpcfront/go.mod
+PEERS = ("mlinfra", "mlinfra-grpcio", "kserve", "mlserver", "pytriton")
+OURS = ("mlinfra", "mlinfra-grpcio")
+"""Not peers: mlinfra (gRPC through its native front end, mlinfra-grpcfront, as images serve it), and the same
+server with its in-process grpcio service (`--grpc-frontend grpcio`; gRPC only: its REST is the row above's)."""
 WORKLOADS = ("rest-json", "rest-binary", "grpc", "rest-json-64", "rest-binary-64")
 ROWS = {"rest-json-64": 64, "rest-binary-64": 64}
 """Rows per request where not one: those workloads are reported in rows/s (requests/s × rows)."""
@@ -61,43 +60,6 @@ def ghz_binary() -> Path:
             check=True,
         )
     return GHZ
-
-
-def grpcfront_binary() -> Path:
-    """peers/grpcfront built once per source into the cache: protoc-gen-go from the Go module proxy, the OIP proto
-    compiled with grpcio-tools' protoc, then go build."""
-    sources = sorted([*GRPCFRONT.glob("*.go"), GRPCFRONT / "go.mod", GRPCFRONT / "go.sum"])
-    key = hashlib.sha256(
-        b"".join(f.name.encode() + f.read_bytes() for f in sources) + PROTO.read_bytes()
-    ).hexdigest()[:12]
-    out = cache_dir() / "bench-tools" / f"grpcfront-{key}" / "grpcfront"
-    if out.exists():
-        return out
-    tools = cache_dir() / "bench-tools" / f"protoc-gen-go-{PROTOC_GEN_GO}"
-    env = {**os.environ, "GOBIN": str(tools), "GOFLAGS": "-mod=mod"}
-    print("building grpcfront (go build)…", flush=True)
-    if not (tools / "protoc-gen-go").exists():
-        subprocess.run(
-            ["go", "install", f"google.golang.org/protobuf/cmd/protoc-gen-go@{PROTOC_GEN_GO}"],
-            env=env,
-            check=True,
-        )
-    with tempfile.TemporaryDirectory(prefix="mlinfra-grpcfront-") as tmp:
-        build = Path(tmp)
-        for f in sources:
-            shutil.copy(f, build / f.name)
-        (build / "oippb").mkdir()
-        subprocess.run(
-            [
-                sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}",
-                f"--plugin=protoc-gen-go={tools / 'protoc-gen-go'}", f"--go_out={build / 'oippb'}",
-                "--go_opt=paths=source_relative", "--go_opt=Moip.proto=mlinfra.local/grpcfront/oippb", PROTO.name,
-            ],
-            check=True,
-        )  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["go", "build", "-o", str(out), "."], cwd=build, env=env, check=True)
-    return out
 
 
 def row(rows: int = 1) -> np.ndarray:
@@ -206,6 +168,9 @@ def main() -> int:
         report(saved["results"], saved["duration"], saved["date"], saved["machine"])
         return 0
     ghz_binary()
+    front = grpcfront.binary(print)
+    if front is None:
+        raise SystemExit("mlinfra-grpcfront could not be built (no Go?): run make setup")
     work = Path(tempfile.mkdtemp(prefix="mlinfra-bench-protocols-"))
     model = write_mlp(work / "mlp.onnx")
     os.environ["BENCH_MODEL"] = str(model)
@@ -218,28 +183,23 @@ def main() -> int:
         port = free_port()
         while port + 2 > 65535:
             port = free_port()
-        if name == "mlinfra+grpc-go":  # mlinfra serve (REST) and the front end beside it, one process group
-            spec = {
-                **servers(model, port, work)["mlinfra"],
-                "cmd": [
-                    "bash", "-c", '"${@:3}" & exec "$1" -listen "127.0.0.1:$(($2 + 1))" -upstream "http://127.0.0.1:$2"',
-                    "grpcfront", str(grpcfront_binary()), str(port), *servers(model, port, work)["mlinfra"]["cmd"],
-                ],
-            }  # fmt: skip
-        else:
-            spec = servers(model, port, work)[name]
-        if not Path(spec["cmd"][0]).exists() and name != "mlinfra+grpc-go":
+        spec = servers(model, port, work)["mlinfra" if name in OURS else name]
+        if not Path(spec["cmd"][0]).exists():
             results[name] = {
                 "error": f"not installed ({spec['cmd'][0]}): run benchmarks/serving/setup_peers.sh"
             }
             continue
-        grpc_args = ("--grpc-port", str(port + 1)) if name == "mlinfra" else ()  # the peers read BENCH_GRPC
+        grpc_args = (  # the peers read BENCH_GRPC
+            ("--grpc-port", str(port + 1), "--grpc-frontend", str(front) if name == "mlinfra" else "grpcio")
+            if name in OURS
+            else ()
+        )
         proc, log = start_server(name, spec, port, work, {"BENCH_GRPC": "1"}, grpc_args)
         r: dict = {}
         try:
             wait_ready(port, rest["rest-json"][0].read_bytes(), proc)
             for workload, (body, header_length) in rest.items():
-                if name == "mlinfra+grpc-go":  # its REST is mlinfra's, measured in the row above
+                if name == "mlinfra-grpcio":  # its REST is mlinfra's, measured in the row above
                     break
                 why = check_rest(port, body, header_length)
                 if why is not None:
@@ -308,7 +268,7 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
         cells = [c for w in WORKLOADS for c in _cell(r.get(w), ROWS.get(w, 1))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    for ours, w in [("mlinfra", w) for w in WORKLOADS] + [("mlinfra+grpc-go", "grpc")]:
+    for ours, w in [("mlinfra", w) for w in WORKLOADS] + [("mlinfra-grpcio", "grpc")]:
         mine = results.get(ours, {}).get(w)
         peers = {
             n: r[w]

@@ -60,7 +60,7 @@ def _infer(port: int, rows: np.ndarray) -> np.ndarray:
 
 
 def _run_and_score(image_ref: str, model_file: Path) -> None:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     cid = subprocess.run(
         [
             DOCKER,
@@ -69,6 +69,8 @@ def _run_and_score(image_ref: str, model_file: Path) -> None:
             "--rm",
             "-p",
             f"127.0.0.1:{port}:8080",
+            "-p",
+            f"127.0.0.1:{grpc_port}:8081",
             "--read-only",
             "--cap-drop",
             "ALL",
@@ -97,6 +99,16 @@ def _run_and_score(image_ref: str, model_file: Path) -> None:
             [DOCKER, "exec", cid, "id", "-u"], capture_output=True, text=True
         ).stdout.strip()
         assert user == "10001", "the scoring server must run as non-root"
+        # gRPC is served by the native front end the image carries (mlinfra-grpcfront), read-only and unprivileged.
+        import tritonclient.grpc as triton
+
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+        x = triton.InferInput("input", list(rows.shape), "FP32")
+        x.set_data_from_numpy(rows)
+        np.testing.assert_allclose(client.infer("mlp", [x]).as_numpy("probabilities"), want, rtol=1e-5)
+        client.close()
+        logs = subprocess.run([DOCKER, "logs", cid], capture_output=True, text=True).stdout
+        assert '"event": "grpc_frontend_listening"' in logs and '"grpc_frontend": "/opt/mlinfra/bin/' in logs, logs
     finally:
         subprocess.run([DOCKER, "rm", "-f", cid], capture_output=True)
 
