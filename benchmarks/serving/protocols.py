@@ -298,21 +298,24 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
 NOTES = """Notes:
 - Every server wraps the same ONNX session (1 intra-op thread); mlinfra runs with its defaults (dynamic batching on
   for this model since issue 19, access log and metrics on) plus `--grpc-port`; PyTriton with Triton's dynamic
-  batcher. Each peer's gRPC front end: KServe's and MLServer's are grpcio's asyncio server in Python (as mlinfra's);
-  PyTriton's is Triton's C++ server, which calls the Python model over IPC.
-- **gRPC is Python's ceiling, not the data plane's.** Answering a constant ModelInferResponse, with nothing else to
-  do, grpcio's asyncio server reached 2,985-3,239 calls/s at 32 concurrent calls and grpclib (pure-Python HTTP/2)
-  3,022-4,342, each at ≈ 95 % of the server's core (2026-12-03, same harness): 3× PyTriton's ≈ 2,000 would need
-  ≈ 6,000. mlinfra's gRPC profile: ≈ 45 % of its CPU inside grpcio's own (Cython) server, ≈ 30 % in the data plane.
-  Reaching 3× needs a native gRPC front end that batches calls before they reach Python (Triton's design), e.g. a
-  grpc-go process forwarding merged binary-extension requests to the data plane; not built yet (issue 19).
-- **JSON numbers are the 64-row ceiling.** For a 64×64 FP32 request, parsing the JSON body takes ≈ 135 µs (orjson)
-  and turning its 4,096 Python floats into an array ≈ 100-125 µs, of ≈ 540 µs per request; the binary extension
-  skips both: 2.5× the rows/s of JSON here (2.3× in the run before), and 6.6× the best peer (4.2×).
-- One row per request (a few dozen bytes of numbers), binary and JSON cost about the same: HTTP and the per-request
-  Python path dominate (`profile-after.md`). At one row, REST is 2.9-3.0× the best peer here and was 2.6-2.7× in
-  the run an hour before (3.2-3.4× in the first run of the day): the goal sits inside this VM's noise.
-- The machine varies within minutes (the ONNX Runtime floor measured 96k-126k calls/s on the same day): compare
+  batcher. Each peer's gRPC front end: KServe's and MLServer's are grpcio's asyncio server in Python; PyTriton's is
+  Triton's C++ server, which calls the Python model over IPC.
+- **gRPC goes through mlinfra's native front end** (mlinfra-grpcfront, components/grpcfront: grpc-go), as images
+  serve it: it merges concurrent ModelInfer calls into one call to the Python data plane (Triton's design: its
+  dynamic batcher sits in its C++ front end) and runs on the server's core beside it. mlinfra-grpcio is the same
+  server with its in-process grpcio service (`--grpc-frontend grpcio`): Python's gRPC stack bounds it. A constant
+  ModelInferResponse, with nothing else to do, reached 2,985-3,239 calls/s on grpcio's asyncio server and
+  3,022-4,342 on grpclib at ≈ 95 % of the core (2026-12-03, same harness): under 3× any peer that does real work.
+  Merging is what makes the difference: a first version that forwarded each call as its own REST call (measured
+  2026-12-03 09:05) reached 3,352 calls/s, 1.65× PyTriton in that run.
+- **JSON numbers are the 64-row ceiling.** Bodies of 4 KiB or more are parsed by simdjson, which copies a
+  tensor's numbers straight into an array (JSONBODY.md: 1.39× the 64-row rows/s of the orjson path); what is left
+  is turning 4,096 numbers' text into doubles (≈ 18 % of the server's CPU). The binary extension skips it: 1.6× the
+  rows/s of JSON here, 5.3× the best peer.
+- **One-row REST JSON** (1.85× here) moves most with the peers: PyTriton answered 1,961-2,842 requests/s at 32
+  connections over the day's runs, and mlinfra's one-row REST ratio was 1.9-3.0×. HTTP and the per-request Python
+  path dominate (`profile-after.md`); binary and JSON cost about the same at one row.
+- The machine varies within minutes (the ONNX Runtime floor measured 79k-126k calls/s on the same day): compare
   within one run only.
 """
 
