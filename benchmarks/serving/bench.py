@@ -428,16 +428,18 @@ Notes:
   batch 128, 100 µs window), MLServer in-process (parallel_workers 0) and again with adaptive batching (64 rows,
   1 ms), mlinfra with its defaults (dynamic batching on for this model since issue 19, JSON access log and metrics
   on, orjson + uvloop). constant-aiohttp and constant-granian answer a constant reply: the HTTP ceilings.
-- **The VM drifts within a run**: mlinfra's first and last runs here differ by up to 1.4× (c=32: 4,168 and 5,726),
-  and the ONNX Runtime floor measured 79k-126k calls/s over the same morning; hence mlinfra's mean of two. Over the
-  day's four full runs the ratios at 32 and 128 connections were 1.8-3.6× (3.6× and 3.3× in the first; 1.8× at 128
-  in the one where PyTriton reached 2,706 requests/s), at one connection 1.6-2.1×, at 64 rows 1.5-1.9×.
-- **Why below 3×.** One connection: a constant-reply aiohttp server is itself only 3.3-5.2× the best peer (runs of the day),
-  and a request's own work (JSON, validation, the model, metrics, log) costs ≈ 170 µs more than that reply. 64-row
-  JSON: parsing the body (≈ 135 µs) and turning 4,096 Python floats into an array (≈ 100-125 µs) are half a request;
-  the binary extension removes both (PROTOCOLS.md: 6.6× the best peer at 64 rows). 32/128 connections: aiohttp's
-  own per-request cost is about half of the profile (profile-after.md); granian's constant reply is 2.4× aiohttp's
-  at 128 connections but the same at 1 and 32, so a Rust HTTP front end would lift the 128-connection ceiling only.
+- **The VM drifts within a run**: mlinfra's first and last runs here differ by up to 1.3× (c=32: 6,981 and 5,312),
+  and the ONNX Runtime floor measured 79k-126k calls/s over the same day; hence mlinfra's mean of two. Over the
+  day's five full runs the ratios at 32 and 128 connections were 1.8-4.3× (4.3× and 3.4× in this one, the first
+  with the C JSON parser; 1.8× at 128 in the one where PyTriton reached 2,706 requests/s), at one connection
+  1.6-2.4×, at 64 rows 1.5-2.6×.
+- **Why below 3×.** One connection: a constant-reply aiohttp server is itself only 3.3-5.2× the best peer (runs of
+  the day; 4.4× here), and a request's own work (JSON, validation, the model, metrics, log) costs ≈ 170 µs more than
+  that reply. 64-row JSON: since the simdjson parser (mlinfra_scoring/jsonbody.py; JSONBODY.md: 1.39× this cell in
+  an A/B run) what is left is turning 4,096 numbers' text into doubles, ≈ 18 % of the server's CPU; the binary
+  extension skips it (PROTOCOLS.md: 5.3× the best peer at 64 rows). 32/128 connections: aiohttp's own per-request
+  cost is about half of the profile (profile-after.md); granian's constant reply is 2.4× aiohttp's at 128
+  connections but the same at 1 and 32, so a Rust HTTP front end would lift the 128-connection ceiling only.
 - **Tail latency.** p99 at 32 and 128 connections is below every peer's. Unbatched, p99 at 128 connections swings
   from ≈ 40 to ≈ 660 ms between identical back-to-back runs while the server's own handling (access log) stays
   under 2 ms and its wait before a handler under 50 ms (measured in process, 2026-12-03): the outliers are outside
