@@ -108,7 +108,9 @@ def _run_and_score(image_ref: str, model_file: Path) -> None:
         np.testing.assert_allclose(client.infer("mlp", [x]).as_numpy("probabilities"), want, rtol=1e-5)
         client.close()
         logs = subprocess.run([DOCKER, "logs", cid], capture_output=True, text=True).stdout
-        assert '"event": "grpc_frontend_listening"' in logs and '"grpc_frontend": "/opt/mlinfra/bin/' in logs, logs
+        assert (
+            '"event": "grpc_frontend_listening"' in logs and '"grpc_frontend": "/opt/mlinfra/bin/' in logs
+        ), logs
     finally:
         subprocess.run([DOCKER, "rm", "-f", cid], capture_output=True)
 
