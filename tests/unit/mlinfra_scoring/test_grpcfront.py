@@ -224,3 +224,28 @@ def test_a_wrong_frontend_path_is_refused_with_the_flag_named(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode == 2
     assert "--grpc-frontend" in done.stderr and "is not an executable file" in done.stderr, done.stderr
+
+
+def test_the_front_ends_generated_code_matches_the_proto(tmp_path: Path) -> None:
+    """components/grpcfront/oippb/oip.pb.go is what `make proto` makes from oip.proto (protoc-gen-go at the
+    protobuf version in the front end's go.mod)."""
+    front = Path(__file__).parents[3] / "components" / "grpcfront"
+    version = next(
+        line.split()[-1]
+        for line in (front / "go.mod").read_text().splitlines()
+        if "google.golang.org/protobuf" in line
+    )
+    subprocess.run(
+        ["go", "install", f"google.golang.org/protobuf/cmd/protoc-gen-go@{version}"],
+        env={**os.environ, "GOBIN": str(tmp_path)}, check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    oip = front.parent / "scoring" / "mlinfra_scoring" / "oip"
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{oip}", f"--plugin=protoc-gen-go={tmp_path / 'protoc-gen-go'}",
+         f"--go_out={tmp_path}", "--go_opt=paths=source_relative", "--go_opt=Moip.proto=mlinfra.local/grpcfront/oippb",
+         "oip.proto"],
+        check=True,
+    )  # fmt: skip
+    assert (tmp_path / "oip.pb.go").read_text() == (front / "oippb" / "oip.pb.go").read_text(), (
+        "components/grpcfront/oippb/oip.pb.go is stale: run `make proto`"
+    )
