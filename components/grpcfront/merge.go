@@ -55,6 +55,12 @@ var itemSize = map[string]int{
 	"INT32": 4, "UINT32": 4, "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8,
 }
 
+// Datatypes whose typed contents field holds exactly the datatype's values. INT8/16 and UINT8/16 travel in 32-bit
+// fields, where the server range-checks each value; FP16 has no field: those calls are not merged (raw ones are).
+var exactContents = map[string]bool{
+	"BOOL": true, "INT32": true, "INT64": true, "UINT32": true, "UINT64": true, "FP32": true, "FP64": true,
+}
+
 func (f *front) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*pb.ModelInferResponse, error) {
 	key, rows, raws, ok := f.mergeable(ctx, req)
 	if !ok {
@@ -127,8 +133,11 @@ func (f *front) mergeable(ctx context.Context, req *pb.ModelInferRequest) (strin
 			count *= d
 		}
 		if len(req.RawInputContents) > 0 {
+			if t.Contents != nil { // the server refuses contents beside raw_input_contents: let it say so
+				return "", 0, nil, false
+			}
 			raws[i] = req.RawInputContents[i]
-		} else if t.Datatype != "FP16" && t.Datatype != "BF16" {
+		} else if exactContents[t.Datatype] {
 			raws[i], _ = raw(t.Name, t.Datatype, t.Contents)
 		}
 		if int64(len(raws[i])) != count {

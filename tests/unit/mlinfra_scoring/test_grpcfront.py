@@ -112,6 +112,34 @@ def test_concurrent_calls_are_merged_and_each_caller_gets_its_own_rows(tmp_path:
         assert srv.stop() == 0
 
 
+def test_a_bad_call_among_merged_ones_gets_its_own_error(tmp_path: Path) -> None:
+    """While callers keep the front end merging, calls the server must refuse (contents beside raw contents, a size
+    that does not match the shape) still get INVALID_ARGUMENT with the server's message, and good ones their rows."""
+    model = write_mlp(tmp_path / "mlp.onnx")
+    srv = serve(tmp_path, model)
+    try:
+        busy = threading.Thread(target=hammer, args=(srv, model, 8, 40))
+        busy.start()
+        both = request(np.ones((1, 64), np.float32))
+        both.inputs[0].contents.fp32_contents.extend([0.0] * 64)
+        short = request(np.ones((1, 64), np.float32))
+        short.raw_input_contents[0] = bytes(100)
+        with grpc.insecure_channel(srv.grpc) as channel:  # type: ignore[attr-defined]
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for bad, message in [
+                (both, "has contents, but the request carries"),
+                (short, "binary_data_size is 100"),
+            ] * 10:
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.ModelInfer(bad, metadata=AUTH, timeout=30)
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in (
+                    e.value.details() or ""
+                )
+        busy.join()
+    finally:
+        assert srv.stop() == 0
+
+
 def test_a_model_without_a_batch_axis_is_answered_call_by_call(tmp_path: Path) -> None:
     model = write_mlp(tmp_path / "fixed.onnx", batch=1)  # input [1, 64]: rows cannot be merged
     srv = serve(tmp_path, model)
