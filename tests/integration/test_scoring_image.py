@@ -59,7 +59,9 @@ def _infer(port: int, rows: np.ndarray) -> np.ndarray:
     return np.array(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
-def _run_and_score(image_ref: str, model_file: Path) -> None:
+def _run_and_score(image_ref: str, model_file: Path, grpc: bool = True) -> None:
+    """Run IMAGE_REF read-only and unprivileged and score MODEL_FILE's rows over REST (and, for images mlinfra built,
+    over gRPC through the image's native front end; GRPC False: a user's Dockerfile, which serves REST only)."""
     port, grpc_port = free_port(), free_port()
     cid = subprocess.run(
         [
@@ -99,6 +101,8 @@ def _run_and_score(image_ref: str, model_file: Path) -> None:
             [DOCKER, "exec", cid, "id", "-u"], capture_output=True, text=True
         ).stdout.strip()
         assert user == "10001", "the scoring server must run as non-root"
+        if not grpc:
+            return
         # gRPC is served by the native front end the image carries (mlinfra-grpcfront), read-only and unprivileged.
         import tritonclient.grpc as triton
 
@@ -306,7 +310,7 @@ def test_users_own_dockerfile_is_built_by_docker_build(
     assert ref == f"{repo}@{build['outputs']['digest']}", (
         "the image the component outputs is the one it pushed"
     )
-    _run_and_score(ref, model_file)
+    _run_and_score(ref, model_file, grpc=False)
     assert stack.up().summary.resource_changes == {"same": 6}, "unchanged inputs must not rebuild"
     moved = tmp_path / "another-checkout"
     shutil.copytree(project, moved, ignore=shutil.ignore_patterns(".mlinfra"))
