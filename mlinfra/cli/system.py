@@ -111,6 +111,19 @@ def doctor_checks() -> list[tuple[str, bool, str, str]]:
             "make kube (builds them from Go modules; part of make setup)",
         )
     )
+    from mlinfra.images import grpcfront
+
+    front = grpcfront.target()
+    checks.append(
+        (
+            "gRPC front end",
+            front is not None and front.is_file(),
+            f"mlinfra-grpcfront at {front} (images carry it; mlinfra serve --grpc-port runs it)"
+            if front is not None and front.is_file()
+            else "mlinfra-grpcfront is not built for these sources (images would serve gRPC with grpcio)",
+            "make grpcfront (go build of components/grpcfront; part of make setup)",
+        )
+    )
     for name, svc in services.SERVICES.items():
         try:
             ok = svc.check()

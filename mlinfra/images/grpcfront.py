@@ -31,16 +31,23 @@ def _sources() -> list[Path]:
     )
 
 
-def binary(progress: Callable[[str], None] = lambda _m: None) -> Path | None:
-    """mlinfra-grpcfront built from SOURCE (static, stripped) into the cache, keyed by the sources; None without
-    the source or without Go."""
-    go = shutil.which("go")
-    if go is None or not (SOURCE / "go.mod").is_file():
+def target() -> Path | None:
+    """Where the build of the current sources goes (in the cache, keyed by them); None without the source."""
+    if not (SOURCE / "go.mod").is_file():
         return None
     h = hashlib.sha256()
     for p in _sources():
         h.update(p.relative_to(SOURCE).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    out = cache_dir() / "bin" / f"mlinfra-grpcfront-{h.hexdigest()[:16]}"
+    return cache_dir() / "bin" / f"mlinfra-grpcfront-{h.hexdigest()[:16]}"
+
+
+def binary(progress: Callable[[str], None] = lambda _m: None) -> Path | None:
+    """mlinfra-grpcfront built from SOURCE (static, stripped) into the cache, keyed by the sources; None without
+    the source or without Go."""
+    go = shutil.which("go")
+    out = target()
+    if go is None or out is None:
+        return None
     if out.is_file():
         return out
     progress("building mlinfra-grpcfront (go build; the first build fetches grpc-go from the module proxy)")
