@@ -55,12 +55,6 @@ var itemSize = map[string]int{
 	"INT32": 4, "UINT32": 4, "FP32": 4, "INT64": 8, "UINT64": 8, "FP64": 8,
 }
 
-// Datatypes whose typed contents field holds exactly the datatype's values. INT8/16 and UINT8/16 travel in 32-bit
-// fields, where the server range-checks each value; FP16 has no field: those calls are not merged (raw ones are).
-var exactContents = map[string]bool{
-	"BOOL": true, "INT32": true, "INT64": true, "UINT32": true, "UINT64": true, "FP32": true, "FP64": true,
-}
-
 func (f *front) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*pb.ModelInferResponse, error) {
 	key, rows, raws, ok := f.mergeable(ctx, req)
 	if !ok {
@@ -118,6 +112,7 @@ func (f *front) mergeable(ctx context.Context, req *pb.ModelInferRequest) (strin
 	auth := md.Get("authorization")
 	fmt.Fprintf(&b, "%q %q %q", req.ModelName, req.ModelVersion, auth)
 	rows := int64(-1)
+	var ok bool
 	raws := make([][]byte, len(req.Inputs))
 	for i, t := range req.Inputs {
 		size, fixed := itemSize[t.Datatype]
@@ -137,8 +132,8 @@ func (f *front) mergeable(ctx context.Context, req *pb.ModelInferRequest) (strin
 				return "", 0, nil, false
 			}
 			raws[i] = req.RawInputContents[i]
-		} else if exactContents[t.Datatype] {
-			raws[i], _ = raw(t.Name, t.Datatype, t.Contents)
+		} else if raws[i], ok = raw(t.Datatype, t.Contents); !ok {
+			return "", 0, nil, false
 		}
 		if int64(len(raws[i])) != count {
 			return "", 0, nil, false
@@ -283,9 +278,10 @@ func (f *front) split(batch []*pending, rows int64, resp *pb.ModelInferResponse)
 	return true
 }
 
-// raw: a typed contents field laid out as the binary tensor extension lays it out (little-endian).
-func raw(name, datatype string, c *pb.InferTensorContents) ([]byte, error) {
-	var b []byte
+// raw: a typed contents field laid out as the binary tensor extension lays it out (little-endian); ok false for
+// datatypes whose field does not hold exactly their values: INT8/16 and UINT8/16 travel in 32-bit fields, where the
+// server range-checks each value, FP16 has no field, and BYTES are not merged. Those calls go alone.
+func raw(datatype string, c *pb.InferTensorContents) (b []byte, ok bool) {
 	le := binary.LittleEndian
 	switch datatype {
 	case "BOOL":
@@ -296,14 +292,6 @@ func raw(name, datatype string, c *pb.InferTensorContents) ([]byte, error) {
 				b = append(b, 0)
 			}
 		}
-	case "INT8":
-		for _, v := range c.GetIntContents() {
-			b = append(b, byte(int8(v)))
-		}
-	case "INT16":
-		for _, v := range c.GetIntContents() {
-			b = le.AppendUint16(b, uint16(int16(v)))
-		}
 	case "INT32":
 		for _, v := range c.GetIntContents() {
 			b = le.AppendUint32(b, uint32(v))
@@ -311,14 +299,6 @@ func raw(name, datatype string, c *pb.InferTensorContents) ([]byte, error) {
 	case "INT64":
 		for _, v := range c.GetInt64Contents() {
 			b = le.AppendUint64(b, uint64(v))
-		}
-	case "UINT8":
-		for _, v := range c.GetUintContents() {
-			b = append(b, byte(v))
-		}
-	case "UINT16":
-		for _, v := range c.GetUintContents() {
-			b = le.AppendUint16(b, uint16(v))
 		}
 	case "UINT32":
 		for _, v := range c.GetUintContents() {
@@ -336,13 +316,8 @@ func raw(name, datatype string, c *pb.InferTensorContents) ([]byte, error) {
 		for _, v := range c.GetFp64Contents() {
 			b = le.AppendUint64(b, math.Float64bits(v))
 		}
-	case "BYTES":
-		for _, v := range c.GetBytesContents() {
-			b = le.AppendUint32(b, uint32(len(v)))
-			b = append(b, v...)
-		}
 	default:
-		return nil, status.Errorf(codes.InvalidArgument, "input %q: datatype %q has no typed contents field: send it in raw_input_contents", name, datatype)
+		return nil, false
 	}
-	return b, nil
+	return b, true
 }

@@ -476,14 +476,14 @@ def image_requirements(extra: list[str]) -> list[str]:
     return sorted(set(SERVER_REQUIREMENTS) | {check_requirement(r) for r in extra if r.strip()})
 
 
-def app_layer(spec: ImageSpec) -> Layer:
-    """The scoring server package, the user's script and extra files."""
+def app_layer(spec: ImageSpec, front: Path | None) -> Layer:
+    """The scoring server package, the native gRPC front end FRONT (when built), the user's script and extra
+    files."""
     entries = []
     for rel, p in server_files():
         data = p.read_bytes()
         entries.append(Entry(f"{APP}/{rel}", len(data), data))
-    front = grpcfront.binary()
-    if front is not None:  # the native gRPC front end (MLINFRA_SERVE_GRPC_FRONTEND below)
+    if front is not None:  # MLINFRA_SERVE_GRPC_FRONTEND in build_and_push
         data = front.read_bytes()
         entries.append(Entry(grpcfront.IMAGE_PATH, len(data), data, mode=0o755))
     if spec.script:
@@ -595,7 +595,8 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
     base_digest, base_manifest, base_config = resolve_base(spec.base)
     check_base_has_python(spec.base, base_manifest, base_digest)
     deps, resolved = deps_layer(spec.requirements, progress)
-    app = app_layer(spec)
+    front = grpcfront.binary(progress)
+    app = app_layer(spec, front)
     trust = trust_layer(spec)
     models = sorted(spec.models, key=lambda m: m.name)
     model_layers = [model_layer(m, progress) for m in models]
@@ -628,7 +629,7 @@ def build_and_push(spec: ImageSpec, progress: Progress = lambda _m: None) -> Bui
         f"MLINFRA_SERVE_PORT={PORT}",
         f"MLINFRA_SERVE_GRPC_PORT={GRPC_PORT}",
         # gRPC through the native front end when the image carries it (else the in-process grpcio service).
-        f"MLINFRA_SERVE_GRPC_FRONTEND={grpcfront.IMAGE_PATH if grpcfront.binary() else 'grpcio'}",
+        f"MLINFRA_SERVE_GRPC_FRONTEND={grpcfront.IMAGE_PATH if front else 'grpcio'}",
     ]
     if spec.script:
         env.append(f"MLINFRA_SERVE_SCRIPT={USER_DIR}/{spec.script.name}")

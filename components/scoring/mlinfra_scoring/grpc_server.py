@@ -355,6 +355,7 @@ class NativeFrontend:
     def __init__(self, server: ScoringServer, path: str):
         self.server, self.path = server, path
         self.token = secrets.token_urlsafe(32)
+        self.route = FRONT_ROUTE
         service = Service(server)
         self._calls = {
             name: (_wrap(server, name, getattr(service, name)), kinds[0]) for name, kinds in KINDS.items()
@@ -392,16 +393,16 @@ class NativeFrontend:
         """Run the front end on HOST:PORT, handing calls to this server's REST listener on REST_PORT; returns once it
         accepts connections (OSError if it cannot listen)."""
         cfg = self.server.config
-        upstream = "127.0.0.1" if host in ("0.0.0.0", "", "127.0.0.1", "localhost") else host
-        wrap = (lambda h: f"[{h}]") if ":" in host else (lambda h: h)
+        # This server's own address, as the front end and the start-up probe reach it.
+        local = "127.0.0.1" if host in ("0.0.0.0", "", "localhost") else ("::1" if host == "::" else host)
         batch = cfg.max_batch_size or AUTO_BATCH
         # Merging changes what collection and monitoring see of a call (one record for the merged rows), and
         # --max-batch-size 1 turns batching off: then calls go one by one.
         merge = batch > 1 and not self.server.dataplane.hooks
         self._args = [
             self.path,
-            "-listen", f"{wrap(host)}:{port}",
-            "-upstream", f"http://{wrap(upstream) if ':' in upstream else upstream}:{rest_port}",
+            "-listen", _address(host, port),
+            "-upstream", f"http://{_address(local, rest_port)}",
             "-max-msg-mb", f"{cfg.max_body_mb:g}",
             f"-merge={'true' if merge else 'false'}",
             "-max-rows", str(batch),
@@ -410,7 +411,6 @@ class NativeFrontend:
             "-drain-timeout", f"{cfg.drain_timeout_s:g}s",
         ]  # fmt: skip
         await self._spawn()
-        probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
         deadline = time.monotonic() + 10
         while True:
             assert self._proc is not None
@@ -419,7 +419,7 @@ class NativeFrontend:
                     f"gRPC could not listen on {host}:{port}: {FRONTEND} exited with {self._proc.returncode}"
                 )
             try:
-                _, writer = await asyncio.open_connection(probe, port)
+                _, writer = await asyncio.open_connection(local, port)
                 writer.close()
                 break
             except OSError:
@@ -461,6 +461,11 @@ class NativeFrontend:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+
+
+def _address(host: str, port: int) -> str:
+    """HOST:PORT, an IPv6 HOST in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _status(code: grpc.StatusCode, details: str, pushback: str | None = None) -> web.Response:

@@ -179,7 +179,6 @@ class ScoringServer:
         self.metrics.in_flight.track(lambda: self.in_flight)
         self._keys = [k.encode() for k in config.keys if k]
         self._front: Any = None  # grpc_server.NativeFrontend when gRPC goes through mlinfra-grpcfront
-        self._front_route = ""
 
     # -- what the edge agent and tests reach: the repository and the data plane ------------------------------
 
@@ -533,7 +532,7 @@ class ScoringServer:
         r.add_get("/metrics", self.metrics_h, name="metrics")
         r.add_get("/openapi.json", self.openapi, name="openapi")
         if self._front is not None:  # the native gRPC front end's calls (grpc_server.NativeFrontend)
-            r.add_post(self._front_route, self._front_untrusted, name="front")
+            r.add_post(self._front.route, self._front_untrusted, name="front")
         return app
 
     @staticmethod
@@ -554,7 +553,6 @@ class ScoringServer:
             path = grpc_server.frontend_path(self.config.grpc_frontend)
             if path is not None:
                 self._front = frontend = grpc_server.NativeFrontend(self, path)
-                self._front_route = grpc_server.FRONT_ROUTE
         runner, listener = await self._listen()
         if frontend is not None:
             assert self.config.grpc_port is not None
