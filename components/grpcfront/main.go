@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +56,9 @@ type front struct {
 	lanes    map[string]*lane
 	unmerged map[string]bool // lanes whose merged calls failed where each call alone succeeded
 	queued   int             // calls waiting in lanes or in a merged request (bounded by maxQueue)
+	// Calls refused here past maxQueue and not yet reported: the next call handed to the server carries the count
+	// (X-Mlinfra-Shed), so its metrics count them as it counts the calls it sheds itself.
+	shed atomic.Int64
 }
 
 // The service, registered by hand (grpc.ServiceDesc): only protoc-gen-go's messages are generated.
@@ -106,7 +110,7 @@ var dropped = map[string]bool{
 	"connection": true, "keep-alive": true, "te": true, "trailer": true, "transfer-encoding": true, "upgrade": true,
 	"content-length": true, "content-type": true, "host": true, "expect": true, "user-agent": true,
 	"proxy-authorization": true, "proxy-connection": true, "idempotency-key": true, "x-idempotency-key": true,
-	"x-mlinfra-front": true, "x-mlinfra-calls": true, "accept-encoding": true,
+	"x-mlinfra-front": true, "x-mlinfra-calls": true, "x-mlinfra-shed": true, "accept-encoding": true,
 }
 
 func validValue(v string) bool {
@@ -147,11 +151,16 @@ func (f *front) call(ctx context.Context, method string, in, out proto.Message, 
 	if calls > 1 {
 		req.Header.Set("X-Mlinfra-Calls", strconv.Itoa(calls))
 	}
+	shed := f.shed.Swap(0)
+	if shed > 0 {
+		req.Header.Set("X-Mlinfra-Shed", strconv.FormatInt(shed, 10))
+	}
 	resp, err := f.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return status.FromContextError(ctx.Err()).Err()
 		}
+		f.shed.Add(shed) // most likely not delivered: the next call carries it
 		return status.Errorf(codes.Unavailable, "the scoring server did not answer: %v", err)
 	}
 	defer resp.Body.Close()

@@ -68,6 +68,7 @@ func (f *front) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*pb.
 	}
 	if f.queued >= f.maxQueue {
 		f.mu.Unlock()
+		f.shed.Add(1)
 		_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", "1000"))
 		return nil, status.Errorf(codes.Unavailable, "server busy: %d inference calls are waiting in the gRPC front end, "+
 			"the most it takes at once (--max-queue): retry after 1 s, or spread the load over more replicas", f.queued)

@@ -312,9 +312,11 @@ FRONTEND = "mlinfra-grpcfront"
 FRONT_ROUTE = "/_mlinfra/grpc/{method}"
 FRONT_HEADER = "X-Mlinfra-Front"
 CALLS_HEADER = "X-Mlinfra-Calls"
+SHED_HEADER = "X-Mlinfra-Shed"
+"""Calls the front end refused past --max-queue since its last report (NativeFrontend.handle counts them)."""
 _NOT_METADATA = frozenset(
     ("host", "content-type", "content-length", "user-agent", "accept-encoding", "connection", "x-mlinfra-front",
-     "x-mlinfra-calls")
+     "x-mlinfra-calls", "x-mlinfra-shed")
 )  # fmt: skip
 
 
@@ -371,6 +373,7 @@ class NativeFrontend:
     async def handle(self, request: web.Request) -> web.Response:
         """One forwarded call (the caller checked :meth:`trusted`): its serialized response, or its status in
         Grpc-Status / Grpc-Message (percent-encoded) / Grpc-Retry-Pushback-Ms headers."""
+        self._count_shed(request.headers.get(SHED_HEADER, ""))
         entry = self._calls.get(request.match_info["method"])
         if entry is None:
             return _status(grpc.StatusCode.UNIMPLEMENTED, f"no method {request.match_info['method'][:60]!r}")
@@ -388,6 +391,18 @@ class NativeFrontend:
         except _Aborted as e:
             return _status(e.code, e.details, dict(e.trailing).get("grpc-retry-pushback-ms"))
         return web.Response(body=resp.SerializeToString(), content_type="application/x-protobuf")
+
+    def _count_shed(self, value: str) -> None:
+        """The calls the front end refused past --max-queue (it bounds the calls it holds, merged or waiting, as this
+        server bounds the ones it runs), counted as this server counts its own: in mlinfra_requests_shed_total and as
+        503s of ModelInfer. The front end checks no key, so their model is "unknown", as for any call this server
+        has not authorized. They arrive with the front end's next call, within milliseconds in a burst (the calls
+        it holds are forwarded next)."""
+        if not value.isdigit() or len(value) > 9:
+            return
+        n = int(value)
+        self.server.metrics.shed.inc((), n)
+        self.server.metrics.requests.inc(("grpc_model_infer", "unknown", "", "503"), n)
 
     async def start(self, host: str, port: int, rest_port: int) -> None:
         """Run the front end on HOST:PORT, handing calls to this server's REST listener on REST_PORT; returns once it
