@@ -214,7 +214,9 @@ def stop_server(proc: subprocess.Popen, log: IO[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
-    except Exception:
+    except ProcessLookupError:  # it had exited already (a server that failed to start), and its group with it
+        proc.wait()
+    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     log.close()

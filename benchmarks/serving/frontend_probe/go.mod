@@ -1,0 +1,3 @@
+module mlinfra.local/frontendprobe
+
+go 1.26.0
