@@ -74,6 +74,9 @@ func unary[Req any, Resp any, PReq interface {
 	proto.Message
 }](method string) grpc.MethodHandler {
 	return func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+		if err := checkMetadata(ctx); err != nil {
+			return nil, err
+		}
 		in := PReq(new(Req))
 		if err := dec(in); err != nil {
 			return nil, err
@@ -111,6 +114,35 @@ var dropped = map[string]bool{
 	"content-length": true, "content-type": true, "host": true, "expect": true, "user-agent": true,
 	"proxy-authorization": true, "proxy-connection": true, "idempotency-key": true, "x-idempotency-key": true,
 	"x-mlinfra-front": true, "x-mlinfra-calls": true, "x-mlinfra-shed": true, "accept-encoding": true,
+}
+
+// Metadata limits: grpcio's (16 KiB in all, pseudo-headers included), so both front ends refuse the same calls, and
+// for one entry at most what the scoring server's HTTP parser takes in a header line (aiohttp: 8,190 bytes), so that
+// no call is passed on only to be refused there. grpc-go itself takes 16 MiB, and past its limit resets the stream
+// with no message: these are checked in the handler, to answer RESOURCE_EXHAUSTED naming the limit.
+const (
+	maxMetadata      = 16 << 10
+	maxMetadataEntry = 8000
+)
+
+func checkMetadata(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	total := 0
+	for k, vs := range md {
+		for _, v := range vs {
+			if len(k)+len(v) > maxMetadataEntry {
+				return status.Errorf(codes.ResourceExhausted,
+					"metadata %.60q is %d bytes (key and value): the most this server takes is %d per entry",
+					k, len(k)+len(v), maxMetadataEntry)
+			}
+			total += len(k) + len(v) + 32 // HTTP/2's accounting: 32 bytes per entry
+		}
+	}
+	if total > maxMetadata {
+		return status.Errorf(codes.ResourceExhausted,
+			"the call's metadata is %d bytes: the most this server takes is %d", total, maxMetadata)
+	}
+	return nil
 }
 
 func validValue(v string) bool {

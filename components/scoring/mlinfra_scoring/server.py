@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from mlinfra_scoring import __version__, binary, collection, collector, jsonbody, otel
 from mlinfra_scoring.batching import EXECUTION_ROWS
@@ -105,6 +105,76 @@ class ServerConfig:
     trust: str | None = None
     """A trust folder (mlinfra_scoring.provenance): every model must match a signature by a trusted key before it
     loads; None: models are not checked."""
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with a malformed request (a header line too long, a broken request line or
+    header, a body whose framing does not parse) answered as every other bad request: a JSON error naming the problem
+    and the fix, counted in the metrics, one access-log line — not a text/plain 400 and a traceback in the log for each
+    one a client sends."""
+
+    owner: ScoringServer
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or request.writer.output_size > 0:  # not a request aiohttp could not parse
+            return super().handle_error(request, status, exc, message)
+        reason = _malformed(exc, message)
+        resp = web.Response(body=dumps({"error": reason}), status=400, content_type=JSON)
+        resp.force_close()
+        rid = new_request_id()
+        resp.headers["X-Request-Id"] = rid
+        owner = self.owner
+        owner.metrics.requests.inc(("malformed", "", "", "400"))
+        if owner.config.access_log:
+            entry = {"ts": round(time.time(), 3), "request_id": rid, "method": "", "path": "", "status": 400}
+            owner._log.write(dumps({**entry, "ms": 0.0, "error": reason[:200]}).decode() + "\n")
+        return resp
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A client's malformed bytes met after its answer (aiohttp reads what is left of a body, which may not
+        decode): one JSON log line, not a traceback. Anything else is logged as aiohttp does."""
+        exc = kw.get("exc_info")
+        chain: list[BaseException] = []
+        while isinstance(exc, BaseException) and len(chain) < 5:
+            chain.append(exc)
+            exc = exc.__cause__ or exc.__context__
+        bad = next((e for e in chain if isinstance(e, http_exceptions.HttpProcessingError)), None)
+        if bad is None:
+            super().log_exception(*args, **kw)
+            return
+        reason = _malformed(bad, getattr(bad, "message", None))
+        self.owner._log.write(
+            dumps({"ts": round(time.time(), 3), "event": "client_error", "error": reason}).decode()
+        )
+        self.owner._log.write("\n")
+
+
+def _malformed(exc: BaseException | None, message: str | None) -> str:
+    """What is wrong with a request aiohttp's parser refused, and what to do (no client bytes are echoed)."""
+    if isinstance(exc, http_exceptions.LineTooLong):
+        return (
+            "malformed request: its request line or a header line is longer than 8190 bytes; send large values in "
+            "the body"
+        )
+    if isinstance(exc, http_exceptions.BadStatusLine | http_exceptions.BadHttpMethod):
+        return "malformed request: the request line is not 'METHOD /path HTTP/1.1'"
+    if isinstance(exc, http_exceptions.InvalidHeader):
+        return "malformed request: a header is invalid (name: value, no control characters)"
+    if isinstance(exc, http_exceptions.TransferEncodingError | http_exceptions.ContentLengthError):
+        return "malformed request: the body does not match its Content-Length or chunked framing"
+    if isinstance(exc, http_exceptions.ContentEncodingError) or "content-encoding" in (message or "").lower():
+        return "malformed request: the body does not decode as its Content-Encoding says"
+    # The parser's reason comes first (a fixed phrase, e.g. "Invalid header value char"); the client's bytes follow.
+    reason = (message or "").split(":\n", 1)[0].split("\n", 1)[0][:100]
+    if not reason.isascii() or not reason.isprintable() or "'" in reason or '"' in reason:
+        reason = type(exc).__name__ if exc else "unparsable"
+    return f"malformed request ({reason}): see RFC 9112 for HTTP/1.1's syntax"
 
 
 class _Guard(asyncio.Protocol):
@@ -628,9 +698,18 @@ class ScoringServer:
             keepalive_timeout=self.config.idle_timeout_s,
         )
         await runner.setup()
-        handler = runner.server
-        assert handler is not None
-        listener = await asyncio.get_running_loop().create_server(
+        server = runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def handler() -> (
+            _Handler
+        ):  # as web.Server makes its handlers, with malformed requests answered as ours
+            h = _Handler(server, loop=loop, **getattr(server, "_kwargs", {}))
+            h.owner = self
+            return h
+
+        listener = await loop.create_server(
             lambda: _Guard(handler(), self),
             self.config.host,
             self.config.port,

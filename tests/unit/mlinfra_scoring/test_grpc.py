@@ -186,6 +186,26 @@ def test_bad_requests_get_status_codes_that_say_why(server: Server, make, code, 
         )
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [(("x-big", "a" * 100_000),), tuple((f"x-{i}", "v" * 7000) for i in range(3))],
+    ids=["one-100KB-entry", "21KB-in-all"],
+)
+def test_oversized_metadata_is_resource_exhausted_and_the_server_stays_up(server: Server, metadata) -> None:
+    """Both front ends refuse metadata past 16 KiB in all (grpcio's limit); the native one also refuses one entry past
+    8,000 bytes, which the server's HTTP parser would refuse: the client gets a status that says so, the log no
+    traceback."""
+    with grpc.insecure_channel(server.grpc) as channel:  # type: ignore[attr-defined]
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(mlp_request(rows=1, raw=bytes(256)), metadata=(*AUTH, *metadata), timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.value.code(), e.value.details())
+        assert "16384" in (e.value.details() or "") or "8000" in (e.value.details() or ""), e.value.details()
+        ok = stub.ModelInfer(mlp_request(rows=1, raw=bytes(256)), metadata=(*AUTH, ("x-fine", "v" * 4000)))
+        assert ok.outputs[0].name == "probabilities"
+    assert "Traceback" not in server.log.read_text()
+
+
 def test_grpc_calls_are_counted_like_rest(server: Server) -> None:
     _, text, _ = server.request("GET", "/metrics")
     assert (

@@ -275,6 +275,27 @@ def test_calls_the_front_end_refuses_past_max_queue_are_counted_by_the_server(tm
         assert srv.stop() == 0
 
 
+def test_a_metadata_entry_the_servers_http_parser_would_refuse_is_refused_by_the_front_end(
+    tmp_path: Path,
+) -> None:
+    """One entry of 9,000 bytes is under grpcio's 16 KiB in all, but over the 8,190-byte header line the server's
+    HTTP parser takes: the front end answers RESOURCE_EXHAUSTED naming the entry and the limit, rather than passing it
+    on to fail there (an INTERNAL error quoting a parser and a traceback in the server's log)."""
+    srv = serve(tmp_path, write_mlp(tmp_path / "mlp.onnx"))
+    try:
+        with grpc.insecure_channel(srv.grpc) as channel:  # type: ignore[attr-defined]
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            rows = np.ones((1, 64), np.float32)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request(rows), metadata=(*AUTH, ("x-big", "a" * 9000)), timeout=10)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+            assert '"x-big"' in (e.value.details() or "") and "8000 per entry" in (e.value.details() or "")
+            assert stub.ModelInfer(request(rows), metadata=AUTH, timeout=10).outputs
+        assert "Traceback" not in srv.log.read_text()
+    finally:
+        assert srv.stop() == 0
+
+
 def test_a_front_end_that_dies_is_restarted(tmp_path: Path) -> None:
     model = write_mlp(tmp_path / "mlp.onnx")
     srv = serve(tmp_path, model)

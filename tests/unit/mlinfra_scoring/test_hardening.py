@@ -471,3 +471,43 @@ def test_past_max_queue_requests_get_503_with_retry_after_and_the_server_stays_u
         assert metric(text, "mlinfra_requests_shed_total") == 7, text  # 6 REST + 1 gRPC
     finally:
         assert srv.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+            "longer than 8190 bytes",
+        ),
+        (b"GARBAGE\r\n\r\n", "the request line is not"),
+        (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nBad\x01Name: y\r\n\r\n", "header"),
+        (
+            b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nxx\r\n0\r\n\r\n",
+            "chunk",
+        ),
+    ],
+    ids=["header-too-long", "request-line", "header", "chunked"],
+)
+def test_a_malformed_request_gets_a_json_400_and_one_log_line_not_a_traceback(
+    server, raw: bytes, says: str
+) -> None:
+    import socket
+
+    before = metric(server.request("GET", "/metrics")[1], "mlinfra_requests_total", route="malformed", model="", version="", code="400") or 0  # fmt: skip
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(raw)
+        reply = b""
+        while chunk := s.recv(65536):  # the server closes the connection after answering
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0], reply[:300]
+    assert b"content-type: application/json" in head.lower(), head
+    error = json.loads(body)["error"]
+    assert says in error.lower() and "aaaa" not in error, error  # names the problem; echoes no client bytes
+    text = server.request("GET", "/metrics")[1]  # the server stays up, and counted it
+    after = metric(text, "mlinfra_requests_total", route="malformed", model="", version="", code="400")
+    assert after == before + 1, text
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-2000:]
+    assert f'"error":"{error}"' in log.replace('", "', '","'), log[-1000:]
