@@ -180,7 +180,9 @@ class DataPlane:
                     f"string (inputs: {', '.join(specs)})"
                 )
             if name not in specs:
-                raise RequestError(f"input {name!r} is not an input of {m.name} (inputs: {', '.join(specs)})")
+                raise RequestError(
+                    f"input {_quoted(name)} is not an input of {m.name} (inputs: {', '.join(specs)})"
+                )
             if name in feeds:
                 raise RequestError(f"input {name!r} is given twice")
             size = binary.data_size(name, t)
@@ -371,9 +373,19 @@ def _requested_outputs(m: LoadedModel, wanted: Any) -> list[str] | None:
     bad = [n for n in names if n not in known]
     if bad:
         raise RequestError(
-            f"output(s) {', '.join(map(repr, bad))} not produced by {m.name} (outputs: {', '.join(sorted(known))})"
+            f"output(s) {', '.join(map(_quoted, bad[:10]))} not produced by {m.name} (outputs: "
+            f"{', '.join(sorted(known))})"
         )
+    if len(set(names)) != len(names):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise RequestError(f"output {_quoted(twice)} is requested twice")
     return names
+
+
+def _quoted(name: str) -> str:
+    """A client-sent name for an error message, quoted and bounded (a 1 MB name is not echoed back)."""
+    text = repr(name)
+    return text if len(text) <= 80 else f"{text[:80]}…"
 
 
 def _short(value: Any) -> str:

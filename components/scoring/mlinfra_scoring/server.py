@@ -172,7 +172,7 @@ def _malformed(exc: BaseException | None, message: str | None) -> str:
         return "malformed request: the body does not decode as its Content-Encoding says"
     # The parser's reason comes first (a fixed phrase, e.g. "Invalid header value char"); the client's bytes follow.
     reason = (message or "").split(":\n", 1)[0].split("\n", 1)[0][:100]
-    if not reason.isascii() or not reason.isprintable() or "'" in reason or '"' in reason:
+    if not reason.isascii() or not reason.isprintable() or "b'" in reason or '"' in reason:
         reason = type(exc).__name__ if exc else "unparsable"
     return f"malformed request ({reason}): see RFC 9112 for HTTP/1.1's syntax"
 

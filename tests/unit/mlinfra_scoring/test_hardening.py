@@ -511,3 +511,27 @@ def test_a_malformed_request_gets_a_json_400_and_one_log_line_not_a_traceback(
     log = server.log.read_text()
     assert "Traceback" not in log and "Error handling request" not in log, log[-2000:]
     assert f'"error":"{error}"' in log.replace('", "', '","'), log[-1000:]
+
+
+def test_output_names_are_checked_once_each_and_client_names_are_not_echoed_at_length(server) -> None:
+    one = {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+    status, got, _ = server.request(
+        "POST",
+        "/v2/models/mlp/infer",
+        body={"inputs": [one], "outputs": [{"name": "probabilities"}] * 1000},
+        key=KEY,
+    )
+    assert status == 400 and got["error"] == "output 'probabilities' is requested twice", got
+    status, got, _ = server.request(
+        "POST", "/v2/models/mlp/infer", body={"inputs": [{**one, "name": "x" * 100_000}]}, key=KEY
+    )
+    assert status == 400 and "is not an input of mlp" in got["error"] and len(got["error"]) < 300, got[
+        "error"
+    ][:300]
+    wrong = [{"name": f"{i:03d}" * 2000} for i in range(200)]
+    status, got, _ = server.request(
+        "POST", "/v2/models/mlp/infer", body={"inputs": [one], "outputs": wrong}, key=KEY
+    )
+    assert status == 400 and "not produced by mlp" in got["error"] and len(got["error"]) < 2000, len(
+        got["error"]
+    )
