@@ -442,6 +442,11 @@ Notes:
   extension skips it (PROTOCOLS.md: 5.3× the best peer at 64 rows). 32/128 connections: aiohttp's own per-request
   cost is about half of the profile (profile-after.md); granian's constant reply is 2.4× aiohttp's at 128
   connections but the same at 1 and 32, so a Rust HTTP front end would lift the 128-connection ceiling only.
+- **A native HTTP front end** (FRONTEND.md, frontend.py, 2026-12-03): Go's net/http in front of this same data plane,
+  requests handed over a Unix socket, answered 1.57-1.78× this server at 32 and 128 connections (≈ 4.7× and 3.0×
+  the best peer) but 0.96× at one connection: the second process's hand-over costs what Go's HTTP saves. Even a bare
+  parse-run-encode behind Go is ≈ 3.1× the best peer at one connection; that cell needs the model run outside
+  Python (as Triton runs ONNX Runtime in its C++ server).
 - **Tail latency.** p99 at 32 and 128 connections is below every peer's. Unbatched, p99 at 128 connections swings
   from ≈ 40 to ≈ 660 ms between identical back-to-back runs while the server's own handling (access log) stays
   under 2 ms and its wait before a handler under 50 ms (measured in process, 2026-12-03): the outliers are outside
