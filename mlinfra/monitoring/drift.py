@@ -21,10 +21,13 @@ from typing import Any
 import numpy as np
 
 from mlinfra.errors import DataFileError, MonitorError
+from mlinfra_scoring.collector import MAX_FILE_BYTES
 from mlinfra_scoring.monitor import Collected, parse_collected
 
 
-def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple[str, bytes]]:
+def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes) of each record file under URI and PREFIX; bytes None for one over MAX_FILE_BYTES, which
+    parse_collected counts as malformed rather than reading it whole."""
     u = urllib.parse.urlparse(uri)
     if u.scheme == "file":
         root = Path(u.path)
@@ -33,7 +36,7 @@ def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple
         for p in sorted(root.rglob("*.jsonl")):
             rel = p.relative_to(root).as_posix()
             if rel.startswith(prefix):
-                yield rel, p.read_bytes()
+                yield rel, (p.read_bytes() if p.stat().st_size <= MAX_FILE_BYTES else None)
         return
     if u.scheme in ("http", "https"):  # a container URL, as DataCollection's container_uri output
         from azure.storage.blob import ContainerClient
@@ -51,7 +54,8 @@ def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple
         try:
             for b in client.list_blobs(name_starts_with=prefix or None):
                 if b.name.endswith(".jsonl"):
-                    yield b.name, client.download_blob(b.name).readall()
+                    too_large = (b.size or 0) > MAX_FILE_BYTES
+                    yield b.name, (None if too_large else client.download_blob(b.name).readall())
         except Exception as e:
             raise MonitorError(
                 f"--collected {container_url}: could not read ({type(e).__name__}); set MLINFRA_COLLECT_CREDENTIAL to "

@@ -139,6 +139,20 @@ class SinkError(RuntimeError):
     pass
 
 
+MAX_FILE_BYTES = 256 << 20
+"""The most a file or blob read back from a sink may hold (a record file, a monitor's baseline or index). The writer's
+files are far smaller (one per flush); a larger one was put there by something else, and reading it whole could
+exhaust the reader's memory, so it is refused (:class:`Oversized`) and its reader skips it."""
+
+
+class Oversized(SinkError):
+    def __init__(self, where: str, size: int):
+        super().__init__(
+            f"{where} holds {size} bytes, over the {MAX_FILE_BYTES >> 20} MiB a file read back may hold"
+        )
+        self.size = size
+
+
 class FolderSink:
     def __init__(self, root: Path):
         self.root = root
@@ -163,9 +177,13 @@ class FolderSink:
             raise SinkError(f"{self.describe()}: {e}") from None
 
     def get(self, name: str) -> bytes | None:
-        """The file's bytes; None when there is none."""
+        """The file's bytes; None when there is none; Oversized past MAX_FILE_BYTES."""
         try:
-            return self._path(name).read_bytes()
+            with self._path(name).open("rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                raise Oversized(f"{self.describe()}/{name}", self._path(name).stat().st_size)
+            return data
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -199,17 +217,30 @@ class BlobSink:
         return f"azblob://{self.account}/{self.container}"  # never the SAS
 
     def _call(
-        self, what: str, url: str, method: str = "GET", data: bytes | None = None, **headers: str
+        self,
+        what: str,
+        url: str,
+        method: str = "GET",
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        limit: int | None = None,
     ) -> bytes | None:
-        """One request to the Blob service; its body, or None on 404 (GET). Errors name the blob, never the SAS."""
+        """One request to the Blob service; its body, or None on 404 (GET); Oversized past LIMIT bytes. Errors name
+        the blob, never the SAS."""
         req = urllib.request.Request(
-            url, data=data, method=method, headers={"x-ms-version": "2021-08-06", **headers}
+            url, data=data, method=method, headers={"x-ms-version": "2021-08-06", **(headers or {})}
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 if r.status not in (200, 201):
                     raise SinkError(f"{self.describe()}: {what} answered {r.status}")
-                body: bytes = r.read()
+                if limit is None:
+                    body: bytes = r.read()
+                    return body
+                size = int(r.headers.get("Content-Length") or 0)
+                body = r.read(limit + 1) if size <= limit else b""
+                if size > limit or len(body) > limit:
+                    raise Oversized(f"{self.describe()}/{what.removeprefix('get ')}", max(size, len(body)))
                 return body
         except urllib.error.HTTPError as e:
             if e.code == 404 and method == "GET" and what.startswith("get "):
@@ -232,12 +263,12 @@ class BlobSink:
             self._url(name),
             "PUT",
             data,
-            **{"x-ms-blob-type": "BlockBlob", "Content-Type": content_type},
+            {"x-ms-blob-type": "BlockBlob", "Content-Type": content_type},
         )
 
     def get(self, name: str) -> bytes | None:
-        """The blob's bytes (the SAS needs read); None when there is none."""
-        return self._call(f"get {name}", self._url(name))
+        """The blob's bytes (the SAS needs read); None when there is none; Oversized past MAX_FILE_BYTES."""
+        return self._call(f"get {name}", self._url(name), limit=MAX_FILE_BYTES)
 
     def list(self, prefix: str = "") -> list[tuple[str, float]]:
         """(name, last-modified in epoch seconds) of each blob whose name (below the sink's prefix) starts with

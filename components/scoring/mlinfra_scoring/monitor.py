@@ -60,7 +60,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mlinfra_scoring.checks import Baseline, Thresholds, run_checks
-from mlinfra_scoring.collector import CollectorConfigError, SinkError, open_sink
+from mlinfra_scoring.collector import MAX_FILE_BYTES, CollectorConfigError, Oversized, SinkError, open_sink
 
 LATE_S = 120.0
 """Blobs modified this long before the previous run's end are still read (clock skew, a put in flight)."""
@@ -120,7 +120,7 @@ def _rows(v: Any) -> list[list[Any]]:
 
 
 def parse_collected(
-    blobs: Iterable[tuple[str, bytes]], since: str | None = None, until: str | None = None
+    blobs: Iterable[tuple[str, bytes | None]], since: str | None = None, until: str | None = None
 ) -> Collected:
     """The feature rows of collected JSON Lines records (a served request's ``inputs``, or a scoring script's
     ``model_inputs`` collection) whose ``time`` is in [SINCE, UNTIL); outputs when every record has them. Records
@@ -140,6 +140,9 @@ def parse_collected(
 
     for name, data in blobs:
         c.files += 1
+        if data is None:  # too large to read (collector.MAX_FILE_BYTES)
+            bad(name, f"over {MAX_FILE_BYTES >> 20} MiB: not read")
+            continue
         xs: list[list[Any]] = []
         ys: list[list[Any]] = []
         spans: list[tuple[str, int, int, int, int]] = []  # (where, first row, rows, first output, outputs)
@@ -199,13 +202,18 @@ def parse_collected(
     return c
 
 
-def new_blobs(store: Store, prefix: str, since: str | None) -> Iterator[tuple[str, bytes]]:
-    """The ``.jsonl`` blobs under PREFIX modified since SINCE (an ISO UTC time; all when None), with their bytes."""
+def new_blobs(store: Store, prefix: str, since: str | None) -> Iterator[tuple[str, bytes | None]]:
+    """The ``.jsonl`` blobs under PREFIX modified since SINCE (an ISO UTC time; all when None), with their bytes
+    (None: over collector.MAX_FILE_BYTES, not read)."""
     floor = _epoch(since) - LATE_S if since else None
     for name, modified in store.list(prefix):
         if not name.endswith(".jsonl") or (floor is not None and modified < floor):
             continue
-        data = store.get(name)
+        try:
+            data = store.get(name)
+        except Oversized:
+            yield name, None  # counted as malformed, named in the report
+            continue
         if data is not None:
             yield name, data
 
@@ -312,7 +320,7 @@ def read_index(reports: Store, name: str) -> dict[str, Any]:
 def run_once(
     cfg: MonitorConfig,
     reports: Store,
-    records: Callable[[str | None], Iterable[tuple[str, bytes]]],
+    records: Callable[[str | None], Iterable[tuple[str, bytes | None]]],
     baseline: Baseline,
     webhooks: list[str],
     now: datetime | None = None,

@@ -282,3 +282,45 @@ def test_the_scheduler_serves_the_metrics_of_a_run_another_process_made(tmp_path
         'mlinfra_monitor_check_failed{monitor="mon",feature="c",kind="feature",check="psi"} 1.0'
         in scheduler.metrics()
     )
+
+
+def test_a_record_file_too_large_to_read_is_skipped_and_named_the_rest_read(tmp_path: Path) -> None:
+    """A record file over collector.MAX_FILE_BYTES (a sparse one here: no disk or memory spent) is not read whole —
+    by the runtime's folder and blob stores and by `mlinfra monitor drift` — but counted as malformed and named."""
+    import http.server
+
+    from mlinfra.monitoring.drift import read_collected
+    from mlinfra_scoring.collector import MAX_FILE_BYTES, BlobSink, Oversized
+
+    folder = tmp_path / "c"
+    _records(folder, "ok", T, np.ones((3, 2)))
+    big = folder / "ep" / "blue" / "planted.jsonl"
+    with big.open("wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    c = m.parse_collected(m.new_blobs(m.open_store(f"file://{folder}", None), "", None))
+    assert c.records == 3 and c.files == 2 and c.malformed == 1, c
+    assert "planted.jsonl" in c.malformed_examples[0] and "256 MiB" in c.malformed_examples[0], (
+        c.malformed_examples
+    )
+    c = read_collected(f"file://{folder}")
+    assert c.records == 3 and c.malformed == 1, c.malformed_examples
+
+    class Huge(http.server.BaseHTTPRequestHandler):  # a blob endpoint that says its blob is 300 MiB
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(300 << 20))
+            self.end_headers()
+            self.wfile.write(b"x" * 1024)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        sink = BlobSink("acct", "records", "", f"http://127.0.0.1:{srv.server_port}/acct", "sv=1&sig=secret")
+        with pytest.raises(Oversized) as e:
+            sink.get("ep/blue/planted.jsonl")
+        assert "planted.jsonl" in str(e.value) and "sig=" not in str(e.value), e.value
+    finally:
+        srv.shutdown()
