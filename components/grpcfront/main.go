@@ -35,6 +35,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -235,6 +236,9 @@ func main() {
 	maxQueue := flag.Int("max-queue", 256, "calls waiting to be merged at most; more are refused (mlinfra serve --max-queue)")
 	idle := flag.Duration("idle-timeout", 10*time.Second, "close idle connections to the server after this (under its --idle-timeout-s)")
 	drain := flag.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long calls in flight may take to finish")
+	maxConns := flag.Int("max-connections", 1024, "client connections at most; more are closed as they arrive (mlinfra serve --max-connections)")
+	clientIdle := flag.Duration("client-idle-timeout", 15*time.Second, "close a client connection that completes no HTTP/2 handshake, "+
+		"or has no call in progress, for this long (mlinfra serve --idle-timeout-s)")
 	flag.Parse()
 	token := os.Getenv("MLINFRA_GRPCFRONT_TOKEN")
 	if token == "" {
@@ -257,7 +261,13 @@ func main() {
 		merge: *merge, maxRows: int64(*maxRows), inflight: max(*inflight, 1), maxQueue: *maxQueue,
 		lanes: map[string]*lane{}, unmerged: map[string]bool{},
 	}
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(int(*maxMB*(1<<20))), grpc.MaxSendMsgSize(math.MaxInt32))
+	// A client connection that completes no HTTP/2 handshake within clientIdle is closed, and one with no call in
+	// progress for that long is sent GOAWAY.
+	srv := grpc.NewServer(
+		grpc.MaxRecvMsgSize(int(*maxMB*(1<<20))), grpc.MaxSendMsgSize(math.MaxInt32),
+		grpc.ConnectionTimeout(*clientIdle),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: *clientIdle}),
+	)
 	srv.RegisterService(&serviceDesc, f)
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
@@ -272,8 +282,42 @@ func main() {
 		}
 	}()
 	fmt.Printf("{\"event\": \"grpc_frontend_listening\", \"address\": %q, \"merge\": %t}\n", lis.Addr().String(), *merge)
-	if err := srv.Serve(lis); err != nil {
+	if err := srv.Serve(&limitListener{Listener: lis, max: int64(max(*maxConns, 1))}); err != nil {
 		fmt.Fprintf(os.Stderr, "{\"event\": \"grpc_frontend_error\", \"error\": %q}\n", err.Error())
 		os.Exit(1)
 	}
+}
+
+// limitListener closes connections past max as they arrive, as the scoring server does on its REST port
+// (--max-connections): a client that opens connections by the thousand holds none of them.
+type limitListener struct {
+	net.Listener
+	max  int64
+	open atomic.Int64
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.open.Add(1) > l.max {
+			l.open.Add(-1)
+			c.Close()
+			continue
+		}
+		return &countedConn{Conn: c, l: l}, nil
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	l    *limitListener
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
 }

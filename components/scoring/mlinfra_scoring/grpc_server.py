@@ -424,6 +424,8 @@ class NativeFrontend:
             "-max-queue", str(cfg.max_queue),
             "-idle-timeout", f"{max(min(10.0, cfg.idle_timeout_s * 0.6), 0.05):g}s",
             "-drain-timeout", f"{cfg.drain_timeout_s:g}s",
+            "-max-connections", str(cfg.max_connections),
+            "-client-idle-timeout", f"{cfg.idle_timeout_s:g}s",
         ]  # fmt: skip
         await self._spawn()
         deadline = time.monotonic() + 10

@@ -296,6 +296,38 @@ def test_a_metadata_entry_the_servers_http_parser_would_refuse_is_refused_by_the
         assert srv.stop() == 0
 
 
+def test_the_front_end_bounds_and_times_out_client_connections_as_the_rest_port_does(tmp_path: Path) -> None:
+    """--max-connections and --idle-timeout-s hold on the gRPC port too: connections past the bound are closed as they
+    arrive, and connections that never complete an HTTP/2 handshake are closed after the idle timeout — a client
+    holds no connection it does not use — while a real client is served throughout."""
+    import socket
+
+    srv = serve(tmp_path, write_mlp(tmp_path / "mlp.onnx"), "--max-connections", "3", "--idle-timeout-s", "1")
+    host, port = srv.grpc.rsplit(":", 1)  # type: ignore[attr-defined]
+    silent = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection((host, int(port)), timeout=10)
+        t0 = time.monotonic()
+        assert extra.recv(100) == b"" and time.monotonic() - t0 < 1.0, (
+            "a connection past the bound stays open"
+        )
+        extra.close()
+        for s in silent:  # closed by the server after the idle timeout (1 s), not held
+            t0 = time.monotonic()
+            while s.recv(4096):  # the server's HTTP/2 settings, then EOF
+                pass
+            assert time.monotonic() - t0 < 5
+        rows = np.ones((1, 64), np.float32)
+        with grpc.insecure_channel(srv.grpc) as channel:  # type: ignore[attr-defined]
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert stub.ModelInfer(request(rows), metadata=AUTH, timeout=10).outputs
+    finally:
+        for s in silent:
+            s.close()
+        assert srv.stop() == 0
+
+
 def test_a_front_end_that_dies_is_restarted(tmp_path: Path) -> None:
     model = write_mlp(tmp_path / "mlp.onnx")
     srv = serve(tmp_path, model)
