@@ -78,6 +78,17 @@ class RegistryClient:
     _auth: str | None = field(default=None, repr=False)
     """The Authorization header the registry's last challenge called for (Basic, or a Bearer token)."""
 
+    def __post_init__(self) -> None:
+        try:
+            u = urllib.parse.urlsplit(self.url)
+            u.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as e:
+            raise OciRegistryError(
+                f"registry URL {self.url[:200]!r} does not parse ({e}): give http(s)://host[:port]"
+            ) from None
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise OciRegistryError(f"registry URL {self.url[:200]!r}: give http(s)://host[:port]")
+
     def _conn(self, url: str | None = None) -> http.client.HTTPConnection:
         u = urllib.parse.urlsplit(url or self.url)
         cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection

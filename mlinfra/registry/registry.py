@@ -117,6 +117,10 @@ def scan_content(path: Path, progress: Progress | None = None) -> Content:
         digest = sha256_file(path, progress)
         entry = FileEntry(path.name, digest, path.stat().st_size)
         return Content(digest, entry.size, (entry,), False)
+    if not path.is_dir():  # a device, a pipe, a socket: nothing a model is
+        raise ModelError(
+            f"model path {str(path)!r} is neither a file nor a folder: point path at the model file or folder"
+        )
     files = sorted(p for p in path.rglob("*") if p.is_file())
     if not files:
         raise ModelError(f"model folder {str(path)!r} has no files")

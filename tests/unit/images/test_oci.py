@@ -134,3 +134,12 @@ def test_content_that_does_not_match_its_digest_is_refused(registry: Registry) -
         )  # the registry's own Docker-Content-Digest header disagrees with the bytes
     with pytest.raises(OciRegistryError, match="with other content"):
         c.get_blob("m", DIGEST)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "127.0.0.1:5000", "ftp://host", "http://host:port", "http://"]
+)
+def test_a_registry_url_that_does_not_parse_names_itself_and_the_form(url: str) -> None:
+    with pytest.raises(OciRegistryError, match=r"give http\(s\)://host\[:port\]") as e:
+        RegistryClient(url)
+    assert repr(url)[:40] in str(e.value), e.value

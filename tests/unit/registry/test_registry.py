@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,18 @@ def test_a_file_registry_uri_must_be_absolute(uri: str) -> None:
 
     with pytest.raises(ModelRegistryError, match="absolute path, file:///abs/path"):
         open_store(uri)
+
+
+def test_a_model_path_that_is_missing_empty_or_not_a_file_is_named(tmp_path: Path) -> None:
+    from mlinfra.registry.registry import scan_content
+
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "folder").mkdir()
+    for path, says in (
+        (tmp_path / "nope.onnx", "does not exist"),
+        (tmp_path / "empty.onnx", "is empty (0 bytes)"),
+        (tmp_path / "folder", "has no files"),
+        (Path("/dev/zero"), "is neither a file nor a folder"),  # not read forever
+    ):
+        with pytest.raises(ModelError, match=re.escape(says)):
+            scan_content(path)
