@@ -237,10 +237,13 @@ class BlobSink:
                 if limit is None:
                     body: bytes = r.read()
                     return body
+                where = f"{self.describe()}/{what.removeprefix('get ')}"
                 size = int(r.headers.get("Content-Length") or 0)
-                body = r.read(limit + 1) if size <= limit else b""
-                if size > limit or len(body) > limit:
-                    raise Oversized(f"{self.describe()}/{what.removeprefix('get ')}", max(size, len(body)))
+                if size > limit:  # said up front: nothing is read
+                    raise Oversized(where, size)
+                body = r.read(limit + 1)
+                if len(body) > limit:  # no Content-Length, or a wrong one
+                    raise Oversized(where, len(body))
                 return body
         except urllib.error.HTTPError as e:
             if e.code == 404 and method == "GET" and what.startswith("get "):

@@ -382,16 +382,15 @@ def _requested_outputs(m: LoadedModel, wanted: Any) -> list[str] | None:
     return names
 
 
-def _quoted(name: str) -> str:
-    """A client-sent name for an error message, quoted and bounded (a 1 MB name is not echoed back)."""
-    text = repr(name)
-    return text if len(text) <= 80 else f"{text[:80]}…"
+def _quoted(value: Any, limit: int = 80) -> str:
+    """A client-sent value for an error message: its repr, bounded (a 1 MB name is not echoed back)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _short(value: Any) -> str:
     """A client-sent value for an error message: its type and a bounded repr."""
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
+    return f"{type(value).__name__} {_quoted(value, 60)}"
 
 
 def load_script(path: str) -> Any:

@@ -194,11 +194,16 @@ class Service:
         return infer_response(resp, chunks)
 
 
+def _route(rpc: str) -> str:
+    """The metrics' route label of gRPC method RPC: ModelInfer -> grpc_model_infer."""
+    return "grpc_" + "".join("_" + c.lower() if c.isupper() else c for c in rpc).lstrip("_")
+
+
 def _wrap(
     server: ScoringServer, name: str, fn: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Awaitable[Any]]:
     """Authentication, request ids, errors as status codes, and the same metrics as REST (route ``grpc_<rpc>``)."""
-    route = "grpc_" + "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+    route = _route(name)
 
     async def handler(
         req: Any, ctx: grpc.aio.ServicerContext, calls: int = 1, forwarded: bool = False
@@ -402,7 +407,7 @@ class NativeFrontend:
             return
         n = int(value)
         self.server.metrics.shed.inc((), n)
-        self.server.metrics.requests.inc(("grpc_model_infer", "unknown", "", "503"), n)
+        self.server.metrics.requests.inc((_route("ModelInfer"), "unknown", "", "503"), n)
 
     async def start(self, host: str, port: int, rest_port: int) -> None:
         """Run the front end on HOST:PORT, handing calls to this server's REST listener on REST_PORT; returns once it

@@ -129,11 +129,8 @@ class _Handler(RequestHandler):
         resp.force_close()
         rid = new_request_id()
         resp.headers["X-Request-Id"] = rid
-        owner = self.owner
-        owner.metrics.requests.inc(("malformed", "", "", "400"))
-        if owner.config.access_log:
-            entry = {"ts": round(time.time(), 3), "request_id": rid, "method": "", "path": "", "status": 400}
-            owner._log.write(dumps({**entry, "ms": 0.0, "error": reason[:200]}).decode() + "\n")
+        self.owner.metrics.requests.inc(("malformed", "", "", "400"))
+        self.owner.access_log(rid, "", "", 400, 0.0, error=reason[:200])
         return resp
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
@@ -149,10 +146,8 @@ class _Handler(RequestHandler):
             super().log_exception(*args, **kw)
             return
         reason = _malformed(bad, getattr(bad, "message", None))
-        self.owner._log.write(
-            dumps({"ts": round(time.time(), 3), "event": "client_error", "error": reason}).decode()
-        )
-        self.owner._log.write("\n")
+        line = {"ts": round(time.time(), 3), "event": "client_error", "error": reason}
+        self.owner._log.write(dumps(line).decode() + "\n")
 
 
 def _malformed(exc: BaseException | None, message: str | None) -> str:
@@ -493,17 +488,22 @@ class ScoringServer:
                 },
                 error=status >= 500,
             )
+        self.access_log(rid, request.method, request.path, status, dt)
+        return resp
+
+    def access_log(self, rid: str, method: str, path: str, status: int, seconds: float, **extra: Any) -> None:
+        """One JSON access-log line, when the access log is on (a JSON encoder: no client value can forge a field)."""
         if self.config.access_log:
             entry = {
                 "ts": round(time.time(), 3),
                 "request_id": rid,
-                "method": request.method,
-                "path": request.path[:512],
+                "method": method,
+                "path": path[:512],
                 "status": status,
-                "ms": round(dt * 1000, 3),
+                "ms": round(seconds * 1000, 3),
+                **extra,
             }
-            self._log.write(dumps(entry).decode() + "\n")  # a JSON encoder: no client value can forge a field
-        return resp
+            self._log.write(dumps(entry).decode() + "\n")
 
     async def _forwarded(self, request: web.Request) -> web.StreamResponse:
         """A gRPC call from the native front end: grpc_server runs it with its own accounting (keys, metrics, traces,
@@ -702,9 +702,8 @@ class ScoringServer:
         assert server is not None
         loop = asyncio.get_running_loop()
 
-        def handler() -> (
-            _Handler
-        ):  # as web.Server makes its handlers, with malformed requests answered as ours
+        def handler() -> _Handler:
+            """A connection's handler, made as web.Server makes them, answering malformed requests as ours."""
             h = _Handler(server, loop=loop, **getattr(server, "_kwargs", {}))
             h.owner = self
             return h
