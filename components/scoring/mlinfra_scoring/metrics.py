@@ -136,6 +136,12 @@ class Metrics:
             "mlinfra_connections_idle_closed_total",
             "Connections closed after idle_timeout_s without a request (idle keep-alive, slow or silent clients).",
         )
+        self.busy_poll = Counter(
+            r,
+            "mlinfra_busy_poll_seconds_total",
+            "Seconds the event loop polled without sleeping (--busy-poll-us windows, requests handled in them "
+            "included): an upper bound of the CPU busy polling cost.",
+        )
         self.non_finite = Counter(
             r,
             "mlinfra_non_finite_outputs_total",

@@ -1,0 +1,94 @@
+"""--busy-poll-us (issue 19): the event loop spins for a bounded window after each request, then sleeps again."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.scoring_helpers import Server, metric, start_server
+
+ONE_ROW = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.25] * 64}]}
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process PID so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def paced_requests(srv: Server, n: int, gap_s: float) -> None:
+    for _ in range(n):
+        status, body, _ = srv.request("POST", "/v2/models/mlp/infer", ONE_ROW)
+        assert status == 200, body
+        time.sleep(gap_s)
+
+
+def spin_seconds(srv: Server) -> float | None:
+    return metric(srv.request("GET", "/metrics")[1], "mlinfra_busy_poll_seconds_total")
+
+
+def test_busy_poll_spins_a_window_per_request_and_then_sleeps(tmp_path: Path, models) -> None:
+    """With --busy-poll-us 10000 every request keeps the loop polling for 10 ms after its answer: 40 requests 25 ms
+    apart cost ≈ 0.4 s of CPU and of open windows (counted by mlinfra_busy_poll_seconds_total). Without it the same
+    requests cost a fraction of that, and either way a server without traffic sleeps (no CPU)."""
+    used = {}
+    for label, flags in (("on", ("--busy-poll-us", "10000")), ("off", ())):
+        (tmp_path / label).mkdir()
+        srv = start_server(
+            tmp_path / label, "--model", str(models["mlp"]), "--name", "mlp", "--no-access-log", *flags
+        )
+        try:
+            paced_requests(srv, 5, 0.02)  # warm-up
+            before, t0 = cpu_s(srv.proc.pid), spin_seconds(srv) or 0.0
+            paced_requests(srv, 40, 0.025)
+            used[label] = cpu_s(srv.proc.pid) - before
+            spun = (spin_seconds(srv) or 0.0) - t0
+            if label == "on":
+                # Each window stays open ≥ 10 ms after its answer; the 25 ms gaps let each one close.
+                assert 40 * 0.010 * 0.9 <= spun <= 40 * 0.025, spun
+            else:
+                assert spun == 0.0
+            time.sleep(0.3)  # the last window closes
+            idle = cpu_s(srv.proc.pid)
+            time.sleep(1.0)
+            assert cpu_s(srv.proc.pid) - idle < 0.15, f"{label}: the server kept the CPU busy without traffic"
+        finally:
+            assert srv.stop() == 0
+    assert used["on"] >= 0.2 and used["on"] >= 2.5 * used["off"], used
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "error"),
+    [
+        (["--busy-poll-us", "-1"], {}, "--busy-poll-us must be ≥ 0, got -1"),
+        (["--busy-poll-us", "20000"], {}, "--busy-poll-us must be ≤ 10000 (10 ms), got 20000"),
+        (["--busy-poll-us", "nan"], {}, "--busy-poll-us must be a finite number, got nan"),
+        (["--max-body-mb", "inf"], {}, "--max-body-mb must be a finite number, got inf"),
+        ([], {"MLINFRA_SERVE_BUSY_POLL_US": "fast"}, "MLINFRA_SERVE_BUSY_POLL_US='fast' is not a number"),
+    ],
+)
+def test_busy_poll_configuration_errors_name_the_value(
+    tmp_path: Path, monkeypatch, argv: list[str], env: dict[str, str], error: str
+) -> None:
+    from mlinfra_scoring.cli import ConfigError, build_parser, config_from
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as e:
+        config_from(build_parser().parse_args(["--model", str(model), *argv]))
+    assert error in str(e.value)
+
+
+def test_busy_poll_is_off_by_default_and_read_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    from mlinfra_scoring.cli import build_parser, config_from
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert config_from(build_parser().parse_args(["--model", str(model)])).busy_poll_us == 0
+    monkeypatch.setenv("MLINFRA_SERVE_BUSY_POLL_US", "250")
+    assert config_from(build_parser().parse_args(["--model", str(model)])).busy_poll_us == 250
