@@ -159,19 +159,20 @@ def report(saved: dict) -> None:
 
 NOTES = """What it says:
 
-- **What the window does.** With `--busy-poll-us N` the scoring server's event loop keeps polling its sockets for N
-  µs after a request arrives or is answered, instead of sleeping in epoll at once (`mlinfra_scoring.server._BusyPoll`).
-  At one connection the client's next request comes back within that window, so it is read by a core that never
-  went idle. A vCPU that sleeps wakes slowly and runs its first instructions cold: measured in process the same
-  day, a one-row ONNX Runtime run took ≈ 60 µs right after the thread slept in epoll, ≈ 20 µs after it spun, and
-  ≈ 8 µs back to back.
-- **What it costs.** While a window is open the core spins, and CPU per request shows it. A server that is idle
-  spins for one window after its last request and then sleeps. A CPU-based autoscaler (the Kubernetes target's
+- **What the window does.** With `--busy-poll-us N`, when a request is answered and none is waiting, the scoring
+  server's event loop keeps polling its sockets for up to N µs instead of sleeping in epoll at once
+  (`mlinfra_scoring.server._BusyPoll`). At one connection the client's next request comes back within that window,
+  so it is read by a core that never went idle. A vCPU that sleeps wakes slowly and runs its first instructions
+  cold: measured in process the same day, a one-row ONNX Runtime run took ≈ 60 µs right after the thread slept in
+  epoll, ≈ 20 µs after it spun, and ≈ 8 µs back to back.
+- **What it costs.** The core spins through the gaps between a client's requests; CPU per request shows it. It is
+  adaptive: it spins only if the last gap was shorter than the window, so a server whose requests come further
+  apart never spins, and each gap costs at most one window. A CPU-based autoscaler (the Kubernetes target's
   HorizontalPodAutoscaler) counts the spinning as load, so the default stays 0: this is a knob for replicas with
-  cores of their own and callers that wait for each answer. `mlinfra_busy_poll_seconds_total` shows how long the
-  windows stayed open.
-- **Many connections.** At 32 connections the loop is rarely idle, so the window has nothing to save: the per-rep
-  ratios at c=32 scatter around 1 as this VM's run-to-run noise does (±25 %).
+  cores of their own and callers that wait for each answer. `mlinfra_busy_poll_seconds_total` counts the seconds
+  spent spinning.
+- **Many connections.** At 32 connections the loop is rarely idle, so there is little to spin through: the per-rep
+  ratios at c=32 scatter around 1 as this VM's run-to-run noise does.
 """
 
 

@@ -98,9 +98,10 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
         "--busy-poll-us",
         type=float,
         default=None,
-        help="after a request arrives or is answered, keep polling for the next one this many microseconds "
-        f"before sleeping (spin-then-block, at most {MAX_BUSY_POLL_US:,}): ≈ 1.1-1.3x one-connection throughput "
-        "for CPU that a CPU-based autoscaler counts; for replicas with cores of their own (default 0: off)",
+        help="when a request is answered and none is waiting, keep polling for the next one up to this many "
+        f"microseconds before sleeping, if the last gap was shorter (adaptive spin-then-block, at most "
+        f"{MAX_BUSY_POLL_US:,}): more one-connection throughput for CPU that a CPU-based autoscaler counts; for "
+        "replicas with cores of their own (default 0: off)",
     )
     p.add_argument(
         "--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated"

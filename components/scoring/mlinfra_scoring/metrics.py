@@ -139,8 +139,8 @@ class Metrics:
         self.busy_poll = Counter(
             r,
             "mlinfra_busy_poll_seconds_total",
-            "Seconds the event loop polled without sleeping (--busy-poll-us windows, requests handled in them "
-            "included): an upper bound of the CPU busy polling cost.",
+            "Seconds the event loop spun between requests instead of sleeping (--busy-poll-us): the CPU busy "
+            "polling cost.",
         )
         self.non_finite = Counter(
             r,

@@ -97,11 +97,11 @@ class ServerConfig:
     burst beyond what the server can answer promptly costs the callers past the bound a retry, not every caller a
     long wait."""
     busy_poll_us: float = 0.0
-    """Spin-then-block (_BusyPoll): after a request arrives or is answered, the event loop polls its sockets without
-    sleeping for this many microseconds before it blocks again, so a request arriving within the window is read by a
-    running core. 0 (the default): block at once. It lifts one-connection throughput ≈ 1.1-1.3× on a shared VM
-    (benchmarks/serving/BUSYPOLL.md) and costs CPU while a window is open, which a CPU-based autoscaler counts as
-    load: for replicas with cores of their own and latency-bound callers."""
+    """Spin-then-block (_BusyPoll): when a request is answered and none is waiting, the event loop polls its sockets
+    without sleeping for up to this many microseconds, if the last idle gap was shorter (adaptive), so a caller that
+    comes straight back is read by a running core. 0 (the default): sleep at once. It lifts one-connection
+    throughput on a shared VM (benchmarks/serving/BUSYPOLL.md) and costs CPU in the gaps it spins through, which a
+    CPU-based autoscaler counts as load: for replicas with cores of their own."""
     drain_linger_s: float = 0.0
     """On SIGTERM, wait up to this long for clients to close their connections, answering every request with
     ``Connection: close`` and closing only connections idle past ``idle_timeout_s``. A pooling proxy (nginx
@@ -180,25 +180,41 @@ def _malformed(exc: BaseException | None, message: str | None) -> str:
 
 class _BusyPoll:
     """The event loop's spin-then-block (ServerConfig.busy_poll_us), as Linux's busy_poll and ONNX Runtime's spinning
-    thread pools do it: each poke opens a window (or extends the open one) during which a callback keeps
-    rescheduling itself, so every loop turn polls the sockets with a zero timeout instead of sleeping in epoll. A
-    sleeping vCPU wakes slowly and runs its first instructions cold (measured 2026-12-03: a one-row ONNX Runtime run
-    takes ≈ 60 µs after the thread slept in epoll, ≈ 20 µs after it spun, ≈ 8 µs back to back). When the window
-    closes the loop blocks as usual: an idle server spins for one window per request, never for good.
-    ``busy_poll``'s counter gets the seconds each window stayed open (requests handled in it included): an upper
-    bound of the CPU it cost."""
+    thread pools do it. When a request is answered and no other is waiting, a window opens during which a callback
+    keeps rescheduling itself, so every loop turn polls the sockets with a zero timeout instead of sleeping in epoll.
+    A sleeping vCPU wakes slowly and runs its first instructions cold (measured 2026-12-03: a one-row ONNX Runtime
+    run takes ≈ 60 µs after the thread slept in epoll, ≈ 20 µs after it spun, ≈ 8 µs back to back).
 
-    __slots__ = ("loop", "opened", "spent", "until", "window")
+    Adaptive: the window opens only if the server's last idle gap (from an answer, with nothing waiting, to the next
+    request's first bytes) was shorter than the window, i.e. when spinning would have caught the request. A server
+    whose requests come further apart never spins; one whose callers come back at once spins in each gap, and each
+    gap at most one window. ``spent`` (a counter) gets the seconds each window stayed open: the CPU it cost."""
+
+    __slots__ = ("idle_since", "loop", "opened", "predict", "spent", "until", "window")
 
     def __init__(self, window_s: float, spent: Any) -> None:
         self.window = window_s
         self.until = 0.0
         self.opened: float | None = None  # when the open window opened; None: closed
+        self.idle_since: float | None = (
+            None  # the last answer that left nothing waiting, until a request arrives
+        )
+        self.predict = False  # the last idle gap was shorter than the window: the next one likely is too
         self.loop: asyncio.AbstractEventLoop | None = None
         self.spent = spent
 
-    def poke(self) -> None:
+    def arrived(self) -> None:
+        """A request's first bytes arrived."""
+        if self.idle_since is not None:
+            self.predict = time.perf_counter() - self.idle_since < self.window
+            self.idle_since = None
+
+    def idle(self) -> None:
+        """A request was answered and no other is waiting: the loop would sleep now."""
         now = time.perf_counter()
+        self.idle_since = now
+        if not self.predict:
+            return
         self.until = now + self.window
         if self.opened is None:
             self.opened = now
@@ -208,7 +224,7 @@ class _BusyPoll:
 
     def _spin(self) -> None:
         now = time.perf_counter()
-        if now < self.until:
+        if now < self.until and self.idle_since is not None:  # open, and still nothing to do
             assert self.loop is not None
             self.loop.call_soon(self._spin)
         elif self.opened is not None:
@@ -244,16 +260,16 @@ class _Guard(asyncio.Protocol):
         if not self.waiting:
             self.waiting = True
             self.owner.waiting += 1
-        if self.owner.busy_poll is not None:
-            self.owner.busy_poll.poke()
+            if self.owner.busy_poll is not None:
+                self.owner.busy_poll.arrived()
         self.inner.data_received(data)
 
     def answered(self) -> None:
         if self.waiting:
             self.waiting = False
             self.owner.waiting -= 1
-            if self.owner.busy_poll is not None:  # the client's next request comes after this answer
-                self.owner.busy_poll.poke()
+            if self.owner.busy_poll is not None and self.owner.waiting == 0:  # the loop would sleep now
+                self.owner.busy_poll.idle()
 
     def eof_received(self) -> Any:
         return self.inner.eof_received()
