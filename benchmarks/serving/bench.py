@@ -52,6 +52,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def workspace(name: str) -> tuple[Path, Path, Path]:
+    """A fresh folder for benchmark NAME with the reference MLP (which the peers' adapters, peers/common.py, load from
+    BENCH_MODEL) and a one-row OIP body: (folder, model, body file)."""
+    work = Path(tempfile.mkdtemp(prefix=f"mlinfra-bench-{name}-"))
+    model = write_mlp(work / "mlp.onnx")
+    os.environ["BENCH_MODEL"] = str(model)
+    b1 = work / "b1.json"
+    b1.write_bytes(body(1))
+    return work, model, b1
+
+
 def mlinfra_command(model: Path, port: int) -> list[str]:
     """mlinfra's scoring server on MODEL (served as "mlp") at PORT, with its defaults."""
     return [
@@ -285,11 +296,8 @@ def main() -> int:
         saved = json.loads((HERE / "results.json").read_text())
         report(saved["results"], args.duration, saved["date"], saved["machine"])
         return 0
-    work = Path(tempfile.mkdtemp(prefix="mlinfra-bench-serving-"))
-    model = write_mlp(work / "mlp.onnx")
-    os.environ["BENCH_MODEL"] = str(model)
-    b1, b64 = work / "b1.json", work / "b64.json"
-    b1.write_bytes(body(1))
+    work, model, b1 = workspace("serving")
+    b64 = work / "b64.json"
     b64.write_bytes(body(64))
     results: dict[str, dict] = {"onnxruntime (floor, in-process)": raw_onnxruntime(model, args.duration)}
     print("raw onnxruntime:", results["onnxruntime (floor, in-process)"], flush=True)

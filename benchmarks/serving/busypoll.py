@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,8 +24,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import run_meta  # noqa: E402
-from benchmarks.serving.bench import body, free_port, servers, start_server, stop_server, wait_ready, wrk  # noqa: E402
-from mlinfra.lab.samples import write_mlp  # noqa: E402
+from benchmarks.serving.bench import free_port, servers, start_server, stop_server, wait_ready, workspace, wrk  # noqa: E402
 
 CONNS = (1, 32)
 WINDOWS = (300,)
@@ -69,11 +67,7 @@ def main() -> int:
     if args.report:
         report(json.loads((HERE / "busypoll.json").read_text()))
         return 0
-    work = Path(tempfile.mkdtemp(prefix="mlinfra-bench-busypoll-"))
-    model = write_mlp(work / "mlp.onnx")
-    os.environ["BENCH_MODEL"] = str(model)  # the peers' adapters (peers/common.py) load it
-    b1 = work / "b1.json"
-    b1.write_bytes(body(1))
+    work, model, b1 = workspace("busypoll")
     names = list(rows(model, 0, work))
     got: dict[str, dict[str, list[dict]]] = {n: {f"c{c}": [] for c in CONNS} for n in names}
     for rep in range(args.reps):

@@ -22,7 +22,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,9 +29,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving.bench import body, free_port, servers, start_server, stop_server, wait_ready, wrk  # noqa: E402
+from benchmarks.serving.bench import free_port, servers, start_server, stop_server, wait_ready, workspace, wrk  # noqa: E402
 from mlinfra.engine import cache_dir  # noqa: E402
-from mlinfra.lab.samples import write_mlp  # noqa: E402
 
 PROBE = HERE / "frontend_probe"
 PEERS = ("mlserver", "kserve", "pytriton")
@@ -86,11 +84,7 @@ def main() -> int:
         saved = json.loads((HERE / "frontend.json").read_text())
         report(saved)
         return 0
-    work = Path(tempfile.mkdtemp(prefix="mlinfra-bench-frontend-"))
-    model = write_mlp(work / "mlp.onnx")
-    os.environ["BENCH_MODEL"] = str(model)  # the peers' adapters (peers/common.py) load it
-    b1 = work / "b1.json"
-    b1.write_bytes(body(1))
+    work, model, b1 = workspace("frontend")
     results: dict[str, dict] = {}
     port = free_port()
     for name in rows(model, port, work):
