@@ -172,3 +172,27 @@ def test_the_cli_names_what_is_missing(tmp_path: Path) -> None:
     assert (
         missing.returncode != 0 and "no ModelMonitor" in missing.stderr and "--namespace" in missing.stderr
     ), missing.stderr
+
+
+def test_the_library_side_store_reads_at_most_the_limit(tmp_path: Path) -> None:
+    """RuntimeStore (the registry's stores as the monitor's storage) refuses a file over collector.MAX_FILE_BYTES as
+    the runtime's stores do (a sparse one here: no disk or memory spent), so the monitor counts it as malformed and
+    names it, and reads the others; an absent file is None."""
+    from mlinfra.monitoring.monitor import RuntimeStore
+    from mlinfra.registry.store import open_store
+    from mlinfra_scoring import monitor as runtime
+    from mlinfra_scoring.collector import MAX_FILE_BYTES, Oversized
+
+    store = RuntimeStore(open_store(f"file://{tmp_path / 'collected'}"))
+    record = {"inputs": {"input": [[1.0, 2.0]]}, "outputs": {"output": [[0.5]]}}
+    store.put("ep/blue/ok.jsonl", (json.dumps(record) + "\n").encode())
+    big = tmp_path / "collected" / "ep" / "blue" / "planted.jsonl"
+    with big.open("wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    assert store.get("ep/blue/ok.jsonl") == (json.dumps(record) + "\n").encode()
+    assert store.get("ep/blue/absent.jsonl") is None
+    with pytest.raises(Oversized) as e:
+        store.get("ep/blue/planted.jsonl")
+    assert "planted.jsonl" in str(e.value) and "256 MiB" in str(e.value), e.value
+    c = runtime.parse_collected(runtime.new_blobs(store, "", None))
+    assert c.files == 2 and c.malformed == 1 and "planted.jsonl" in c.malformed_examples[0], c
