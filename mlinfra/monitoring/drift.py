@@ -35,8 +35,8 @@ def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple
             raise MonitorError(f"--collected {uri}: no such folder")
         for p in sorted(root.rglob("*.jsonl")):
             rel = p.relative_to(root).as_posix()
-            if rel.startswith(prefix):
-                yield rel, (p.read_bytes() if p.stat().st_size <= MAX_FILE_BYTES else None)
+            if rel.startswith(prefix) and p.is_file():  # a FIFO or a device (/dev/zero) is no record file
+                yield rel, _read_at_most(p)
         return
     if u.scheme in ("http", "https"):  # a container URL, as DataCollection's container_uri output
         from azure.storage.blob import ContainerClient
@@ -55,7 +55,7 @@ def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple
             for b in client.list_blobs(name_starts_with=prefix or None):
                 if b.name.endswith(".jsonl"):
                     too_large = (b.size or 0) > MAX_FILE_BYTES
-                    yield b.name, (None if too_large else client.download_blob(b.name).readall())
+                    yield b.name, (None if too_large else _download_at_most(client, b.name))
         except Exception as e:
             raise MonitorError(
                 f"--collected {container_url}: could not read ({type(e).__name__}); set MLINFRA_COLLECT_CREDENTIAL to "
@@ -65,6 +65,26 @@ def _iter_blobs(uri: str, credential: str | None, prefix: str) -> Iterator[tuple
     raise MonitorError(
         f"--collected {uri!r}: use file:///folder or the container URL (DataCollection's container_uri)"
     )
+
+
+def _read_at_most(path: Path) -> bytes | None:
+    """PATH's bytes, None past MAX_FILE_BYTES: read up to the limit, never whole (a file may have grown since it
+    was listed)."""
+    with path.open("rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    return None if len(data) > MAX_FILE_BYTES else data
+
+
+def _download_at_most(client: Any, name: str) -> bytes | None:
+    """Blob NAME's bytes, None past MAX_FILE_BYTES: downloaded chunk by chunk and dropped once past the limit (a blob
+    may have been replaced by a larger one since it was listed)."""
+    parts, size = [], 0
+    for chunk in client.download_blob(name).chunks():
+        size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def read_collected(

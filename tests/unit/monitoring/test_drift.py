@@ -91,3 +91,79 @@ def test_prediction_drift_from_the_model(tmp_path: Path) -> None:
         results[name] = drift(read_collected(f"file://{tmp_path / name}"), baseline, 0.2, model=str(model))
     assert results["same"]["prediction"]["categorical"] and not results["same"]["prediction"]["drifted"]
     assert results["shifted"]["prediction"]["drifted"] and "prediction" in results["shifted"]["drifted"]
+
+
+def test_collected_files_are_read_up_to_the_limit_and_special_files_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--collected file://` reads a record file up to collector.MAX_FILE_BYTES and no further (one over it is counted
+    as malformed, named, not read whole — even if it grew after it was listed), and a FIFO or device named *.jsonl
+    is skipped rather than read: a FIFO would block the report for good, /dev/zero would fill memory."""
+    import os
+    import threading
+
+    from mlinfra.monitoring import drift as drift_mod
+
+    monkeypatch.setattr(drift_mod, "MAX_FILE_BYTES", 4096)
+    rng = np.random.default_rng(3)
+    _collect(tmp_path, rng.normal(size=(20, 3)))
+    part = next(tmp_path.rglob("*.jsonl")).parent
+    (part / "big.jsonl").write_bytes(b"{}\n" * 2000)  # 6,000 bytes: over the (patched) limit
+    os.mkfifo(part / "pipe.jsonl")
+    os.symlink("/dev/null", part / "device.jsonl")  # a device (as /dev/zero would be, which never ends)
+    # A file listed small that grows before it is read: the read stops at the limit all the same.
+    grown = part / "grown.jsonl"
+    grown.write_bytes(b"")
+    real_listing = Path.rglob
+
+    def listing_then_growth(self: Path, pattern: str):  # type: ignore[no-untyped-def]
+        found = list(real_listing(self, pattern))
+        grown.write_bytes(b"x" * 10_000)
+        return iter(found)
+
+    monkeypatch.setattr(Path, "rglob", listing_then_growth)
+    got: dict = {}
+    reader = threading.Thread(
+        target=lambda: got.update(blobs=list(drift_mod._iter_blobs(f"file://{tmp_path}", None, "")))
+    )
+    reader.daemon = True
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # unblock the reader stuck on the FIFO before failing
+        with open(part / "pipe.jsonl", "wb"):
+            pass
+        pytest.fail("reading the collected folder blocked on a FIFO named *.jsonl")
+    blobs = dict(got["blobs"])
+    assert "pipe.jsonl" not in " ".join(blobs) and "device.jsonl" not in " ".join(blobs), sorted(blobs)
+    big = next(k for k in blobs if k.endswith("big.jsonl"))
+    grown_key = next(k for k in blobs if k.endswith("grown.jsonl"))
+    assert blobs[big] is None and blobs[grown_key] is None, (blobs[big], blobs[grown_key])
+    monkeypatch.setattr(Path, "rglob", real_listing)
+    c = read_collected(f"file://{tmp_path}")
+    assert c.records == 20 and any("big.jsonl" in m for m in c.malformed_examples), c.malformed_examples
+
+
+def test_collected_blobs_are_downloaded_up_to_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob listed under the limit but replaced by a larger one before it is downloaded: the download stops past
+    collector.MAX_FILE_BYTES (chunk by chunk) and the blob counts as over the limit, not read whole."""
+    from mlinfra.monitoring import drift as drift_mod
+
+    monkeypatch.setattr(drift_mod, "MAX_FILE_BYTES", 100)
+    pulled: list[int] = []
+
+    class Downloader:
+        def __init__(self, chunks: list[bytes]) -> None:
+            self._chunks = chunks
+
+        def chunks(self):  # type: ignore[no-untyped-def]
+            for c in self._chunks:
+                pulled.append(len(c))
+                yield c
+
+    class Client:
+        def download_blob(self, name: str) -> Downloader:
+            return Downloader([b"a" * 60] * 50 if name == "replaced.jsonl" else [b"{}\n"])
+
+    assert drift_mod._download_at_most(Client(), "replaced.jsonl") is None
+    assert sum(pulled) <= 120, pulled  # stopped after the chunk that crossed the limit, not all 3,000 bytes
+    assert drift_mod._download_at_most(Client(), "small.jsonl") == b"{}\n"
