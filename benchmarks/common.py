@@ -3,6 +3,8 @@ repetitions), and the scoring images it measures."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 from datetime import UTC, datetime
@@ -15,6 +17,17 @@ def run_meta(reps: int) -> dict[str, object]:
         "machine": f"{platform.node()} · {os.cpu_count()} cores · {platform.platform()}",
         "reps": reps,
     }
+
+
+def rep_args(saved: Path, reps: int) -> tuple[argparse.Namespace, dict | None]:
+    """A side-by-side benchmark's flags: --reps, --duration (seconds per cell) and --report; with --report, the figures
+    saved in SAVED (the caller re-renders its report from them and runs nothing), else None."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--report", action="store_true", help=f"only re-render the report from {saved.name}")
+    args = ap.parse_args()
+    return args, (json.loads(saved.read_text()) if args.report else None)
 
 
 def scoring_images(repository: str, seeds: tuple[int, ...], work: Path) -> list[str]:

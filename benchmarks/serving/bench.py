@@ -459,7 +459,14 @@ Notes:
   1.6-2.4×, at 64 rows 1.5-2.6×.
 - **Why below 3×.** One connection: a constant-reply aiohttp server is itself only 3.3-5.2× the best peer (runs of
   the day; 4.4× here), and a request's own work (JSON, validation, the model, metrics, log) costs ≈ 170 µs more than
-  that reply. Part of that is the core going to sleep between a client's requests and waking cold; busy polling
+  that reply. SEGMENTS.md (segments.py) splits it: at one connection the server's core is busy ≈ 84 % of each round
+  trip (219 µs of CPU per request, 2.6× a constant aiohttp reply's 84 µs), so the cell is bound by the server's CPU;
+  of a request's ≈ 180 µs in the server, aiohttp takes ≈ 74 µs (41 µs writing the response) and mlinfra's own steps
+  ≈ 106 µs, the model's run (23.5 µs) and decoding the input (18 µs) the largest, every step 1.5-2.5× slower than at
+  32 connections. 3× the best peer here (3,741 rps: 267 µs a round trip) leaves ≈ 90 µs over the constant reply's
+  175 µs; mlinfra's own steps cost ≈ 135 µs of CPU over that reply (SEGMENTS.md), the model's run and the input's
+  decoding alone ≈ 40: halving them is not on offer in Python. Part of the slowness is the
+  core going to sleep between a client's requests and waking cold; busy polling
   (`--busy-poll-us`, off by default because a CPU-based autoscaler counts the spinning) wins back 1.02-1.13× rep by
   rep in BUSYPOLL.md's run (up to 1.47× in a slower hour of the VM), not enough for 3×. 64-row JSON: since the simdjson parser
   (mlinfra_scoring/jsonbody.py; JSONBODY.md: 1.39× this cell in an A/B run) what is left is turning 4,096 numbers'

@@ -12,7 +12,6 @@ reps, and the server's CPU per request (user + system of its process group, from
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -23,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import run_meta  # noqa: E402
+from benchmarks.common import rep_args, run_meta  # noqa: E402
 from benchmarks.serving.bench import free_port, servers, start_server, stop_server, wait_ready, workspace, wrk  # noqa: E402
 
 CONNS = (1, 32)
@@ -31,9 +30,9 @@ WINDOWS = (300,)
 PEERS = ("kserve", "mlserver")
 
 
-def group_cpu_s(leader: int) -> float:
-    """CPU seconds (user + system) used so far by the processes of LEADER's process group."""
-    total = 0
+def group_cpu(leader: int) -> tuple[float, float]:
+    """CPU seconds (user, system) used so far by the processes of LEADER's process group."""
+    user = system = 0
     tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -44,8 +43,14 @@ def group_cpu_s(leader: int) -> float:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         if int(fields[2]) == leader:  # pgrp
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / tick, system / tick
+
+
+def group_cpu_s(leader: int) -> float:
+    """CPU seconds (user + system) used so far by the processes of LEADER's process group."""
+    return sum(group_cpu(leader))
 
 
 def rows(model: Path, port: int, work: Path) -> dict[str, tuple[dict, tuple[str, ...]]]:
@@ -59,13 +64,9 @@ def rows(model: Path, port: int, work: Path) -> dict[str, tuple[dict, tuple[str,
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--report", action="store_true", help="only re-render BUSYPOLL.md/busypoll.png")
-    args = ap.parse_args()
-    if args.report:
-        report(json.loads((HERE / "busypoll.json").read_text()))
+    args, saved = rep_args(HERE / "busypoll.json", 5)
+    if saved is not None:
+        report(saved)
         return 0
     work, model, b1 = workspace("busypoll")
     names = list(rows(model, 0, work))
