@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mlinfra.errors import DataFileError, MonitorError
-from mlinfra_scoring.collector import MAX_FILE_BYTES
+from mlinfra_scoring.collector import MAX_FILE_BYTES, Oversized, join_at_most
 from mlinfra_scoring.monitor import Collected, parse_collected
 
 
@@ -78,13 +78,10 @@ def _read_at_most(path: Path) -> bytes | None:
 def _download_at_most(client: Any, name: str) -> bytes | None:
     """Blob NAME's bytes, None past MAX_FILE_BYTES: downloaded chunk by chunk and dropped once past the limit (a blob
     may have been replaced by a larger one since it was listed)."""
-    parts, size = [], 0
-    for chunk in client.download_blob(name).chunks():
-        size += len(chunk)
-        if size > MAX_FILE_BYTES:
-            return None
-        parts.append(chunk)
-    return b"".join(parts)
+    try:
+        return join_at_most(client.download_blob(name).chunks(), name)
+    except Oversized:
+        return None
 
 
 def read_collected(

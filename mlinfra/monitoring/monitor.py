@@ -16,7 +16,7 @@ from mlinfra.errors import ModelRegistryError, MonitorError
 from mlinfra.monitoring.drift import _iter_blobs
 from mlinfra.registry.store import Store, open_store
 from mlinfra_scoring.checks import Baseline, Thresholds, compute_baseline
-from mlinfra_scoring.collector import MAX_FILE_BYTES, Oversized
+from mlinfra_scoring.collector import join_at_most
 from mlinfra_scoring.monitor import MonitorConfig, MonitorConfigError, run_once
 from mlinfra_scoring.monitor import load_baseline as load_stats
 
@@ -31,18 +31,14 @@ class RuntimeStore:
         """The object's bytes, None when there is none; Oversized past collector.MAX_FILE_BYTES, as the runtime's
         own stores: read block by block and never more than the limit, so a planted huge file cannot exhaust the
         monitor's memory."""
-        where = f"{self.store.uri}/{name}"
-        data = bytearray()
         try:
-            for block in self.store.open_read(name):
-                data += block
-                if len(data) > MAX_FILE_BYTES:
-                    raise Oversized(where, self.store.size(name) or len(data))
+            return join_at_most(
+                self.store.open_read(name), f"{self.store.uri}/{name}", lambda: self.store.size(name)
+            )
         except ModelRegistryError:
             if not self.store.exists(name):  # absent (or gone since it was listed)
                 return None
             raise
-        return bytes(data)
 
     def put(self, name: str, data: bytes, content_type: str = "") -> None:
         self.store.put(name, data)

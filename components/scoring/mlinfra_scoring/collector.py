@@ -36,7 +36,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,18 @@ class Oversized(SinkError):
             f"{where} holds {size} bytes, over the {MAX_FILE_BYTES >> 20} MiB a file read back may hold"
         )
         self.size = size
+
+
+def join_at_most(blocks: Iterable[bytes], where: str, size: Callable[[], int | None] | None = None) -> bytes:
+    """BLOCKS joined, read no further than MAX_FILE_BYTES: as soon as they pass it, :class:`Oversized` naming WHERE
+    with the whole size when SIZE() tells it, else the bytes read so far. For readers that get a file or blob in
+    blocks (a store's reader, a blob download's chunks)."""
+    data = bytearray()
+    for block in blocks:
+        data += block
+        if len(data) > MAX_FILE_BYTES:
+            raise Oversized(where, (size() if size else None) or len(data))
+    return bytes(data)
 
 
 class FolderSink:

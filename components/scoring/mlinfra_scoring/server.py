@@ -196,9 +196,8 @@ class _BusyPoll:
         self.window = window_s
         self.until = 0.0
         self.opened: float | None = None  # when the open window opened; None: closed
-        self.idle_since: float | None = (
-            None  # the last answer that left nothing waiting, until a request arrives
-        )
+        # The last answer that left nothing waiting, until a request arrives.
+        self.idle_since: float | None = None
         self.predict = False  # the last idle gap was shorter than the window: the next one likely is too
         self.loop: asyncio.AbstractEventLoop | None = None
         self.spent = spent

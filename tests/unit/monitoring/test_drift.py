@@ -147,8 +147,9 @@ def test_collected_blobs_are_downloaded_up_to_the_limit(monkeypatch: pytest.Monk
     """A blob listed under the limit but replaced by a larger one before it is downloaded: the download stops past
     collector.MAX_FILE_BYTES (chunk by chunk) and the blob counts as over the limit, not read whole."""
     from mlinfra.monitoring import drift as drift_mod
+    from mlinfra_scoring import collector
 
-    monkeypatch.setattr(drift_mod, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(collector, "MAX_FILE_BYTES", 100)  # the limit join_at_most reads
     pulled: list[int] = []
 
     class Downloader:
