@@ -14,7 +14,8 @@ Usage: .venv/bin/python benchmarks/serving/ab.py [--rev b13876b] [--reps 3] [--d
 
 Issue 25 (the libraries, 2026-12-02): ab.py --rev 9d8c615 --otlp --out LIBRARIES
 Issue 19 (serving speed, 2026-12-03): ab.py --rev 8b163a5 --reps 3 --duration 5 --out SPEED; the C JSON parser:
-ab.py --rev be9e9eb --reps 3 --duration 5 --out JSONBODY
+ab.py --rev be9e9eb --reps 3 --duration 5 --out JSONBODY; the direct path: ab.py --rev ca01c7f --reps 5 --duration 5
+--out DIRECT
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ NOTES = {
         "which copies a tensor's numbers straight into a numpy array instead of making 4,096 Python floats that numpy",
         "then reads. One-row bodies (≈ 1.3 KB) take the orjson path on both sides: their ratios here are this VM's",
         "run-to-run noise. The 64-row cell is the one the change is for.",
+    ],
+    "DIRECT": [
+        "What changed (issue 19): the direct path (mlinfra_scoring/direct.py). An inference request that arrives whole",
+        "is parsed by httptools (llhttp) from the connection's bytes and answered without aiohttp's request, router,",
+        "middleware and response objects; the data plane, metrics, access log and answers are the same",
+        "(tests/unit/mlinfra_scoring/test_direct_path.py compares both paths byte for byte). Anything else goes to",
+        "aiohttp as before.",
     ],
 }
 

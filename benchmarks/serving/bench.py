@@ -116,8 +116,8 @@ def servers(model: Path, port: int, work: Path) -> dict[str, dict]:
     return {
         "mlinfra": {"cmd": mlinfra_cmd, "cwd": REPO},
         "mlinfra-unbatched": {"cmd": [*mlinfra_cmd, "--max-batch-size", "1"], "cwd": REPO},
-        # Spin-then-block for one-connection callers (off by default: a CPU-based autoscaler counts the spinning).
-        "mlinfra-busy-poll": {"cmd": [*mlinfra_cmd, "--busy-poll-us", "300"], "cwd": REPO},
+        # Pinned to a CPU (taskset), the server busy-polls by default (300 µs, issue 19): this is it without.
+        "mlinfra-no-busy-poll": {"cmd": [*mlinfra_cmd, "--busy-poll-us", "0"], "cwd": REPO},
         "constant-aiohttp": {"cmd": [py, f"{peer}/constant_aiohttp.py"], "cwd": peer},
         "constant-granian": {
             "cmd": [
@@ -339,7 +339,7 @@ OURS = (
     "mlinfra",
     "mlinfra (repeat)",
     "mlinfra-unbatched",
-    "mlinfra-busy-poll",
+    "mlinfra-no-busy-poll",
     "constant-aiohttp",
     "constant-granian",
 )
@@ -431,10 +431,12 @@ def report(
             f"`--max-batch-size 1` {mu['rps']:,.0f} → **{mb['rps'] / mu['rps']:.2f}×**; p99 {mb['p99_ms']:.1f} ms vs "
             f"{mu['p99_ms']:.1f} ms."
         ]
-    if "c1" in results.get("mlinfra-busy-poll", {}):
+    if "c1" in results.get("mlinfra-no-busy-poll", {}):
         lines += [
-            "- mlinfra-busy-poll: `--busy-poll-us 300` (off by default). One run of it says little beside mlinfra's two,"
-            " which drift apart by more than its effect: BUSYPOLL.md compares them alternating, rep by rep."
+            "- mlinfra-no-busy-poll: `--busy-poll-us 0`. Pinned to a CPU of its own (taskset, as every server here), the"
+            " scoring server busy-polls between requests by default (a 300 µs adaptive window); unpinned, as on a"
+            " shared node, it does not. One run of it says little beside mlinfra's two, which drift apart by more than"
+            " its effect: BUSYPOLL.md compares them alternating, rep by rep."
         ]
     lines += ["", NOTES]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
@@ -450,34 +452,35 @@ Notes:
   wraps the same ONNX session (1 intra-op thread). BentoML and LitServe have no OIP route: their adapters map the
   same OIP JSON body at the OIP path. Each at its best for throughput: PyTriton with Triton's dynamic batcher (max
   batch 128, 100 µs window), MLServer in-process (parallel_workers 0) and again with adaptive batching (64 rows,
-  1 ms), mlinfra with its defaults (dynamic batching on for this model since issue 19, JSON access log and metrics
-  on, orjson + uvloop). constant-aiohttp and constant-granian answer a constant reply: the HTTP ceilings.
-- **The VM drifts within a run**: mlinfra's first and last runs here differ by up to 1.3× (c=32: 6,981 and 5,312),
-  and the ONNX Runtime floor measured 79k-126k calls/s over the same day; hence mlinfra's mean of two. Over the
-  day's five full runs the ratios at 32 and 128 connections were 1.8-4.3× (4.3× and 3.4× in this one, the first
-  with the C JSON parser; 1.8× at 128 in the one where PyTriton reached 2,706 requests/s), at one connection
-  1.6-2.4×, at 64 rows 1.5-2.6×.
-- **Why below 3×.** One connection: a constant-reply aiohttp server is itself only 3.3-5.2× the best peer (runs of
-  the day; 4.4× here), and a request's own work (JSON, validation, the model, metrics, log) costs ≈ 170 µs more than
-  that reply. SEGMENTS.md (segments.py) splits it: at one connection the server's core is busy ≈ 84 % of each round
-  trip (219 µs of CPU per request, 2.6× a constant aiohttp reply's 84 µs), so the cell is bound by the server's CPU;
-  of a request's ≈ 180 µs in the server, aiohttp takes ≈ 74 µs (41 µs writing the response) and mlinfra's own steps
-  ≈ 106 µs, the model's run (23.5 µs) and decoding the input (18 µs) the largest, every step 1.5-2.5× slower than at
-  32 connections. 3× the best peer here (3,741 rps: 267 µs a round trip) leaves ≈ 90 µs over the constant reply's
-  175 µs; mlinfra's own steps cost ≈ 135 µs of CPU over that reply (SEGMENTS.md), the model's run and the input's
-  decoding alone ≈ 40: halving them is not on offer in Python. Part of the slowness is the
-  core going to sleep between a client's requests and waking cold; busy polling
-  (`--busy-poll-us`, off by default because a CPU-based autoscaler counts the spinning) wins back 1.02-1.13× rep by
-  rep in BUSYPOLL.md's run (up to 1.47× in a slower hour of the VM), not enough for 3×. 64-row JSON: since the simdjson parser
-  (mlinfra_scoring/jsonbody.py; JSONBODY.md: 1.39× this cell in an A/B run) what is left is turning 4,096 numbers'
-  text into doubles, ≈ 18 % of the server's CPU; the binary extension skips it (PROTOCOLS.md: 5.3× the best peer at 64 rows). 32/128 connections: aiohttp's own per-request
-  cost is about half of the profile (profile-after.md); granian's constant reply is 2.4× aiohttp's at 128
-  connections but the same at 1 and 32, so a Rust HTTP front end would lift the 128-connection ceiling only.
-- **A native HTTP front end** (FRONTEND.md, frontend.py, 2026-12-03): Go's net/http in front of this same data plane,
-  requests handed over a Unix socket, answered 1.57-1.78× this server at 32 and 128 connections (≈ 4.7× and 3.0×
-  the best peer) but 0.96× at one connection: the second process's hand-over costs what Go's HTTP saves. Even a bare
-  parse-run-encode behind Go is ≈ 3.1× the best peer at one connection; that cell needs the model run outside
-  Python (as Triton runs ONNX Runtime in its C++ server).
+  1 ms), mlinfra with its defaults: dynamic batching on for this model, the direct path (mlinfra_scoring/direct.py:
+  whole inference requests answered from the connection's bytes), and — pinned to a CPU of its own by taskset, as
+  every server here — busy polling between requests (300 µs, adaptive; mlinfra-no-busy-poll is the same server
+  without it, as it runs unpinned on a shared node); JSON access log and metrics on, orjson + uvloop + httptools.
+  constant-aiohttp and constant-granian answer a constant reply: the HTTP ceilings.
+- **The VM drifts within a run**: mlinfra's first and last runs differ by up to 1.4× (in the 2026-12-03 18:57 run,
+  128 connections: 10,070 and 13,729 requests/s), and the peers move as much between runs (MLServer's 64-row cell:
+  46k-79k rows/s over the day); hence mlinfra's mean of two, and a range of runs. The day's runs with the direct
+  path (the ratio to the best peer; the first without busy polling by default or the reused JSON parser, the second
+  without the parser): one connection 2.85×, 4.32×, 3.76×; 32 connections 7.29×, 4.74×, 5.80×; 128 connections
+  6.61×, 3.84×, 5.54×; 64 rows 3.48×, 2.59×, 3.06×. Before the direct path (the day's five runs to 15:24): 1.6-2.4×,
+  1.8-4.3×, 1.8-4.3× and 1.5-2.6×.
+- **What moved the ratios** (issue 19, 2026-12-03). (1) The direct path: at one connection a request cost 219 µs of
+  the server's CPU through aiohttp's request, router, middleware and response objects, 154 µs without them (a
+  constant aiohttp reply: 84-95 µs; SEGMENTS.md); in an alternating A/B (DIRECT.md) 1.66× at 32 connections and
+  1.81× at 128. Its answers, metrics and log lines are aiohttp's byte for byte (tests/unit/mlinfra_scoring/
+  test_direct_path.py); anything it is not sure of goes to aiohttp. (2) Busy polling by default on cores of its own:
+  a vCPU that sleeps between a client's requests wakes slowly and runs cold; here it is worth 1.4-1.6× at one
+  connection (mlinfra against mlinfra-no-busy-poll in the same runs) and costs CPU in the gaps it spins through,
+  which is why it stays off for a server that shares its CPUs (and for the Kubernetes target's autoscaled pods).
+  (3) A reused JSON parser (mlinfra_scoring/jsonbody.py): a new simdjson parser sized its buffers for every body,
+  as costly as the parse; reused, a 64-row request costs ≈ 180 µs in process instead of ≈ 237 µs.
+- **What is left at 64 rows (JSON).** Parsing 4,096 numbers' text (simdjson, ≈ 45 µs of ≈ 180 in process), the
+  model's run (≈ 25 µs) and the response's text: the margin over MLServer is the thinnest (3.06× here). The binary
+  tensor extension skips the text (PROTOCOLS.md).
+- **A native HTTP front end** (FRONTEND.md, frontend.py, before the direct path): Go's net/http in front of this
+  same data plane, requests handed over a Unix socket, answered 1.57-1.78× the aiohttp path at 32 and 128
+  connections but 0.96× at one: the hand-over costs what Go's HTTP saves. The direct path took aiohttp's share out
+  of the same process instead, at every concurrency.
 - **Tail latency.** p99 at 32 and 128 connections is below every peer's. Unbatched, p99 at 128 connections swings
   from ≈ 40 to ≈ 660 ms between identical back-to-back runs while the server's own handling (access log) stays
   under 2 ms and its wait before a handler under 50 ms (measured in process, 2026-12-03): the outliers are outside

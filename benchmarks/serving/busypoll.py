@@ -55,7 +55,8 @@ def group_cpu_s(leader: int) -> float:
 
 def rows(model: Path, port: int, work: Path) -> dict[str, tuple[dict, tuple[str, ...]]]:
     known = servers(model, port, work)
-    out: dict[str, tuple[dict, tuple[str, ...]]] = {"mlinfra": (known["mlinfra"], ())}
+    # "mlinfra" is the server without busy polling: pinned (as here) it busy-polls by default since 2026-12-03.
+    out: dict[str, tuple[dict, tuple[str, ...]]] = {"mlinfra": (known["mlinfra"], ("--busy-poll-us", "0"))}
     for us in WINDOWS:
         out[f"mlinfra --busy-poll-us {us}"] = (known["mlinfra"], ("--busy-poll-us", str(us)))
     for p in PEERS:

@@ -3,7 +3,8 @@ below 3x the best peer).
 
 Two measurements in one run, each rep in alternating order (the VM drifts within minutes):
 
-- **Segments.** The scoring server (defaults, the reference MLP, one-row OIP v2 JSON, pinned to CPU 0; wrk on CPU 1)
+- **Segments.** The scoring server (defaults but ``--no-direct-path``: this measures the aiohttp path, which the
+  direct path of mlinfra_scoring/direct.py bypasses; the reference MLP, one-row OIP v2 JSON, pinned to CPU 0; wrk on CPU 1)
   runs with a timer around each step of the hot path (`--serve` mode below wraps the functions, then starts the
   server as `mlinfra serve` does): wall time per call, awaits included, so a parent includes its children. The
   wrappers cost ≈ 0.3 µs each; their figures are the server's under its own timers.
@@ -140,7 +141,14 @@ def main() -> int:
             if run == "timed":
                 for c in CONNS:
                     out = work / f"segments-{rep}-c{c}.json"
-                    cmd = [sys.executable, __file__, "--serve", *mlinfra_command(model, port)[3:]]
+                    # The aiohttp path, whose steps these are (the direct path, the default since 2026-12-03, skips most).
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--serve",
+                        *mlinfra_command(model, port)[3:],
+                        "--no-direct-path",
+                    ]
                     spec = {"cmd": cmd, "cwd": REPO}
                     proc, log = start_server(
                         "timed", spec, port, work, extra_env={"SEGMENTS_OUT": str(out), "PYTHONPATH": str(REPO / "components" / "scoring")}
@@ -196,11 +204,13 @@ def report(saved: dict) -> None:
         "",
         f"Measured {saved['date']} on {saved['machine']}; `benchmarks/serving/segments.py`, {saved['reps']} reps of "
         f"{saved['duration_s']} s per cell, in alternating order; medians over the reps. One-row OIP v2 JSON, the reference MLP, server "
-        "pinned to CPU 0 with its defaults, wrk to CPU 1. Machines are shared and noisy: read the ratios.",
+        "pinned to CPU 0, wrk to CPU 1. Machines are shared and noisy: read the ratios.",
         "",
         "## Segments: wall µs per call (a parent includes the steps under it)",
         "",
-        f"Under its timers the server answered {rps['c1']:,.0f} requests/s at one connection and {rps['c32']:,.0f} at 32.",
+        "The aiohttp path (`--no-direct-path`): the steps the direct path (mlinfra_scoring/direct.py, the default since",
+        "2026-12-03) skips or shares. Under its timers the server answered "
+        f"{rps['c1']:,.0f} requests/s at one connection and {rps['c32']:,.0f} at 32.",
         "",
         "| step | c=1 µs | c=32 µs | c=1 / c=32 |",
         "|---|---|---|---|",
@@ -223,9 +233,12 @@ def report(saved: dict) -> None:
         "",
         "## CPU per request at one connection (user and system time of the server's processes / requests)",
         "",
+        "Before the direct path (2026-12-03 16:46, the aiohttp path): mlinfra 219 µs (179 user, 40 system), the",
+        "constant aiohttp reply 84 µs.",
+        "",
         "| server | rps | user µs | system µs |",
         "|---|---|---|---|",
-        f"| mlinfra | {m['rps']:,.0f} | {m['user_us']:.0f} | {m['sys_us']:.0f} |",
+        f"| mlinfra (defaults: the direct path) | {m['rps']:,.0f} | {m['user_us']:.0f} | {m['sys_us']:.0f} |",
         f"| constant-aiohttp | {k['rps']:,.0f} | {k['user_us']:.0f} | {k['sys_us']:.0f} |",
         "",
         "![wall µs per request by step, one connection and 32](segments.png)",

@@ -297,6 +297,13 @@ def build_kubernetes(
                                 *_pod_env(spec["env"]),
                                 {"name": "MLINFRA_SERVE_GRPC_PORT", "value": str(ROUTER_GRPC_PORT)},
                                 {"name": "MLINFRA_SERVE_DRAIN_LINGER_S", "value": str(DRAIN_LINGER_S)},
+                                # A Guaranteed pod with whole CPUs gets cores of its own under the static CPU manager,
+                                # where the server busy-polls by default; an autoscaler on CPU would count the spinning.
+                                *(
+                                    [{"name": "MLINFRA_SERVE_BUSY_POLL_US", "value": "0"}]
+                                    if spec["autoscale"] and "MLINFRA_SERVE_BUSY_POLL_US" not in spec["env"]
+                                    else []
+                                ),
                                 *internal_env,
                                 *collect_env,
                             ],

@@ -44,6 +44,7 @@ SERVER_REQUIREMENTS = [
     "orjson==3.13.0",
     "pysimdjson==7.0.2",  # large JSON bodies' tensor data parsed in C (mlinfra_scoring.jsonbody)
     "uvloop==0.23.0",
+    "httptools==0.9.0",  # whole inference requests parsed on the direct path (mlinfra_scoring.direct)
     # The Open Inference Protocol over gRPC (mlinfra_scoring.grpc_server); protobuf ≥ what oip_pb2.py was made with.
     "grpcio==1.85.3",
     "protobuf==6.33.6",

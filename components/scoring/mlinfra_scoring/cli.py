@@ -15,6 +15,18 @@ from mlinfra_scoring.server import ModelSpec, ServerConfig, run
 
 MAX_BUSY_POLL_US = 10_000
 """The longest busy-poll window --busy-poll-us takes (10 ms): a client's turnaround is tens to hundreds of µs."""
+PINNED_BUSY_POLL_US = 300.0
+"""The busy-poll window when none is given and the server is pinned to cores of its own (:func:`pinned`)."""
+
+
+def pinned() -> bool:
+    """Whether this process may run on fewer CPUs than the machine has: someone gave it cores of its own (taskset,
+    ``docker run --cpuset-cpus``, Kubernetes' static CPU manager for a Guaranteed pod with whole CPUs), so spinning
+    on them between requests takes nothing from anyone else."""
+    try:
+        return len(os.sched_getaffinity(0)) < (os.cpu_count() or 0)
+    except (AttributeError, OSError):  # not Linux
+        return False
 
 
 class ConfigError(ValueError):
@@ -101,7 +113,8 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
         help="when a request is answered and none is waiting, keep polling for the next one up to this many "
         f"microseconds before sleeping, if the last gap was shorter (adaptive spin-then-block, at most "
         f"{MAX_BUSY_POLL_US:,}): more one-connection throughput for CPU that a CPU-based autoscaler counts; for "
-        "replicas with cores of their own (default 0: off)",
+        f"replicas with cores of their own (default: {PINNED_BUSY_POLL_US:g} when the server is pinned to fewer CPUs "
+        "than the machine has, else 0: off)",
     )
     p.add_argument(
         "--providers", default=None, help="ONNX Runtime execution providers in order, comma-separated"
@@ -113,6 +126,12 @@ def build_parser(prog: str = "mlinfra serve") -> argparse.ArgumentParser:
         "DIR/signatures/<model>/<version>/); see mlinfra_scoring.provenance",
     )
     p.add_argument("--no-access-log", action="store_true", help="do not write JSON access logs to stdout")
+    p.add_argument(
+        "--no-direct-path",
+        action="store_true",
+        help="send every request through aiohttp's handler, including whole one-read inference requests that the "
+        "direct path answers from the connection's bytes by default (the same answers; for comparisons)",
+    )
     return p
 
 
@@ -168,7 +187,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
             f"--grpc-frontend {frontend!r} is not an executable file: give the path of mlinfra-grpcfront, or "
             "'grpcio' for the in-process gRPC service"
         )
-    busy_poll_us = num(args.busy_poll_us, "BUSY_POLL_US", 0.0)
+    # Unset: on (PINNED_BUSY_POLL_US) when the server is pinned to cores of its own, else off.
+    busy_poll_us = num(args.busy_poll_us, "BUSY_POLL_US", PINNED_BUSY_POLL_US if pinned() else 0.0)
     if busy_poll_us > MAX_BUSY_POLL_US:
         raise ConfigError(
             f"--busy-poll-us must be ≤ {MAX_BUSY_POLL_US} ({MAX_BUSY_POLL_US // 1000} ms), got {busy_poll_us:g}: "
@@ -195,6 +215,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         busy_poll_us=busy_poll_us,
         trust=trust,
         access_log=not (args.no_access_log or _env("NO_ACCESS_LOG") in ("1", "true")),
+        direct_path=not (args.no_direct_path or _env("NO_DIRECT_PATH") in ("1", "true")),
         providers=[
             p for p in (args.providers or _env("PROVIDERS") or "CPUExecutionProvider").split(",") if p
         ],

@@ -142,6 +142,12 @@ class Metrics:
             "Seconds the event loop spun between requests instead of sleeping (--busy-poll-us): the CPU busy "
             "polling cost.",
         )
+        self.direct = Counter(
+            r,
+            "mlinfra_direct_requests_total",
+            "REST inference requests answered by the direct path (the rest by aiohttp's handler; "
+            "mlinfra_requests_total counts both).",
+        )
         self.non_finite = Counter(
             r,
             "mlinfra_non_finite_outputs_total",

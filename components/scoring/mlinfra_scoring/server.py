@@ -23,6 +23,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from mlinfra_scoring import __version__, binary, collection, collector, jsonbody, otel
+from mlinfra_scoring import direct as direct_path
 from mlinfra_scoring.batching import EXECUTION_ROWS
 from mlinfra_scoring.dataplane import DataPlane, Hook
 from mlinfra_scoring.metrics import Metrics
@@ -96,6 +97,9 @@ class ServerConfig:
     with 503 and ``Retry-After`` (gRPC UNAVAILABLE) rather than queued behind the others: admission control, so a
     burst beyond what the server can answer promptly costs the callers past the bound a retry, not every caller a
     long wait."""
+    direct_path: bool = True
+    """Answer a whole one-read inference request from the connection's bytes (direct.py): the same answers as
+    aiohttp's handler, for a fraction of its CPU. False: every request goes through aiohttp (for comparisons)."""
     busy_poll_us: float = 0.0
     """Spin-then-block (_BusyPoll): when a request is answered and none is waiting, the event loop polls its sockets
     without sleeping for up to this many microseconds, if the last idle gap was shorter (adaptive), so a caller that
@@ -241,6 +245,9 @@ class _Guard(asyncio.Protocol):
         self.busy = 0  # requests being handled on this connection (the middleware counts)
         self.waiting = False  # a request's bytes arrived and its response is not made yet
         self.since = time.monotonic()  # connected, or the last request ended
+        self.paused = False  # the client reads slower than the server writes (transport flow control)
+        # Inference requests answered from the bytes (direct.py) until one is not: then aiohttp's for good.
+        self.direct = direct_path.DirectConnection(owner, self) if owner.direct_path else None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -252,6 +259,8 @@ class _Guard(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner._conns.pop(self.transport, None)
+        if self.direct is not None:
+            self.direct.close()
         self.answered()
         self.inner.connection_lost(exc)
 
@@ -261,6 +270,21 @@ class _Guard(asyncio.Protocol):
             self.owner.waiting += 1
             if self.owner.busy_poll is not None:
                 self.owner.busy_poll.arrived()
+        direct = self.direct
+        if direct is not None:
+            if direct.busy is not None:  # its answer is being made: these bytes wait their turn
+                direct.pending.append(data)
+                return
+            rest = direct.take(data)
+            if rest is None:
+                return
+            self.to_aiohttp(rest)
+            return
+        self.inner.data_received(data)
+
+    def to_aiohttp(self, data: bytes) -> None:
+        """From now on this connection's bytes are aiohttp's, starting with DATA (all the direct path kept)."""
+        self.direct = None
         self.inner.data_received(data)
 
     def answered(self) -> None:
@@ -274,9 +298,11 @@ class _Guard(asyncio.Protocol):
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
+        self.paused = True
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.paused = False
         self.inner.resume_writing()
 
 
@@ -306,6 +332,8 @@ class ScoringServer:
         self.grpc_inferring = 0
         self.metrics.in_flight.track(lambda: self.in_flight)
         self._keys = [k.encode() for k in config.keys if k]
+        self.body_limit = int(config.max_body_mb * 1024 * 1024)
+        self.direct_path = config.direct_path and direct_path.AVAILABLE
         self._front: Any = None  # grpc_server.NativeFrontend when gRPC goes through mlinfra-grpcfront
         self.busy_poll = (
             _BusyPoll(config.busy_poll_us / 1e6, self.metrics.busy_poll) if config.busy_poll_us > 0 else None
@@ -475,20 +503,12 @@ class ScoringServer:
         ):
             return await self._forwarded(request)
         t0 = time.perf_counter()
-        rid = request.headers.get("X-Request-Id", "")
-        # A client's id is kept only if it is a short token (log safety).
-        if not rid or not REQUEST_ID.fullmatch(rid):
-            rid = new_request_id()
-        request["rid"] = rid
+        rid = request["rid"] = self.request_id(request.headers.get("X-Request-Id", ""))
         span = None
-        if self.otlp is not None:  # a SERVER span, child of the caller's traceparent (otel.py)
-            EXECUTION_ROWS.set(0)
-            route_name = request.match_info.route.resource
-            span = self.otlp.start_span(
-                f"{request.method} {route_name.canonical if route_name else 'other'}",
-                request.headers,
-                time.time_ns(),
-                {"http.request.method": request.method, "mlinfra.request_id": rid},
+        if self.otlp is not None:
+            resource = request.match_info.route.resource
+            span = self.start_span(
+                request.method, resource.canonical if resource else "other", request.headers, rid
             )
         guard = self._conns.get(request.transport)
         if guard is not None:
@@ -507,10 +527,8 @@ class ScoringServer:
             resp = await handler(request)
             status = resp.status
         except RequestError as e:
-            status = e.status
-            resp = web.Response(body=dumps({"error": str(e)}), status=status, content_type=JSON)
-            if e.retry_after is not None:
-                resp.headers["Retry-After"] = str(e.retry_after)
+            status, body, extra = self.error_reply(e)
+            resp = web.Response(body=body, status=status, content_type=JSON, headers=extra)
         except web.HTTPException as e:
             status = e.status
             kept = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}  # 405: Allow
@@ -518,10 +536,8 @@ class ScoringServer:
                 body=dumps({"error": e.reason}), status=status, content_type=JSON, headers=kept
             )
         except Exception as e:  # a bug or a user-script failure: 500 with the message, server stays up
-            status = 500
-            resp = web.Response(
-                body=dumps({"error": f"{type(e).__name__}: {e}"}), status=500, content_type=JSON
-            )
+            status, body, extra = self.error_reply(e)
+            resp = web.Response(body=body, status=status, content_type=JSON)
         finally:
             self.in_flight -= 1
             if admitted:
@@ -533,15 +549,58 @@ class ScoringServer:
         resp.headers["X-Request-Id"] = rid
         if self.dataplane.draining:
             resp.force_close()  # the client opens its next request elsewhere
-        dt = time.perf_counter() - t0
-        # Label values come only from served models: a name from the URL that is not served (or a request that was
-        # not authorized) counts under "unknown", so no client can grow /metrics.
-        model = match_info.get("name") or request.get("model", "")  # /score names no model in its path
+        self.account(
+            route,
+            match_info.get("name") or request.get("model", ""),  # /score names no model in its path
+            request.get("version", ""),
+            status,
+            time.perf_counter() - t0,
+            rid,
+            request.method,
+            request.path,
+            span,
+        )
+        return resp
+
+    @staticmethod
+    def request_id(given: str) -> str:
+        """The request's id: the client's X-Request-Id if it is a short token (log safety), else a new one."""
+        return given if given and REQUEST_ID.fullmatch(given) else new_request_id()
+
+    def _labels(self, model: str, version: str, status: int) -> tuple[str, str]:
+        """A request's model and version labels. They come only from served models: a name from the URL that is not
+        served (or a request that was not authorized) counts under "unknown", so no client can grow /metrics."""
         if model and (model not in self.repository.models or status == 401):
-            model = "unknown"
-        version = request.get("version", "") if model != "unknown" else ""
+            return "unknown", ""
+        return model, version
+
+    def start_span(self, method: str, pattern: str, headers: Any, rid: str) -> Any:
+        """A request's SERVER span, child of the caller's traceparent (otel.py; only with OTLP export on)."""
+        EXECUTION_ROWS.set(0)
+        return self.otlp.start_span(
+            f"{method} {pattern}",
+            headers,
+            time.time_ns(),
+            {"http.request.method": method, "mlinfra.request_id": rid},
+        )
+
+    def account(
+        self,
+        route: str,
+        model: str,
+        version: str,
+        status: int,
+        seconds: float,
+        rid: str,
+        method: str,
+        path: str,
+        span: Any = None,
+    ) -> None:
+        """Count an answered REST request in the metrics, end its trace span, write its access-log line: the
+        middleware's and the direct path's (direct.py) bookkeeping, one and the same."""
+        model, version = self._labels(model, version, status)
         self.metrics.requests.inc((route, model, version, str(status)))
-        self.metrics.latency.observe(dt, (route, model, version))
+        self.metrics.latency.observe(seconds, (route, model, version))
         if span is not None:
             self.otlp.end_span(
                 span,
@@ -554,8 +613,16 @@ class ScoringServer:
                 },
                 error=status >= 500,
             )
-        self.access_log(rid, request.method, request.path, status, dt)
-        return resp
+        self.access_log(rid, method, path, status, seconds)
+
+    @staticmethod
+    def error_reply(e: BaseException) -> tuple[int, bytes, dict[str, str] | None]:
+        """The status, JSON body and extra headers that answer a failed request: a RequestError's own status (and
+        Retry-After), else 500 with the message (a bug or a user-script failure; the server stays up)."""
+        if isinstance(e, RequestError):
+            extra = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
+            return e.status, dumps({"error": str(e)}), extra
+        return 500, dumps({"error": f"{type(e).__name__}: {e}"}), None
 
     def access_log(self, rid: str, method: str, path: str, status: int, seconds: float, **extra: Any) -> None:
         """One JSON access-log line, when the access log is on (a JSON encoder: no client value can forge a field)."""
@@ -610,24 +677,30 @@ class ScoringServer:
     async def infer(self, request: web.Request) -> web.Response:
         m = self._model(request)
         self.dataplane.require_ready()
-        header_length = request.headers.get(binary.HEADER)
+        raw = await self._raw_body(request)
+        body, content_type, extra = await self.infer_reply(
+            m, raw, request.headers.get(binary.HEADER), request["rid"], request.headers
+        )
+        return web.Response(body=body, content_type=content_type, headers=extra)
+
+    async def infer_reply(
+        self, m: LoadedModel, raw: bytes, header_length: str | None, rid: str, headers: Any
+    ) -> tuple[bytes, str, dict[str, str] | None]:
+        """An inference request's body (RAW; HEADER_LENGTH: the binary extension's header) → the response's body,
+        content type and extra headers. Both REST paths (aiohttp's handler and direct.py) answer through it."""
         blob = None
         if header_length is None:
-            body = await self._body(request)
+            body = self._json(raw, "request body")
         else:  # the binary tensor data extension: a JSON header, then raw tensor bytes
-            head, blob = binary.split(await self._raw_body(request), header_length)
+            head, blob = binary.split(raw, header_length)
             body = self._json(
                 head, f"the JSON part of the body (its first {len(head)} bytes, {binary.HEADER})"
             )
-        resp, chunks = await self.dataplane.infer(m, body, request["rid"], request.headers, blob)
+        resp, chunks = await self.dataplane.infer(m, body, rid, headers, blob)
         if not chunks:
-            return web.Response(body=dumps(resp), content_type=JSON)
+            return dumps(resp), JSON, None
         head = dumps(resp)
-        return web.Response(
-            body=b"".join([head, *chunks]),
-            content_type=binary.CONTENT_TYPE,
-            headers={binary.HEADER: str(len(head))},
-        )
+        return b"".join([head, *chunks]), binary.CONTENT_TYPE, {binary.HEADER: str(len(head))}
 
     async def score(self, request: web.Request) -> web.Response:
         """Azure ML-style /score: the user script's run(raw_data), else the first model's first output."""
@@ -711,6 +784,7 @@ class ScoringServer:
                     "auth": bool(self._keys),
                     "max_batch_size": self.config.max_batch_size or "auto",
                     "busy_poll_us": self.config.busy_poll_us,
+                    "direct_path": self.direct_path,
                 }
             ),
             file=self._log,

@@ -34,10 +34,10 @@ def spin_seconds(srv: Server) -> float | None:
 def test_busy_poll_spins_in_short_gaps_only_and_then_sleeps(tmp_path: Path, models) -> None:
     """With --busy-poll-us 10000, a caller that comes back within 10 ms finds the loop spinning: 40 requests ≈ 4 ms
     apart keep the core busy through the gaps (CPU and mlinfra_busy_poll_seconds_total ≈ the gaps). Requests 30 ms
-    apart, longer than the window, are not spun for. Without the flag nothing spins, and either way a server without
-    traffic sleeps (no CPU)."""
+    apart, longer than the window, are not spun for. With 0 nothing spins, and either way a server without traffic
+    sleeps (no CPU)."""
     used: dict[str, float] = {}
-    for label, flags in (("on", ("--busy-poll-us", "10000")), ("off", ())):
+    for label, flags in (("on", ("--busy-poll-us", "10000")), ("off", ("--busy-poll-us", "0"))):
         (tmp_path / label).mkdir()
         srv = start_server(
             tmp_path / label, "--model", str(models["mlp"]), "--name", "mlp", "--no-access-log", *flags
@@ -89,11 +89,75 @@ def test_busy_poll_configuration_errors_name_the_value(
     assert error in str(e.value)
 
 
-def test_busy_poll_is_off_by_default_and_read_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+def test_busy_poll_is_on_by_default_only_on_cores_of_its_own_and_read_from_the_environment(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Unset, the window is 300 µs when the server may run on fewer CPUs than the machine has (pinned: taskset,
+    a cpuset) and 0 when it may run on all of them; a value given by flag or environment wins either way."""
+    import os
+
     from mlinfra_scoring.cli import build_parser, config_from
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"")
-    assert config_from(build_parser().parse_args(["--model", str(model)])).busy_poll_us == 0
+
+    def window(*argv: str) -> float:
+        return config_from(build_parser().parse_args(["--model", str(model), *argv])).busy_poll_us
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert window() == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2})
+    assert window() == 300
+    assert window("--busy-poll-us", "0") == 0
     monkeypatch.setenv("MLINFRA_SERVE_BUSY_POLL_US", "250")
-    assert config_from(build_parser().parse_args(["--model", str(model)])).busy_poll_us == 250
+    assert window() == 250
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert window() == 250
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="pinning to fewer CPUs needs a machine with two")
+def test_a_server_pinned_to_one_cpu_busy_polls_by_itself(tmp_path: Path, models) -> None:
+    """The real server started under taskset (one CPU of the machine's) says it busy-polls, and spins between
+    requests that come straight back; the same server unpinned does not (the test above, `--busy-poll-us 0`)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.scoring_helpers import REPO, free_port
+
+    port = free_port()
+    log = tmp_path / "pinned.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, "-m", "mlinfra_scoring", "--model", str(models["mlp"]),
+             "--name", "mlp", "--port", str(port), "--no-access-log"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    srv = Server(proc, port, log)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if srv.request("GET", "/v2/health/ready")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        listening = next(json.loads(x) for x in log.read_text().splitlines() if '"listening"' in x)
+        assert listening["busy_poll_us"] == 300, listening
+        import http.client
+
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=10
+        )  # one keep-alive connection, no pause
+        body = json.dumps(ONE_ROW).encode()
+        for _ in range(200):
+            conn.request(
+                "POST", "/v2/models/mlp/infer", body=body, headers={"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read()
+        conn.close()
+        assert (spin_seconds(srv) or 0) > 0, "a pinned server did not spin between back-to-back requests"
+    finally:
+        assert srv.stop() == 0

@@ -122,3 +122,36 @@ def test_score_bodies_keep_their_nested_shape_and_integer_type() -> None:
     assert ints.dtype == np.int64 and ints.shape == (64, 64)
     mixed = fast(orjson.dumps({"data": [[1] + [0.5] * 63] * 64}))["data"]  # first an int, then fractions
     assert np.asarray(mixed).dtype == np.float64 and np.asarray(mixed).shape == (64, 64)
+
+
+def test_the_reused_parser_gives_each_body_its_own_answer(monkeypatch) -> None:
+    """Bodies up to REUSE_BYTES share one parser per thread: documents parsed one after another — valid, falling
+    back (duplicate keys, strings), invalid, and one over the limit that gets a parser of its own — each come out as
+    orjson reads them, and none leaks into the next."""
+    monkeypatch.setattr(jsonbody, "REUSE_BYTES", 120_000)
+    bodies = [
+        body("FP32", ROWS.tolist()),
+        body("FP32", (ROWS * 2).tolist(), shape=(64, 64), id="second"),
+        body("FP32", [["x"] * 64] * 64),  # strings: orjson's path
+        b'{"inputs": [], "inputs": [1]}' + b" " * jsonbody.MIN_BYTES,  # duplicate keys: orjson's path
+        body(
+            "FP64", np.tile(ROWS, (2, 1)).tolist(), shape=(128, 64)
+        ),  # over REUSE_BYTES: a parser of its own
+        body("FP32", (ROWS * 3).tolist()),
+    ]
+    assert len(bodies[4]) > jsonbody.REUSE_BYTES > len(bodies[0])
+    for raw in bodies * 2:
+        got, want = fast(raw), orjson.loads(raw)
+        for t_got, t_want in zip(got.get("inputs") or [], want.get("inputs") or [], strict=True):
+            data = t_got.get("data") if isinstance(t_got, dict) else None
+            if isinstance(data, np.ndarray):
+                np.testing.assert_array_equal(data, np.asarray(t_want["data"]))
+            else:
+                assert t_got == t_want
+        assert {k: v for k, v in got.items() if k != "inputs"} == {
+            k: v for k, v in want.items() if k != "inputs"
+        }
+    with pytest.raises(orjson.JSONDecodeError):
+        fast(b'{"inputs": [' + b" " * jsonbody.MIN_BYTES)
+    np.testing.assert_array_equal(fast(bodies[0])["inputs"][0]["data"], ROWS)  # and the parser still works
+    assert getattr(jsonbody._parsers, "parser", None) is not None  # one kept for this thread
