@@ -460,10 +460,11 @@ Notes:
 - **The VM drifts within a run**: mlinfra's first and last runs differ by up to 1.4× (in the 2026-12-03 18:57 run,
   128 connections: 10,070 and 13,729 requests/s), and the peers move as much between runs (MLServer's 64-row cell:
   46k-79k rows/s over the day); hence mlinfra's mean of two, and a range of runs. The day's runs with the direct
-  path (the ratio to the best peer; the first without busy polling by default or the reused JSON parser, the second
-  without the parser): one connection 2.85×, 4.32×, 3.76×; 32 connections 7.29×, 4.74×, 5.80×; 128 connections
-  6.61×, 3.84×, 5.54×; 64 rows 3.48×, 2.59×, 3.06×. Before the direct path (the day's five runs to 15:24): 1.6-2.4×,
-  1.8-4.3×, 1.8-4.3× and 1.5-2.6×.
+  path (the ratio to the best peer at 18:33, 18:46, 18:57 — this one — and 19:35; the first without busy polling by
+  default or the reused JSON parser, the second without the parser): one connection 2.85×, 4.32×, 3.76×, 4.25×;
+  32 connections 7.29×, 4.74×, 5.80×, 6.99×; 128 connections 6.61×, 3.84×, 5.54×, 7.69×; 64 rows 3.48×, 2.59×,
+  3.06×, 4.49× (PROTOCOLS.md's 64-row JSON: 2.32× at 19:01, 3.14× at 19:41). Before the direct path (the day's five runs to 15:24):
+  1.6-2.4×, 1.8-4.3×, 1.8-4.3× and 1.5-2.6×.
 - **What moved the ratios** (issue 19, 2026-12-03). (1) The direct path: at one connection a request cost 219 µs of
   the server's CPU through aiohttp's request, router, middleware and response objects, 154 µs without them (a
   constant aiohttp reply: 84-95 µs; SEGMENTS.md); in an alternating A/B (DIRECT.md) 1.66× at 32 connections and
@@ -474,9 +475,11 @@ Notes:
   which is why it stays off for a server that shares its CPUs (and for the Kubernetes target's autoscaled pods).
   (3) A reused JSON parser (mlinfra_scoring/jsonbody.py): a new simdjson parser sized its buffers for every body,
   as costly as the parse; reused, a 64-row request costs ≈ 180 µs in process instead of ≈ 237 µs.
-- **What is left at 64 rows (JSON).** Parsing 4,096 numbers' text (simdjson, ≈ 45 µs of ≈ 180 in process), the
-  model's run (≈ 25 µs) and the response's text: the margin over MLServer is the thinnest (3.06× here). The binary
-  tensor extension skips the text (PROTOCOLS.md).
+- **What is left at 64 rows (JSON).** Parsing 4,096 numbers' text (simdjson, ≈ 45 µs of ≈ 180 in process; ≈ 24 %
+  of the server's samples under load, profile-direct-64.md), writing the ≈ 13 KB response (≈ 16 %: the loopback's
+  TCP work happens in that call) and encoding it (≈ 9 %); the model's run is ≈ 3 %. The margin over MLServer is
+  the thinnest: 3.06× here, 2.32-4.49× over the day's runs with the same code. The binary tensor extension skips
+  the text (PROTOCOLS.md: 8.9-20× the best peer).
 - **A native HTTP front end** (FRONTEND.md, frontend.py, before the direct path): Go's net/http in front of this
   same data plane, requests handed over a Unix socket, answered 1.57-1.78× the aiohttp path at 32 and 128
   connections but 0.96× at one: the hand-over costs what Go's HTTP saves. The direct path took aiohttp's share out

@@ -164,9 +164,11 @@ NOTES = """What it says:
 - **What it costs.** The core spins through the gaps between a client's requests; CPU per request shows it. It is
   adaptive: it spins only if the last gap was shorter than the window, so a server whose requests come further
   apart never spins, and each gap costs at most one window. A CPU-based autoscaler (the Kubernetes target's
-  HorizontalPodAutoscaler) counts the spinning as load, so the default stays 0: this is a knob for replicas with
-  cores of their own and callers that wait for each answer. `mlinfra_busy_poll_seconds_total` counts the seconds
-  spent spinning.
+  HorizontalPodAutoscaler) counts the spinning as load. Hence (since 2026-12-03, after this run) the default
+  depends on the cores: 300 µs when the server is pinned to cores of its own (its CPU affinity narrower than the
+  machine: taskset, a cpuset, Kubernetes' static CPU manager), 0 otherwise, and 0 for the Kubernetes target's
+  autoscaled pods; "mlinfra" here ran with 0 (this script now passes `--busy-poll-us 0` for it, as the server is
+  pinned). `mlinfra_busy_poll_seconds_total` counts the seconds spent spinning.
 - **Many connections.** At 32 connections the loop is rarely idle, so there is little to spin through: the per-rep
   ratios at c=32 scatter around 1 as this VM's run-to-run noise does.
 """

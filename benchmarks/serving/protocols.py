@@ -297,9 +297,10 @@ def report(results: dict[str, dict], duration: int, date: str, machine: str) -> 
 
 NOTES = """Notes:
 - Every server wraps the same ONNX session (1 intra-op thread); mlinfra runs with its defaults (dynamic batching on
-  for this model since issue 19, access log and metrics on) plus `--grpc-port`; PyTriton with Triton's dynamic
-  batcher. Each peer's gRPC front end: KServe's and MLServer's are grpcio's asyncio server in Python; PyTriton's is
-  Triton's C++ server, which calls the Python model over IPC.
+  for this model, the direct path for REST inference requests — mlinfra_scoring/direct.py, since 2026-12-03 —,
+  access log and metrics on) plus `--grpc-port`; PyTriton with Triton's dynamic batcher. Each peer's gRPC front
+  end: KServe's and MLServer's are grpcio's asyncio server in Python; PyTriton's is Triton's C++ server, which calls
+  the Python model over IPC.
 - **gRPC goes through mlinfra's native front end** (mlinfra-grpcfront, components/grpcfront: grpc-go), as images
   serve it: it merges concurrent ModelInfer calls into one call to the Python data plane (Triton's design: its
   dynamic batcher sits in its C++ front end) and runs on the server's core beside it. mlinfra-grpcio is the same
@@ -309,12 +310,16 @@ NOTES = """Notes:
   Merging is what makes the difference: a first version that forwarded each call as its own REST call (measured
   2026-12-03 09:05) reached 3,352 calls/s, 1.65× PyTriton in that run.
 - **JSON numbers are the 64-row ceiling.** Bodies of 4 KiB or more are parsed by simdjson, which copies a
-  tensor's numbers straight into an array (JSONBODY.md: 1.39× the 64-row rows/s of the orjson path); what is left
-  is turning 4,096 numbers' text into doubles (≈ 18 % of the server's CPU). The binary extension skips it: 1.6× the
-  rows/s of JSON here, 5.3× the best peer.
-- **One-row REST JSON** (1.85× here) moves most with the peers: PyTriton answered 1,961-2,842 requests/s at 32
-  connections over the day's runs, and mlinfra's one-row REST ratio was 1.9-3.0×. HTTP and the per-request Python
-  path dominate (`profile-after.md`); binary and JSON cost about the same at one row.
+  tensor's numbers straight into an array (JSONBODY.md: 1.39× the 64-row rows/s of the orjson path), with one
+  parser per thread reused since 2026-12-03 (a new one sized its buffers for every body: ≈ 237 → 180 µs a 64-row
+  request in process). What is left is the numbers' text itself: parsing it is ≈ a quarter of the server's time on
+  that workload (profile-direct-64.md). It is the thinnest cell against MLServer, whose 64-row rate moves the most
+  between runs (46k-82k rows/s over the day; 82k here, its best): 3.14× here, 2.32× in the same benchmark at
+  19:01 and 3.06-4.49× in RESULTS.md's runs with the same code. The binary extension skips the text: 2.6× the
+  rows/s of JSON here.
+- **One-row REST JSON**: 6.0× here, 5.9× at 19:01; 1.85× in the 09:31 run, before the direct path took aiohttp's request
+  machinery out of the hot path (DIRECT.md: 1.66× at 32 connections in an A/B); PyTriton answered 1,961-2,842
+  requests/s at 32 connections over the day's runs.
 - The machine varies within minutes (the ONNX Runtime floor measured 79k-126k calls/s on the same day): compare
   within one run only.
 """
