@@ -463,8 +463,8 @@ Notes:
   path (the ratio to the best peer at 18:33, 18:46, 18:57 — this one — and 19:35; the first without busy polling by
   default or the reused JSON parser, the second without the parser): one connection 2.85×, 4.32×, 3.76×, 4.25×;
   32 connections 7.29×, 4.74×, 5.80×, 6.99×; 128 connections 6.61×, 3.84×, 5.54×, 7.69×; 64 rows 3.48×, 2.59×,
-  3.06×, 4.49× (PROTOCOLS.md's 64-row JSON: 2.32× at 19:01, 3.14× at 19:41). Before the direct path (the day's five runs to 15:24):
-  1.6-2.4×, 1.8-4.3×, 1.8-4.3× and 1.5-2.6×.
+  3.06×, 4.49× (PROTOCOLS.md's 64-row JSON: 2.32× at 19:01, 3.14× at 19:41). Before the direct path (the day's
+  five runs to 15:24): 1.6-2.4×, 1.8-4.3×, 1.8-4.3× and 1.5-2.6×.
 - **What moved the ratios** (issue 19, 2026-12-03). (1) The direct path: at one connection a request cost 219 µs of
   the server's CPU through aiohttp's request, router, middleware and response objects, 154 µs without them (a
   constant aiohttp reply: 84-95 µs; SEGMENTS.md); in an alternating A/B (DIRECT.md) 1.66× at 32 connections and
