@@ -23,6 +23,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mlinfra_scoring import binary
 
@@ -305,6 +306,4 @@ def _route(url: bytes) -> tuple[str | None, str, str | None]:
 
 def _headers(pairs: list[tuple[bytes, bytes]]) -> Any:
     """The request's headers as aiohttp gives them to the data plane (case-insensitive, for collection hooks)."""
-    from multidict import CIMultiDict, CIMultiDictProxy
-
     return CIMultiDictProxy(CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in pairs))

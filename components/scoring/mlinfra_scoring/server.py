@@ -332,7 +332,7 @@ class ScoringServer:
         self.grpc_inferring = 0
         self.metrics.in_flight.track(lambda: self.in_flight)
         self._keys = [k.encode() for k in config.keys if k]
-        self.body_limit = int(config.max_body_mb * 1024 * 1024)
+        self.body_limit = int(config.max_body_mb * 1024 * 1024)  # bytes: --max-body-mb, on every path
         self.direct_path = config.direct_path and direct_path.AVAILABLE
         self._front: Any = None  # grpc_server.NativeFrontend when gRPC goes through mlinfra-grpcfront
         self.busy_poll = (
@@ -442,7 +442,7 @@ class ScoringServer:
 
     async def _raw_body(self, request: web.Request) -> bytes:
         """The request body, refused with 413 past --max-body-mb (announced or streamed)."""
-        limit = int(self.config.max_body_mb * 1024 * 1024)
+        limit = self.body_limit
         if request.content_length is not None and request.content_length > limit:
             raise RequestError(
                 f"request body is {request.content_length} bytes; the limit is {limit} "
@@ -526,18 +526,15 @@ class ScoringServer:
                 admitted = True
             resp = await handler(request)
             status = resp.status
-        except RequestError as e:
-            status, body, extra = self.error_reply(e)
-            resp = web.Response(body=body, status=status, content_type=JSON, headers=extra)
         except web.HTTPException as e:
             status = e.status
             kept = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "retry-after")}  # 405: Allow
             resp = web.Response(
                 body=dumps({"error": e.reason}), status=status, content_type=JSON, headers=kept
             )
-        except Exception as e:  # a bug or a user-script failure: 500 with the message, server stays up
+        except Exception as e:  # a RequestError's status; a bug or script failure: 500 (server stays up)
             status, body, extra = self.error_reply(e)
-            resp = web.Response(body=body, status=status, content_type=JSON)
+            resp = web.Response(body=body, status=status, content_type=JSON, headers=extra)
         finally:
             self.in_flight -= 1
             if admitted:
@@ -724,9 +721,7 @@ class ScoringServer:
         return web.Response(body=dumps(openapi_doc(self)), content_type=JSON)
 
     def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[self.middleware], client_max_size=int(self.config.max_body_mb * 1024 * 1024) + 1
-        )
+        app = web.Application(middlewares=[self.middleware], client_max_size=self.body_limit + 1)
         r = app.router
         r.add_get("/v2/health/live", self.live, name="live")
         r.add_get("/v2/health/ready", self.ready_h, name="ready")
@@ -767,9 +762,7 @@ class ScoringServer:
             assert self.config.grpc_port is not None
             await frontend.start(self.config.host, self.config.grpc_port, self.config.port)
         elif self.config.grpc_port is not None:
-            grpc = await grpc_server.start(
-                self, self.config.host, self.config.grpc_port, int(self.config.max_body_mb * 1024 * 1024)
-            )
+            grpc = await grpc_server.start(self, self.config.host, self.config.grpc_port, self.body_limit)
         print(
             json.dumps(
                 {
